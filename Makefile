@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make run` and `make test` (see README.md).
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# pytest runs under a virtual X server when there is no display (napari's canvas needs OpenGL)
+XRUN   := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1600x1000x24")
+
+.PHONY: install run test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(if $(DISPLAY),,@echo "no DISPLAY: starting napari on a virtual screen (xvfb-run); a screenshot goes to out/run.png")
+	$(XRUN) $(VENV)/bin/gitseg view --sample $(if $(DISPLAY),,--screenshot out/run.png --quit-after 60)
+
+test: install
+	@command -v xvfb-run >/dev/null || [ -n "$(DISPLAY)" ] || { echo "xvfb-run is missing: apt-get install xvfb xauth (see .ci/run)"; exit 1; }
+	$(XRUN) $(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+lint: install
+	$(VENV)/bin/ruff check napari_gitseg training tests benchmarks
+
+bench: install
+	$(PY) benchmarks/bench_predict.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,58 @@
+"""``gitseg view``: napari with the plugin's docks on a stack or on the bundled phantom.
+
+The app imports torch before Qt/OpenGL come up: in that order triton (pulled in by
+torchvision) loads cleanly, so GPU users keep ``torch.compile``. Inside a napari started
+some other way, ``napari_gitseg._triton_guard`` keeps the late torch import safe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DOCKS = ("Segment organs", "Review and correct", "Retrain model")
+
+
+def launch_viewer(
+    path: str | None = None,
+    sample: bool = False,
+    model: str | None = None,
+    store: str | None = None,
+    screenshot: str | None = None,
+    quit_after: float | None = None,
+    show: bool = True,
+):
+    """Open napari with gitseg docked; returns napari's exit status (0) after the window closes."""
+    import torch  # noqa: F401  (before Qt/OpenGL: see module docstring)
+    import torchvision  # noqa: F401
+
+    import napari
+    from qtpy.QtCore import QTimer
+
+    viewer = napari.Viewer(title="napari-gitseg", show=show)
+    if path:
+        viewer.open(path, plugin="napari-gitseg")
+    elif sample:
+        viewer.open_sample("napari-gitseg", "phantom_case")
+    widgets = {}
+    for name in DOCKS:
+        _dock, widget = viewer.window.add_plugin_dock_widget("napari-gitseg", name, tabify=name != DOCKS[0])
+        widgets[name] = widget
+    segment = widgets["Segment organs"]
+    if model:
+        segment.set_model_path(model)
+    if store:
+        widgets["Review and correct"].set_store_folder(store)
+    if viewer.layers:
+        viewer.dims.set_current_step(0, viewer.layers[0].data.shape[0] // 2)
+
+    if screenshot:
+        def _shot():
+            Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+            viewer.screenshot(screenshot, canvas_only=False)
+            print(f"screenshot saved to {screenshot}")
+
+        QTimer.singleShot(3000, _shot)
+    if quit_after:
+        QTimer.singleShot(int(quit_after * 1000), viewer.close)
+    napari.run()
+    return 0
