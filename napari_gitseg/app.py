@@ -22,10 +22,9 @@ def launch_viewer(
     show: bool = True,
 ):
     """Open napari with gitseg docked; returns napari's exit status (0) after the window closes."""
+    import napari
     import torch  # noqa: F401  (before Qt/OpenGL: see module docstring)
     import torchvision  # noqa: F401
-
-    import napari
     from qtpy.QtCore import QTimer
 
     viewer = napari.Viewer(title="napari-gitseg", show=show)

@@ -1,0 +1,49 @@
+"""Small helpers shared by the docks: layer look-up, notifications, organ visibility."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from napari_gitseg.classes import CLASSES, label_color_dict
+
+__all__ = ["image_layer_names", "find_layer", "show_error", "show_info", "show_warning", "set_class_visibility",
+           "ensure_labels_layer"]
+
+
+def image_layer_names(viewer) -> list[str]:
+    """Names of the 3-D (or 2-D) image layers in the viewer, newest first."""
+    return [layer.name for layer in reversed(viewer.layers) if isinstance(layer, Image) and layer.ndim in (2, 3)
+            and not layer.rgb]
+
+
+def find_layer(viewer, name: str | None):
+    """The layer called ``name`` or None."""
+    if not name:
+        return None
+    try:
+        return viewer.layers[name]
+    except KeyError:
+        return None
+
+
+def set_class_visibility(layer: Labels, visible: dict[str, bool]) -> None:
+    """Hide organs by making their label colour transparent (the data is untouched)."""
+    colours = label_color_dict()
+    for i, name in enumerate(CLASSES):
+        if not visible.get(name, True):
+            colours[i + 1] = (0.0, 0.0, 0.0, 0.0)
+    layer.colormap = colours
+
+
+def ensure_labels_layer(viewer, name: str, data: np.ndarray, kwargs: dict) -> Labels:
+    """Replace the data of layer ``name`` if it exists (keeping the user's settings), else add it."""
+    layer = find_layer(viewer, name)
+    if isinstance(layer, Labels) and layer.data.shape == data.shape:
+        layer.data = data
+        layer.metadata.update(kwargs.get("metadata", {}))
+        return layer
+    if layer is not None:
+        viewer.layers.remove(layer)
+    return viewer.add_labels(data, **kwargs)

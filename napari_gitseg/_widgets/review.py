@@ -1,0 +1,352 @@
+"""Review dock: the uncertainty queue, Accept / Revert, autosave of every correction.
+
+All store I/O runs on one background thread (``_StoreThread``), in submission order, so the
+GUI never waits on disk and a correction is saved before the next one is taken. The
+workflow itself is ``napari_gitseg.review.ReviewSession`` (tested without Qt).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from napari.layers import Labels
+from superqt.utils import ensure_main_thread
+
+from napari_gitseg.classes import CLASSES
+from napari_gitseg.layers import labels_layer_data, stack_from_layer
+from napari_gitseg.project import default_project_folder
+
+from ._common import (
+    ensure_labels_layer,
+    find_layer,
+    image_layer_names,
+    set_class_visibility,
+    show_error,
+    show_info,
+)
+from ._hub import hub_for
+
+
+class _StoreThread:
+    """A single worker thread that owns the SQLite connection and runs store work in order."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitseg-store")
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+class ReviewWidget(Container):
+    """Review and correct organ masks slice by slice; every change is a saved version."""
+
+    def __init__(self, viewer):
+        super().__init__(labels=False)
+        self._viewer = viewer
+        self._hub = hub_for(viewer)
+        self._session = None
+        self._layer: Labels | None = None
+        self._z: int | None = None
+        self._snapshot: np.ndarray | None = None  # labels of the current slice as last saved
+        self._io = _StoreThread()
+        self._project_override: str | None = None
+
+        self._image = ComboBox(label="Image", choices=lambda _w: image_layer_names(viewer))
+        self._folder = FileEdit(label="Project folder", mode="d", value="")
+        self._open = PushButton(text="Start review")
+        self._status = Label(value="No review open.")
+        self._unsaved = Label(value="")
+        self._prev = PushButton(text="◀ Previous")
+        self._next = PushButton(text="Next least confident ▶")
+        self._accept = PushButton(text="Accept slice ✓")
+        self._versions = ComboBox(label="Version", choices=[])
+        self._revert = PushButton(text="Revert to version")
+        self._visible = {c: CheckBox(text=c.replace("_", " "), value=True) for c in CLASSES}
+        vis = Container(widgets=list(self._visible.values()), layout="horizontal", labels=False)
+        nav = Container(widgets=[self._prev, self._next], layout="horizontal", labels=False)
+        self.extend([self._image, self._folder, self._open, self._status, self._unsaved, nav, self._accept,
+                     self._versions, self._revert, vis])
+        self._set_enabled(False)
+        self._history: list[int] = []
+
+        self._open.changed.connect(self.start_review)
+        self._next.changed.connect(self.next_slice)
+        self._prev.changed.connect(self.previous_slice)
+        self._accept.changed.connect(self.accept_slice)
+        self._revert.changed.connect(self.revert_slice)
+        for box in self._visible.values():
+            box.changed.connect(self._apply_visibility)
+        viewer.layers.events.inserted.connect(lambda _e: self._image.reset_choices())
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+        viewer.dims.events.current_step.connect(self._on_step)
+        self._hub.prediction_ready.connect(self._on_prediction)
+
+    # ---- public API (also used by tests and the app) -------------------------------------------
+    @property
+    def session(self):
+        """The open ReviewSession (None before Start review)."""
+        return self._session
+
+    @property
+    def labels_layer(self) -> Labels | None:
+        """The editable organ layer of the review."""
+        return self._layer
+
+    def set_store_folder(self, folder: str) -> None:
+        """Use ``folder`` as the project folder (label store + model registry)."""
+        self._folder.value = folder
+        self._project_override = folder
+
+    def flush(self) -> None:
+        """Save a pending edit of the current slice and wait until the store has it."""
+        self._save_current(wait=True)
+
+    # ---- opening ---------------------------------------------------------------------------------
+    def start_review(self) -> None:
+        """Open (or reopen) the label store of the selected image and show its saved masks."""
+        layer = find_layer(self._viewer, self._image.value)
+        if layer is None:
+            show_error("Review: choose an image layer first.")
+            return
+        self.flush() if self._session else None
+        stack = stack_from_layer(layer)
+        folder = str(self._folder.value) if self._project_override or str(self._folder.value) not in ("", ".") \
+            else str(default_project_folder(stack.source, stack.name))
+        self._folder.value = folder
+        self._status.value = "Opening the label store…"
+        fut = self._io.submit(self._open_session, folder, stack)
+        fut.add_done_callback(lambda f: self._opened(f, stack))
+
+    @staticmethod
+    def _open_session(folder: str, stack):
+        from napari_gitseg.review import ReviewSession
+        from napari_gitseg.store import LabelStore
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        return ReviewSession(LabelStore.open(folder), stack)
+
+    @ensure_main_thread
+    def _opened(self, fut: Future, stack) -> None:
+        try:
+            self._session = fut.result()
+        except Exception as err:  # noqa: BLE001  (shown to the user, napari keeps running)
+            show_error(f"Review: cannot open the label store: {err}")
+            self._status.value = f"Error: {err}"
+            return
+        data, kwargs, _ = labels_layer_data(stack, self._session.masks, name=f"{stack.name} review", role="review")
+        data = self._session.labels()
+        self._layer = ensure_labels_layer(self._viewer, kwargs["name"], data, kwargs)
+        self._layer.events.paint.connect(self._on_paint)
+        self._layer.mode = "paint"
+        self._viewer.layers.selection.active = self._layer
+        self._set_enabled(True)
+        self._apply_visibility()
+        self._z = None
+        self._on_step()
+        self._refresh_status()
+        show_info(f"Review open: {stack.name} (store: {self._folder.value})")
+
+    # ---- editing and saving ------------------------------------------------------------------------
+    def _current_z(self) -> int:
+        return int(self._viewer.dims.current_step[0])
+
+    def _on_step(self, _event=None) -> None:
+        if self._session is None or self._layer is None:
+            return
+        z = self._current_z()
+        if z == self._z:
+            return
+        self._save_current()
+        self._z = z
+        self._snapshot = np.array(self._layer.data[z], copy=True)
+        self._unsaved.value = ""
+        self._refresh_versions()
+
+    def _on_paint(self, _event=None) -> None:
+        if self._snapshot is not None and self._z is not None:
+            dirty = not np.array_equal(self._layer.data[self._z], self._snapshot)
+            self._unsaved.value = "● unsaved edits on this slice (saved on slice change / Accept)" if dirty else ""
+
+    def _save_current(self, wait: bool = False, accept: bool = False) -> Future | None:
+        """Queue the save of the current slice's edit (and acceptance); optionally wait for it."""
+        if self._session is None or self._layer is None or self._z is None or self._snapshot is None:
+            return None
+        z = self._z
+        before = self._snapshot
+        after = np.array(self._layer.data[z], copy=True)
+        if not accept and np.array_equal(before, after):
+            return None
+        self._snapshot = after
+        session = self._session
+        if accept:
+            fut = self._io.submit(session.accept, z, before, after)
+        else:
+            fut = self._io.submit(session.save_edit, z, before, after)
+        fut.add_done_callback(lambda f: self._saved(f, z, accept))
+        if wait:
+            fut.result()
+        return fut
+
+    @ensure_main_thread
+    def _saved(self, fut: Future, z: int, accepted: bool) -> None:
+        err = fut.exception()
+        if err is not None:
+            show_error(f"Review: slice {z} NOT saved: {err}. Your edit is still on screen; fix the problem and "
+                       "save again (Accept).")
+            self._unsaved.value = "● NOT SAVED — see the error message"
+            if z == self._z:
+                self._snapshot = None  # force a re-save attempt
+                self._snapshot = np.full_like(self._layer.data[z], 255)
+            return
+        if z == self._z:
+            self._unsaved.value = "✓ accepted" if accepted else "✓ saved"
+            self._refresh_versions()
+        self._refresh_status()
+
+    def accept_slice(self) -> None:
+        """Save the current slice as reviewed and jump to the next least-confident slice."""
+        if self._session is None:
+            return
+        self._save_current(accept=True)
+        nxt = self._io.submit(self._session.next_in_queue, self._z)
+        nxt.add_done_callback(self._goto_future)
+
+    def next_slice(self) -> None:
+        """Go to the least-confident unreviewed slice."""
+        if self._session is None:
+            return
+        self._save_current()
+        self._io.submit(self._session.next_in_queue, self._z).add_done_callback(self._goto_future)
+
+    def previous_slice(self) -> None:
+        """Go back to the slice shown before the last jump."""
+        if self._history:
+            self._goto(self._history.pop(), remember=False)
+
+    @ensure_main_thread
+    def _goto_future(self, fut: Future) -> None:
+        z = fut.result() if fut.exception() is None else None
+        if z is None:
+            show_info("Review: no unreviewed slice left.")
+            return
+        self._goto(z)
+
+    def _goto(self, z: int, remember: bool = True) -> None:
+        if remember and self._z is not None:
+            self._history.append(self._z)
+        step = list(self._viewer.dims.current_step)
+        step[0] = int(z)
+        self._viewer.dims.current_step = tuple(step)
+
+    def revert_slice(self) -> None:
+        """Make the chosen older version of the current slice the latest again."""
+        if self._session is None or self._z is None or self._versions.value is None:
+            return
+        z, version = self._z, int(self._versions.value)
+        fut = self._io.submit(self._session.revert, z, version)
+        fut.add_done_callback(lambda f: self._reverted(f, z))
+
+    @ensure_main_thread
+    def _reverted(self, fut: Future, z: int) -> None:
+        if fut.exception() is not None:
+            show_error(f"Review: revert failed: {fut.exception()}")
+            return
+        self._show_slice(z)
+        self._refresh_versions()
+        self._refresh_status()
+
+    def _show_slice(self, z: int) -> None:
+        from napari_gitseg.classes import masks_to_labels
+
+        labels = masks_to_labels(self._session.masks[:, z])
+        self._layer.data[z] = labels
+        self._layer.refresh()
+        if z == self._z:
+            self._snapshot = labels.copy()
+
+    # ---- predictions ---------------------------------------------------------------------------------
+    def _on_prediction(self, stack, prediction) -> None:
+        if self._session is None or stack.name != self._session.name:
+            return
+        self._save_current(wait=True)
+        version = getattr(prediction, "model_version", None)
+        fut = self._io.submit(self._session.apply_prediction, prediction.masks, prediction.confidence,
+                              None if version is None else str(version))
+        fut.add_done_callback(self._prediction_applied)
+
+    @ensure_main_thread
+    def _prediction_applied(self, fut: Future) -> None:
+        if fut.exception() is not None:
+            show_error(f"Review: could not store the prediction: {fut.exception()}")
+            return
+        updated = fut.result()
+        for z in updated:
+            self._show_slice(z)
+        self._refresh_status()
+        show_info(f"Review: {len(updated)} unreviewed slices updated; reviewed and corrected slices kept.")
+
+    # ---- small UI bits ---------------------------------------------------------------------------------
+    def _refresh_status(self) -> None:
+        if self._session is None:
+            return
+        fut = self._io.submit(self._session.counts)
+        fut.add_done_callback(self._show_counts)
+
+    @ensure_main_thread
+    def _show_counts(self, fut: Future) -> None:
+        if fut.exception() is None:
+            c = fut.result()
+            self._status.value = (f"Reviewed {c.get('reviewed', 0)} of {c.get('total', 0)} · "
+                                  f"labelled slices in training: {c.get('clinician', 0)}")
+
+    def _refresh_versions(self) -> None:
+        if self._session is None or self._z is None:
+            return
+        fut = self._io.submit(self._session.history, self._z)
+        fut.add_done_callback(self._show_versions)
+
+    @ensure_main_thread
+    def _show_versions(self, fut: Future) -> None:
+        if fut.exception() is not None:
+            return
+        versions = [(f"v{h.version} · {h.source}{' · reviewed' if h.reviewed else ''}", h.version)
+                    for h in reversed(fut.result())]
+        self._versions.choices = versions
+
+    def _apply_visibility(self, _v=None) -> None:
+        if self._layer is not None:
+            set_class_visibility(self._layer, {c: box.value for c, box in self._visible.items()})
+
+    def _set_enabled(self, on: bool) -> None:
+        for w in (self._prev, self._next, self._accept, self._revert, self._versions):
+            w.enabled = on
+
+    def _on_layer_removed(self, event) -> None:
+        self._image.reset_choices()
+        if self._layer is not None and event.value is self._layer:
+            # the edit is still in memory: save it before letting go
+            try:
+                self._save_current(wait=True)
+            except Exception as err:  # noqa: BLE001
+                show_error(f"Review: could not save the last edit: {err}")
+            self._layer = None
+            self._session = None
+            self._set_enabled(False)
+            self._status.value = "Review layer removed; saved work is in the store. Start review to reopen."
+
+    def closeEvent(self, event):  # pragma: no cover - Qt close path
+        self.close_review()
+        super().closeEvent(event)
+
+    def close_review(self) -> None:
+        """Save pending work and release the store (called on dock close)."""
+        try:
+            self._save_current(wait=True)
+        finally:
+            self._io.close()

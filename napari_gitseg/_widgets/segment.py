@@ -1,0 +1,201 @@
+"""Segment dock: pick an image and a model, Run / Cancel, organ overlay with fixed colours.
+
+Inference runs in a napari ``thread_worker``; each finished batch is yielded back to the GUI
+thread and painted into the overlay, the slice on screen first. The logic is the
+``Predictor`` (``napari_gitseg.predict``), tested without Qt.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from napari.qt.threading import thread_worker
+
+from napari_gitseg.classes import CLASSES, masks_to_labels
+from napari_gitseg.layers import labels_layer_data, stack_from_layer
+from napari_gitseg.resources import default_model_path
+
+from ._common import (
+    ensure_labels_layer,
+    find_layer,
+    image_layer_names,
+    set_class_visibility,
+    show_error,
+    show_info,
+)
+from ._hub import hub_for
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def run_prediction(model_path: str, stack, first_slice: int, device: str, tta: bool, cancel: threading.Event):
+    """Generator run off the GUI thread: yields progress updates, returns the Prediction."""
+    from napari_gitseg.predict import Predictor
+
+    predictor = Predictor([model_path], device=None if device == "auto" else device, tta_flips=tta)
+    result = yield from predictor.iter_predict(stack, first_slice=first_slice, cancel=cancel)
+    return result
+
+
+class SegmentWidget(Container):
+    """Run the segmentation model on an image layer and overlay the three organs."""
+
+    def __init__(self, viewer):
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._hub = hub_for(viewer)
+        self._worker = None
+        self._cancel = threading.Event()
+        default = default_model_path()
+
+        self._image = ComboBox(label="Image", choices=lambda _w: image_layer_names(viewer))
+        self._model = FileEdit(label="Model", filter="*.json", value=str(default) if default else "")
+        self._device = ComboBox(label="Device", choices=DEVICES, value="auto")
+        self._tta = CheckBox(text="Flip test-time augmentation (slower)", value=False)
+        self._uncertainty = CheckBox(text="Add uncertainty layer", value=False)
+        self._run = PushButton(text="Run")
+        self._cancel_btn = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(label="Progress", min=0, max=100, value=0)
+        self._status = Label(label="", value="")
+        self._visible = {c: CheckBox(text=c.replace("_", " "), value=True) for c in CLASSES}
+        buttons = Container(widgets=[self._run, self._cancel_btn], layout="horizontal", labels=False)
+        vis = Container(widgets=list(self._visible.values()), layout="horizontal", labels=False, label="Show")
+        self.extend([self._image, self._model, self._device, self._tta, self._uncertainty, buttons,
+                     self._progress, self._status, vis])
+
+        self._run.changed.connect(self.run)
+        self._cancel_btn.changed.connect(self.cancel)
+        for box in self._visible.values():
+            box.changed.connect(self._apply_visibility)
+        viewer.layers.events.inserted.connect(lambda _e: self._image.reset_choices())
+        viewer.layers.events.removed.connect(lambda _e: self._image.reset_choices())
+        self._hub.model_changed.connect(lambda path: self.set_model_path(path) if path else None)
+        self._hub.repredict_requested.connect(self._on_repredict)
+        self.result_layer = None
+        self.last_prediction = None
+
+    # ---- public ---------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """True while a prediction is in progress."""
+        return self._worker is not None
+
+    def set_model_path(self, path: str | Path) -> None:
+        """Use the model bundle at ``path`` for the next run."""
+        self._model.value = str(path)
+
+    def run(self) -> None:
+        """Start segmenting the chosen image layer in the background."""
+        if self.running:
+            show_info("Segment: a run is already in progress; cancel it first.")
+            return
+        layer = find_layer(self._viewer, self._image.value)
+        if layer is None:
+            show_error("Segment: choose an image layer first.")
+            return
+        model = str(self._model.value or "")
+        if not model or not Path(model).is_file():
+            show_error(f"Segment: model bundle not found: {model or '(none chosen)'}")
+            return
+        try:
+            stack = stack_from_layer(layer)
+        except ValueError as err:
+            show_error(f"Segment: {err}")
+            return
+        z = int(self._viewer.dims.current_step[0]) if stack.shape[0] > 1 else 0
+        z = min(max(z, 0), stack.shape[0] - 1)
+        self._stack = stack
+        data, kwargs, _ = labels_layer_data(stack, np.zeros((len(CLASSES), *stack.shape), bool),
+                                            name=f"{stack.name} prediction", role="prediction")
+        kwargs["metadata"]["gitseg"]["model"] = model
+        self.result_layer = ensure_labels_layer(self._viewer, kwargs["name"], data, kwargs)
+        self._apply_visibility()
+        self._viewer.layers.selection.active = layer
+
+        self._cancel.clear()
+        worker = thread_worker(
+            run_prediction, progress={"total": stack.shape[0], "desc": f"Segmenting {stack.name}"},
+            start_thread=False,
+        )(model, stack, z, self._device.value, self._tta.value, self._cancel)
+        worker.yielded.connect(self._on_update)
+        worker.returned.connect(self._on_done)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._set_running(True)
+        self._status.value = f"Running on {stack.name} ({stack.shape[0]} slices)…"
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the running prediction to stop after the current batch."""
+        if self.running:
+            self._cancel.set()
+            self._status.value = "Cancelling…"
+
+    # ---- worker callbacks (GUI thread) ----------------------------------------------------------
+    def _on_update(self, update) -> None:
+        if self.result_layer is None:
+            return
+        self._progress.value = int(100 * update.done / max(update.total, 1))
+        labels = masks_to_labels(update.masks)
+        data = self.result_layer.data
+        data[np.asarray(update.slices)] = labels
+        self.result_layer.refresh()
+
+    def _on_done(self, prediction) -> None:
+        stack = self._stack
+        self.last_prediction = prediction
+        data, kwargs, _ = labels_layer_data(
+            stack, prediction.masks, name=f"{stack.name} prediction", role="prediction",
+            extra={"confidence": prediction.confidence, "model_version": getattr(prediction, "model_version", None)},
+        )
+        self.result_layer = ensure_labels_layer(self._viewer, kwargs["name"], data, kwargs)
+        self._apply_visibility()
+        if self._uncertainty.value:
+            uncertainty = prediction.uncertainty() if hasattr(prediction, "uncertainty") else None
+            if uncertainty is not None:
+                name = f"{stack.name} uncertainty"
+                old = find_layer(self._viewer, name)
+                if old is not None:
+                    self._viewer.layers.remove(old)
+                self._viewer.add_image(uncertainty, name=name, scale=stack.spacing, colormap="magma",
+                                       blending="additive", opacity=0.6, contrast_limits=(0, 1))
+        self._progress.value = 100
+        secs = getattr(prediction, "seconds", None)
+        self._status.value = f"Done: {stack.shape[0]} slices" + (f" in {secs:.1f} s" if secs else "")
+        self._hub.prediction_ready.emit(stack, prediction)
+
+    def _on_error(self, err: Exception) -> None:
+        from napari_gitseg.predict import PredictionCancelled
+
+        if isinstance(err, PredictionCancelled):
+            self._status.value = "Cancelled; the partial result was removed."
+            if self.result_layer is not None and self.result_layer in self._viewer.layers:
+                self._viewer.layers.remove(self.result_layer)
+            self.result_layer = None
+            return
+        self._status.value = f"Error: {err}"
+        show_error(f"Segment: {err}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._set_running(False)
+
+    def _on_repredict(self, stack_name) -> None:
+        for name in image_layer_names(self._viewer):
+            if name == stack_name:
+                self._image.value = name
+                self.run()
+                return
+
+    # ---- UI bits --------------------------------------------------------------------------------
+    def _set_running(self, running: bool) -> None:
+        self._run.enabled = not running
+        self._cancel_btn.enabled = running
+
+    def _apply_visibility(self, _v=None) -> None:
+        if self.result_layer is not None:
+            set_class_visibility(self.result_layer, {c: box.value for c, box in self._visible.items()})

@@ -1,0 +1,119 @@
+"""``gitseg predict|eval|export`` and the trainer's ``train|bootstrap`` (registered from training.cli)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_predict(args) -> int:
+    """Segment every stack at PATH with a model bundle and write the masks (by OUT's extension)."""
+    from napari_gitseg.io import GitsegInputError, read_stacks, write_masks
+    from napari_gitseg.predict import Predictor
+    from napari_gitseg.resources import default_model_path
+
+    model = args.model or default_model_path()
+    if model is None:
+        raise GitsegInputError(None, "no --model given and no default model bundle found in resources/models")
+    stacks = read_stacks(args.path)
+    predictor = Predictor([model], device=args.device, tta_flips=args.tta, batch_size=args.batch_size)
+    out = Path(args.out)
+    if len(stacks) > 1 and out.suffix.lower() != ".csv":
+        raise GitsegInputError(args.out, f"{len(stacks)} stacks found: only a .csv output can hold several")
+    import numpy as np
+
+    all_masks = []
+    for stack in stacks:
+        bar = _bar(stack.shape[0], f"predict {stack.name}")
+        pred = predictor.predict(stack, progress=lambda done, _total, b=bar: b.update(done - b.n))
+        bar.close()
+        all_masks.append(pred.masks)
+    if len(stacks) == 1:
+        write_masks(out, all_masks[0], stacks[0])
+    else:
+        from napari_gitseg.io import write_rle_csv
+
+        ids = [sid for s in stacks for sid in s.slice_ids]
+        write_rle_csv(out, ids, np.concatenate(all_masks, axis=1))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Compare predicted masks with ground truth and print the challenge's metrics as JSON."""
+    from training.metrics import evaluate_cases
+
+    from napari_gitseg.io import GitsegInputError, read_stacks
+
+    truth = {s.name: s for s in read_stacks(args.truth)}
+    preds = {s.name: s for s in read_stacks(args.pred)} if not str(args.pred).endswith(".csv") else None
+    cases = []
+    if preds is None:  # a challenge CSV of predictions: masks for the truth's slices
+        from napari_gitseg.io import read_train_csv
+        from napari_gitseg.io.train_csv import masks_for_stack
+
+        table = read_train_csv(args.pred)
+        for t in truth.values():
+            pm, _ = masks_for_stack(table, t)
+            cases.append((pm, t.masks, t.labelled))
+    else:
+        for name, t in truth.items():
+            if name not in preds:
+                raise GitsegInputError(args.pred, f"no prediction for stack {name}")
+            p = preds[name]
+            if p.masks is None:
+                raise GitsegInputError(args.pred, f"stack {name} has no masks")
+            cases.append((p.masks, t.masks, t.labelled))
+    for name, t in truth.items():
+        if t.masks is None:
+            raise GitsegInputError(args.truth, f"stack {name} has no ground-truth masks")
+    print(json.dumps(evaluate_cases(cases), indent=2, default=float))
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Export the reviewed masks of a label store (csv|tif|nii) with a provenance side file."""
+    from napari_gitseg.export import export_store
+
+    paths = export_store(args.store, args.out, fmt=args.format, stack=args.stack, reviewed_only=not args.all)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def _bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="slice", file=sys.stderr, disable=None)
+
+
+def add_commands(sub) -> None:
+    """Register predict, eval, export and the trainer's commands on ``gitseg``'s sub-parsers."""
+    p = sub.add_parser("predict", help="segment a stack/case/dataset; OUT by extension: .csv .tif .nii.gz")
+    p.add_argument("path")
+    p.add_argument("--model", help="model bundle .json (default: the bundled model)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("eval", help="Dice, IoU, 3-D Hausdorff and the challenge score (JSON)")
+    p.add_argument("--pred", required=True, help="predicted masks: case folder with train.csv, .csv, .tif, .nii.gz")
+    p.add_argument("--truth", required=True, help="ground truth in any readable form")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="export reviewed masks from a label store")
+    p.add_argument("store", help="project folder holding gitseg_labels.sqlite")
+    p.add_argument("--format", choices=("csv", "tif", "nii"), default="csv")
+    p.add_argument("--out", required=True)
+    p.add_argument("--stack", default=None, help="only this stack (default: all)")
+    p.add_argument("--all", action="store_true", help="include unreviewed model predictions")
+    p.set_defaults(func=cmd_export)
+
+    try:
+        from training.cli import add_commands as add_training_commands
+    except ImportError:  # the trainer package is part of this project; only a broken install lacks it
+        return
+    add_training_commands(sub)
