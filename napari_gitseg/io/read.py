@@ -1,0 +1,116 @@
+"""One entry point for every format: detect what a path holds and read it as stacks or masks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from napari_gitseg.io._util import full_suffix
+from napari_gitseg.io.dicom import looks_like_dicom, read_dicom
+from napari_gitseg.io.errors import GitsegInputError
+from napari_gitseg.io.nifti import read_nifti, read_nifti_masks
+from napari_gitseg.io.stack import Stack
+from napari_gitseg.io.tiff import read_tiff, read_tiff_masks
+from napari_gitseg.io.train_csv import masks_for_stack, read_train_csv
+from napari_gitseg.io.uwmgi import iter_uwmgi, layout_of
+
+KINDS = ("uwmgi", "tiff", "nifti", "dicom")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+TIFF_SUFFIXES = (".tif", ".tiff")
+_DICOM_PROBE = 20  # files looked at when deciding whether a folder is a DICOM series
+
+
+def detect_kind(path: str | Path) -> str | None:
+    """The reader for ``path`` (``uwmgi``, ``tiff``, ``nifti``, ``dicom``) or None; never raises."""
+    try:
+        path = Path(path)
+        if path.is_file():
+            suffix = full_suffix(path)
+            if suffix in NIFTI_SUFFIXES:
+                return "nifti"
+            if suffix in TIFF_SUFFIXES:
+                return "tiff"
+            if suffix == ".png":
+                return "uwmgi" if layout_of(path) == "slice" else None
+            if suffix in (".csv", ".txt", ".json", ".md"):
+                return None
+            return "dicom" if looks_like_dicom(path) else None
+        if path.is_dir():
+            if layout_of(path) is not None:
+                return "uwmgi"
+            probed = 0
+            for entry in sorted(path.iterdir()):
+                if entry.name.startswith(".") or not entry.is_file():
+                    continue
+                if looks_like_dicom(entry):
+                    return "dicom"
+                probed += 1
+                if probed >= _DICOM_PROBE:
+                    break
+    except OSError:
+        return None
+    return None
+
+
+def _unreadable(path: Path) -> GitsegInputError:
+    if not path.exists():
+        return GitsegInputError(path, "does not exist")
+    if path.is_dir():
+        return GitsegInputError(
+            path,
+            "holds nothing gitseg can read (a UW-Madison case folder caseN/caseN_dayM/scans/*.png, "
+            "or a folder of DICOM files)",
+        )
+    if full_suffix(path) == ".png":
+        return GitsegInputError(
+            path, "is not a UW-Madison slice: PNG files must be named slice_NNNN_W_H_SX_SY.png"
+        )
+    return GitsegInputError(path, "is not a supported format (.png slices, .tif/.tiff, .nii/.nii.gz, DICOM)")
+
+
+def iter_stacks(path: str | Path) -> Iterator[Stack]:
+    """Yield the stacks in ``path`` one at a time (a dataset root holds many)."""
+    path = Path(path)
+    kind = detect_kind(path)
+    if kind is None:
+        raise _unreadable(path)
+    if kind == "uwmgi":
+        yield from iter_uwmgi(path)
+    elif kind == "tiff":
+        yield read_tiff(path)
+    elif kind == "nifti":
+        yield read_nifti(path)
+    else:
+        yield read_dicom(path)
+
+
+def read_stacks(path: str | Path) -> list[Stack]:
+    """Read every stack in ``path`` (a file, a case-day, a case folder or a dataset root)."""
+    return list(iter_stacks(path))
+
+
+def read_stack(path: str | Path) -> Stack:
+    """Read exactly one stack from ``path``; a path holding several is refused with their names."""
+    stacks = read_stacks(path)
+    if len(stacks) != 1:
+        names = ", ".join(s.name for s in stacks[:5]) + (" ..." if len(stacks) > 5 else "")
+        raise GitsegInputError(
+            path, f"holds {len(stacks)} stacks ({names}); open one case-day folder or file"
+        )
+    return stacks[0]
+
+
+def read_masks(path: str | Path, like: Stack) -> Stack:
+    """Read masks for ``like`` from a ``.csv`` (RLE), ``.tif/.tiff`` or ``.nii/.nii.gz`` file; returns ``like`` with masks."""
+    from dataclasses import replace
+
+    path = Path(path)
+    suffix = full_suffix(path)
+    if suffix == ".csv":
+        masks, labelled = masks_for_stack(read_train_csv(path), like)
+        return replace(like, masks=masks, labelled=labelled, meta={**like.meta, "masks_source": str(path)})
+    if suffix in TIFF_SUFFIXES:
+        return read_tiff_masks(path, like)
+    if suffix in NIFTI_SUFFIXES:
+        return read_nifti_masks(path, like)
+    raise GitsegInputError(path, "masks are read from .csv, .tif/.tiff or .nii/.nii.gz files")

@@ -1,0 +1,195 @@
+"""The challenge's run-length CSV (``train.csv`` and submissions): ``id,class,segmentation``.
+
+One row per slice and class, classes ``large_bowel``, ``small_bowel``, ``stomach``; the
+segmentation is the RLE of :mod:`napari_gitseg.io.rle` (empty for no mask). A submission
+file names its third column ``predicted``; both names are read. Written with the ``csv``
+module only (no pandas), atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from napari_gitseg.classes import CLASSES
+from napari_gitseg.io._util import atomic_output
+from napari_gitseg.io.errors import GitsegInputError
+from napari_gitseg.io.rle import RLEError, rle_decode, rle_encode
+from napari_gitseg.io.stack import Stack
+
+HEADER: tuple[str, str, str] = ("id", "class", "segmentation")
+SUBMISSION_HEADER: tuple[str, str, str] = ("id", "class", "predicted")
+
+
+class TrainTable(dict):
+    """``id -> class -> rle`` as read from a file; remembers the file and each row's line number."""
+
+    def __init__(self, path: str | Path | None = None):
+        super().__init__()
+        self.path: str | None = None if path is None else str(path)
+        self.lines: dict[tuple[str, str], int] = {}
+        self._by_prefix: dict[str, list[str]] | None = None
+
+    def line_of(self, sid: str, cls: str) -> int | None:
+        """Line number of the row for ``sid`` and ``cls`` (None when unknown)."""
+        return self.lines.get((sid, cls))
+
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        """Ids of the form ``{prefix}_slice_NNNN`` (e.g. every slice of one case-day)."""
+        if self._by_prefix is None:
+            index: dict[str, list[str]] = {}
+            for sid in self:
+                head, sep, _ = sid.rpartition("_slice_")
+                if sep:
+                    index.setdefault(head, []).append(sid)
+            self._by_prefix = index
+        return list(self._by_prefix.get(prefix, []))
+
+
+def check_rle_syntax(rle: str) -> None:
+    """Check an RLE string without knowing the image size; raise ``RLEError`` when malformed."""
+    tokens = rle.split()
+    if not tokens:
+        return
+    if len(tokens) % 2:
+        raise RLEError(f"RLE has an odd number of tokens ({len(tokens)}); expected start/length pairs")
+    for token in tokens:
+        if not token.isascii() or not token.lstrip("+").isdigit():
+            raise RLEError(f"RLE token {token!r} is not an integer")
+    values = [int(t) for t in tokens]
+    starts, lengths = values[0::2], values[1::2]
+    if any(s < 1 for s in starts):
+        raise RLEError("RLE start below 1 (starts are 1-based)")
+    if any(n <= 0 for n in lengths):
+        raise RLEError("RLE run length must be positive")
+    ends = [s + n for s, n in zip(starts, lengths)]
+    if any(starts[i + 1] < ends[i] for i in range(len(ends) - 1)):
+        raise RLEError("RLE runs overlap or are not in increasing order")
+
+
+def read_train_csv(path: str | Path) -> TrainTable:
+    """Read ``id,class,segmentation`` rows into ``id -> class -> rle``, validating every row."""
+    path = Path(path)
+    if not path.is_file():
+        raise GitsegInputError(path, "does not exist or is not a file")
+    table = TrainTable(path)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise GitsegInputError(path, "is empty; expected the header 'id,class,segmentation'")
+            names = tuple(h.strip() for h in header)
+            if names not in (HEADER, SUBMISSION_HEADER):
+                raise GitsegInputError(
+                    path, f"line 1: header {','.join(names)!r} is not 'id,class,segmentation'"
+                )
+            for row in reader:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                line = reader.line_num
+                if len(row) != 3:
+                    raise GitsegInputError(
+                        path, f"line {line}: expected 3 fields (id,class,segmentation), got {len(row)}"
+                    )
+                sid, cls, rle = row[0].strip(), row[1].strip(), row[2].strip()
+                if not sid:
+                    raise GitsegInputError(path, f"line {line}: empty id")
+                if cls not in CLASSES:
+                    raise GitsegInputError(
+                        path, f"line {line}: class {cls!r} is not one of {', '.join(CLASSES)}"
+                    )
+                if (sid, cls) in table.lines:
+                    raise GitsegInputError(
+                        path, f"line {line}: {sid} {cls} repeats line {table.lines[(sid, cls)]}"
+                    )
+                try:
+                    check_rle_syntax(rle)
+                except RLEError as err:
+                    raise GitsegInputError(path, f"line {line}: {sid} {cls}: {err}") from err
+                table.setdefault(sid, {})[cls] = rle
+                table.lines[(sid, cls)] = line
+    except GitsegInputError:
+        raise
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise GitsegInputError(path, f"is not a readable CSV text file ({err})") from err
+    except OSError as err:
+        raise GitsegInputError(path, f"cannot be read ({err})") from err
+    return table
+
+
+def masks_for_stack(table: dict[str, dict[str, str]], stack: Stack) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the table's rows for ``stack``: masks ``(C, Z, Y, X)`` bool and labelled ``(Z,)`` bool.
+
+    A slice is labelled when its id is in the table; classes missing for a labelled id are empty.
+    """
+    n_z, height, width = stack.shape
+    masks = np.zeros((len(stack.classes), n_z, height, width), dtype=bool)
+    labelled = np.zeros(n_z, dtype=bool)
+    source = getattr(table, "path", None)
+    for z, sid in enumerate(stack.slice_ids):
+        entry = table.get(sid)
+        if entry is None:
+            continue
+        labelled[z] = True
+        for c, cls in enumerate(stack.classes):
+            rle = entry.get(cls, "")
+            if not rle:
+                continue
+            try:
+                masks[c, z] = rle_decode(rle, (height, width))
+            except RLEError as err:
+                line = table.line_of(sid, cls) if isinstance(table, TrainTable) else None
+                where = f"line {line}: " if line else ""
+                raise GitsegInputError(
+                    source, f"{where}{sid} {cls}: {err} (slice is {height}x{width}, from {stack.source})"
+                ) from err
+    return masks, labelled
+
+
+def _write_rows(path: Path, rows: Iterable[tuple[str, str, str]], column: str) -> Path:
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(("id", "class", column))
+            writer.writerows(rows)
+    return path
+
+
+def write_rle_csv(
+    path: str | Path,
+    slice_ids: Sequence[str],
+    masks: np.ndarray,
+    *,
+    labelled: np.ndarray | None = None,
+    classes: tuple[str, ...] = CLASSES,
+    column: str = "segmentation",
+) -> Path:
+    """Write masks ``(C, Z, Y, X)`` as ``id,class,segmentation`` rows (3 per slice), atomically.
+
+    Only slices with ``labelled`` True are written (all when None); ``column="predicted"``
+    gives the challenge's submission header.
+    """
+    masks = np.asarray(masks)
+    if masks.ndim != 4 or masks.shape[0] != len(classes):
+        raise ValueError(f"masks must be (C={len(classes)}, Z, Y, X), got shape {masks.shape}")
+    if masks.shape[1] != len(slice_ids):
+        raise ValueError(f"{len(slice_ids)} slice ids for {masks.shape[1]} mask slices")
+    if labelled is not None and len(labelled) != len(slice_ids):
+        raise ValueError(f"labelled has {len(labelled)} entries for {len(slice_ids)} slices")
+    rows = [
+        (sid, cls, rle_encode(masks[c, z]))
+        for z, sid in enumerate(slice_ids)
+        if labelled is None or labelled[z]
+        for c, cls in enumerate(classes)
+    ]
+    return _write_rows(Path(path), rows, column)
+
+
+def write_train_table(path: str | Path, table: dict[str, dict[str, str]], order: Sequence[str]) -> Path:
+    """Write a whole ``id -> class -> rle`` table in the given id order (3 rows per id), atomically."""
+    rows = [(sid, cls, table[sid].get(cls, "")) for sid in order for cls in CLASSES]
+    return _write_rows(Path(path), rows, "segmentation")
