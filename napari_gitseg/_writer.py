@@ -18,7 +18,8 @@ def write_labels(path: str, data: np.ndarray, meta: dict) -> list[str]:
     masks = info.get("masks")
     if masks is None or np.asarray(masks).shape[1:] != labels.shape:
         masks = labels_to_masks(labels)
-    scale = tuple(meta.get("scale") or (1.0, 1.0, 1.0))[-3:]
+    scale = meta.get("scale")
+    scale = (1.0, 1.0, 1.0) if scale is None else tuple(float(v) for v in scale)[-3:]
     stack = Stack(
         image=np.zeros(labels.shape, dtype=np.uint8),
         spacing=info.get("spacing", scale),

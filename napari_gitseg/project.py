@@ -34,3 +34,48 @@ def default_project_folder(source: str, name: str) -> Path:
 def registry_folder(project: Path) -> Path:
     """The model registry inside a project folder."""
     return Path(project) / "models"
+
+
+def snapshot_path(project: Path, name: str) -> Path:
+    """Where the image snapshot of stack ``name`` lives inside a project folder."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "stack"
+    return Path(project) / "images" / f"{safe}.npz"
+
+
+def save_stack_snapshot(project: Path, stack) -> Path:
+    """Keep a copy of the stack's image in the project so the background trainer can read it.
+
+    Written once per stack (atomic: temp file + rename); the label store holds only masks.
+    """
+    import numpy as np
+
+    path = snapshot_path(project, stack.name)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(
+        tmp, image=stack.image, spacing=np.asarray(stack.spacing, dtype=np.float64),
+        slice_ids=np.asarray(stack.slice_ids, dtype=str), source=np.asarray(str(stack.source)),
+        classes=np.asarray(stack.classes, dtype=str),
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def load_stack_snapshot(path: Path):
+    """Read a snapshot written by ``save_stack_snapshot`` back into a Stack (no pickles)."""
+    import numpy as np
+
+    from napari_gitseg.io.errors import GitsegInputError
+    from napari_gitseg.io.stack import Stack
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return Stack(
+                image=data["image"], spacing=tuple(data["spacing"].tolist()),
+                slice_ids=[str(s) for s in data["slice_ids"]], source=str(data["source"]), kind="snapshot",
+                classes=tuple(str(c) for c in data["classes"]),
+            )
+    except (OSError, KeyError, ValueError) as err:
+        raise GitsegInputError(path, f"not a readable gitseg image snapshot ({err})") from err
