@@ -6,6 +6,9 @@ manifest without pulling in the deep-learning stack.
 
 __version__ = "0.1.0"
 
+from napari_gitseg import _triton_guard  # noqa: E402
 from napari_gitseg.classes import CLASSES  # noqa: E402
+
+_triton_guard.install()
 
 __all__ = ["CLASSES", "__version__"]

@@ -12,7 +12,8 @@ import textwrap
 
 import pytest
 
-from napari_gitseg._triton_guard import guard_triton_import, llvm_already_loaded
+from napari_gitseg import _triton_guard
+from napari_gitseg._triton_guard import TritonGuardFinder, llvm_already_loaded
 
 pytestmark = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display (run under xvfb-run)")
 
@@ -47,12 +48,23 @@ def test_plugin_imports_torch_after_napari_opengl_is_up():
     assert "OK (1, 3, 64, 64)" in proc.stdout
 
 
-def test_guard_blocks_triton_only_when_llvm_is_mapped(tmp_path, monkeypatch):
+def test_llvm_detection_reads_the_process_maps(tmp_path):
     maps = tmp_path / "maps"
     maps.write_text("7f00-7f01 r-xp 0 0:0 0 /usr/lib/x86_64-linux-gnu/libLLVM-15.so.1\n")
     assert llvm_already_loaded(str(maps))
     maps.write_text("7f00-7f01 r-xp 0 0:0 0 /usr/lib/libc.so.6\n")
     assert not llvm_already_loaded(str(maps))
-    # with triton already imported (or allowed) the guard never interferes
-    monkeypatch.setitem(sys.modules, "triton", object())
-    assert guard_triton_import() is False
+
+
+def test_hook_refuses_only_triton_and_only_when_llvm_is_loaded(monkeypatch):
+    finder = TritonGuardFinder()
+    monkeypatch.setattr(_triton_guard, "llvm_already_loaded", lambda: True)
+    with pytest.raises(ModuleNotFoundError, match="triton is disabled"):
+        finder.find_spec("triton")
+    assert finder.find_spec("numpy") is None
+    monkeypatch.setenv("GITSEG_ALLOW_TRITON", "1")
+    assert finder.find_spec("triton") is None
+    monkeypatch.delenv("GITSEG_ALLOW_TRITON")
+    monkeypatch.setattr(_triton_guard, "llvm_already_loaded", lambda: False)
+    assert finder.find_spec("triton") is None
+    assert any(isinstance(f, TritonGuardFinder) for f in sys.meta_path)  # installed by the package
