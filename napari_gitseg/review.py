@@ -56,7 +56,9 @@ class ReviewSession:
         if np.array_equal(before, after):
             return None
         merged = merge_label_edit(self.masks[:, z], before, after)
-        version = self.store.save(self.stack.slice_ids[z], merged, source="clinician", user=user)
+        last = self.record(z)  # an edit keeps an accepted slice accepted
+        version = self.store.save(self.stack.slice_ids[z], merged, source="clinician", user=user,
+                                  reviewed=bool(last is not None and last.reviewed))
         self.masks[:, z] = merged
         return version
 

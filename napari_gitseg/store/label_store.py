@@ -342,7 +342,10 @@ class LabelStore:
         return version
 
     def revert(self, slice_id: str, version: int, user: str | None = None) -> int:
-        """Write a new version that copies ``version`` (by the clinician, so predictions keep off it)."""
+        """Write a new version with the masks of ``version`` (by the clinician, so predictions keep off it).
+
+        The slice keeps its current review state: reverting is an edit, not a withdrawal of review.
+        """
         with self._write() as conn:
             old = conn.execute("SELECT shape, masks, crc, reviewed FROM versions WHERE slice_id=? AND version=?",
                                (slice_id, int(version))).fetchone()
@@ -353,7 +356,7 @@ class LabelStore:
             conn.execute(
                 "INSERT INTO versions (slice_id, version, source, user, model_version, reviewed, confidence, note,"
                 " created, shape, masks, crc) VALUES (?, ?, 'clinician', ?, NULL, ?, NULL, ?, ?, ?, ?, ?)",
-                (slice_id, new, user or self.user, int(old[3]), f"revert to v{version}", time.time(), old[0],
+                (slice_id, new, user or self.user, int(last["reviewed"]), f"revert to v{version}", time.time(), old[0],
                  old[1], old[2]),
             )
         return new

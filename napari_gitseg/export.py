@@ -1,0 +1,67 @@
+"""Export the reviewed masks of a label store, with provenance in a side file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from napari_gitseg.io import GitsegInputError, write_masks, write_rle_csv
+from napari_gitseg.io._util import atomic_output
+from napari_gitseg.io.stack import Stack
+from napari_gitseg.store import LabelStore
+
+FORMATS = {"csv": ".csv", "tif": ".tif", "nii": ".nii.gz"}
+
+
+def provenance_path(out: Path) -> Path:
+    """``reviewed.csv`` -> ``reviewed.provenance.json``."""
+    name = out.name
+    for ext in (".nii.gz", ".csv", ".tif", ".tiff", ".nii"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return out.with_name(name + ".provenance.json")
+
+
+def export_store(project: str | Path, out: str | Path, fmt: str = "csv", stack: str | None = None,
+                 reviewed_only: bool = True) -> list[Path]:
+    """Write the store's masks: one CSV for all stacks, or one TIFF/NIfTI per stack; returns the paths."""
+    if fmt not in FORMATS:
+        raise GitsegInputError(out, f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
+    store = LabelStore.open(project, readonly=True)
+    try:
+        names = [stack] if stack else store.stacks()
+        if not names:
+            raise GitsegInputError(project, "the label store holds no stacks")
+        out = Path(out)
+        results = []
+        for name in names:
+            info = store.stack_info(name)
+            ids, masks, prov = store.export_masks(name, reviewed_only=reviewed_only)
+            results.append((info, ids, masks, prov))
+    finally:
+        store.close()
+    written: list[Path] = []
+    if fmt == "csv":
+        ids = [sid for _i, sids, _m, _p in results for sid in sids]
+        masks = np.concatenate([m for _i, _s, m, _p in results], axis=1)
+        written.append(Path(write_rle_csv(out, ids, masks)))
+        provenance = {info["name"]: prov for info, _s, _m, prov in results}
+        targets = [(out, provenance)]
+    else:
+        targets = []
+        for info, ids, masks, prov in results:
+            path = out if len(results) == 1 else out.parent / f"{info['name']}{FORMATS[fmt]}"
+            like = Stack(image=np.zeros(info["shape"], np.uint8), spacing=info["spacing"], slice_ids=ids,
+                         source=info["source"] or info["name"], kind="store", classes=info["classes"])
+            written.append(Path(write_masks(path, masks, like)))
+            targets.append((path, {info["name"]: prov}))
+    for path, provenance in targets:
+        side = provenance_path(Path(path))
+        with atomic_output(side) as tmp:
+            tmp.write_text(json.dumps({"store": str(Path(project).resolve()), "reviewed_only": reviewed_only,
+                                       "stacks": provenance}, indent=1))
+        written.append(side)
+    return written

@@ -1,0 +1,107 @@
+"""The review workflow without Qt: edits keep overlaps, accept, revert, predictions, export round trip."""
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_gitseg.classes import LABEL_VALUES, masks_to_labels
+from napari_gitseg.export import export_store, provenance_path
+from napari_gitseg.io import read_masks, read_stack
+from napari_gitseg.phantom import make_phantom_case
+from napari_gitseg.review import ReviewSession
+from napari_gitseg.store import LabelStore
+
+
+@pytest.fixture
+def case():
+    return make_phantom_case(seed=5, n_slices=12, size=(64, 64))
+
+
+@pytest.fixture
+def session(tmp_path, case):
+    return ReviewSession(LabelStore.open(tmp_path / "proj", user="dr_b"), case)
+
+
+def fake_prediction(case, seed=0):
+    rng = np.random.default_rng(seed)
+    masks = case.masks.copy()
+    masks[:, :, :4] = rng.random(masks[:, :, :4].shape) > 0.5  # some noise
+    confidence = rng.random(case.shape[0]).astype(np.float32)
+    return masks, confidence
+
+
+def test_prediction_fills_unreviewed_slices_only(session, case):
+    z = 6
+    before = session.labels()[z]
+    after = before.copy()
+    after[10:20, 10:20] = LABEL_VALUES["stomach"]
+    assert session.save_edit(z, before, after) == 1
+    session.accept(z + 1)
+    masks, conf = fake_prediction(case)
+    updated = session.apply_prediction(masks, conf, "v0001")
+    assert z not in updated and z + 1 not in updated and len(updated) == case.shape[0] - 2
+    assert (session.labels()[z] == after).all()  # the correction survived the prediction
+    assert np.array_equal(session.masks[:, 0], masks[:, 0])
+    rec = session.record(0)
+    assert rec.source == "model" and rec.model_version == "v0001" and rec.confidence == pytest.approx(conf[0])
+
+
+def test_edit_keeps_overlap_the_view_cannot_show(session, case):
+    z = int(np.argmax((case.masks.sum(axis=0) > 1).sum(axis=(1, 2))))
+    overlap = case.masks[:, z].sum(axis=0) > 1
+    assert overlap.any(), "phantom should have overlapping organs"
+    session.apply_prediction(case.masks, np.ones(case.shape[0]), "truth")
+    before = session.labels()[z]
+    after = before.copy()
+    far = np.argwhere(~case.masks[:, z].any(axis=0))[0]
+    after[tuple(far)] = LABEL_VALUES["small_bowel"]
+    session.save_edit(z, before, after)
+    stored = session.store.latest(case.slice_ids[z]).masks
+    assert (stored[:, overlap].sum(axis=0) > 1).all()  # overlap still stored
+    assert stored[1][tuple(far)]
+
+
+def test_queue_accept_revert_and_reopen(tmp_path, session, case):
+    masks, conf = fake_prediction(case, seed=1)
+    session.apply_prediction(masks, conf, "v0001")
+    queue = session.queue()
+    assert queue[0] == int(np.argmin(conf)) and len(queue) == case.shape[0]
+    z = queue[0]
+    session.accept(z)
+    assert z not in session.queue() and session.next_in_queue(z) == queue[1]
+    before = session.labels()[z]
+    after = np.zeros_like(before)
+    session.save_edit(z, before, after)
+    assert not session.masks[:, z].any()
+    first = session.history(z)[0].version
+    session.revert(z, first)
+    assert np.array_equal(session.masks[:, z], masks[:, z])
+    counts = session.counts()
+    assert counts["reviewed"] >= 1 and counts["total"] == case.shape[0]
+    session.store.close()
+    again = ReviewSession(LabelStore.open(tmp_path / "proj"), case)  # session restore
+    assert np.array_equal(again.masks, session.masks)
+
+
+def test_export_round_trips_through_the_readers(tmp_path, session, case):
+    from napari_gitseg.io import write_uwmgi_dataset
+
+    session.apply_prediction(case.masks, np.ones(case.shape[0]), "v1")
+    for z in (3, 4, 5):
+        session.accept(z)
+    out = tmp_path / "reviewed.csv"
+    written = export_store(tmp_path / "proj", out, fmt="csv")
+    assert out in written and provenance_path(out) in written
+    root = write_uwmgi_dataset(tmp_path / "data", [case])
+    like = read_stack(root / "train" / "case1")
+    back = read_masks(out, like).masks
+    assert np.array_equal(back[:, 3:6], case.masks[:, 3:6])
+    assert not back[:, :3].any() and not back[:, 6:].any()  # unreviewed slices are not exported
+    prov = json.loads(provenance_path(out).read_text())
+    statuses = [p["status"] for p in prov["stacks"][case.name]]
+    assert statuses.count("exported") == 3
+    nii = tmp_path / "reviewed.nii.gz"
+    export_store(tmp_path / "proj", nii, fmt="nii")
+    assert np.array_equal(read_masks(nii, like).masks[:, 3:6], case.masks[:, 3:6])
+    assert masks_to_labels(back).shape == case.shape
