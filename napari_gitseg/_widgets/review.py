@@ -169,7 +169,13 @@ class ReviewWidget(Container):
         self._refresh_versions()
 
     def _on_paint(self, _event=None) -> None:
-        if self._snapshot is not None and self._z is not None:
+        # napari emits `paint` while it records the undo step, before the new values land
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, self._update_unsaved)
+
+    def _update_unsaved(self) -> None:
+        if self._snapshot is not None and self._z is not None and self._layer is not None:
             dirty = not np.array_equal(self._layer.data[self._z], self._snapshot)
             self._unsaved.value = "● unsaved edits on this slice (saved on slice change / Accept)" if dirty else ""
 
@@ -188,21 +194,20 @@ class ReviewWidget(Container):
             fut = self._io.submit(session.accept, z, before, after)
         else:
             fut = self._io.submit(session.save_edit, z, before, after)
-        fut.add_done_callback(lambda f: self._saved(f, z, accept))
+        fut.add_done_callback(lambda f: self._saved(f, z, accept, before))
         if wait:
             fut.result()
         return fut
 
     @ensure_main_thread
-    def _saved(self, fut: Future, z: int, accepted: bool) -> None:
+    def _saved(self, fut: Future, z: int, accepted: bool, before: np.ndarray) -> None:
         err = fut.exception()
         if err is not None:
             show_error(f"Review: slice {z} NOT saved: {err}. Your edit is still on screen; fix the problem and "
                        "save again (Accept).")
             self._unsaved.value = "● NOT SAVED — see the error message"
             if z == self._z:
-                self._snapshot = None  # force a re-save attempt
-                self._snapshot = np.full_like(self._layer.data[z], 255)
+                self._snapshot = before  # the edit still differs from what is stored: the next save retries
             return
         if z == self._z:
             self._unsaved.value = "✓ accepted" if accepted else "✓ saved"

@@ -1,0 +1,92 @@
+"""The Review dock in a real napari viewer: paint, accept, predictions, reopen."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from napari_gitseg.classes import LABEL_VALUES
+from napari_gitseg.layers import image_layer_data
+from napari_gitseg.phantom import make_phantom_case
+from napari_gitseg.store import LabelStore
+
+
+@pytest.fixture
+def case():
+    return make_phantom_case(seed=2, n_slices=10, size=(80, 80))
+
+
+def open_review(make_napari_viewer, qtbot, case, folder):
+    from napari_gitseg._widgets.review import ReviewWidget
+
+    viewer = make_napari_viewer()
+    data, kwargs, _ = image_layer_data(case)
+    viewer.add_image(data, **kwargs)
+    widget = ReviewWidget(viewer)
+    widget.set_store_folder(str(folder))
+    widget._image.value = case.name
+    widget.start_review()
+    qtbot.waitUntil(lambda: widget.labels_layer is not None, timeout=10000)
+    return viewer, widget
+
+
+def goto(viewer, z):
+    step = list(viewer.dims.current_step)
+    step[0] = z
+    viewer.dims.current_step = tuple(step)
+
+
+def test_paint_accept_reopen_and_prediction_keeps_corrections(make_napari_viewer, qtbot, case, tmp_path):
+    folder = tmp_path / "proj"
+    viewer, widget = open_review(make_napari_viewer, qtbot, case, folder)
+    layer = widget.labels_layer
+    assert layer.data.shape == case.shape
+    np.testing.assert_allclose(layer.scale, case.spacing)
+
+    goto(viewer, 4)
+    layer.brush_size = 5
+    layer.paint((4, 40, 40), LABEL_VALUES["stomach"])  # napari's own paint tool path
+    qtbot.waitUntil(lambda: "unsaved" in widget._unsaved.value, timeout=5000)
+    widget.accept_slice()
+    sid = case.slice_ids[4]
+    qtbot.waitUntil(lambda: (LabelStore.open(folder).latest(sid) or SimpleNamespace(reviewed=False)).reviewed,
+                    timeout=10000)
+    rec = LabelStore.open(folder).latest(sid)
+    assert rec.source == "clinician" and rec.masks[2, 40, 40]
+
+    # paint on another slice and move away: autosave on slice change
+    goto(viewer, 7)
+    layer.paint((7, 20, 20), LABEL_VALUES["large_bowel"])
+    goto(viewer, 8)
+    qtbot.waitUntil(lambda: LabelStore.open(folder).latest(case.slice_ids[7]) is not None, timeout=10000)
+    assert LabelStore.open(folder).latest(case.slice_ids[7]).masks[0, 20, 20]
+
+    # a model prediction arrives: every slice but the corrected ones is replaced
+    pred_masks = np.zeros((3, *case.shape), bool)
+    pred_masks[1, :, 60:70, 60:70] = True
+    prediction = SimpleNamespace(masks=pred_masks, confidence=np.linspace(0, 1, case.shape[0]),
+                                 model_version="v0009")
+    widget._hub.prediction_ready.emit(widget.session.stack, prediction)
+    qtbot.waitUntil(lambda: layer.data[0, 65, 65] == LABEL_VALUES["small_bowel"], timeout=10000)
+    assert layer.data[4, 40, 40] == LABEL_VALUES["stomach"] and layer.data[4, 65, 65] == 0
+    assert layer.data[7, 20, 20] == LABEL_VALUES["large_bowel"]
+    qtbot.waitUntil(lambda: "Reviewed 1 of 10" in widget._status.value, timeout=10000)
+    widget.close_review()
+
+    # reopen in a fresh viewer: the same corrections are shown
+    viewer2, widget2 = open_review(make_napari_viewer, qtbot, case, folder)
+    assert widget2.labels_layer.data[4, 40, 40] == LABEL_VALUES["stomach"]
+    assert widget2.labels_layer.data[7, 20, 20] == LABEL_VALUES["large_bowel"]
+    assert widget2.labels_layer.data[0, 65, 65] == LABEL_VALUES["small_bowel"]
+    widget2.close_review()
+
+
+def test_removing_the_review_layer_saves_the_pending_edit(make_napari_viewer, qtbot, case, tmp_path):
+    folder = tmp_path / "proj"
+    viewer, widget = open_review(make_napari_viewer, qtbot, case, folder)
+    goto(viewer, 2)
+    widget.labels_layer.paint((2, 30, 30), LABEL_VALUES["small_bowel"])
+    viewer.layers.remove(widget.labels_layer)
+    assert widget.session is None
+    assert LabelStore.open(folder).latest(case.slice_ids[2]).masks[1, 30, 30]
+    widget.close_review()
