@@ -102,3 +102,21 @@ def dicom_series():
         return folder, volume
 
     return make
+
+
+# --- model fixtures (lead) ---
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """An untrained but valid small model bundle (Unet/resnet18, k=3): for plumbing tests, not accuracy."""
+    import torch
+
+    from napari_gitseg.model.bundle import save_bundle
+    from napari_gitseg.model.factory import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(arch="Unet", encoder="resnet18", k=3, stride=2,
+                         arch_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
+    model = build_model(config)
+    folder = tmp_path_factory.mktemp("bundle")
+    save_bundle(model, config, folder / "tiny", training={"note": "untrained test fixture"})
+    return folder / "tiny.json"

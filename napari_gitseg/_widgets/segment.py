@@ -119,11 +119,9 @@ class SegmentWidget(Container):
         worker = thread_worker(
             run_prediction, progress={"total": stack.shape[0], "desc": f"Segmenting {stack.name}"},
             start_thread=False,
+            connect={"yielded": self._on_update, "returned": self._on_done, "errored": self._on_error,
+                     "finished": self._on_finished},
         )(model, stack, z, self._device.value, self._tta.value, self._cancel)
-        worker.yielded.connect(self._on_update)
-        worker.returned.connect(self._on_done)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
         self._worker = worker
         self._set_running(True)
         self._status.value = f"Running on {stack.name} ({stack.shape[0]} slices)…"

@@ -1,0 +1,72 @@
+"""The Segment dock in a real napari viewer: run, progress, layers, colours, scale, cancel."""
+
+import numpy as np
+import pytest
+
+from napari_gitseg.classes import COLORS, LABEL_VALUES
+from napari_gitseg.layers import image_layer_data
+from napari_gitseg.phantom import make_phantom_case
+
+
+@pytest.fixture
+def viewer_with_case(make_napari_viewer):
+    viewer = make_napari_viewer()
+    case = make_phantom_case(seed=4, n_slices=12, size=(96, 96))
+    data, kwargs, _ = image_layer_data(case)
+    viewer.add_image(data, **kwargs)
+    return viewer, case
+
+
+def make_widget(viewer, bundle):
+    from napari_gitseg._widgets.segment import SegmentWidget
+
+    widget = SegmentWidget(viewer)
+    widget.set_model_path(bundle)
+    return widget
+
+
+def test_run_adds_prediction_layer_with_organ_colours_and_scale(viewer_with_case, qtbot, tiny_bundle):
+    viewer, case = viewer_with_case
+    widget = make_widget(viewer, tiny_bundle)
+    received = []
+    widget._hub.prediction_ready.connect(lambda stack, pred: received.append((stack, pred)))
+    widget._uncertainty.value = True
+    assert widget._image.value == case.name
+    widget.run()
+    assert widget.running
+    widget.run()  # a second Run while one is going is refused, not started twice
+    qtbot.waitUntil(lambda: not widget.running, timeout=60000)
+    layer = viewer.layers[f"{case.name} prediction"]
+    assert layer.data.shape == case.shape
+    np.testing.assert_allclose(layer.scale, case.spacing)
+    for organ, value in LABEL_VALUES.items():
+        np.testing.assert_allclose(layer.colormap.map(np.array([value]))[0], COLORS[organ], atol=1e-6)
+    assert widget._progress.value == 100
+    assert len(received) == 1
+    stack, prediction = received[0]
+    assert stack.slice_ids == case.slice_ids and prediction.masks.shape == (3, *case.shape)
+    assert prediction.confidence.shape == (case.shape[0],)
+    assert f"{case.name} uncertainty" in [lyr.name for lyr in viewer.layers]
+    # per-class visibility: hiding the stomach makes its colour transparent, data untouched
+    before = layer.data.copy()
+    widget._visible["stomach"].value = False
+    assert layer.colormap.map(np.array([LABEL_VALUES["stomach"]]))[0][3] == 0
+    assert np.array_equal(layer.data, before)
+
+
+def test_cancel_removes_the_partial_result(viewer_with_case, qtbot, tiny_bundle):
+    viewer, case = viewer_with_case
+    widget = make_widget(viewer, tiny_bundle)
+    widget._cancel.set()  # cancelled before the first batch is done
+    widget.run()
+    widget._cancel.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60000)
+    assert f"{case.name} prediction" not in [lyr.name for lyr in viewer.layers]
+    assert "Cancelled" in widget._status.value
+
+
+def test_missing_model_is_a_clear_message_not_a_crash(viewer_with_case, tmp_path):
+    viewer, _case = viewer_with_case
+    widget = make_widget(viewer, tmp_path / "nope.json")
+    widget.run()
+    assert not widget.running and len(viewer.layers) == 1
