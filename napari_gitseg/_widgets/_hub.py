@@ -12,6 +12,7 @@ class GitsegHub:
 
     prediction_ready = Signal(object, object)  # (Stack, Prediction)
     model_changed = Signal(object)  # path of the model bundle now in use (or None)
+    project_opened = Signal(str, str)  # (project folder, stack name) when a review starts
     repredict_requested = Signal(object)  # Stack name whose unreviewed slices need new predictions
 
 

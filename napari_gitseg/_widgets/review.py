@@ -125,11 +125,14 @@ class ReviewWidget(Container):
 
     @staticmethod
     def _open_session(folder: str, stack):
+        from napari_gitseg.project import save_stack_snapshot
         from napari_gitseg.review import ReviewSession
         from napari_gitseg.store import LabelStore
 
         Path(folder).mkdir(parents=True, exist_ok=True)
-        return ReviewSession(LabelStore.open(folder), stack)
+        session = ReviewSession(LabelStore.open(folder), stack)
+        save_stack_snapshot(Path(folder), stack)  # the background trainer reads the image from here
+        return session
 
     @ensure_main_thread
     def _opened(self, fut: Future, stack) -> None:
@@ -151,6 +154,7 @@ class ReviewWidget(Container):
         self._on_step()
         self._refresh_status()
         show_info(f"Review open: {stack.name} (store: {self._folder.value})")
+        self._hub.project_opened.emit(str(self._folder.value), stack.name)
 
     # ---- editing and saving ------------------------------------------------------------------------
     def _current_z(self) -> int:

@@ -1,0 +1,204 @@
+"""Train dock: one click runs a bootstrap round in the background worker process.
+
+Shows a progress bar, a live loss / validation-Dice plot, the promotion result and the
+model versions with Activate / Roll back. When a new model is promoted, the Segment dock
+re-predicts the stack under review; the Review dock keeps every corrected or accepted slice.
+The logic is ``napari_gitseg.retrain`` (no Qt).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from napari.qt.threading import thread_worker
+from superqt.utils import ensure_main_thread
+
+from napari_gitseg.retrain import activate_version, iter_round_events, registry_versions, round_job
+
+from ._common import show_error, show_info
+from ._hub import hub_for
+from ._plot import LossDicePlot
+
+PRESETS = ("quick", "cpu", "gpu")
+
+
+class TrainWidget(Container):
+    """Retrain the model on the project's clinician labels + kept pseudo-labels."""
+
+    def __init__(self, viewer):
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._hub = hub_for(viewer)
+        self._worker = None
+        self._cancel = threading.Event()
+        self._stack_names: list[str] = []
+
+        self._project = FileEdit(label="Project folder", mode="d", value="")
+        self._preset = ComboBox(label="Preset", choices=PRESETS, value="cpu")
+        self._keep = SpinBox(label="Keep pseudo-labels", value=50, min=0, max=100000)
+        self._retrain = PushButton(text="Retrain (one round)")
+        self._cancel_btn = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(label="Progress", min=0, max=100, value=0)
+        self._status = Label(label="", value="")
+        self._versions = ComboBox(label="Model versions", choices=[])
+        self._activate = PushButton(text="Activate")
+        self._rollback = PushButton(text="Roll back")
+        self._version_info = Label(label="", value="")
+        buttons = Container(widgets=[self._retrain, self._cancel_btn], layout="horizontal", labels=False)
+        vbuttons = Container(widgets=[self._activate, self._rollback], layout="horizontal", labels=False)
+        self.extend([self._project, self._preset, self._keep, buttons, self._progress, self._status])
+        self.plot = LossDicePlot()
+        self.native.layout().addWidget(self.plot)
+        self.extend([self._versions, vbuttons, self._version_info])
+
+        self._retrain.changed.connect(self.retrain)
+        self._cancel_btn.changed.connect(self.cancel)
+        self._activate.changed.connect(lambda: self._switch(self._versions.value))
+        self._rollback.changed.connect(lambda: self._switch(None))
+        self._hub.project_opened.connect(self._on_project_opened)
+        self.events_seen: list = []
+
+    # ---- public ---------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """True while a round is in progress."""
+        return self._worker is not None
+
+    def set_project(self, folder: str) -> None:
+        """Use ``folder`` (label store + model registry) and list its model versions."""
+        self._project.value = folder
+        self.refresh_versions()
+
+    def retrain(self) -> None:
+        """Start one bootstrap round in the background worker."""
+        if self.running:
+            show_info("Retrain: a round is already running.")
+            return
+        project = str(self._project.value or "")
+        if project in ("", "."):
+            show_error("Retrain: open a review first (or choose the project folder).")
+            return
+        self._cancel.clear()
+        self.plot.clear()
+        self.events_seen = []
+        job = round_job(project, preset=self._preset.value, keep=self._keep.value)
+        worker = thread_worker(
+            iter_round_events, progress={"total": 100, "desc": "Retraining"}, start_thread=False,
+            connect={"yielded": self._on_event, "errored": self._on_error, "finished": self._on_finished},
+        )(job, self._cancel)
+        self._worker = worker
+        self._set_running(True)
+        self._status.value = "Starting the trainer…"
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the trainer to stop at its next step (the registry stays consistent)."""
+        if self.running:
+            self._cancel.set()
+            self._status.value = "Cancelling…"
+
+    # ---- events from the worker (GUI thread) --------------------------------------------------------
+    def _on_event(self, event) -> None:
+        from training import events as ev
+
+        self.events_seen.append(event)
+        if isinstance(event, ev.Started):
+            self._status.value = "Training…"
+        elif isinstance(event, ev.Progress):
+            self._progress.value = int(round(100 * max(0.0, min(1.0, event.fraction))))
+            epochs = max(int(getattr(event, "steps", 1) or 1), 1)
+            x = (event.epoch - 1) + (event.step / epochs) if event.epoch else 0
+            if event.loss is not None:
+                self.plot.add_loss(x, float(event.loss))
+            self._status.value = f"{event.phase}: epoch {event.epoch}/{event.epochs}, loss {event.loss:.3f}" \
+                if event.loss is not None else f"{event.phase}…"
+        elif isinstance(event, ev.Metrics):
+            if event.val_dice is not None:
+                self.plot.add_dice(float(event.epoch), float(event.val_dice))
+        elif isinstance(event, ev.Promoted):
+            self._status.value = (f"New model {event.version} promoted: validation Dice {event.val_dice:.3f}"
+                                  + (f" (was {event.previous_dice:.3f})" if event.previous_dice is not None else ""))
+        elif isinstance(event, ev.Rejected):
+            self._status.value = (f"New model not better ({event.candidate_dice:.3f} vs "
+                                  f"{event.active_dice:.3f}); the active model stays.")
+        elif isinstance(event, ev.Error):
+            show_error(f"Retrain failed: {event.message}")
+            self._status.value = f"Error: {event.message}"
+        elif isinstance(event, ev.Cancelled):
+            self._status.value = "Cancelled; the active model is unchanged."
+        elif isinstance(event, ev.Done):
+            self._progress.value = 100
+            self._after_round(any(isinstance(e, ev.Promoted) for e in self.events_seen))
+
+    def _on_error(self, err: Exception) -> None:
+        show_error(f"Retrain: {err}")
+        self._status.value = f"Error: {err}"
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._set_running(False)
+        self.refresh_versions()
+
+    def _after_round(self, promoted: bool) -> None:
+        if not promoted:
+            return
+        self.refresh_versions(announce=True)
+
+    # ---- versions -------------------------------------------------------------------------------------
+    def refresh_versions(self, announce: bool = False) -> None:
+        """Reload the model version list (off the GUI thread)."""
+        project = str(self._project.value or "")
+        if project in ("", "."):
+            return
+        worker = thread_worker(registry_versions, start_thread=False,
+                               connect={"returned": lambda res: self._show_versions(res, announce),
+                                        "errored": lambda e: show_error(f"Model registry: {e}")})(project)
+        worker.start()
+
+    def _show_versions(self, result, announce: bool) -> None:
+        versions, active = result
+        choices = []
+        for v in reversed(versions):
+            dice = (v.get("metrics") or {}).get("val_dice")
+            tag = " (active)" if v["version"] == active else ""
+            label = f"{v['version']}{tag}" + (f" · Dice {dice:.3f}" if isinstance(dice, int | float) else "")
+            choices.append((label, v["version"]))
+        self._versions.choices = choices
+        if active:
+            self._versions.value = active
+        self._version_info.value = f"{len(versions)} version(s); active: {active or 'bundled default'}"
+        if announce and active:
+            self._announce_active(active)
+
+    def _announce_active(self, version: str) -> None:
+        from napari_gitseg.project import registry_folder
+
+        path = registry_folder(self._project.value) / f"{version}.json"
+        self._hub.model_changed.emit(str(path))
+        for name in self._stack_names:
+            self._hub.repredict_requested.emit(name)
+
+    def _switch(self, version: str | None) -> None:
+        project = str(self._project.value or "")
+        if project in ("", "."):
+            return
+        worker = thread_worker(activate_version, start_thread=False,
+                               connect={"returned": self._switched,
+                                        "errored": lambda e: show_error(f"Model registry: {e}")})(project, version)
+        worker.start()
+
+    @ensure_main_thread
+    def _switched(self, path) -> None:
+        show_info(f"Active model: {path.stem}")
+        self.refresh_versions(announce=True)
+
+    def _on_project_opened(self, folder: str, stack_name: str) -> None:
+        if stack_name not in self._stack_names:
+            self._stack_names.append(stack_name)
+        if str(self._project.value) in ("", ".") or str(self._project.value) != folder:
+            self.set_project(folder)
+
+    def _set_running(self, running: bool) -> None:
+        self._retrain.enabled = not running
+        self._cancel_btn.enabled = running
