@@ -32,10 +32,12 @@ def launch_viewer(
         viewer.open(path, plugin="napari-gitseg")
     elif sample:
         viewer.open_sample("napari-gitseg", "phantom_case")
-    widgets = {}
+    viewer.window.resize(1500, 950)
+    widgets, docks = {}, {}
     for name in DOCKS:
-        _dock, widget = viewer.window.add_plugin_dock_widget("napari-gitseg", name, tabify=name != DOCKS[0])
-        widgets[name] = widget
+        dock, widget = viewer.window.add_plugin_dock_widget("napari-gitseg", name, tabify=name != DOCKS[0])
+        widgets[name], docks[name] = widget, dock
+    QTimer.singleShot(0, docks[DOCKS[0]].raise_)  # show the Segment tab first
     segment = widgets["Segment organs"]
     if model:
         segment.set_model_path(model)
@@ -43,6 +45,7 @@ def launch_viewer(
         widgets["Review and correct"].set_store_folder(store)
     if viewer.layers:
         viewer.dims.set_current_step(0, viewer.layers[0].data.shape[0] // 2)
+        viewer.reset_view()
 
     if screenshot:
         def _shot():

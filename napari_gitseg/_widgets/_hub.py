@@ -21,6 +21,7 @@ _HUBS: weakref.WeakKeyDictionary[object, GitsegHub] = weakref.WeakKeyDictionary(
 
 def hub_for(viewer) -> GitsegHub:
     """The hub of ``viewer`` (created on first use)."""
+    viewer = getattr(viewer, "__wrapped__", viewer)  # napari hands docks a PublicOnlyProxy of the viewer
     hub = _HUBS.get(viewer)
     if hub is None:
         hub = _HUBS[viewer] = GitsegHub()

@@ -46,6 +46,11 @@ class LossDicePlot(FigureCanvasQTAgg):
         self.ax_loss.set_ylabel("loss", fontsize=8, color="tab:gray")
         self.ax_dice.set_ylabel("val Dice", fontsize=8, color="tab:green")
         self.ax_dice.set_ylim(0, 1)
+        if not self.loss_x:
+            self.ax_loss.set_xlim(0, 1)
+            self.ax_loss.set_ylim(0, 1)
+            self.ax_loss.text(0.5, 0.5, "loss and validation Dice\nappear here during a round", ha="center",
+                              va="center", fontsize=8, color="0.5", transform=self.ax_loss.transAxes)
         for ax in (self.ax_loss, self.ax_dice):
             ax.tick_params(labelsize=7)
         self.draw_idle()

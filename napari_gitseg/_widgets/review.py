@@ -10,6 +10,7 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.layers import Labels
@@ -46,7 +47,7 @@ class _StoreThread:
 class ReviewWidget(Container):
     """Review and correct organ masks slice by slice; every change is a saved version."""
 
-    def __init__(self, viewer):
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=False)
         self._viewer = viewer
         self._hub = hub_for(viewer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 from napari.qt.threading import thread_worker
@@ -43,7 +44,7 @@ def run_prediction(model_path: str, stack, first_slice: int, device: str, tta: b
 class SegmentWidget(Container):
     """Run the segmentation model on an image layer and overlay the three organs."""
 
-    def __init__(self, viewer):
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer = viewer
         self._hub = hub_for(viewer)

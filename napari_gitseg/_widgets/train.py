@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 
+import napari
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from napari.qt.threading import thread_worker
 from superqt.utils import ensure_main_thread
@@ -26,7 +27,7 @@ PRESETS = ("quick", "cpu", "gpu")
 class TrainWidget(Container):
     """Retrain the model on the project's clinician labels + kept pseudo-labels."""
 
-    def __init__(self, viewer):
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer = viewer
         self._hub = hub_for(viewer)
