@@ -7,6 +7,7 @@ and must return: each call runs under a generous alarm that turns a hang into a 
 from __future__ import annotations
 
 import contextlib
+import os
 import io
 import signal
 import sys
@@ -29,11 +30,13 @@ from napari_gitseg.io.train_csv import check_rle_syntax
 from napari_gitseg.io.uwmgi import read_slice_png
 from napari_gitseg.io.uwmgi_names import SliceName, format_slice_filename, parse_slice_filename
 
+# bounded in the suite; benchmarks/fuzz_long.sh sets GITSEG_FUZZ_EXAMPLES for the long random run
+LONG_RUN = int(os.environ.get("GITSEG_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(
-    max_examples=150,
+    max_examples=LONG_RUN or 150,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    derandomize=True,
+    derandomize=not LONG_RUN,
 )
 HANG_SECONDS = 60  # a liveness guard, far above any real read of these tiny files
 
@@ -244,10 +247,10 @@ def test_damaged_files_raise_only_input_errors(tmp_path, kind):
     path = tmp_path / FILE_NAMES[kind]
 
     @settings(
-        max_examples=120 if kind != "dcm" else 60,
+        max_examples=(LONG_RUN // 10 or 120) if kind != "dcm" else (LONG_RUN // 20 or 60),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
-        derandomize=True,
+        derandomize=not LONG_RUN,
     )
     @given(damage(BASES[kind]))
     def check(data):
