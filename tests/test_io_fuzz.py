@@ -7,8 +7,8 @@ and must return: each call runs under a generous alarm that turns a hang into a 
 from __future__ import annotations
 
 import contextlib
-import os
 import io
+import os
 import signal
 import sys
 
@@ -264,3 +264,10 @@ def test_damaged_files_raise_only_input_errors(tmp_path, kind):
         assert result is not None  # damage that leaves a valid file may read
 
     check()
+
+
+@pytest.mark.parametrize("token", ["++0", "+5", "5_0", "\u0665", "-1", "1e3", "99999999999999999999999"])
+def test_rle_tokens_must_be_plain_ascii_integers(token):
+    """Regression: the long fuzz run found '0 ++0' escaping as StopIteration."""
+    with pytest.raises(RLEError):
+        rle_decode(f"1 {token}", (4, 4))

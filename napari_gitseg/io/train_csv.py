@@ -17,7 +17,7 @@ import numpy as np
 from napari_gitseg.classes import CLASSES
 from napari_gitseg.io._util import atomic_output
 from napari_gitseg.io.errors import GitsegInputError
-from napari_gitseg.io.rle import RLEError, rle_decode, rle_encode
+from napari_gitseg.io.rle import RLEError, parse_rle, rle_decode, rle_encode
 from napari_gitseg.io.stack import Stack
 
 HEADER: tuple[str, str, str] = ("id", "class", "segmentation")
@@ -51,23 +51,7 @@ class TrainTable(dict):
 
 def check_rle_syntax(rle: str) -> None:
     """Check an RLE string without knowing the image size; raise ``RLEError`` when malformed."""
-    tokens = rle.split()
-    if not tokens:
-        return
-    if len(tokens) % 2:
-        raise RLEError(f"RLE has an odd number of tokens ({len(tokens)}); expected start/length pairs")
-    for token in tokens:
-        if not token.isascii() or not token.lstrip("+").isdigit():
-            raise RLEError(f"RLE token {token!r} is not an integer")
-    values = [int(t) for t in tokens]
-    starts, lengths = values[0::2], values[1::2]
-    if any(s < 1 for s in starts):
-        raise RLEError("RLE start below 1 (starts are 1-based)")
-    if any(n <= 0 for n in lengths):
-        raise RLEError("RLE run length must be positive")
-    ends = [s + n for s, n in zip(starts, lengths)]
-    if any(starts[i + 1] < ends[i] for i in range(len(ends) - 1)):
-        raise RLEError("RLE runs overlap or are not in increasing order")
+    parse_rle(rle)
 
 
 def read_train_csv(path: str | Path) -> TrainTable:
