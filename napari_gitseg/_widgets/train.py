@@ -24,6 +24,11 @@ from ._plot import LossDicePlot
 PRESETS = ("quick", "cpu", "gpu")
 
 
+def _fmt(value) -> str:
+    """A metric for the status line ('–' when unknown)."""
+    return "–" if value is None else f"{float(value):.3f}"
+
+
 class TrainWidget(Container):
     """Retrain the model on the project's clinician labels + kept pseudo-labels."""
 
@@ -108,21 +113,19 @@ class TrainWidget(Container):
             self._status.value = "Training…"
         elif isinstance(event, ev.Progress):
             self._progress.value = int(round(100 * max(0.0, min(1.0, event.fraction))))
-            epochs = max(int(getattr(event, "steps", 1) or 1), 1)
-            x = (event.epoch - 1) + (event.step / epochs) if event.epoch else 0
+            x = max(event.epoch - 1, 0) + event.step / max(event.steps, 1)
             if event.loss is not None:
                 self.plot.add_loss(x, float(event.loss))
-            self._status.value = f"{event.phase}: epoch {event.epoch}/{event.epochs}, loss {event.loss:.3f}" \
-                if event.loss is not None else f"{event.phase}…"
+            self._status.value = f"{event.phase}: epoch {event.epoch}/{event.epochs}, loss {_fmt(event.loss)}"
         elif isinstance(event, ev.Metrics):
             if event.val_dice is not None:
                 self.plot.add_dice(float(event.epoch), float(event.val_dice))
         elif isinstance(event, ev.Promoted):
-            self._status.value = (f"New model {event.version} promoted: validation Dice {event.val_dice:.3f}"
-                                  + (f" (was {event.previous_dice:.3f})" if event.previous_dice is not None else ""))
+            self._status.value = (f"New model {event.version} promoted: validation Dice {_fmt(event.val_dice)}"
+                                  + (f" (was {_fmt(event.previous_dice)})" if event.previous_dice is not None else ""))
         elif isinstance(event, ev.Rejected):
-            self._status.value = (f"New model not better ({event.candidate_dice:.3f} vs "
-                                  f"{event.active_dice:.3f}); the active model stays.")
+            self._status.value = (f"New model not better ({_fmt(event.candidate_dice)} vs "
+                                  f"{_fmt(event.active_dice)}); the active model stays.")
         elif isinstance(event, ev.Error):
             show_error(f"Retrain failed: {event.message}")
             self._status.value = f"Error: {event.message}"
