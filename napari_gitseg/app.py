@@ -12,19 +12,13 @@ from pathlib import Path
 DOCKS = ("Segment organs", "Review and correct", "Retrain model")
 
 
-def launch_viewer(
-    path: str | None = None,
-    sample: bool = False,
-    model: str | None = None,
-    store: str | None = None,
-    screenshot: str | None = None,
-    quit_after: float | None = None,
-    show: bool = True,
-):
-    """Open napari with gitseg docked; returns napari's exit status (0) after the window closes."""
-    import napari
+def build_viewer(path: str | None = None, sample: bool = False, model: str | None = None,
+                 store: str | None = None, show: bool = True):
+    """A napari viewer with the data opened and the three gitseg docks; returns (viewer, widgets)."""
     import torch  # noqa: F401  (before Qt/OpenGL: see module docstring)
     import torchvision  # noqa: F401
+
+    import napari
     from qtpy.QtCore import QTimer
 
     viewer = napari.Viewer(title="napari-gitseg", show=show)
@@ -38,15 +32,24 @@ def launch_viewer(
         dock, widget = viewer.window.add_plugin_dock_widget("napari-gitseg", name, tabify=name != DOCKS[0])
         widgets[name], docks[name] = widget, dock
     QTimer.singleShot(0, docks[DOCKS[0]].raise_)  # show the Segment tab first
-    segment = widgets["Segment organs"]
     if model:
-        segment.set_model_path(model)
+        widgets["Segment organs"].set_model_path(model)
     if store:
         widgets["Review and correct"].set_store_folder(store)
     if viewer.layers:
         viewer.dims.set_current_step(0, viewer.layers[0].data.shape[0] // 2)
         viewer.reset_view()
+    return viewer, widgets
 
+
+def launch_viewer(path: str | None = None, sample: bool = False, model: str | None = None,
+                  store: str | None = None, screenshot: str | None = None, quit_after: float | None = None,
+                  show: bool = True) -> int:
+    """Open napari with gitseg docked and run it until the window closes; returns 0."""
+    import napari
+    from qtpy.QtCore import QTimer
+
+    viewer, _widgets = build_viewer(path=path, sample=sample, model=model, store=store, show=show)
     if screenshot:
         def _shot():
             Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
