@@ -15,10 +15,9 @@ DOCKS = ("Segment organs", "Review and correct", "Retrain model")
 def build_viewer(path: str | None = None, sample: bool = False, model: str | None = None,
                  store: str | None = None, show: bool = True):
     """A napari viewer with the data opened and the three gitseg docks; returns (viewer, widgets)."""
+    import napari
     import torch  # noqa: F401  (before Qt/OpenGL: see module docstring)
     import torchvision  # noqa: F401
-
-    import napari
     from qtpy.QtCore import QTimer
 
     viewer = napari.Viewer(title="napari-gitseg", show=show)
