@@ -70,9 +70,11 @@ class ReviewWidget(Container):
         self._revert = PushButton(text="Revert to version")
         self._visible = {c: CheckBox(text=c.replace("_", " "), value=True) for c in CLASSES}
         vis = Container(widgets=list(self._visible.values()), layout="horizontal", labels=False)
+        self._export_path = FileEdit(label="Export to", mode="w", filter="*.csv *.tif *.nii.gz", value="")
+        self._export = PushButton(text="Export reviewed masks")
         nav = Container(widgets=[self._prev, self._next], layout="horizontal", labels=False)
         self.extend([self._image, self._folder, self._open, self._status, self._unsaved, nav, self._accept,
-                     self._versions, self._revert, vis])
+                     self._versions, self._revert, vis, self._export_path, self._export])
         self._set_enabled(False)
         self._history: list[int] = []
 
@@ -81,6 +83,7 @@ class ReviewWidget(Container):
         self._prev.changed.connect(self.previous_slice)
         self._accept.changed.connect(self.accept_slice)
         self._revert.changed.connect(self.revert_slice)
+        self._export.changed.connect(lambda: self.export_to(str(self._export_path.value)))
         for box in self._visible.values():
             box.changed.connect(self._apply_visibility)
         viewer.layers.events.inserted.connect(lambda _e: self._image.reset_choices())
@@ -280,6 +283,32 @@ class ReviewWidget(Container):
         if z == self._z:
             self._snapshot = labels.copy()
 
+    def export_to(self, path: str) -> Future | None:
+        """Export the reviewed masks (format by extension) with a provenance side file."""
+        if self._session is None:
+            show_error("Review: start a review first.")
+            return None
+        if not path or path == ".":
+            show_error("Review: choose a file to export to (.csv, .tif or .nii.gz).")
+            return None
+        fmt = {"csv": "csv", "tif": "tif", "tiff": "tif", "nii": "nii", "gz": "nii"}.get(path.rsplit(".", 1)[-1])
+        if fmt is None:
+            show_error(f"Review: cannot export to {path}: use .csv, .tif or .nii.gz")
+            return None
+        self._save_current()
+        from napari_gitseg.export import export_store
+
+        fut = self._io.submit(export_store, str(self._folder.value), path, fmt, self._session.name)
+        fut.add_done_callback(self._exported)
+        return fut
+
+    @ensure_main_thread
+    def _exported(self, fut: Future) -> None:
+        if fut.exception() is not None:
+            show_error(f"Review: export failed: {fut.exception()}")
+        else:
+            show_info("Exported: " + ", ".join(str(p) for p in fut.result()))
+
     # ---- predictions ---------------------------------------------------------------------------------
     def _on_prediction(self, stack, prediction) -> None:
         if self._session is None or stack.name != self._session.name:
@@ -334,7 +363,7 @@ class ReviewWidget(Container):
             set_class_visibility(self._layer, {c: box.value for c, box in self._visible.items()})
 
     def _set_enabled(self, on: bool) -> None:
-        for w in (self._prev, self._next, self._accept, self._revert, self._versions):
+        for w in (self._prev, self._next, self._accept, self._revert, self._versions, self._export):
             w.enabled = on
 
     def _on_layer_removed(self, event) -> None:
