@@ -1,0 +1,173 @@
+"""End to end as a clinician, in a real napari window (run under Xvfb on a headless machine).
+
+Open a phantom case folder (drag-and-drop path) -> segment with the model -> start review ->
+correct three slices by painting -> accept them -> one Retrain round in the background
+worker -> the promoted model re-predicts unreviewed slices -> export the CSV -> close ->
+reopen and find everything. Saves a screenshot at each step.
+
+    xvfb-run -a .venv/bin/python benchmarks/e2e_clinician.py --out out/e2e
+The test suite runs the same flow with a short configuration (tests/test_e2e_clinician.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _wait(app, predicate, timeout: float, what: str) -> float:
+    t0 = time.perf_counter()
+    while not predicate():
+        app.processEvents()
+        time.sleep(0.005)
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"e2e: timed out waiting for {what}")
+    return time.perf_counter() - t0
+
+
+def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: int = 266, preset: str = "quick",
+            seed: int = 21, screenshots: bool = True, data_root: Path | None = None) -> dict:
+    """Run the whole clinician flow; returns a report dict (also written to out/report.json)."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_gitseg.app import build_viewer
+    from napari_gitseg.classes import masks_to_labels
+    from napari_gitseg.io import read_masks, read_stack
+    from napari_gitseg.phantom import write_phantom_dataset
+    from napari_gitseg.resources import default_model_path
+    from napari_gitseg.store import LabelStore
+    from training.metrics import evaluate
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_root = data_root or out / "data"
+    write_phantom_dataset(data_root, n_cases=1, seed=seed, n_slices=n_slices, size=(size, size))
+    case_dir = data_root / "train" / "case1"
+    project = out / "project"
+    model = model or default_model_path()
+    if model is None:
+        raise SystemExit("no model: pass --model or build resources/models/default.json")
+    report: dict = {"steps": []}
+
+    def step(name: str, viewer) -> None:
+        report["steps"].append(name)
+        if screenshots:
+            viewer.screenshot(str(out / f"{len(report['steps']):02d}_{name}.png"), canvas_only=False)
+
+    app = QApplication.instance() or QApplication([])
+    viewer, widgets = build_viewer(path=str(case_dir), model=str(model), store=str(project))
+    segment, review, train = (widgets[n] for n in ("Segment organs", "Review and correct", "Retrain model"))
+    image_layer, truth_layer = viewer.layers[0], viewer.layers[1]
+    truth = truth_layer.metadata["gitseg"]["masks"]
+    truth_layer.visible = False  # the clinician does not see the answer
+    app.processEvents()
+    step("opened", viewer)
+
+    # 1. segment with the model
+    t0 = time.perf_counter()
+    segment._image.value = image_layer.name
+    segment.run()
+    _wait(app, lambda: not segment.running, 900, "the first prediction")
+    report["predict_seconds"] = round(time.perf_counter() - t0, 2)
+    before = evaluate(segment.last_prediction.masks, truth)
+    report["dice_before"] = round(before["mean_dice"], 4)
+    step("segmented", viewer)
+
+    # 2. review: the store takes the prediction; correct three slices by painting
+    review._image.value = image_layer.name
+    review.start_review()
+    _wait(app, lambda: review.labels_layer is not None, 60, "the review layer")
+    segment._hub.prediction_ready.emit(review.session.stack, segment.last_prediction)
+    _wait(app, lambda: review.session.counts()["predicted"] > 0, 60, "predictions in the store")
+    layer = review.labels_layer
+    organ_slices = np.flatnonzero(truth.any(axis=(0, 2, 3)))
+    chosen = [int(z) for z in organ_slices[np.linspace(0, len(organ_slices) - 1, 3).astype(int)]]
+    for z in chosen:
+        step_z = list(viewer.dims.current_step)
+        step_z[0] = z
+        viewer.dims.current_step = tuple(step_z)
+        app.processEvents()
+        target = masks_to_labels(truth[:, z])
+        diff = np.nonzero(layer.data[z] != target)
+        for value in np.unique(target[diff]):  # paint each organ's missing pixels, erase the wrong ones
+            sel = target[diff] == value
+            layer.data_setitem((np.full(sel.sum(), z), diff[0][sel], diff[1][sel]), int(value))
+        review.accept_slice()
+        _wait(app, lambda z=z: (LabelStore.open(project).latest(review.session.stack.slice_ids[z]) or
+                                type("r", (), {"reviewed": False})).reviewed, 60, f"accept of slice {z}")
+    review.flush()
+    corrected = {z: review.session.masks[:, z].copy() for z in chosen}
+    step("corrected", viewer)
+    report["corrected_slices"] = chosen
+
+    # 3. one Retrain round in the background worker
+    train.set_project(str(project))
+    train._preset.value = preset
+    t0 = time.perf_counter()
+    train.retrain()
+    _wait(app, lambda: train.running, 10, "the round to start")
+    _wait(app, lambda: not train.running, 1800, "the retrain round")
+    report["round_seconds"] = round(time.perf_counter() - t0, 2)
+    kinds = [type(e).__name__ for e in train.events_seen]
+    report["events"] = sorted(set(kinds))
+    promoted = "Promoted" in kinds
+    report["promoted"] = promoted
+    if "Error" in kinds:
+        raise RuntimeError(f"retrain failed: {[e for e in train.events_seen if type(e).__name__ == 'Error']}")
+    step("retrained", viewer)
+    if promoted:  # the Segment dock re-predicts; the Review dock keeps the corrected slices
+        _wait(app, lambda: segment.running, 30, "re-prediction to start")
+        _wait(app, lambda: not segment.running, 900, "re-prediction")
+        _wait(app, lambda: review.session.counts()["predicted"] > 0, 60, "re-predicted slices stored")
+        after = evaluate(segment.last_prediction.masks, truth)
+        report["dice_after"] = round(after["mean_dice"], 4)
+    for z in chosen:  # a prediction never overwrites a clinician's correction
+        assert np.array_equal(review.session.masks[:, z], corrected[z]), f"corrected slice {z} changed"
+    step("repredicted", viewer)
+
+    # 4. export, close, reopen
+    csv = out / "reviewed.csv"
+    fut = review.export_to(str(csv))
+    fut.result(timeout=60)
+    like = read_stack(case_dir)
+    exported = read_masks(csv, like).masks
+    report["exported_slices"] = [int(z) for z in np.flatnonzero(exported.any(axis=(0, 2, 3)))]
+    review.close_review()
+    viewer.close()
+    app.processEvents()
+
+    viewer2, widgets2 = build_viewer(path=str(case_dir), store=str(project))
+    review2 = widgets2["Review and correct"]
+    review2._image.value = viewer2.layers[0].name
+    review2.start_review()
+    _wait(app, lambda: review2.labels_layer is not None, 60, "the reopened review")
+    for z in chosen:
+        assert (review2.labels_layer.data[z] == masks_to_labels(truth[:, z])).all(), f"slice {z} lost on reopen"
+    report["reopened_ok"] = True
+    counts = review2.session.counts()
+    report["reviewed_after_reopen"] = counts["reviewed"]
+    step("reopened", viewer2)
+    review2.close_review()
+    viewer2.close()
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="out/e2e")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--slices", type=int, default=144)
+    parser.add_argument("--size", type=int, default=266)
+    parser.add_argument("--preset", default="quick")
+    args = parser.parse_args()
+    report = run_e2e(Path(args.out), model=args.model, n_slices=args.slices, size=args.size, preset=args.preset)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
