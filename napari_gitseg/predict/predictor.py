@@ -1,0 +1,555 @@
+"""Stack in, per-class probabilities and masks out: batched 2.5D inference, visible slice first.
+
+``Predictor`` holds one model or an ensemble (bundles from disk or models in memory) on the
+chosen device. ``iter_predict`` is a generator that yields a ``PredictionUpdate`` after every
+batch (so a viewer can paint the overlay as it fills, the slice on screen first) and
+returns the final ``Prediction``; ``predict`` runs it to the end. No Qt here.
+
+What happens to a stack:
+
+1. Checks: 2-D or 3-D numeric array with at least one slice, no NaN/inf. A constant image
+   holds nothing to segment: empty masks and a warning, no network run.
+2. Normalisation exactly as in training: ``normalize_stack`` with each bundle's spec.
+3. Body crop (``crop_to_body``): one bounding box of the body per stack (Otsu on the max
+   projection, plus a margin); the network runs on that box only and the result is pasted
+   back into the full frame (outside it: probability 0). The box is widened to a multiple
+   of the encoder's divisor inside the frame where possible, so no padding is needed.
+4. Order: ``first_slice`` first (alone in a small first batch), then outward from it.
+5. Per batch, per model: 2.5D windows, zero padding to the divisor, forward pass under
+   ``torch.inference_mode`` (autocast fp16/bf16 on CUDA, bf16 on CPUs that compute it in
+   hardware; see ``amp``), sigmoid; with ``tta_flips``
+   the flipped copies run in the same batch and are flipped back and averaged. Ensemble
+   members are averaged (probabilities), each with its own k/stride windows and
+   normalisation.
+6. Empty-slice gate (``use_gate``, models with a classification head): the encoder runs
+   first; slices whose gate probability (max over classes, averaged over TTA copies and
+   members) is below ``gate_threshold`` skip the decoder: their probabilities are 0 and
+   their masks empty.
+7. Masks = probability > ``threshold``, then optional removal of components smaller than
+   ``min_component_px`` pixels (per class, per slice).
+
+Confidence per slice (``Prediction.confidence``, in [0, 1], higher = more confident): one
+minus the mean, over the slice's organ candidates (pixels where any class has p >= 0.05),
+of the pixel's normalised binary entropy ``H(p)/ln 2`` (its most uncertain class); a slice
+with no candidate pixel has confidence 1, and a gated slice has ``1 - H(gate probability)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_gitseg.io.errors import GitsegInputError
+from napari_gitseg.model.bundle import ModelBundle, load_bundle
+from napari_gitseg.model.device import pick_device
+from napari_gitseg.model.factory import ModelConfig, input_divisor, pad_to_divisor
+from napari_gitseg.model.normalize import DEFAULT_NORMALIZATION, normalize_stack
+from napari_gitseg.model.windows import make_windows
+from napari_gitseg.predict.postprocess import (
+    binary_entropy,
+    body_box,
+    remove_small_components,
+    slice_confidence,
+)
+
+__all__ = [
+    "Prediction",
+    "PredictionCancelled",
+    "PredictionUpdate",
+    "Predictor",
+    "cpu_has_native_bf16",
+    "slice_order",
+]
+
+Cancel = threading.Event | Callable[[], bool] | None
+Progress = Callable[[int, int], None] | None
+
+
+class PredictionCancelled(Exception):
+    """The prediction was cancelled (raised between batches)."""
+
+
+class PredictionUpdate(NamedTuple):
+    """One finished batch: ``done`` of ``total`` slices, which ``slices``, their probs and masks (C, n, Y, X)."""
+
+    done: int
+    total: int
+    slices: np.ndarray
+    probs: np.ndarray
+    masks: np.ndarray
+
+
+@dataclass
+class Prediction:
+    """The result for one stack; arrays are aligned with the stack (Z, Y, X)."""
+
+    probs: np.ndarray  # (C, Z, Y, X) float16 (or float32), per-class sigmoid probabilities
+    masks: np.ndarray  # (C, Z, Y, X) bool
+    confidence: np.ndarray  # (Z,) float32 in [0, 1], higher = more confident (see module docstring)
+    gate: np.ndarray | None  # (Z,) max-over-classes "slice holds an organ" probability, None without a cls head
+    gate_per_class: np.ndarray | None  # (C, Z)
+    classes: tuple[str, ...]
+    model_versions: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    crop_box: tuple[int, int, int, int] | None = None  # (y0, y1, x0, x1) the network saw, None = full frame
+    device: str = "cpu"
+    empty_input: bool = False  # True for a constant image: nothing was segmented
+
+    @property
+    def model_version(self) -> str:
+        """The model version label (``+``-joined for an ensemble)."""
+        return "+".join(self.model_versions)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the whole prediction."""
+        return float(self.timings.get("total", 0.0))
+
+    def uncertainty(self) -> np.ndarray:
+        """Per-pixel uncertainty (Z, Y, X) float32 in [0, 1]: max over classes of the normalised entropy."""
+        out = np.zeros(self.probs.shape[1:], dtype=np.float32)
+        for z in range(self.probs.shape[1]):
+            out[z] = binary_entropy(self.probs[:, z]).max(axis=0)
+        return out
+
+
+def slice_order(n_slices: int, first_slice: int | None) -> np.ndarray:
+    """Processing order: ``first_slice``, then alternately after and before it, moving outward."""
+    if first_slice is None:
+        return np.arange(n_slices)
+    first = int(first_slice)
+    if not 0 <= first < n_slices:
+        raise ValueError(f"first_slice {first_slice} is outside the stack (0..{n_slices - 1})")
+    order = [first]
+    for d in range(1, n_slices):
+        for z in (first + d, first - d):
+            if 0 <= z < n_slices:
+                order.append(z)
+    return np.asarray(order, dtype=np.int64)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); emulated bf16 is slower."""
+    if os.environ.get("GITSEG_CPU_BF16", "").lower() in ("0", "false", "no"):
+        return False
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private helpers moved: stay in fp32
+        return False
+
+
+def _is_cancelled(cancel: Cancel) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+@dataclass
+class _Member:
+    model: torch.nn.Module
+    config: ModelConfig
+    normalization: dict
+    version: str
+    divisor: int
+    split: bool  # encoder / decoder / heads reachable separately (smp's standard forward)
+
+
+def _splittable(model: torch.nn.Module) -> bool:
+    from segmentation_models_pytorch.base import SegmentationModel
+
+    return (
+        isinstance(model, SegmentationModel)
+        and type(model).forward is SegmentationModel.forward
+        and getattr(model, "classification_head", None) is not None
+    )
+
+
+def _letterbox_geometry(h: int, w: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    scale = min(size[0] / h, size[1] / w)
+    nh, nw = max(1, min(size[0], round(h * scale))), max(1, min(size[1], round(w * scale)))
+    return nh, nw, (size[0] - nh) // 2, (size[1] - nw) // 2
+
+
+class Predictor:
+    """Runs one model or an ensemble on stacks; see the module docstring for every step."""
+
+    def __init__(
+        self,
+        bundles: Sequence[ModelBundle | str | os.PathLike | torch.nn.Module | tuple] | ModelBundle | str | os.PathLike,
+        device: str | torch.device | None = None,
+        batch_size: int = 8,
+        tta_flips: bool | str = False,
+        use_gate: bool = True,
+        gate_threshold: float = 0.5,
+        crop_to_body: bool = True,
+        threshold: float = 0.5,
+        min_component_px: int = 0,
+        amp: bool = True,
+        channels_last: bool = True,
+        num_threads: int | None = None,
+        first_batch_size: int = 1,
+        probs_dtype: np.dtype | type = np.float16,
+    ):
+        """Load the models: bundle paths / ``ModelBundle``s, or ``(model, ModelConfig | ModelBundle)`` pairs.
+
+        ``tta_flips``: False, True (identity + horizontal flip) or ``"hv"`` (+ vertical flip).
+        ``amp``: mixed precision where the hardware runs it natively: fp16/bf16 autocast on CUDA,
+        bf16 autocast on CPUs with AVX512-BF16 or AMX (``GITSEG_CPU_BF16=0`` turns that off);
+        False keeps fp32 everywhere.
+        ``first_batch_size``: size of the first batch when ``first_slice`` is given (small = the
+        visible slice is ready sooner). ``probs_dtype``: dtype of ``Prediction.probs``.
+        """
+        if isinstance(bundles, (str, os.PathLike, ModelBundle, torch.nn.Module, tuple)):
+            bundles = [bundles]
+        if not bundles:
+            raise ValueError("Predictor needs at least one model")
+        if int(batch_size) < 1 or int(first_batch_size) < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {first_batch_size}")
+        if tta_flips not in (False, True, "h", "hv"):
+            raise ValueError(f"tta_flips must be False, True, 'h' or 'hv', got {tta_flips!r}")
+        for name, value in (("threshold", threshold), ("gate_threshold", gate_threshold)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        self.device = pick_device(device)
+        self.batch_size = int(batch_size)
+        self.first_batch_size = int(first_batch_size)
+        self.flips: list[tuple[int, ...]] = [()]
+        if tta_flips:
+            self.flips.append((-1,))
+        if tta_flips == "hv":
+            self.flips.append((-2,))
+        self.use_gate = bool(use_gate)
+        self.gate_threshold = float(gate_threshold)
+        self.crop_to_body = bool(crop_to_body)
+        self.threshold = float(threshold)
+        self.min_component_px = int(min_component_px)
+        self.channels_last = bool(channels_last)
+        self.num_threads = num_threads
+        self.probs_dtype = np.dtype(probs_dtype)
+        self.autocast_dtype: torch.dtype | None = None
+        if amp and self.device.type == "cuda":
+            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif amp and self.device.type == "cpu" and cpu_has_native_bf16():
+            self.autocast_dtype = torch.bfloat16
+        self.members = [self._load_member(item) for item in bundles]
+        self.classes = self.members[0].config.classes
+        for m in self.members[1:]:
+            if m.config.classes != self.classes:
+                raise ValueError(
+                    f"ensemble members disagree on classes: {m.version} has {m.config.classes}, "
+                    f"{self.members[0].version} has {self.classes}"
+                )
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def _load_member(self, item) -> _Member:
+        if isinstance(item, ModelBundle):
+            model, bundle = load_bundle(item.json_path, device="cpu")
+            config, norm, version = bundle.config, bundle.normalization, bundle.name
+        elif isinstance(item, (str, os.PathLike)):
+            model, bundle = load_bundle(item, device="cpu")
+            config, norm, version = bundle.config, bundle.normalization, bundle.name
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], torch.nn.Module):
+            model, meta = item
+            if isinstance(meta, ModelBundle):
+                config, norm, version = meta.config, meta.normalization, meta.name
+            elif isinstance(meta, ModelConfig):
+                config, norm, version = meta, dict(DEFAULT_NORMALIZATION), "in-memory"
+            else:
+                raise TypeError(f"expected (model, ModelConfig | ModelBundle), got (model, {type(meta).__name__})")
+        else:
+            raise TypeError(
+                "a model must be a bundle path, a ModelBundle or a (model, ModelConfig) pair, "
+                f"got {type(item).__name__}"
+            )
+        model = model.to(self.device).eval()
+        if self.channels_last and self.device.type in ("cpu", "cuda"):
+            model = model.to(memory_format=torch.channels_last)
+        return _Member(model, config, dict(norm), version, input_divisor(model), _splittable(model))
+
+    @property
+    def versions(self) -> list[str]:
+        """Version labels of the models (bundle stems)."""
+        return [m.version for m in self.members]
+
+    # ---- public -------------------------------------------------------------------------------
+    def predict(
+        self,
+        stack_or_image,
+        first_slice: int | None = None,
+        progress: Progress = None,
+        cancel: Cancel = None,
+    ) -> Prediction:
+        """Segment a ``Stack`` or a (Z, Y, X) / (Y, X) array; ``progress(done, total)`` after each batch.
+
+        A 2-D image is treated as a stack of one slice (the result keeps the Z axis of length 1).
+        """
+        gen = self.iter_predict(stack_or_image, first_slice=first_slice, cancel=cancel, progress=progress)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    def iter_predict(
+        self,
+        stack_or_image,
+        first_slice: int | None = None,
+        cancel: Cancel = None,
+        progress: Progress = None,
+    ) -> Generator[PredictionUpdate, None, Prediction]:
+        """Yield a ``PredictionUpdate`` after each batch (``first_slice`` first); return the ``Prediction``.
+
+        Raises ``PredictionCancelled`` between batches once ``cancel`` is set.
+        """
+        t_start = time.perf_counter()
+        image, source = self._check_input(stack_or_image)
+        n_slices = image.shape[0]
+        order = slice_order(n_slices, first_slice)
+        n_classes = len(self.classes)
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        probs = np.zeros((n_classes, *image.shape), dtype=self.probs_dtype)
+        masks = np.zeros((n_classes, *image.shape), dtype=bool)
+        confidence = np.ones(n_slices, dtype=np.float32)
+        has_gate = self.use_gate and any(m.config.cls_head for m in self.members)
+        gate_pc = np.zeros((n_classes, n_slices), dtype=np.float32) if has_gate else None
+
+        def result(crop=None, empty=False) -> Prediction:
+            timings["total"] = time.perf_counter() - t_start
+            return Prediction(
+                probs=probs, masks=masks, confidence=confidence,
+                gate=None if gate_pc is None else gate_pc.max(axis=0), gate_per_class=gate_pc,
+                classes=self.classes, model_versions=self.versions, timings=timings, warnings=warnings,
+                crop_box=crop, device=str(self.device), empty_input=empty,
+            )
+
+        if _is_cancelled(cancel):
+            raise PredictionCancelled("prediction cancelled before it started")
+        if float(image.min()) == float(image.max()):
+            warnings.append(f"{source or 'image'}: the image is constant; nothing to segment (empty masks)")
+            if gate_pc is not None:
+                gate_pc[:] = 0.0
+            timings["first_slice"] = time.perf_counter() - t_start
+            if progress is not None:
+                progress(n_slices, n_slices)
+            yield PredictionUpdate(n_slices, n_slices, order, probs[:, order], masks[:, order])
+            return result(empty=True)
+
+        # normalise once per distinct spec, exactly as in training
+        t0 = time.perf_counter()
+        volumes: dict[str, np.ndarray] = {}
+        for m in self.members:
+            key = json.dumps(m.normalization, sort_keys=True)
+            if key not in volumes:
+                try:
+                    volumes[key] = normalize_stack(image, m.normalization)
+                except ValueError as err:
+                    raise GitsegInputError(source, f"cannot normalise the image: {err}") from err
+        timings["normalize"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        crop = self._crop_box(next(iter(volumes.values()))) if self.crop_to_body else None
+        timings["crop"] = time.perf_counter() - t0
+        y0, y1, x0, x1 = crop if crop is not None else (0, image.shape[1], 0, image.shape[2])
+        member_volumes = [
+            volumes[json.dumps(m.normalization, sort_keys=True)][:, y0:y1, x0:x1] for m in self.members
+        ]
+
+        first = min(self.first_batch_size, self.batch_size) if first_slice is not None else self.batch_size
+        batches = [order[:first]] + [order[i : i + self.batch_size] for i in range(first, n_slices, self.batch_size)]
+        batches = [b for b in batches if len(b)]
+        timings["network"] = 0.0
+        timings["postprocess"] = 0.0
+        done = 0
+        prev_threads = torch.get_num_threads()
+        if self.num_threads:
+            torch.set_num_threads(int(self.num_threads))
+        try:
+            for batch in batches:
+                if _is_cancelled(cancel):
+                    raise PredictionCancelled(f"prediction cancelled after {done} of {n_slices} slices")
+                t0 = time.perf_counter()
+                p_batch, g_batch = self._infer(member_volumes, batch)
+                timings["network"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                m_batch = p_batch > self.threshold
+                conf = slice_confidence(p_batch)
+                if g_batch is not None:
+                    gate_pc[:, batch] = g_batch
+                    closed = g_batch.max(axis=0) < self.gate_threshold
+                    m_batch[:, closed] = False
+                    conf[closed] = 1.0 - binary_entropy(g_batch.max(axis=0)[closed])
+                if self.min_component_px > 1:
+                    m_batch = remove_small_components(m_batch, self.min_component_px)
+                confidence[batch] = conf
+                full_p = np.zeros((n_classes, len(batch), *image.shape[1:]), dtype=self.probs_dtype)
+                full_m = np.zeros((n_classes, len(batch), *image.shape[1:]), dtype=bool)
+                full_p[:, :, y0:y1, x0:x1] = p_batch
+                full_m[:, :, y0:y1, x0:x1] = m_batch
+                probs[:, batch] = full_p
+                masks[:, batch] = full_m
+                done += len(batch)
+                timings["postprocess"] += time.perf_counter() - t0
+                if "first_slice" not in timings:
+                    timings["first_slice"] = time.perf_counter() - t_start
+                if progress is not None:
+                    progress(done, n_slices)
+                yield PredictionUpdate(done, n_slices, batch, full_p, full_m)
+        finally:
+            if self.num_threads:
+                torch.set_num_threads(prev_threads)
+        return result(crop=crop)
+
+    # ---- internals ----------------------------------------------------------------------------
+    @staticmethod
+    def _check_input(stack_or_image) -> tuple[np.ndarray, str | None]:
+        source = getattr(stack_or_image, "source", None)
+        image = getattr(stack_or_image, "image", stack_or_image)
+        try:
+            image = np.asarray(image)
+        except Exception as err:  # noqa: BLE001
+            raise GitsegInputError(source, f"cannot read the image as an array ({err})") from err
+        if image.dtype.kind not in "biuf":
+            raise GitsegInputError(source, f"the image must be numeric, got dtype {image.dtype}")
+        if image.ndim == 2:
+            image = image[None]
+        if image.ndim != 3:
+            raise GitsegInputError(source, f"the image must be (Z, Y, X) or (Y, X), got shape {image.shape}")
+        if image.shape[0] == 0:
+            raise GitsegInputError(source, "the stack has no slices")
+        if image.shape[1] == 0 or image.shape[2] == 0:
+            raise GitsegInputError(source, f"the slices are empty (shape {image.shape})")
+        if image.dtype.kind == "f" and not np.isfinite(image).all():
+            raise GitsegInputError(source, "the image contains NaN or infinite values")
+        if image.dtype.kind == "b":
+            image = image.astype(np.uint8)
+        return image, source
+
+    def _crop_box(self, volume: np.ndarray) -> tuple[int, int, int, int] | None:
+        """Body box widened to a multiple of the largest divisor inside the frame; None = full frame."""
+        if any(m.config.input_size is not None for m in self.members):
+            return None  # resized models see the whole frame, as in training
+        box = body_box(volume)
+        if box is None:
+            return None
+        h, w = volume.shape[1:]
+        div = max(m.divisor for m in self.members)
+        y0, y1 = _widen(box[0], box[1], h, div)
+        x0, x1 = _widen(box[2], box[3], w, div)
+        if (y1 - y0) * (x1 - x0) >= 0.9 * h * w:
+            return None
+        return y0, y1, x0, x1
+
+    def _prepare(self, member: _Member, volume: np.ndarray, batch: np.ndarray) -> tuple[torch.Tensor, Callable]:
+        """Network input (n * flips, k, H', W') and a function mapping its logits back to (n, C, h, w)."""
+        windows = make_windows(volume, batch, member.config.k, member.config.stride)
+        x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device, non_blocking=True)
+        h, w = x.shape[-2:]
+        size = member.config.input_size
+        if size is not None:
+            nh, nw, top, left = _letterbox_geometry(h, w, size)
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=(nh < h))
+            x = F.pad(x, (left, size[1] - nw - left, top, size[0] - nh - top))
+        x, pads = pad_to_divisor(x, member.divisor)
+        if len(self.flips) > 1:
+            x = torch.cat([x if not dims else torch.flip(x, dims) for dims in self.flips])
+        if self.channels_last and self.device.type in ("cpu", "cuda"):
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def restore(logits: torch.Tensor) -> torch.Tensor:
+            top_, bottom_, left_, right_ = pads
+            hh, ww = logits.shape[-2:]
+            logits = logits[..., top_ : hh - bottom_, left_ : ww - right_]
+            if size is not None:
+                logits = logits[..., top : top + nh, left : left + nw]
+                logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
+            return logits
+
+        return x, restore
+
+    def _unflip_mean(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        """Average the TTA copies stacked along the batch ((n * flips, ...) -> (n, ...)).
+
+        Spatial maps (4-D) are flipped back first; per-slice vectors (gate logits, 2-D) are not.
+        """
+        acc = None
+        for dims, part in zip(self.flips, t.split(n)):
+            if dims and part.ndim == 4:
+                part = torch.flip(part, dims)
+            acc = part if acc is None else acc + part
+        return acc / len(self.flips)
+
+    @torch.inference_mode()
+    def _infer(self, volumes: list[np.ndarray], batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (C, n, h, w) float32 and gate probabilities (C, n) or None for one batch."""
+        n = len(batch)
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            # phase 1: inputs, encoders and gates (full forward for models without a usable gate)
+            staged = []
+            gates = []
+            for member, volume in zip(self.members, volumes):
+                x, restore = self._prepare(member, volume, batch)
+                model = member.model
+                if self.use_gate and member.split:
+                    features = model.encoder(x)
+                    cls = model.classification_head(features[-1]).float()
+                    gates.append(torch.sigmoid(self._unflip_mean(cls, n)))
+                    staged.append((member, restore, features, None))
+                else:
+                    out = model(x)
+                    seg, cls = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
+                    if self.use_gate and member.config.cls_head and cls is not None:
+                        gates.append(torch.sigmoid(self._unflip_mean(cls.float(), n)))
+                    staged.append((member, restore, None, seg))
+            gate = torch.stack(gates).mean(0) if gates else None  # (n, C)
+            open_idx = None
+            if gate is not None:
+                open_idx = torch.nonzero(gate.max(dim=1).values >= self.gate_threshold).flatten()
+            # phase 2: decoders (only for slices the gate lets through)
+            acc = None
+            for member, restore, features, seg in staged:
+                if seg is None:
+                    if open_idx is not None and len(open_idx) < n:
+                        probs = torch.zeros((n, len(self.classes), *volumes[0].shape[1:]), device=self.device)
+                        if len(open_idx):
+                            sel = torch.cat([open_idx + i * n for i in range(len(self.flips))])
+                            sub = [f[sel] for f in features]
+                            logits = member.model.segmentation_head(member.model.decoder(sub))
+                            p = torch.sigmoid(self._unflip_mean(restore(logits).float(), len(open_idx)))
+                            probs[open_idx] = p
+                    else:
+                        logits = member.model.segmentation_head(member.model.decoder(features))
+                        probs = torch.sigmoid(self._unflip_mean(restore(logits).float(), n))
+                else:
+                    probs = torch.sigmoid(self._unflip_mean(restore(seg).float(), n))
+                acc = probs if acc is None else acc + probs
+            acc = acc / len(staged)
+        p = acc.permute(1, 0, 2, 3).contiguous().cpu().numpy()  # (C, n, h, w)
+        g = None if gate is None else gate.t().contiguous().cpu().numpy()
+        return p, g
+
+
+def _widen(lo: int, hi: int, size: int, div: int) -> tuple[int, int]:
+    """Grow [lo, hi) to a multiple of ``div`` (centred), shifted to stay inside [0, size) when it fits."""
+    length = min(-(-(hi - lo) // div) * div, size)  # the whole axis (then padded) if the multiple is too long
+    centre = (lo + hi) // 2
+    start = max(0, min(centre - length // 2, size - length))
+    return start, start + length

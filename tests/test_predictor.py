@@ -1,0 +1,310 @@
+"""Predictor on a small synthetic stack with a tiny model trained in the test (a bright blob = stomach)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_gitseg.io.errors import GitsegInputError
+from napari_gitseg.io.stack import Stack
+from napari_gitseg.model.bundle import save_bundle
+from napari_gitseg.model.device import pick_device
+from napari_gitseg.model.factory import ModelConfig, build_model, forward_logits
+from napari_gitseg.model.normalize import normalize_stack
+from napari_gitseg.model.windows import make_windows
+from napari_gitseg.predict import Prediction, PredictionCancelled, PredictionUpdate, Predictor
+from napari_gitseg.predict.postprocess import body_box, remove_small_components, slice_confidence
+from napari_gitseg.predict.predictor import slice_order
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+STOMACH = 2
+SIZE = 96
+# encoder depth 4: input divisor 16
+CFG = ModelConfig(arch="Unet", encoder="tu-test_byobnet", k=3, stride=1, cls_head=True,
+                  arch_kwargs={"encoder_depth": 4, "decoder_channels": [32, 16, 16, 8]})
+
+
+def synthetic_stack(seed: int, n: int = 16, h: int = SIZE, w: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """uint16 (n, h, w) stack: an elliptic body in a dark frame, a bright blob (stomach) on slices 4..11."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    body = ((yy - h / 2) / (h * 0.22)) ** 2 + ((xx - w / 2) / (w * 0.26)) ** 2 < 1
+    image = np.zeros((n, h, w), np.float32)
+    masks = np.zeros((3, n, h, w), bool)
+    for z in range(n):
+        image[z][body] = 400
+        if 4 <= z < min(12, n):
+            cy, cx, r = h / 2 + rng.integers(-6, 7), w / 2 + rng.integers(-8, 9), 7 + z % 3
+            blob = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+            image[z][blob] = 1000
+            masks[STOMACH, z] = blob
+    image += rng.normal(0, 30, image.shape).astype(np.float32)
+    return np.clip(image, 0, None).astype(np.uint16), masks
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny Unet (0.3 M parameters) trained for 100 steps: segments the blob, gates empty slices."""
+    torch.manual_seed(0)
+    model = build_model(CFG).train()
+    xs, ys = [], []
+    for seed in range(3):
+        image, masks = synthetic_stack(seed)
+        volume = normalize_stack(image)
+        xs.append(make_windows(volume, np.arange(volume.shape[0]), CFG.k, CFG.stride))
+        ys.append(masks.transpose(1, 0, 2, 3))
+    x, y = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)).float()
+    steps = 100
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-2, total_steps=steps)
+    gen = torch.Generator().manual_seed(0)
+    sizes = [64, 80, 96]  # random framing around the body, so that the body crop changes little
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (8,), generator=gen)
+        h, w = (sizes[int(i)] for i in torch.randint(0, len(sizes), (2,), generator=gen))
+        top, left = (int(torch.randint(0, SIZE + 1 - v, (1,), generator=gen)) for v in (h, w))
+        xb, yb = x[idx, :, top : top + h, left : left + w], y[idx, :, top : top + h, left : left + w]
+        seg, cls = forward_logits(model, xb)
+        p = torch.sigmoid(seg)
+        soft_dice = 1 - (2 * (p * yb).sum() + 1) / (p.sum() + yb.sum() + 1)
+        loss = (soft_dice + torch.nn.functional.binary_cross_entropy_with_logits(seg, yb)
+                + 3 * torch.nn.functional.binary_cross_entropy_with_logits(cls, yb.amax((2, 3))))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def test_case():
+    return synthetic_stack(seed=7)
+
+
+@pytest.fixture(scope="module")
+def bundle_path(trained, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bundle")
+    return save_bundle(trained, CFG, folder / "tiny").json_path
+
+
+def test_masks_are_aligned_and_meaningful(trained, test_case, bundle_path):
+    image, truth = test_case
+    stack = Stack(image=image, spacing=(3, 1.5, 1.5), slice_ids=[f"s{z}" for z in range(16)],
+                  source="synthetic", kind="test")
+    pred = Predictor([bundle_path], device="cpu").predict(stack)
+    assert isinstance(pred, Prediction)
+    assert pred.masks.shape == truth.shape and pred.masks.dtype == bool
+    assert pred.probs.shape == truth.shape and pred.probs.dtype == np.float16
+    assert pred.confidence.shape == (16,) and ((pred.confidence >= 0) & (pred.confidence <= 1)).all()
+    assert pred.gate.shape == (16,) and pred.gate_per_class.shape == (3, 16)
+    assert pred.model_version == "tiny" and pred.seconds > 0
+    assert dice(pred.masks[STOMACH], truth[STOMACH]) > 0.9
+    assert not pred.masks[:STOMACH].any()
+    # the gate learned which slices hold the stomach (or see it in their 2.5D window: 3 and 12)
+    has = truth[STOMACH].any(axis=(1, 2))
+    far = np.array([z not in range(3, 13) for z in range(16)])
+    assert (pred.gate[has] > 0.5).all() and (pred.gate[far] < 0.5).all()
+    assert pred.uncertainty().shape == image.shape
+
+
+def test_predictor_matches_a_plain_forward_pass(trained, test_case):
+    image, _ = test_case
+    volume = normalize_stack(image)
+    with torch.inference_mode():
+        seg, _ = forward_logits(trained, torch.from_numpy(make_windows(volume, np.arange(16), 3, 1)))
+    plain = torch.sigmoid(seg).numpy().transpose(1, 0, 2, 3)
+    pred = Predictor([(trained, CFG)], use_gate=False, crop_to_body=False, channels_last=False, amp=False,
+                     probs_dtype=np.float32).predict(image)
+    np.testing.assert_allclose(pred.probs, plain, atol=1e-4)
+
+
+def test_progress_is_monotonic_and_reaches_total_once(trained, test_case):
+    image, _ = test_case
+    calls = []
+    Predictor([(trained, CFG)], batch_size=3).predict(image, first_slice=5, progress=lambda d, t: calls.append((d, t)))
+    done = [d for d, _ in calls]
+    assert all(t == 16 for _, t in calls)
+    assert done == sorted(done) and len(set(done)) == len(done)
+    assert done[-1] == 16 and done.count(16) == 1
+    assert done[0] == 1  # the visible slice alone in the first batch
+
+
+def test_first_slice_comes_first_then_outward(trained, test_case):
+    image, _ = test_case
+    gen = Predictor([(trained, CFG)], batch_size=4).iter_predict(image, first_slice=9)
+    updates = []
+    while True:
+        try:
+            updates.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert isinstance(updates[0], PredictionUpdate)
+    assert list(updates[0].slices) == [9]
+    seen = np.concatenate([u.slices for u in updates])
+    assert list(seen) == list(slice_order(16, 9)) and sorted(seen) == list(range(16))
+    assert list(slice_order(5, 4)) == [4, 3, 2, 1, 0] and list(slice_order(4, 1)) == [1, 2, 0, 3]
+    for u in updates:  # partial results are the final ones for those slices
+        assert np.array_equal(u.masks, result.masks[:, u.slices])
+        assert u.probs.shape == (3, len(u.slices), SIZE, SIZE)
+    with pytest.raises(ValueError, match="outside the stack"):
+        next(Predictor([(trained, CFG)]).iter_predict(image, first_slice=16))
+
+
+@pytest.mark.parametrize("kind", ["event", "callable"])
+def test_cancellation_raises_and_stops_early(trained, test_case, kind):
+    image, _ = test_case
+    event = threading.Event()
+    cancel = event if kind == "event" else event.is_set
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        if done >= 4:
+            event.set()
+
+    with pytest.raises(PredictionCancelled):
+        Predictor([(trained, CFG)], batch_size=2).predict(image, progress=progress, cancel=cancel)
+    assert calls == [2, 4]
+
+
+def test_crop_to_body_matches_full_frame(trained, test_case):
+    image, _ = test_case
+    # the gate is left out here: a global-average-pooled head does depend on the framing
+    full = Predictor([(trained, CFG)], crop_to_body=False, use_gate=False).predict(image)
+    crop = Predictor([(trained, CFG)], crop_to_body=True, use_gate=False).predict(image)
+    assert full.crop_box is None and crop.crop_box is not None
+    y0, y1, x0, x1 = crop.crop_box
+    assert (y1 - y0) * (x1 - x0) < 0.9 * SIZE * SIZE  # the network really saw less
+    assert (y1 - y0) % 16 == 0 and (x1 - x0) % 16 == 0
+    assert dice(crop.masks[STOMACH], full.masks[STOMACH]) > 0.99
+    assert np.abs(crop.probs.astype(np.float32) - full.probs.astype(np.float32)).max() < 0.05
+
+
+def test_body_box_finds_the_body():
+    image, _ = synthetic_stack(3)
+    y0, y1, x0, x1 = body_box(normalize_stack(image), margin=4)
+    ry, rx, c = 0.22 * SIZE, 0.26 * SIZE, SIZE / 2  # the body's semi-axes and centre
+    assert c - ry - 8 <= y0 <= c - ry + 1 and c + ry - 1 <= y1 <= c + ry + 8
+    assert c - rx - 8 <= x0 <= c - rx + 1 and c + rx - 1 <= x1 <= c + rx + 8
+    assert body_box(np.zeros((2, 16, 16), np.float32)) is None
+
+
+def test_gate_empties_slices_without_organs_and_keeps_dice(trained, test_case):
+    image, truth = test_case
+    gated = Predictor([(trained, CFG)], use_gate=True).predict(image)
+    plain = Predictor([(trained, CFG)], use_gate=False).predict(image)
+    assert plain.gate is None
+    closed = gated.gate < 0.5
+    assert closed.any()
+    assert not gated.masks[:, closed].any()
+    assert np.array_equal(gated.masks[:, ~closed], plain.masks[:, ~closed])
+    assert dice(gated.masks[STOMACH], truth[STOMACH]) >= dice(plain.masks[STOMACH], truth[STOMACH]) - 1e-6
+
+
+def test_tta_and_ensemble(trained, test_case):
+    image, truth = test_case
+    torch.manual_seed(5)
+    cfg_k1 = ModelConfig(arch="FPN", encoder="tu-test_byobnet", k=1, stride=1)
+    other = build_model(cfg_k1)
+    for tta in (True, "hv"):
+        pred = Predictor([(trained, CFG)], tta_flips=tta).predict(image)
+        assert pred.masks.shape == truth.shape
+        assert dice(pred.masks[STOMACH], truth[STOMACH]) > 0.85
+    opts = {"use_gate": False, "crop_to_body": False, "amp": False, "probs_dtype": np.float32}  # same for all
+    single = Predictor([(trained, CFG)], **opts).predict(image)
+    alone = Predictor([(other, cfg_k1)], **opts).predict(image)
+    both = Predictor([(trained, CFG), (other, cfg_k1)], **opts).predict(image)
+    assert both.masks.shape == truth.shape and both.model_versions == ["in-memory", "in-memory"]
+    np.testing.assert_allclose(both.probs, (single.probs + alone.probs) / 2, atol=1e-4)
+    wrong = ModelConfig(arch="FPN", encoder="tu-test_byobnet", k=1, stride=1, classes=("liver", "kidney", "spleen"))
+    with pytest.raises(ValueError, match="disagree on classes"):
+        Predictor([(trained, CFG), (build_model(wrong), wrong)])
+
+
+def test_wide_window_on_a_two_slice_stack(test_case):
+    image, _ = test_case
+    cfg = ModelConfig(arch="Unet", encoder="tu-test_byobnet", k=5, stride=2)
+    pred = Predictor([(build_model(cfg), cfg)]).predict(image[7:9])
+    assert pred.masks.shape == (3, 2, SIZE, SIZE)
+    single = Predictor([(build_model(cfg), cfg)]).predict(image[7])  # a 2-D image is one slice
+    assert single.masks.shape == (3, 1, SIZE, SIZE)
+
+
+def test_bad_input_is_refused_clearly(trained):
+    predictor = Predictor([(trained, CFG)])
+    nan = np.ones((3, 32, 32), np.float32)
+    nan[1, 2, 3] = np.nan
+    cases = [
+        (np.zeros((0, 32, 32), np.uint16), "no slices"),
+        (nan, "NaN"),
+        (np.full((2, 32, 32), np.inf, np.float32), "NaN or infinite"),
+        (np.ones((2, 3, 32, 32)), r"\(Z, Y, X\)"),
+        (np.ones(32), r"\(Z, Y, X\)"),
+        (np.array([["a"]]), "numeric"),
+    ]
+    for image, message in cases:
+        with pytest.raises(GitsegInputError, match=message):
+            predictor.predict(image)
+    stack = Stack(image=nan, spacing=(3, 1, 1), slice_ids=["a", "b", "c"], source="/data/case1.tif", kind="tiff")
+    with pytest.raises(GitsegInputError, match="/data/case1.tif"):
+        predictor.predict(stack)
+
+
+def test_constant_image_gives_empty_masks_and_a_warning(trained):
+    calls = []
+    pred = Predictor([(trained, CFG)]).predict(np.full((4, 32, 32), 7, np.uint16), progress=lambda d, t: calls.append(d))
+    assert pred.empty_input and pred.warnings and "constant" in pred.warnings[0]
+    assert not pred.masks.any() and pred.masks.shape == (3, 4, 32, 32)
+    assert calls == [4]
+
+
+def test_small_components_are_removed():
+    masks = np.zeros((3, 2, 20, 20), bool)
+    masks[0, 0, 2:4, 2:4] = True  # 4 px
+    masks[0, 0, 10:16, 10:16] = True  # 36 px
+    masks[1, 1, 0, 0] = True  # 1 px
+    out = remove_small_components(masks, 5)
+    assert not out[0, 0, 2:4, 2:4].any() and out[0, 0, 10:16, 10:16].all()
+    assert not out[1].any()
+    assert masks[0, 0, 2:4, 2:4].all()  # the input is untouched
+    assert np.array_equal(remove_small_components(masks, 0), masks)
+
+
+def test_min_component_px_in_the_predictor(trained, test_case):
+    image, _ = test_case
+    base = Predictor([(trained, CFG)]).predict(image)
+    big = Predictor([(trained, CFG)], min_component_px=10_000).predict(image)
+    assert base.masks.any() and not big.masks.any()
+
+
+def test_confidence_is_lower_for_uncertain_slices():
+    probs = np.zeros((3, 3, 8, 8), np.float32)
+    probs[2, 0, 2:6, 2:6] = 0.99  # confident organ
+    probs[2, 1, 2:6, 2:6] = 0.55  # hesitant organ
+    conf = slice_confidence(probs)  # slice 2: nothing anywhere -> 1
+    assert conf[0] > conf[1] and conf[2] == 1.0 and conf[1] < 0.2
+
+
+def test_pick_device(monkeypatch):
+    monkeypatch.delenv("GITSEG_DEVICE", raising=False)
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+    monkeypatch.setenv("GITSEG_DEVICE", "cpu")
+    assert pick_device().type == "cpu"
+    with pytest.raises(ValueError, match="unknown device|unsupported device"):
+        pick_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            pick_device("cuda")
+        monkeypatch.setenv("GITSEG_DEVICE", "cuda")
+        with pytest.raises(ValueError, match="GITSEG_DEVICE"):
+            pick_device()
