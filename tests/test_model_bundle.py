@@ -302,3 +302,16 @@ def test_registry_writers_do_not_lose_versions(tmp_path):
     assert errors == []
     names = [v["version"] for v in ModelRegistry(folder).versions()]
     assert sorted(names) == [f"v{i:04d}" for i in range(1, 7)]
+
+
+def test_metrics_with_numpy_values_and_nan_are_stored_as_json(tmp_path):
+    import numpy as np
+
+    bundle = save_bundle(_model(), CFG, tmp_path / "m",
+                         metrics={"dice": np.float32(0.5), "hd": float("nan"), "per_slice": np.array([1.0, np.inf])},
+                         training={"folder": tmp_path})
+    doc = json.loads(bundle.json_path.read_text())
+    assert doc["metrics"] == {"dice": 0.5, "hd": None, "per_slice": [1.0, None]}
+    assert doc["training"] == {"folder": str(tmp_path)}
+    with pytest.raises(BundleError, match="metrics.bad"):
+        save_bundle(_model(), CFG, tmp_path / "n", metrics={"bad": object()})

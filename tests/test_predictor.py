@@ -308,3 +308,34 @@ def test_pick_device(monkeypatch):
         monkeypatch.setenv("GITSEG_DEVICE", "cuda")
         with pytest.raises(ValueError, match="GITSEG_DEVICE"):
             pick_device()
+
+
+def test_models_trained_on_resized_slices_get_the_same_letterbox(test_case):
+    import torch.nn.functional as F
+
+    image, _ = test_case
+    image = image[:4, :, :80]  # (4, 96, 80): scaled by 2/3 to 64 x 53, padded to 64 x 64
+    cfg = ModelConfig(arch="Unet", encoder="tu-test_byobnet", k=3, stride=1, input_size=(64, 64))
+    torch.manual_seed(3)
+    model = build_model(cfg)
+    pred = Predictor([(model, cfg)], amp=False, probs_dtype=np.float32).predict(image)
+    assert pred.crop_box is None and pred.probs.shape == (3, 4, SIZE, 80)
+    x = torch.from_numpy(make_windows(normalize_stack(image), np.arange(4), 3, 1))
+    x = F.interpolate(x, size=(64, 53), mode="bilinear", align_corners=False, antialias=True)
+    x = F.pad(x, (5, 6, 0, 0))
+    with torch.inference_mode():
+        seg = model(x)[..., :, 5:58]
+    want = torch.sigmoid(F.interpolate(seg, size=(SIZE, 80), mode="bilinear", align_corners=False))
+    np.testing.assert_allclose(pred.probs, want.numpy().transpose(1, 0, 2, 3), atol=1e-4)
+
+
+def test_torch_confidence_matches_the_numpy_reference():
+    from napari_gitseg.predict.predictor import _confidence
+
+    rng = np.random.default_rng(0)
+    probs = rng.random((3, 4, 16, 16)).astype(np.float32) ** 6  # mostly tiny, a few candidates
+    probs[:, 3] = 0.0  # no candidate at all -> 1
+    want = slice_confidence(probs)
+    got = _confidence(torch.from_numpy(probs.transpose(1, 0, 2, 3).copy())).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert want[3] == 1.0 and (want[:3] < 1.0).all()

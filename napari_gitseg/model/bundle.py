@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -182,11 +183,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _plain(value, where: str):
+    """JSON-ready copy: numpy scalars/arrays become Python values, NaN/inf become None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalar or array
+        return _plain(value.tolist(), where)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{where} has a value of type {type(value).__name__}, which JSON cannot hold")
+
+
 def _json_safe(name: str, value: dict, path: Path) -> dict:
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as err:
-        raise BundleError(path, f"{name} must be JSON-serialisable (no NaN/inf): {err}") from err
+        return _plain(value, name)
+    except TypeError as err:
+        raise BundleError(path, f"{name} must be JSON-serialisable: {err}") from err
 
 
 def _software() -> dict:

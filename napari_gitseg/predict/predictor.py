@@ -55,12 +55,7 @@ from napari_gitseg.model.device import pick_device
 from napari_gitseg.model.factory import ModelConfig, input_divisor, pad_to_divisor
 from napari_gitseg.model.normalize import DEFAULT_NORMALIZATION, normalize_stack
 from napari_gitseg.model.windows import make_windows
-from napari_gitseg.predict.postprocess import (
-    binary_entropy,
-    body_box,
-    remove_small_components,
-    slice_confidence,
-)
+from napari_gitseg.predict.postprocess import binary_entropy, body_box, remove_small_components
 
 __all__ = [
     "Prediction",
@@ -239,6 +234,8 @@ class Predictor:
         self.channels_last = bool(channels_last)
         self.num_threads = num_threads
         self.probs_dtype = np.dtype(probs_dtype)
+        if self.probs_dtype not in _TORCH_DTYPES:
+            raise ValueError(f"probs_dtype must be float16 or float32, got {self.probs_dtype}")
         self.autocast_dtype: torch.dtype | None = None
         if amp and self.device.type == "cuda":
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -382,11 +379,9 @@ class Predictor:
                 if _is_cancelled(cancel):
                     raise PredictionCancelled(f"prediction cancelled after {done} of {n_slices} slices")
                 t0 = time.perf_counter()
-                p_batch, g_batch = self._infer(member_volumes, batch)
+                p_batch, m_batch, conf, g_batch = self._infer(member_volumes, batch)
                 timings["network"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                m_batch = p_batch > self.threshold
-                conf = slice_confidence(p_batch)
                 if g_batch is not None:
                     gate_pc[:, batch] = g_batch
                     closed = g_batch.max(axis=0) < self.gate_threshold
@@ -475,7 +470,7 @@ class Predictor:
             logits = logits[..., top_ : hh - bottom_, left_ : ww - right_]
             if size is not None:
                 logits = logits[..., top : top + nh, left : left + nw]
-                logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)  # in the model dtype
             return logits
 
         return x, restore
@@ -490,11 +485,12 @@ class Predictor:
             if dims and part.ndim == 4:
                 part = torch.flip(part, dims)
             acc = part if acc is None else acc + part
-        return acc / len(self.flips)
+        return acc if len(self.flips) == 1 else acc / len(self.flips)
 
     @torch.inference_mode()
-    def _infer(self, volumes: list[np.ndarray], batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities (C, n, h, w) float32 and gate probabilities (C, n) or None for one batch."""
+    def _infer(self, volumes: list[np.ndarray], batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """One batch: probabilities (C, n, h, w) in ``probs_dtype``, masks (C, n, h, w) before gating and
+        post-processing, confidence (n,), gate probabilities (C, n) or None."""
         n = len(batch)
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
@@ -541,10 +537,30 @@ class Predictor:
                 else:
                     probs = torch.sigmoid(self._unflip_mean(restore(seg).float(), n))
                 acc = probs if acc is None else acc + probs
-            acc = acc / len(staged)
-        p = acc.permute(1, 0, 2, 3).contiguous().cpu().numpy()  # (C, n, h, w)
+            if len(staged) > 1:
+                acc = acc / len(staged)
+        # thresholds, confidence and the dtype conversion stay in torch: numpy converts the tiny
+        # probabilities of the background to float16 (subnormals) about ten times slower
+        conf = _confidence(acc).cpu().numpy()
+        by_class = acc.permute(1, 0, 2, 3)  # (C, n, h, w) view; each line below copies once
+        masks = (by_class > self.threshold).contiguous().cpu().numpy()
+        probs = by_class.to(_TORCH_DTYPES[self.probs_dtype], memory_format=torch.contiguous_format).cpu().numpy()
         g = None if gate is None else gate.t().contiguous().cpu().numpy()
-        return p, g
+        return probs, masks, conf, g
+
+
+_TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
+
+
+def _confidence(p: torch.Tensor, candidate: float = 0.05) -> torch.Tensor:
+    """``postprocess.slice_confidence`` for (n, C, h, w) float32 probabilities, in torch: (n,) float32."""
+    region = (p >= candidate).any(dim=1)  # (n, h, w); organ candidates are few: work on them only
+    where = region.nonzero()
+    q = p.permute(0, 2, 3, 1)[region].clamp(1e-6, 1 - 1e-6)  # (m, C)
+    worst = (-(q * torch.log2(q) + (1 - q) * torch.log2(1 - q))).amax(dim=1)
+    total = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device).index_add_(0, where[:, 0], worst)
+    count = region.sum(dim=(1, 2))
+    return torch.where(count > 0, 1 - total / count.clamp(min=1), torch.ones_like(total))
 
 
 def _widen(lo: int, hi: int, size: int, div: int) -> tuple[int, int]:

@@ -1,66 +1,72 @@
 """LabelStore: every saved mask is a new version, in one SQLite file per project folder.
 
-Layout (``<project>/gitseg_labels.sqlite``, WAL journal, ``synchronous=FULL``):
+Layout (``<project>/gitseg_labels.sqlite``, WAL journal, ``synchronous=FULL``; tables in
+``schema.py``):
 
-- ``meta``: schema version and the software that wrote it.
-- ``stacks``: name, slice ids, shape, spacing, source, classes (one row per image stack).
+- ``stacks`` / ``slices``: each registered image stack (slice ids, shape, spacing, source,
+  classes) and which stack and z each slice id belongs to.
 - ``versions``: one row per saved version of one slice: the per-class masks (bit-packed,
-  zlib-compressed, with a CRC-32), their provenance (``clinician`` / ``model`` / ``pseudo``,
-  user, model version), the reviewed flag, the model's confidence, a note and a timestamp.
-  Nothing is ever updated or deleted; marking a slice reviewed or reverting it writes a new
-  version, so the full history stays readable.
+  zlib-compressed, with a CRC-32 over data and shape that every read verifies), their
+  provenance (``clinician`` / ``model`` / ``pseudo``; the user who saved it; the model version),
+  the reviewed flag, the model's confidence, a note and a timestamp (seconds since the epoch).
+  Rows are never updated or deleted: marking a slice reviewed and reverting it write new
+  versions too, so the whole history, review state included, stays readable.
 - ``state``: small JSON session values (active model, last slice viewed).
 
-Every write is one transaction (``BEGIN IMMEDIATE``), so a crash at any instant leaves the
-last committed version of every slice intact; SQLite's WAL recovery runs on the next open.
-Predictions (``model``/``pseudo``) never replace a slice whose latest version is by a
-clinician or reviewed: such saves are skipped (``save`` returns None).
+Rules:
+
+- Every write is one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, fsynced), so a crash or
+  power loss at any instant leaves every committed version intact; SQLite's WAL recovery runs
+  on the next open. A full disk fails the write with ``StoreError`` and changes nothing.
+- Two processes (two napari windows) may write at once: writers take turns (busy timeout
+  ``BUSY_TIMEOUT_S``), a version number is unique per slice and versions are dense (1, 2, ...).
+- A prediction (``source="model"`` or ``"pseudo"``) never replaces a slice whose latest version
+  is by a clinician or reviewed: ``save`` returns None and ``save_many`` gives None for it.
+- A store written by a newer schema is refused and left untouched; an older one is migrated
+  in one transaction. A read-only folder or file is refused for writing with a clear message;
+  ``LabelStore.open(folder, readonly=True)`` views and exports it.
 """
 
 from __future__ import annotations
 
+import errno
 import getpass
 import json
+import math
 import os
 import sqlite3
+import threading
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
 from napari_gitseg.classes import CLASSES
+from napari_gitseg.store import schema
+from napari_gitseg.store.schema import DB_NAME, SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
-DB_NAME = "gitseg_labels.sqlite"
 SOURCES = ("clinician", "model", "pseudo")
+BUSY_TIMEOUT_S = 30.0
+_RETRIES = 3  # attempts of one write transaction when a version number collides
+_CHUNK = 500  # slice ids per query (SQLite's host-parameter limit is far above)
 
+T = TypeVar("T")
 
-_SCHEMA = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE stacks (name TEXT PRIMARY KEY, slice_ids TEXT NOT NULL, shape TEXT NOT NULL,"
-    " spacing TEXT NOT NULL, source TEXT, classes TEXT NOT NULL, created REAL NOT NULL)",
-    "CREATE TABLE slices (slice_id TEXT PRIMARY KEY, stack TEXT NOT NULL REFERENCES stacks(name),"
-    " z INTEGER NOT NULL)",
-    "CREATE TABLE versions (id INTEGER PRIMARY KEY AUTOINCREMENT, slice_id TEXT NOT NULL,"
-    " version INTEGER NOT NULL, source TEXT NOT NULL CHECK (source IN ('clinician', 'model', 'pseudo')),"
-    " user TEXT, model_version TEXT, reviewed INTEGER NOT NULL, confidence REAL, note TEXT,"
-    " created REAL NOT NULL, shape TEXT NOT NULL, masks BLOB NOT NULL, crc INTEGER NOT NULL,"
-    " UNIQUE (slice_id, version))",
-    "CREATE INDEX versions_latest ON versions (slice_id, version DESC)",
-    "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-)
+__all__ = ["BUSY_TIMEOUT_S", "DB_NAME", "SCHEMA_VERSION", "SOURCES", "LabelStore", "SliceRecord",
+           "StoreError", "VersionInfo"]
 
 
 class StoreError(RuntimeError):
-    """A label store that cannot be opened or written; the message says which file and why."""
+    """A label store that cannot be opened, read or written; the message names the file and why."""
 
 
 @dataclass(frozen=True)
 class VersionInfo:
-    """Metadata of one saved version of one slice."""
+    """Metadata of one saved version of one slice (``created``: seconds since the epoch)."""
 
     slice_id: str
     version: int
@@ -80,367 +86,543 @@ class SliceRecord(VersionInfo):
     masks: np.ndarray | None = None
 
 
+# ---- helpers ------------------------------------------------------------------------------------
 def _default_user() -> str:
     try:
         return getpass.getuser()
     except Exception:  # noqa: BLE001  (no user database, e.g. in some containers)
-        return os.environ.get("USER", "unknown")
+        return os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
 
 
-def _pack(masks: np.ndarray) -> tuple[bytes, int]:
+def _checksum(blob: bytes, shape_text: str) -> int:
+    return zlib.crc32(shape_text.encode(), zlib.crc32(blob))
+
+
+def _pack(masks: np.ndarray) -> tuple[bytes, str, int]:
+    """Bit-pack and compress masks; returns (blob, shape as JSON, checksum)."""
     bits = np.packbits(np.ascontiguousarray(masks, dtype=bool).ravel())
     blob = zlib.compress(bits.tobytes(), 6)
-    return blob, zlib.crc32(blob)
+    shape_text = json.dumps([int(s) for s in masks.shape])
+    return blob, shape_text, _checksum(blob, shape_text)
 
 
-def _unpack(blob: bytes, crc: int, shape: tuple[int, ...], where: str) -> np.ndarray:
-    if zlib.crc32(blob) != crc:
-        raise StoreError(f"{where}: mask data fails its checksum (file damaged)")
-    n = int(np.prod(shape))
-    bits = np.frombuffer(zlib.decompress(blob), dtype=np.uint8)
+def _unpack(blob: bytes, shape_text: str, crc: int, where: str) -> np.ndarray:
+    """Masks back from a stored blob, after verifying its checksum and size."""
+    if _checksum(blob, shape_text) != crc:
+        raise StoreError(f"{where}: stored mask data fails its checksum (the file is damaged)")
+    try:
+        shape = tuple(int(s) for s in json.loads(shape_text))
+        bits = np.frombuffer(zlib.decompress(blob), dtype=np.uint8)
+    except (ValueError, TypeError, zlib.error) as err:
+        raise StoreError(f"{where}: stored mask data cannot be decoded ({err})") from err
+    n = math.prod(shape)
+    if bits.size != (n + 7) // 8:
+        raise StoreError(f"{where}: stored mask data has {bits.size} bytes, expected {(n + 7) // 8} for {shape}")
     return np.unpackbits(bits, count=n).astype(bool).reshape(shape)
 
 
+def _error_code(err: BaseException) -> int | None:
+    code = getattr(err, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def _store_error(path: Path, err: BaseException, action: str) -> StoreError:
+    """A StoreError that says what went wrong with ``path`` while doing ``action``, in plain words."""
+    code, text = _error_code(err), str(err)
+    if code == sqlite3.SQLITE_FULL or "database or disk is full" in text or getattr(err, "errno", 0) == errno.ENOSPC:
+        return StoreError(f"{path}: the disk is full; {action} failed and nothing was saved (the versions saved "
+                          f"before are intact). Free some space and save again. ({text})")
+    if code == sqlite3.SQLITE_READONLY or "readonly" in text:
+        return StoreError(f"{path}: the label store is read-only; {action} failed. Open it with readonly=True "
+                          f"to view or export, or use a writable project folder. ({text})")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreError(f"{path}: another napari-gitseg window or process kept the label store busy for more "
+                          f"than {BUSY_TIMEOUT_S:.0f} s; {action} failed and nothing was saved. Try again. ({text})")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return StoreError(f"{path}: not a napari-gitseg label store, or the file is damaged; {action} failed. "
+                          f"({text})")
+    if code == sqlite3.SQLITE_IOERR:
+        return StoreError(f"{path}: the disk reported an I/O error; {action} failed and nothing was saved. "
+                          f"({text})")
+    if code == sqlite3.SQLITE_CANTOPEN:
+        return StoreError(f"{path}: cannot open the label store file; {action} failed. ({text})")
+    return StoreError(f"{path}: {action} failed ({text})")
+
+
+def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(target, uri=uri, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    return conn
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection; falls back to ``immutable`` in a read-only folder with no WAL index."""
+    base = path.resolve().as_uri()
+    conn = _connect(base + "?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as err:
+        conn.close()
+        if _error_code(err) != sqlite3.SQLITE_CANTOPEN:
+            raise
+    # WAL databases need a writable -shm file; in a read-only folder without one, the file can
+    # only be read as immutable, which would silently ignore committed changes still in the WAL.
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StoreError(f"{path}: the folder is read-only and the store has saved changes still in {wal.name} "
+                         "that cannot be read without write access; copy the project folder somewhere "
+                         "writable and open it there")
+    conn = _connect(base + "?immutable=1", uri=True)
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return conn
+
+
+def _check_version(path: Path, version: int | None, migrate: bool) -> None:
+    """Refuse foreign, newer, or (read-only) older stores with a clear message."""
+    if version == schema.NOT_A_STORE:
+        raise StoreError(f"{path}: an SQLite file that is not a napari-gitseg label store")
+    if version is not None and version > SCHEMA_VERSION:
+        raise StoreError(f"{path}: written by a newer napari-gitseg (schema {version} > {SCHEMA_VERSION}); "
+                         "upgrade napari-gitseg to open it (the store was not changed)")
+    if not migrate and version is not None and version < SCHEMA_VERSION:
+        raise StoreError(f"{path}: written by an older napari-gitseg (schema {version} < {SCHEMA_VERSION}); "
+                         "open it once with write access to upgrade it")
+
+
+# ---- the store ----------------------------------------------------------------------------------
 class LabelStore:
-    """Versioned per-slice, per-class organ masks with provenance (see module docstring)."""
+    """Versioned per-slice, per-class organ masks with provenance (see the module docstring).
+
+    One connection per store object; safe to share between threads (calls are serialised).
+    """
+
+    _COLS = ("slice_id, version, source, user, model_version, reviewed, confidence, note, created, "
+             "shape, masks, crc")
 
     def __init__(self, conn: sqlite3.Connection, path: Path, user: str, readonly: bool):
         self._conn = conn
         self.path = path
         self.user = user
         self.readonly = readonly
+        self._lock = threading.RLock()
         self._shapes: dict[str, tuple[int, int, int]] = {}  # slice id -> (C, Y, X)
+        self._closed = False
 
-    # ---- opening -----------------------------------------------------------------------------
+    # ---- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, folder: str | os.PathLike, user: str | None = None, create: bool = True,
              readonly: bool = False) -> LabelStore:
-        """Open (or create) the store in ``folder``; ``readonly`` for viewing and export."""
+        """Open (or create) the store in ``folder``; ``readonly=True`` to view or export only."""
         folder = Path(folder)
         path = folder / DB_NAME
         user = user or _default_user()
-        if readonly:
+        if readonly or path.exists():
             if not path.is_file():
-                raise StoreError(f"{path}: no label store here")
+                raise StoreError(f"{path}: no label store here" if not path.exists() else
+                                 f"{path}: not a file")
+            # look before writing anything: a newer or foreign store must stay untouched
             try:
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
-                store = cls(conn, path, user, True)
-                store._check_schema(migrate=False)
+                conn = _connect_readonly(path)
             except sqlite3.Error as err:
-                raise StoreError(f"{path}: cannot open the label store read-only ({err})") from err
-            return store
-        if not path.exists():
-            if not create:
-                raise StoreError(f"{path}: no label store here")
+                raise _store_error(path, err, "opening the label store") from err
+            try:
+                version = schema.read_version(conn)
+                _check_version(path, version, migrate=not readonly)
+                if readonly and version is None:
+                    raise StoreError(f"{path}: an empty file, not a label store yet")
+            except sqlite3.Error as err:
+                conn.close()
+                raise _store_error(path, err, "opening the label store") from err
+            except BaseException:
+                conn.close()
+                raise
+            if readonly:
+                return cls(conn, path, user, True)
+            conn.close()
+        elif not create:
+            raise StoreError(f"{path}: no label store here")
+        else:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise StoreError(f"{folder}: cannot create the project folder ({err.strerror})") from err
+                raise _store_error(folder, err, "creating the project folder") from err
         if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-            raise StoreError(f"{path}: the label store is read-only; open it with readonly=True to view or "
+            raise StoreError(f"{path}: the label store is read-only here; open it with readonly=True to view or "
                              "export, or choose a writable project folder")
         try:
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            store = cls(conn, path, user, False)
-            store._check_schema(migrate=True)  # before touching journal mode: never modify a newer store
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.OperationalError as err:
-            raise StoreError(f"{path}: cannot open the label store ({err})") from err
-        except sqlite3.DatabaseError as err:
-            raise StoreError(f"{path}: not a gitseg label store or damaged ({err})") from err
+            conn = _connect(str(path))
+        except sqlite3.Error as err:
+            raise _store_error(path, err, "opening the label store") from err
+        store = cls(conn, path, user, False)
+        try:
+            store._prepare()
+        except BaseException:
+            conn.close()
+            raise
         return store
 
-    def _check_schema(self, migrate: bool) -> None:
-        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "meta" not in tables:
-            if tables:
-                raise StoreError(f"{self.path}: an SQLite file that is not a gitseg label store")
-            if not migrate:
-                raise StoreError(f"{self.path}: empty label store")
-            self._create_schema()
-            return
-        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        version = int(row[0]) if row else 0
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path}: written by a newer napari-gitseg (schema {version} > {SCHEMA_VERSION}); "
-                "upgrade napari-gitseg to open it (the store was not changed)"
-            )
-        # (older schemas would be migrated here, inside one transaction; version 1 is the first)
-
-    def _create_schema(self) -> None:
-        with self._write() as conn:
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone():
-                return  # another process created it while we waited for the write lock
-            for statement in _SCHEMA:
-                self._conn.execute(statement)
-            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('created_by', 'napari-gitseg')")
-
-    # ---- transactions ------------------------------------------------------------------------
-    class _Tx:
-        def __init__(self, store: LabelStore):
-            self.store = store
-
-        def __enter__(self):
-            if self.store.readonly:
-                raise StoreError(f"{self.store.path}: opened read-only")
-            self.store._conn.execute("BEGIN IMMEDIATE")
-            return self.store._conn
-
-        def __exit__(self, exc_type, exc, tb):
-            conn = self.store._conn
-            if exc_type is None:
+    def _prepare(self) -> None:
+        """Journal settings, then create or migrate the schema in one transaction."""
+        try:
+            deadline = time.monotonic() + BUSY_TIMEOUT_S
+            while True:  # switching to WAL needs a moment alone with the file
                 try:
-                    conn.execute("COMMIT")
-                    return False
-                except sqlite3.Error as err:
-                    conn.execute("ROLLBACK")
-                    raise self.store._as_store_error(err) from err
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            if isinstance(exc, sqlite3.Error):
-                raise self.store._as_store_error(exc) from exc
-            return False
+                    self._conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                    break
+                except sqlite3.OperationalError as err:
+                    if _error_code(err) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or \
+                            time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as err:
+            raise _store_error(self.path, err, "opening the label store") from err
 
-    def _write(self) -> LabelStore._Tx:
-        return LabelStore._Tx(self)
+        def setup(conn: sqlite3.Connection) -> None:
+            version = schema.read_version(conn)  # again, under the write lock: another window may be here too
+            _check_version(self.path, version, migrate=True)
+            if version is None:
+                schema.create(conn)
+            elif version < SCHEMA_VERSION:
+                try:
+                    schema.migrate(conn, version)
+                except LookupError as err:
+                    raise StoreError(f"{self.path}: cannot upgrade schema {version}: {err}") from err
 
-    def _as_store_error(self, err: Exception) -> StoreError:
-        text = str(err)
-        if "full" in text or "disk I/O" in text:
-            return StoreError(f"{self.path}: the disk is full — nothing was saved; the last saved versions are "
-                              f"intact. Free some space and save again ({text})")
-        if "readonly" in text or "read-only" in text:
-            return StoreError(f"{self.path}: the label store is read-only ({text})")
-        return StoreError(f"{self.path}: {text}")
+        if schema.read_version(self._conn) != SCHEMA_VERSION:
+            self._write(setup, "preparing the label store")
 
     def close(self) -> None:
-        """Close the connection (pending work is already committed)."""
-        self._conn.close()
+        """Close the connection (every save is already committed)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
 
-    # ---- stacks ------------------------------------------------------------------------------
-    def register_stack(self, name: str, slice_ids: Sequence[str], shape: Sequence[int],
-                       spacing: Sequence[float], source: str, classes: Sequence[str] = CLASSES) -> None:
-        """Record a stack (idempotent); refuses the same name with a different shape or slice ids."""
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 3 or len(slice_ids) != shape[0]:
-            raise StoreError(f"{self.path}: stack {name!r}: {len(slice_ids)} slice ids for shape {shape}")
-        row = self._conn.execute("SELECT slice_ids, shape, classes FROM stacks WHERE name=?", (name,)).fetchone()
-        if row is not None:
-            if tuple(json.loads(row[1])) != shape or json.loads(row[0]) != list(slice_ids) or \
-                    tuple(json.loads(row[2])) != tuple(classes):
-                raise StoreError(
-                    f"{self.path}: a different stack named {name!r} is already in this store "
-                    f"(shape {tuple(json.loads(row[1]))} vs {shape}); refusing to mix up labels"
-                )
-            self._remember_shapes(name)
-            return
+    def __enter__(self) -> LabelStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LabelStore({str(self.path)!r}, user={self.user!r}{', readonly' if self.readonly else ''})"
+
+    # ---- transactions --------------------------------------------------------------------------
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _write(self, work: Callable[[sqlite3.Connection], T], action: str) -> T:
+        """Run ``work`` in one write transaction; retried when a version number collides."""
         if self.readonly:
-            raise StoreError(f"{self.path}: opened read-only; cannot add stack {name!r}")
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO stacks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (name, json.dumps(list(slice_ids)), json.dumps(shape), json.dumps([float(s) for s in spacing]),
-                 str(source), json.dumps(list(classes)), time.time()),
-            )
-            conn.executemany("INSERT OR REPLACE INTO slices VALUES (?, ?, ?)",
-                             [(sid, name, z) for z, sid in enumerate(slice_ids)])
-        self._remember_shapes(name)
+            raise StoreError(f"{self.path}: opened read-only; {action} is not possible")
+        with self._lock:
+            for attempt in range(_RETRIES):
+                try:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as err:
+                    raise _store_error(self.path, err, action) from err
+                try:
+                    result = work(self._conn)
+                    self._conn.execute("COMMIT")
+                    return result
+                except sqlite3.IntegrityError as err:
+                    self._rollback()
+                    if "UNIQUE" in str(err) and attempt + 1 < _RETRIES:
+                        continue  # someone took this version number: count again
+                    raise _store_error(self.path, err, action) from err
+                except sqlite3.Error as err:
+                    self._rollback()
+                    raise _store_error(self.path, err, action) from err
+                except BaseException:
+                    self._rollback()
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _remember_shapes(self, name: str) -> None:
-        info = self.stack_info(name)
-        shape = (len(info["classes"]), info["shape"][1], info["shape"][2])
-        for sid in info["slice_ids"]:
-            self._shapes[sid] = shape
+    def _read(self, query: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._conn.execute(query, params).fetchall()
+            except sqlite3.Error as err:
+                raise _store_error(self.path, err, "reading the label store") from err
+
+    # ---- stacks --------------------------------------------------------------------------------
+    def register_stack(self, name: str, slice_ids: Sequence[str], shape: Sequence[int],
+                       spacing: Sequence[float], source: str | os.PathLike | None = None,
+                       classes: Sequence[str] = CLASSES) -> None:
+        """Record a stack (idempotent); refuses the same name with another shape, slice ids or classes."""
+        shape = tuple(int(s) for s in shape)
+        slice_ids, classes = [str(s) for s in slice_ids], tuple(str(c) for c in classes)
+        if len(shape) != 3 or min(shape) < 1 or len(slice_ids) != shape[0]:
+            raise StoreError(f"{self.path}: stack {name!r}: {len(slice_ids)} slice ids for shape {shape} "
+                             "(expected (Z, Y, X) with one id per slice)")
+        if len(set(slice_ids)) != len(slice_ids):
+            raise StoreError(f"{self.path}: stack {name!r}: slice ids are not unique")
+        spacing = [float(s) for s in spacing]
+        if len(spacing) != 3:
+            raise StoreError(f"{self.path}: stack {name!r}: spacing {spacing} is not (z, y, x)")
+
+        def same_as_stored(row: tuple) -> bool:
+            stored_ids, stored_shape, stored_classes = json.loads(row[0]), tuple(json.loads(row[1])), \
+                tuple(json.loads(row[2]))
+            if stored_shape != shape or stored_ids != slice_ids or stored_classes != classes:
+                raise StoreError(
+                    f"{self.path}: a different stack named {name!r} is already in this store (shape "
+                    f"{stored_shape} vs {shape}, {len(stored_ids)} vs {len(slice_ids)} slices, classes "
+                    f"{stored_classes} vs {classes}); refusing to mix up labels")
+            return True
+
+        rows = self._read("SELECT slice_ids, shape, classes FROM stacks WHERE name = ?", (name,))
+        if not (rows and same_as_stored(rows[0])):
+            def insert(conn: sqlite3.Connection) -> None:
+                row = conn.execute("SELECT slice_ids, shape, classes FROM stacks WHERE name = ?", (name,)).fetchone()
+                if row is not None and same_as_stored(row):
+                    return  # another window registered it meanwhile
+                taken = []
+                for i in range(0, len(slice_ids), _CHUNK):
+                    part = slice_ids[i:i + _CHUNK]
+                    taken += conn.execute(f"SELECT slice_id, stack FROM slices WHERE slice_id IN "
+                                          f"({','.join('?' * len(part))})", part).fetchall()
+                if taken:
+                    raise StoreError(f"{self.path}: slice {taken[0][0]!r} already belongs to stack {taken[0][1]!r}; "
+                                     f"refusing to register it again under {name!r}")
+                conn.execute("INSERT INTO stacks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (name, json.dumps(slice_ids), json.dumps(shape), json.dumps(spacing),
+                              None if source is None else str(source), json.dumps(list(classes)), time.time()))
+                conn.executemany("INSERT INTO slices VALUES (?, ?, ?)",
+                                 [(sid, name, z) for z, sid in enumerate(slice_ids)])
+
+            self._write(insert, f"registering stack {name!r}")
+        for sid in slice_ids:
+            self._shapes[sid] = (len(classes), shape[1], shape[2])
 
     def stacks(self) -> list[str]:
-        """Names of the registered stacks."""
-        return [r[0] for r in self._conn.execute("SELECT name FROM stacks ORDER BY created, name")]
+        """Names of the registered stacks, in the order they were registered."""
+        return [r[0] for r in self._read("SELECT name FROM stacks ORDER BY created, name")]
 
     def stack_info(self, name: str) -> dict:
         """Slice ids, shape, spacing, source and classes of a registered stack."""
-        row = self._conn.execute(
-            "SELECT slice_ids, shape, spacing, source, classes FROM stacks WHERE name=?", (name,)).fetchone()
-        if row is None:
+        rows = self._read("SELECT slice_ids, shape, spacing, source, classes FROM stacks WHERE name = ?", (name,))
+        if not rows:
             raise StoreError(f"{self.path}: no stack named {name!r} in this store")
-        return {"name": name, "slice_ids": json.loads(row[0]), "shape": tuple(json.loads(row[1])),
-                "spacing": tuple(json.loads(row[2])), "source": row[3], "classes": tuple(json.loads(row[4]))}
+        ids, shape, spacing, source, classes = rows[0]
+        return {"name": name, "slice_ids": json.loads(ids), "shape": tuple(json.loads(shape)),
+                "spacing": tuple(json.loads(spacing)), "source": source, "classes": tuple(json.loads(classes))}
 
     def _shape_of(self, slice_id: str) -> tuple[int, int, int]:
         if slice_id not in self._shapes:
-            row = self._conn.execute("SELECT stack FROM slices WHERE slice_id=?", (slice_id,)).fetchone()
-            if row is None:
-                raise StoreError(f"{self.path}: slice {slice_id!r} belongs to no registered stack")
-            self._remember_shapes(row[0])
+            rows = self._read("SELECT s.shape, s.classes FROM slices l JOIN stacks s ON s.name = l.stack "
+                              "WHERE l.slice_id = ?", (slice_id,))
+            if not rows:
+                raise StoreError(f"{self.path}: slice {slice_id!r} belongs to no registered stack "
+                                 "(register_stack first)")
+            shape, classes = json.loads(rows[0][0]), json.loads(rows[0][1])
+            self._shapes[slice_id] = (len(classes), int(shape[1]), int(shape[2]))
         return self._shapes[slice_id]
 
-    # ---- writing -----------------------------------------------------------------------------
+    # ---- writing -------------------------------------------------------------------------------
     def save(self, slice_id: str, masks: np.ndarray, *, source: str, model_version: str | None = None,
              confidence: float | None = None, reviewed: bool = False, user: str | None = None,
              note: str | None = None) -> int | None:
-        """Save a new version of one slice; None when a prediction would replace a clinician's work."""
+        """Save a new version of one slice; returns it, or None when a prediction meets clinician work."""
         return self.save_many([dict(slice_id=slice_id, masks=masks, source=source, model_version=model_version,
                                     confidence=confidence, reviewed=reviewed, user=user, note=note)])[0]
 
+    def _prepare_item(self, item: dict) -> tuple:
+        sid = item.get("slice_id")
+        source = item.get("source", "clinician")
+        if source not in SOURCES:
+            raise StoreError(f"{self.path}: unknown provenance {source!r} for {sid} (expected one of {SOURCES})")
+        masks = np.asarray(item["masks"])
+        if masks.dtype != bool:
+            if masks.dtype.kind not in "iu" or (masks.size and (masks.min() < 0 or masks.max() > 1)):
+                raise StoreError(f"{self.path}: masks for {sid} must be boolean (or 0/1 integers), "
+                                 f"got {masks.dtype}")
+            masks = masks.astype(bool)
+        shape = self._shape_of(sid)
+        if masks.shape != shape:
+            raise StoreError(f"{self.path}: masks for {sid} have shape {masks.shape}, expected {shape} (C, Y, X)")
+        conf = item.get("confidence")
+        if conf is not None:
+            conf = float(conf)
+            if not math.isfinite(conf):
+                raise StoreError(f"{self.path}: confidence for {sid} is {conf}; expected a finite number or None")
+        blob, shape_text, crc = _pack(masks)
+        user = item.get("user") or (self.user if source == "clinician" else None)
+        model_version = item.get("model_version")
+        return (sid, source, user, None if model_version is None else str(model_version),
+                int(bool(item.get("reviewed", False))), conf, item.get("note"), shape_text, blob, crc)
+
     def save_many(self, items: Iterable[dict]) -> list[int | None]:
-        """Save many slices in ONE transaction; per item the new version, or None if skipped (protected)."""
-        prepared = []
-        for item in items:
-            sid, source = item["slice_id"], item.get("source", "clinician")
-            if source not in SOURCES:
-                raise StoreError(f"{self.path}: unknown provenance {source!r} (expected one of {SOURCES})")
-            masks = np.asarray(item["masks"], dtype=bool)
-            shape = self._shape_of(sid)
-            if masks.shape != shape:
-                raise StoreError(f"{self.path}: masks for {sid} have shape {masks.shape}, expected {shape}")
-            conf = item.get("confidence")
-            blob, crc = _pack(masks)
-            user = item.get("user") or (self.user if source == "clinician" else None)
-            prepared.append((sid, source, user, item.get("model_version"), bool(item.get("reviewed", False)),
-                             None if conf is None else float(conf), item.get("note"), json.dumps(masks.shape),
-                             blob, crc))
-        results: list[int | None] = []
-        with self._write() as conn:
-            for sid, source, user, model_version, reviewed, conf, note, shape, blob, crc in prepared:
-                last = conn.execute(
-                    "SELECT version, source, reviewed FROM versions WHERE slice_id=? ORDER BY version DESC LIMIT 1",
-                    (sid,)).fetchone()
+        """Save many slices in ONE transaction; per item its new version, or None if skipped (protected).
+
+        Each item is a dict with the keyword arguments of ``save`` plus ``slice_id`` and ``masks``.
+        """
+        prepared = [self._prepare_item(item) for item in items]
+        if not prepared:
+            return []
+
+        def work(conn: sqlite3.Connection) -> list[int | None]:
+            results: list[int | None] = []
+            now = time.time()
+            for sid, source, user, model_version, reviewed, conf, note, shape_text, blob, crc in prepared:
+                last = conn.execute("SELECT version, source, reviewed FROM versions WHERE slice_id = ? "
+                                    "ORDER BY version DESC LIMIT 1", (sid,)).fetchone()
                 if source != "clinician" and last is not None and (last[1] == "clinician" or last[2]):
                     results.append(None)  # a prediction never overwrites a clinician's correction
                     continue
                 version = 1 if last is None else last[0] + 1
-                conn.execute(
-                    "INSERT INTO versions (slice_id, version, source, user, model_version, reviewed, confidence,"
-                    " note, created, shape, masks, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (sid, version, source, user, model_version, int(reviewed), conf, note, time.time(), shape,
-                     blob, crc),
-                )
+                conn.execute(f"INSERT INTO versions ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (sid, version, source, user, model_version, reviewed, conf, note, now, shape_text,
+                              blob, crc))
                 results.append(version)
-        return results
+            return results
+
+        return self._write(work, f"saving {len(prepared)} slice(s)")
+
+    def _latest_row(self, conn: sqlite3.Connection, slice_id: str) -> dict | None:
+        row = conn.execute(f"SELECT {self._COLS} FROM versions WHERE slice_id = ? ORDER BY version DESC LIMIT 1",
+                           (slice_id,)).fetchone()
+        return None if row is None else dict(zip(self._COLS.split(", "), row))
 
     def set_reviewed(self, slice_id: str, reviewed: bool = True, user: str | None = None) -> int:
-        """Mark the latest version reviewed (or not) by writing a new version with the same masks."""
-        with self._write() as conn:
+        """Mark the latest version reviewed (or withdraw that) as a new version with the same masks.
+
+        The new version keeps the masks' provenance (source, model version, confidence) and
+        records the reviewer as its user. Nothing is written when the state is already as asked;
+        the latest version number is returned either way. Withdrawing review of a slice that a
+        clinician edited leaves it protected from predictions (the edit still stands).
+        """
+        def work(conn: sqlite3.Connection) -> int:
             last = self._latest_row(conn, slice_id)
             if last is None:
                 raise StoreError(f"{self.path}: slice {slice_id!r} has no saved version to review")
-            version = last["version"] + 1
-            source = "clinician" if reviewed else last["source"]
-            conn.execute(
-                "INSERT INTO versions (slice_id, version, source, user, model_version, reviewed, confidence, note,"
-                " created, shape, masks, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (slice_id, version, source, user or self.user, last["model_version"], int(reviewed),
-                 last["confidence"], "reviewed" if reviewed else "review withdrawn", time.time(), last["shape"],
-                 last["masks"], last["crc"]),
-            )
-        return version
+            if bool(last["reviewed"]) == bool(reviewed):
+                return int(last["version"])
+            last.update(version=last["version"] + 1, reviewed=int(bool(reviewed)), user=user or self.user,
+                        note="reviewed" if reviewed else "review withdrawn", created=time.time())
+            conn.execute(f"INSERT INTO versions ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         tuple(last.values()))
+            return int(last["version"])
+
+        return self._write(work, f"marking {slice_id} {'reviewed' if reviewed else 'unreviewed'}")
 
     def revert(self, slice_id: str, version: int, user: str | None = None) -> int:
-        """Write a new version with the masks of ``version`` (by the clinician, so predictions keep off it).
+        """Write a new version with the masks of ``version`` (noted "revert to vN"); history is kept.
 
-        The slice keeps its current review state: reverting is an edit, not a withdrawal of review.
+        The new version is a clinician's (so predictions keep off it) and keeps the slice's current
+        review state: reverting is an edit, not a withdrawal of review.
         """
-        with self._write() as conn:
-            old = conn.execute("SELECT shape, masks, crc, reviewed FROM versions WHERE slice_id=? AND version=?",
-                               (slice_id, int(version))).fetchone()
+        version = int(version)
+
+        def work(conn: sqlite3.Connection) -> int:
+            old = conn.execute("SELECT shape, masks, crc FROM versions WHERE slice_id = ? AND version = ?",
+                               (slice_id, version)).fetchone()
             if old is None:
                 raise StoreError(f"{self.path}: slice {slice_id!r} has no version {version}")
             last = self._latest_row(conn, slice_id)
             new = last["version"] + 1
-            conn.execute(
-                "INSERT INTO versions (slice_id, version, source, user, model_version, reviewed, confidence, note,"
-                " created, shape, masks, crc) VALUES (?, ?, 'clinician', ?, NULL, ?, NULL, ?, ?, ?, ?, ?)",
-                (slice_id, new, user or self.user, int(last["reviewed"]), f"revert to v{version}", time.time(), old[0],
-                 old[1], old[2]),
-            )
-        return new
+            conn.execute(f"INSERT INTO versions ({self._COLS}) VALUES (?, ?, 'clinician', ?, NULL, ?, NULL, ?, ?, ?, "
+                         "?, ?)", (slice_id, new, user or self.user, int(last["reviewed"]), f"revert to v{version}",
+                                   time.time(), old[0], old[1], old[2]))
+            return new
 
-    # ---- reading -----------------------------------------------------------------------------
-    _COLS = "slice_id, version, source, user, model_version, reviewed, confidence, note, created, shape, masks, crc"
+        return self._write(work, f"reverting {slice_id} to v{version}")
 
-    def _latest_row(self, conn, slice_id: str) -> dict | None:
-        row = conn.execute(f"SELECT {self._COLS} FROM versions WHERE slice_id=? ORDER BY version DESC LIMIT 1",
-                           (slice_id,)).fetchone()
-        return None if row is None else dict(zip(self._COLS.split(", "), row))
-
-    def _record(self, row: Sequence, with_masks: bool = True):
-        sid, version, source, user, model_version, reviewed, conf, note, created, shape, blob, crc = row
+    # ---- reading -------------------------------------------------------------------------------
+    def _record(self, row: Sequence, with_masks: bool = True) -> VersionInfo:
+        sid, version, source, user, model_version, reviewed, conf, note, created, shape_text, blob, crc = row
         info = dict(slice_id=sid, version=int(version), source=source, user=user, model_version=model_version,
-                    reviewed=bool(reviewed), confidence=conf, note=note, created=float(created))
+                    reviewed=bool(reviewed), confidence=None if conf is None else float(conf), note=note,
+                    created=float(created))
         if not with_masks:
             return VersionInfo(**info)
-        masks = _unpack(blob, crc, tuple(json.loads(shape)), f"{self.path} [{sid} v{version}]")
-        return SliceRecord(**info, masks=masks)
+        return SliceRecord(**info, masks=_unpack(blob, shape_text, crc, f"{self.path} [{sid} v{version}]"))
 
     def latest(self, slice_id: str) -> SliceRecord | None:
         """The latest version of a slice with its masks, or None if never saved."""
-        row = self._conn.execute(
-            f"SELECT {self._COLS} FROM versions WHERE slice_id=? ORDER BY version DESC LIMIT 1",
-            (slice_id,)).fetchone()
-        return None if row is None else self._record(row)
+        rows = self._read(f"SELECT {self._COLS} FROM versions WHERE slice_id = ? ORDER BY version DESC LIMIT 1",
+                          (slice_id,))
+        return self._record(rows[0]) if rows else None
 
     def latest_many(self, slice_ids: Sequence[str]) -> dict[str, SliceRecord | None]:
-        """Latest version of each slice (None where never saved), in one query."""
+        """Latest version of each slice (None where never saved), keyed by slice id."""
         out: dict[str, SliceRecord | None] = {sid: None for sid in slice_ids}
-        wanted = set(slice_ids)
-        rows = self._conn.execute(
-            f"SELECT {self._COLS} FROM versions v WHERE version = "
-            "(SELECT MAX(version) FROM versions w WHERE w.slice_id = v.slice_id)")
+        ids = list(out)
+        with self._lock:  # one snapshot for all chunks
+            try:
+                self._conn.execute("BEGIN")
+                rows = []
+                for i in range(0, len(ids), _CHUNK):
+                    part = ids[i:i + _CHUNK]
+                    rows += self._conn.execute(
+                        f"SELECT {self._COLS} FROM versions v WHERE slice_id IN ({','.join('?' * len(part))}) "
+                        "AND version = (SELECT MAX(version) FROM versions w WHERE w.slice_id = v.slice_id)",
+                        part).fetchall()
+            except sqlite3.Error as err:
+                raise _store_error(self.path, err, "reading the label store") from err
+            finally:
+                self._rollback()
         for row in rows:
-            if row[0] in wanted:
-                out[row[0]] = self._record(row)
+            out[row[0]] = self._record(row)
         return out
 
     def get(self, slice_id: str, version: int) -> SliceRecord:
-        """One specific version of a slice."""
-        row = self._conn.execute(f"SELECT {self._COLS} FROM versions WHERE slice_id=? AND version=?",
-                                 (slice_id, int(version))).fetchone()
-        if row is None:
+        """One specific version of a slice (StoreError if it does not exist)."""
+        rows = self._read(f"SELECT {self._COLS} FROM versions WHERE slice_id = ? AND version = ?",
+                          (slice_id, int(version)))
+        if not rows:
             raise StoreError(f"{self.path}: slice {slice_id!r} has no version {version}")
-        return self._record(row)
+        return self._record(rows[0])
 
     def history(self, slice_id: str) -> list[VersionInfo]:
         """Metadata of every version of a slice, oldest first."""
-        rows = self._conn.execute(f"SELECT {self._COLS} FROM versions WHERE slice_id=? ORDER BY version",
-                                  (slice_id,))
+        rows = self._read(f"SELECT {self._COLS} FROM versions WHERE slice_id = ? ORDER BY version", (slice_id,))
         return [self._record(r, with_masks=False) for r in rows]
 
-    def _latest_meta(self, stack: str | None = None) -> list[tuple[str, str, bool, float | None, int]]:
-        """(slice_id, source, reviewed, confidence, z) of the latest version of each saved slice."""
-        query = ("SELECT v.slice_id, v.source, v.reviewed, v.confidence, s.z, s.stack FROM versions v "
-                 "JOIN slices s ON s.slice_id = v.slice_id WHERE v.version = "
-                 "(SELECT MAX(version) FROM versions w WHERE w.slice_id = v.slice_id)")
-        rows = self._conn.execute(query).fetchall()
-        return [(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows if stack is None or r[5] == stack]
+    def _latest_meta(self, stack: str | None = None) -> list[tuple[str, str, bool, float | None]]:
+        """(slice id, source, reviewed, confidence) of the latest version of each saved slice, in stack/z order."""
+        query = ("SELECT v.slice_id, v.source, v.reviewed, v.confidence FROM versions v "
+                 "JOIN slices s ON s.slice_id = v.slice_id JOIN stacks k ON k.name = s.stack "
+                 "WHERE v.version = (SELECT MAX(version) FROM versions w WHERE w.slice_id = v.slice_id)")
+        params: tuple = ()
+        if stack is not None:
+            query, params = query + " AND s.stack = ?", (stack,)
+        rows = self._read(query + " ORDER BY k.created, k.name, s.z", params)
+        return [(r[0], r[1], bool(r[2]), r[3]) for r in rows]
+
+    @staticmethod
+    def _protected(source: str, reviewed: bool) -> bool:
+        return source == "clinician" or reviewed
 
     def clinician_slices(self, stack: str | None = None) -> list[str]:
         """Slices whose latest version is by a clinician or reviewed (the training labels)."""
-        return [r[0] for r in sorted(self._latest_meta(stack), key=lambda r: (r[0]))
-                if r[1] == "clinician" or r[2]]
+        return [r[0] for r in self._latest_meta(stack) if self._protected(r[1], r[2])]
 
     def pseudo_slices(self, stack: str | None = None) -> list[str]:
-        """Slices whose latest version is a kept pseudo-label."""
-        return [r[0] for r in sorted(self._latest_meta(stack)) if r[1] == "pseudo" and not r[2]]
+        """Slices whose latest version is an unreviewed pseudo-label."""
+        return [r[0] for r in self._latest_meta(stack) if r[1] == "pseudo" and not r[2]]
 
     def unreviewed_slices(self, stack: str) -> list[str]:
-        """Slices of ``stack`` that no clinician has edited or reviewed."""
+        """Slices of ``stack`` (z order) that no clinician has edited or reviewed, saved or not."""
         protected = set(self.clinician_slices(stack))
         return [sid for sid in self.stack_info(stack)["slice_ids"] if sid not in protected]
 
     def review_queue(self, stack: str) -> list[str]:
-        """Unreviewed slices of ``stack``, least confident first; never-predicted slices last (in z order)."""
-        info = self.stack_info(stack)
+        """Unreviewed slices of ``stack``, least confident first; those without a confidence last (z order)."""
+        ids = self.stack_info(stack)["slice_ids"]
         meta = {r[0]: r for r in self._latest_meta(stack)}
         scored, unscored = [], []
-        for z, sid in enumerate(info["slice_ids"]):
+        for z, sid in enumerate(ids):
             r = meta.get(sid)
-            if r is not None and (r[1] == "clinician" or r[2]):
+            if r is not None and self._protected(r[1], r[2]):
                 continue
             if r is None or r[3] is None:
                 unscored.append(sid)
@@ -448,35 +630,40 @@ class LabelStore:
                 scored.append((r[3], z, sid))
         return [sid for _c, _z, sid in sorted(scored)] + unscored
 
-    def counts(self, stack: str) -> dict:
-        """Counts for the status line: reviewed, total, clinician-labelled, pseudo, predicted."""
-        info = self.stack_info(stack)
+    def counts(self, stack: str) -> dict[str, int]:
+        """Counts for the status line: total, reviewed, clinician (edited or reviewed), pseudo, predicted."""
+        total = len(self.stack_info(stack)["slice_ids"])
         meta = self._latest_meta(stack)
         return {
-            "total": len(info["slice_ids"]),
+            "total": total,
             "reviewed": sum(1 for r in meta if r[2]),
-            "clinician": sum(1 for r in meta if r[1] == "clinician" or r[2]),
+            "clinician": sum(1 for r in meta if self._protected(r[1], r[2])),
             "pseudo": sum(1 for r in meta if r[1] == "pseudo" and not r[2]),
             "predicted": sum(1 for r in meta if r[1] == "model" and not r[2]),
         }
 
-    # ---- session state -----------------------------------------------------------------------
-    def set_state(self, key: str, value) -> None:
-        """Store a small JSON-serialisable session value."""
-        with self._write() as conn:
-            conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, json.dumps(value)))
+    # ---- session state -------------------------------------------------------------------------
+    def set_state(self, key: str, value: Any) -> None:
+        """Store a small JSON-serialisable session value (active model, last slice viewed, ...)."""
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError) as err:
+            raise StoreError(f"{self.path}: session value {key!r} is not JSON-serialisable ({err})") from err
+        self._write(lambda conn: conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, text)),
+                    f"saving session value {key!r}")
 
-    def get_state(self, key: str, default=None):
+    def get_state(self, key: str, default: Any = None) -> Any:
         """Read a session value (``default`` if unset)."""
-        row = self._conn.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        rows = self._read("SELECT value FROM state WHERE key = ?", (key,))
+        return default if not rows else json.loads(rows[0][0])
 
-    # ---- export ------------------------------------------------------------------------------
+    # ---- export --------------------------------------------------------------------------------
     def export_masks(self, stack: str, reviewed_only: bool = True) -> tuple[list[str], np.ndarray, list[dict]]:
-        """(slice ids, masks (C, Z, Y, X), provenance per slice) of ``stack``.
+        """(slice ids, masks (C, Z, Y, X) bool, provenance per slice) of ``stack``.
 
-        With ``reviewed_only`` only clinician-edited or reviewed slices carry masks; the others
-        are empty and their provenance says ``"not reviewed"`` or ``"no label"``.
+        With ``reviewed_only`` only clinician-edited or reviewed slices carry masks. Slices left
+        empty say why in their provenance ``status``: ``"no label"`` (never saved) or
+        ``"not reviewed"``; exported ones say ``"exported"``.
         """
         info = self.stack_info(stack)
         z_n, h, w = info["shape"]
@@ -486,13 +673,12 @@ class LabelStore:
         for z, sid in enumerate(info["slice_ids"]):
             rec = records[sid]
             if rec is None:
-                provenance.append({"id": sid, "status": "no label"})
+                provenance.append({"id": sid, "z": z, "status": "no label"})
                 continue
-            protected = rec.source == "clinician" or rec.reviewed
-            entry = {"id": sid, "version": rec.version, "source": rec.source, "user": rec.user,
-                     "model_version": rec.model_version, "reviewed": rec.reviewed,
-                     "confidence": rec.confidence, "saved": rec.created}
-            if reviewed_only and not protected:
+            entry = {"id": sid, "z": z, "version": rec.version, "source": rec.source, "user": rec.user,
+                     "model_version": rec.model_version, "reviewed": rec.reviewed, "confidence": rec.confidence,
+                     "note": rec.note, "saved": rec.created}
+            if reviewed_only and not self._protected(rec.source, rec.reviewed):
                 entry["status"] = "not reviewed"
             else:
                 masks[:, z] = rec.masks
@@ -501,8 +687,8 @@ class LabelStore:
         return list(info["slice_ids"]), masks, provenance
 
     def integrity_check(self) -> bool:
-        """SQLite's integrity check plus every stored mask's checksum."""
-        ok = self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        for blob, crc in self._conn.execute("SELECT masks, crc FROM versions"):
-            ok = ok and zlib.crc32(blob) == crc
-        return ok
+        """SQLite's integrity check plus every stored mask's checksum; True when all is sound."""
+        if self._read("PRAGMA integrity_check")[0][0] != "ok":
+            return False
+        return all(_checksum(blob, shape_text) == crc
+                   for shape_text, blob, crc in self._read("SELECT shape, masks, crc FROM versions"))

@@ -1,0 +1,577 @@
+"""The bootstrap loop: few clinician labels, confident pseudo-labels, promotion on a frozen validation set.
+
+Two entry points share one recipe:
+
+``run_bootstrap(stacks, labels=100, rounds=R, keep=K, out=DIR)`` simulates the workflow on fully
+labelled data (phantom or challenge cases), for benchmarks and ``gitseg bootstrap``:
+
+1. Whole cases are held apart as the frozen validation set (their labels play the clinician's
+   validation labels; with a single case, blocks of slices are held apart instead).
+2. Round 0 trains on ``labels`` slices spread evenly over the other cases (the rest of their
+   truth is hidden: masks zeroed, ``labelled`` False) and registers the model in the
+   ``ModelRegistry`` at ``DIR/models`` as the first active version.
+3. Round r >= 1: the active model predicts every unlabelled slice (``Predictor``); slices are
+   ranked by the predictor's per-slice confidence and the ``r * keep`` most confident become
+   pseudo-labels (provenance ``"pseudo"``, loss weight ``config.pseudo_weight``; at most
+   ``config.pseudo_max_empty`` of them organ-free slices; they only ever fill unlabelled slices, so
+   they never mix with clinician labels). A candidate is fine-tuned from the active model on
+   clinician + pseudo labels and promoted only if its Dice on the frozen validation set (whole
+   stacks through the ``Predictor``, scored with ``training.metrics``) beats the active model's.
+4. ``DIR/bootstrap_report.json`` and ``DIR/bootstrap_report.png`` (frozen-set Dice per round).
+
+``run_round_from_store(project, config, keep=K)`` runs ONE round on a project folder for the GUI's
+Retrain button: the clinician labels and kept pseudo-labels of every stack in the project's label
+store, images from the project's snapshots, a frozen validation split of the clinician labels (by
+case, or by blocks of slices with one case; remembered in the store so later rounds score on the
+same slices), fine-tuning from the registry's active model (else the bundled default model, else
+from scratch), promotion only if better on that split, and finally the ``keep`` most confident
+predictions of the active model on unreviewed slices written back to the store as ``"pseudo"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from napari_gitseg.io.errors import GitsegInputError
+from napari_gitseg.io.stack import Stack
+from training import events as ev
+from training.config import TrainConfig, preset
+from training.loop import TrainingCancelled, check_stacks, split_validation, train
+
+__all__ = [
+    "MIN_CLINICIAN_LABELS",
+    "choose_labelled",
+    "evaluate_bundle",
+    "plot_report",
+    "run_bootstrap",
+    "run_round_from_store",
+    "select_pseudo",
+]
+
+MIN_CLINICIAN_LABELS = 2
+FROZEN_STATE_KEY = "frozen_validation"
+ROUNDS_STATE_KEY = "bootstrap_rounds"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def choose_labelled(stacks: Sequence[Stack], n: int) -> dict[str, list[int]]:
+    """``n`` labelled slices spread over the stacks (shares by size, evenly spaced along z in each)."""
+    if int(n) < 1:
+        raise ValueError(f"the number of labelled slices must be >= 1, got {n}")
+    avail = {s.name: np.flatnonzero(_labelled(s)) for s in stacks}
+    total = sum(len(v) for v in avail.values())
+    if total == 0:
+        raise GitsegInputError(None, "no labelled slice to choose from")
+    n = min(int(n), total)
+    names = [s.name for s in stacks]
+    exact = np.array([len(avail[k]) * n / total for k in names])
+    share = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - share), kind="stable")[: n - int(share.sum())]:
+        share[i] += 1
+    out = {}
+    for name, k in zip(names, share):
+        zs = avail[name]
+        if k <= 0:
+            continue
+        pos = np.floor((np.arange(k) + 0.5) * len(zs) / k).astype(int)
+        out[name] = [int(zs[p]) for p in pos]
+    return out
+
+
+def select_pseudo(candidates: Sequence[tuple], k: int, max_empty_fraction: float = 0.25) -> list:
+    """Keys of the ``k`` most confident candidates ``(key, confidence, is_empty)``.
+
+    At most ``floor(max_empty_fraction * k)`` organ-free slices are kept (an empty prediction is
+    often the most confident one, but teaches little). Ties keep the input order.
+    """
+    k = max(0, int(k))
+    max_empty = int(np.floor(float(max_empty_fraction) * k))
+    order = sorted(range(len(candidates)), key=lambda i: -float(candidates[i][1]))
+    kept, n_empty = [], 0
+    for i in order:
+        if len(kept) >= k:
+            break
+        key, _conf, empty = candidates[i][:3]
+        if empty:
+            if n_empty >= max_empty:
+                continue
+            n_empty += 1
+        kept.append(key)
+    return kept
+
+
+def _labelled(stack: Stack) -> np.ndarray:
+    return np.ones(stack.image.shape[0], bool) if stack.labelled is None else np.asarray(stack.labelled, bool)
+
+
+def _predictor(bundle_path, config: TrainConfig):
+    from napari_gitseg.predict import Predictor
+
+    return Predictor([bundle_path], device=config.device, batch_size=config.val_batch_size,
+                     num_threads=config.num_threads)
+
+
+def _predict(predictor, stack: Stack, cancel):
+    from napari_gitseg.predict import PredictionCancelled
+
+    try:
+        return predictor.predict(stack, cancel=cancel)
+    except PredictionCancelled as err:
+        raise TrainingCancelled(None, "cancelled while predicting") from err
+
+
+def evaluate_bundle(bundle_path, stacks: Sequence[Stack], config: TrainConfig, cancel=None,
+                    keep_predictions: bool = False) -> tuple[dict, dict]:
+    """Metrics of a bundle on the labelled slices of ``stacks`` (whole stacks through the Predictor).
+
+    Returns (metrics from ``training.metrics.evaluate_cases``, {stack name: (masks, confidence)} when
+    ``keep_predictions``).
+    """
+    from training.metrics import evaluate_cases
+
+    predictor = _predictor(bundle_path, config)
+    cases, preds = [], {}
+    for stack in stacks:
+        pred = _predict(predictor, stack, cancel)
+        lab = _labelled(stack)
+        if lab.any() and stack.masks is not None:
+            cases.append((pred.masks, stack.masks, lab))
+        if keep_predictions:
+            preds[stack.name] = (pred.masks, pred.confidence)
+    metrics = evaluate_cases(cases, classes=tuple(predictor.classes)) if cases else {}
+    return metrics, preds
+
+
+def _predict_stacks(bundle_path, stacks: Sequence[Stack], config: TrainConfig, cancel) -> dict:
+    predictor = _predictor(bundle_path, config)
+    out = {}
+    for stack in stacks:
+        pred = _predict(predictor, stack, cancel)
+        out[stack.name] = (pred.masks, pred.confidence)
+    return out
+
+
+def _register(registry, bundle_path, frozen: dict, activate: bool, notes: str) -> str:
+    from napari_gitseg.model.bundle import load_bundle
+
+    model, bundle = load_bundle(bundle_path)
+    metrics = dict(bundle.metrics)
+    metrics["train_val_dice"] = metrics.pop("val_dice", None)
+    metrics.update({
+        "val_dice": frozen.get("mean_dice"),
+        "val_score": frozen.get("score"),
+        "val_hausdorff": frozen.get("hausdorff"),
+        "per_class": frozen.get("per_class", {}),
+        "n_val_slices": frozen.get("n_slices"),
+    })
+    return registry.add(model, bundle.config, normalization=bundle.normalization, training=bundle.training,
+                        metrics=metrics, notes=notes, activate=activate)
+
+
+def _emit(on_event, event) -> None:
+    if on_event is not None:
+        on_event(event)
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+# ------------------------------------------------------------------------------------------ simulation
+def run_bootstrap(
+    stacks: Sequence[Stack],
+    labels: int = 100,
+    rounds: int = 3,
+    keep: int = 100,
+    out: str | Path = "bootstrap_out",
+    config: TrainConfig | None = None,
+    on_event: Callable | None = None,
+    cancel=None,
+) -> dict:
+    """Simulate ``rounds`` bootstrap rounds after round 0 on ``labels`` slices; returns the report dict."""
+    from napari_gitseg.model.registry import ModelRegistry
+
+    t0 = time.perf_counter()
+    config = config or preset("cpu")
+    if int(rounds) < 0 or int(keep) < 0:
+        raise ValueError(f"rounds and keep must be >= 0, got {rounds} and {keep}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = config.model_config().classes
+    if config.init_from:
+        from napari_gitseg.model.bundle import read_bundle_info
+
+        classes = read_bundle_info(config.init_from).config.classes
+    stacks = check_stacks(list(stacks), classes)
+    pool, val_stacks = split_validation(stacks, config.val_fraction, config.seed)
+    chosen = choose_labelled(pool, labels)
+    n_labels = sum(len(v) for v in chosen.values())
+    clinician: dict[str, Stack] = {}
+    for stack in pool:
+        lab = np.zeros(stack.image.shape[0], bool)
+        lab[chosen.get(stack.name, [])] = True
+        masks = np.zeros_like(stack.masks)
+        masks[:, lab] = stack.masks[:, lab]  # the rest of the truth stays hidden
+        clinician[stack.name] = dataclasses.replace(stack, masks=masks, labelled=lab)
+    registry = ModelRegistry(out / "models")
+    report: dict = {
+        "labels": n_labels,
+        "keep": int(keep),
+        "rounds": [],
+        "train_stacks": [s.name for s in pool],
+        "val_stacks": [s.name for s in val_stacks],
+        "n_val_slices": int(sum(_labelled(s).sum() for s in val_stacks)),
+        "config": config.to_dict(),
+    }
+    active: str | None = None
+    active_dice: float | None = None
+    active_preds: dict | None = None
+    n_phases = int(rounds) + 1
+    for r in range(n_phases):
+        t_round = time.perf_counter()
+        emit = ev.scaled_progress(on_event, r / n_phases, (r + 0.85) / n_phases)
+        train_stacks = list(clinician.values())
+        n_pseudo = 0
+        provenance = None
+        if r > 0:
+            if active_preds is None:
+                active_preds = _predict_stacks(registry.path_of(active), pool, config, cancel)
+            cands = []
+            for stack in pool:
+                masks, conf = active_preds[stack.name]
+                lab = _labelled(clinician[stack.name])
+                for z in np.flatnonzero(~lab):
+                    cands.append(((stack.name, int(z)), float(conf[z]), not masks[:, z].any()))
+            kept = select_pseudo(cands, r * int(keep), config.pseudo_max_empty)
+            n_pseudo = len(kept)
+            train_stacks, provenance = _with_pseudo(clinician, active_preds, kept)
+        cfg = config if r == 0 else config.replace(init_from=str(registry.path_of(active)))
+        result = train(cfg, train_stacks, val_stacks, out / "rounds" / f"round{r}" / "candidate", on_event=emit,
+                       cancel=cancel, data_description={"bootstrap_round": r, "clinician_labels": n_labels,
+                                                         "pseudo_labels": n_pseudo},
+                       provenance=provenance)
+        _emit(on_event, ev.Progress(epoch=result.epochs_run, epochs=result.epochs_run, step=0, steps=0, loss=None,
+                                    fraction=(r + 0.9) / n_phases, phase="validate"))
+        frozen, _ = evaluate_bundle(result.best_path, val_stacks, config, cancel)
+        cand = float(frozen["mean_dice"])
+        entry = {"round": r, "labels_spent": n_labels, "pseudo_labels": n_pseudo,
+                 "trained_on": n_labels + n_pseudo, "candidate_dice": cand, "candidate_score": frozen.get("score"),
+                 "previous_dice": active_dice, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
+        if active is None or cand > active_dice:
+            version = _register(registry, result.best_path, frozen, True, f"bootstrap round {r}")
+            _emit(on_event, ev.Promoted(version=version, val_dice=cand, previous_version=active,
+                                        previous_dice=active_dice))
+            active, active_dice, active_preds = version, cand, None
+            entry["promoted"] = True
+        else:
+            _emit(on_event, ev.Rejected(candidate_dice=cand, active_dice=active_dice,
+                                        reason=f"frozen-set Dice {_fmt(cand)} is not above the active "
+                                               f"{active}'s {_fmt(active_dice)}"))
+            entry["promoted"] = False
+        entry.update({"active_version": active, "active_dice": active_dice,
+                      "seconds": round(time.perf_counter() - t_round, 1)})
+        report["rounds"].append(entry)
+        _emit(on_event, ev.RoundDone(round=r, labels_spent=n_labels, val_dice=active_dice))
+        _emit(on_event, ev.Log(f"round {r}: candidate Dice {_fmt(cand)}, active {active} Dice {_fmt(active_dice)} "
+                               f"({n_labels} clinician + {n_pseudo} pseudo labels, {entry['seconds']} s)"))
+    report.update({"final_version": active, "final_dice": active_dice, "registry": str(registry.folder),
+                   "seconds": round(time.perf_counter() - t0, 1)})
+    (out / "bootstrap_report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    report["plot"] = str(plot_report(report, out / "bootstrap_report.png"))
+    return report
+
+
+def _with_pseudo(clinician: dict[str, Stack], preds: dict, kept: list) -> tuple[list[Stack], dict]:
+    """Training stacks with the kept pseudo-labels filled into unlabelled slices, and their provenance."""
+    by_stack: dict[str, list[int]] = {}
+    for name, z in kept:
+        by_stack.setdefault(name, []).append(z)
+    stacks, provenance = [], {}
+    for name, stack in clinician.items():
+        lab = _labelled(stack).copy()
+        prov = {int(z): "clinician" for z in np.flatnonzero(lab)}
+        zs = by_stack.get(name, [])
+        if zs:
+            masks = stack.masks.copy()
+            pm = preds[name][0]
+            for z in zs:
+                if lab[z]:  # never replace a clinician label
+                    continue
+                masks[:, z] = pm[:, z]
+                lab[z] = True
+                prov[int(z)] = "pseudo"
+            stack = dataclasses.replace(stack, masks=masks, labelled=lab)
+        stacks.append(stack)
+        provenance[name] = prov
+    return stacks, provenance
+
+
+def plot_report(report: dict, path: str | Path) -> Path:
+    """PNG of the frozen-set Dice per round (candidate and active) against the labels trained on."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    rounds = report.get("rounds", [])
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    x = [r["trained_on"] for r in rounds]
+    ax.plot(x, [r["candidate_dice"] for r in rounds], "o", label="candidate")
+    ax.plot(x, [r["active_dice"] for r in rounds], "-s", label="active model")
+    for r in rounds:
+        ax.annotate(f"r{r['round']}", (r["trained_on"], r["candidate_dice"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    if report.get("full_dice") is not None:
+        ax.axhline(report["full_dice"], color="grey", ls="--", label="full supervision")
+    ax.set_xlabel(f"slices trained on ({report.get('labels', '?')} clinician + pseudo-labels)")
+    ax.set_ylabel("Dice on the frozen validation set")
+    ax.set_title("Bootstrap rounds")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ one GUI round
+def _store_stacks(project: Path, store) -> list[dict]:
+    """Per registered stack: the snapshot image, clinician and pseudo labels from the store."""
+    from napari_gitseg.project import load_stack_snapshot, snapshot_path
+
+    out = []
+    for name in store.stacks():
+        info = store.stack_info(name)
+        snap = snapshot_path(project, name)
+        if not snap.is_file():
+            raise GitsegInputError(snap, f"the image of stack {name} is missing from the project (open the stack "
+                                         "in the Review dock once to save it)")
+        stack = load_stack_snapshot(snap)
+        if tuple(stack.image.shape) != tuple(info["shape"]):
+            raise GitsegInputError(snap, f"the image has shape {stack.image.shape} but the label store "
+                                         f"{store.path} records {tuple(info['shape'])} for stack {name}")
+        ids = list(info["slice_ids"])
+        index = {sid: z for z, sid in enumerate(ids)}
+        classes = tuple(info["classes"])
+        clin_ids = store.clinician_slices(name)
+        pseudo_ids = [s for s in store.pseudo_slices(name) if s not in set(clin_ids)]
+        records = store.latest_many(clin_ids + pseudo_ids)
+        masks = np.zeros((len(classes), *stack.image.shape), dtype=bool)
+        expected = (len(classes), *stack.image.shape[1:])
+        for sid, rec in records.items():
+            if rec is None:
+                continue
+            if rec.masks.shape != expected:
+                raise GitsegInputError(store.path, f"labels of slice {sid} have shape {rec.masks.shape}, but "
+                                                   f"the image of stack {name} needs {expected}")
+            masks[:, index[sid]] = rec.masks
+        out.append({
+            "name": name,
+            "image": stack,
+            "classes": classes,
+            "masks": masks,
+            "clinician": sorted(index[s] for s in clin_ids),
+            "pseudo": sorted(index[s] for s in pseudo_ids),
+            "slice_ids": ids,
+        })
+    return out
+
+
+def _frozen_split(entries: list[dict], store, val_fraction: float, seed: int) -> dict[str, set[int]]:
+    """Validation slices {stack: z set} of the clinician labels, remembered in the store between rounds."""
+    from training.loop import block_split
+    from training.splits import case_of, split_by_case
+
+    labelled_cases = sorted({case_of(e["name"]) for e in entries if e["clinician"]})
+    mode = "case" if len(labelled_cases) >= 2 else "blocks"
+    state = store.get_state(FROZEN_STATE_KEY) or {}
+
+    def assign(st: dict) -> dict[str, set[int]]:
+        val = {}
+        for e in entries:
+            if st.get("mode") == "case":
+                zs = e["clinician"] if case_of(e["name"]) in st.get("val_cases", []) else []
+            else:
+                lo, hi = st.get("blocks", {}).get(e["name"], (1, 0))
+                zs = [z for z in e["clinician"] if lo <= z <= hi]
+            val[e["name"]] = set(zs)
+        return val
+
+    def valid(val: dict) -> bool:
+        n_val = sum(len(v) for v in val.values())
+        n_all = sum(len(e["clinician"]) for e in entries)
+        return 0 < n_val < n_all
+
+    if state.get("mode") == mode:
+        val = assign(state)
+        if valid(val):
+            return val
+    if mode == "case":
+        ids = [f"{e['name']}_slice_{z:04d}" for e in entries for z in e["clinician"]]
+        _train, val_ids = split_by_case(ids, val_fraction, seed)
+        state = {"mode": "case", "val_cases": sorted({case_of(i) for i in val_ids})}
+    else:
+        blocks = {}
+        for i, e in enumerate(entries):
+            if len(e["clinician"]) >= 2:
+                held = block_split(e["clinician"], val_fraction, seed + i)
+                blocks[e["name"]] = [min(held), max(held)]
+        state = {"mode": "blocks", "blocks": blocks}
+    val = assign(state)
+    if not valid(val):
+        n_all = sum(len(e["clinician"]) for e in entries)
+        raise GitsegInputError(store.path, f"cannot hold out a validation set from {n_all} clinician-labelled "
+                                           f"slice(s): label at least {MIN_CLINICIAN_LABELS} slices first")
+    store.set_state(FROZEN_STATE_KEY, state)
+    return val
+
+
+def run_round_from_store(
+    project_folder: str | Path,
+    config: TrainConfig | None = None,
+    keep: int = 50,
+    on_event: Callable | None = None,
+    cancel=None,
+) -> dict:
+    """One bootstrap round on a project folder (label store + snapshots + registry); returns a summary."""
+    from napari_gitseg.model.bundle import BundleError, read_bundle_info
+    from napari_gitseg.model.registry import ModelRegistry
+    from napari_gitseg.project import registry_folder
+    from napari_gitseg.resources import default_model_path
+    from napari_gitseg.store import LabelStore, StoreError
+
+    t0 = time.perf_counter()
+    config = config or preset("cpu")
+    project = Path(project_folder)
+    if not project.is_dir():
+        raise GitsegInputError(project, "project folder not found")
+    try:
+        store = LabelStore.open(project, create=False)
+    except StoreError as err:
+        raise GitsegInputError(project, f"no usable label store: {err}") from err
+    try:
+        entries = _store_stacks(project, store)
+        n_clin = sum(len(e["clinician"]) for e in entries)
+        if n_clin < MIN_CLINICIAN_LABELS:
+            raise GitsegInputError(
+                project, f"{n_clin} clinician-labelled slice(s) in the label store: label at least "
+                         f"{MIN_CLINICIAN_LABELS} slices first (correct them and press Accept in the Review dock)")
+        val_sets = _frozen_split(entries, store, config.val_fraction, config.seed)
+        train_stacks, val_stacks, provenance = [], [], {}
+        n_pseudo = 0
+        for e in entries:
+            stack = e["image"]
+            clin = [z for z in e["clinician"] if z not in val_sets[e["name"]]]
+            held = sorted(val_sets[e["name"]])
+            lab = np.zeros(stack.image.shape[0], bool)
+            lab[clin] = True
+            lab[e["pseudo"]] = True
+            if lab.any():
+                prov = {z: "clinician" for z in clin}
+                prov.update({z: "pseudo" for z in e["pseudo"]})
+                n_pseudo += len(e["pseudo"])
+                provenance[e["name"]] = prov
+                train_stacks.append(dataclasses.replace(stack, masks=e["masks"], labelled=lab, classes=e["classes"]))
+            if held:
+                vlab = np.zeros(stack.image.shape[0], bool)
+                vlab[held] = True
+                val_stacks.append(dataclasses.replace(stack, masks=e["masks"], labelled=vlab, classes=e["classes"]))
+        n_val = sum(len(v) for v in val_sets.values())
+        registry = ModelRegistry(registry_folder(project))
+        active = registry.active()
+        baseline_name, baseline_path = None, None
+        if active is not None:
+            baseline_name, baseline_path = active, registry.path_of(active)
+        else:
+            default = default_model_path()
+            if default is not None:
+                try:
+                    info = read_bundle_info(default)
+                    if tuple(info.config.classes) == tuple(entries[0]["classes"]):
+                        baseline_name, baseline_path = "default", default
+                    else:
+                        _emit(on_event, ev.Log(f"the default model {default} has other classes; training from scratch"))
+                except BundleError as err:
+                    _emit(on_event, ev.Log(f"ignoring the default model: {err}"))
+        cfg = config if baseline_path is None else config.replace(init_from=str(baseline_path))
+        work = project / "jobs" / f"round-{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1e6) % 1000000:06d}"
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            result = train(cfg, train_stacks, val_stacks, work / "candidate",
+                           on_event=ev.scaled_progress(on_event, 0.0, 0.8), cancel=cancel,
+                           data_description={"project": str(project), "clinician_train": n_clin - n_val,
+                                             "clinician_val": n_val, "pseudo": n_pseudo},
+                           provenance=provenance)
+            _emit(on_event, ev.Progress(epoch=result.epochs_run, epochs=result.epochs_run, loss=None,
+                                        fraction=0.82, phase="validate"))
+            images = [e["image"] for e in entries]
+            cand_metrics, _ = evaluate_bundle(result.best_path, val_stacks, cfg, cancel)
+            cand = float(cand_metrics["mean_dice"])
+            base = None
+            if baseline_path is not None:
+                base_metrics, _ = evaluate_bundle(baseline_path, val_stacks, cfg, cancel)
+                base = float(base_metrics["mean_dice"])
+            promoted = base is None or cand > base
+            version = active
+            if promoted:
+                version = _register(registry, result.best_path, cand_metrics, True,
+                                    f"retrained on {n_clin - n_val} clinician + {n_pseudo} pseudo labels")
+                _emit(on_event, ev.Promoted(version=version, val_dice=cand, previous_version=baseline_name,
+                                            previous_dice=base))
+            else:
+                _emit(on_event, ev.Rejected(candidate_dice=cand, active_dice=base,
+                                            reason=f"validation Dice {_fmt(cand)} is not above "
+                                                   f"{baseline_name}'s {_fmt(base)}"))
+            # pseudo-labels from the model that is active now
+            now_path = registry.path_of(version) if version is not None else baseline_path
+            written = 0
+            if now_path is not None and int(keep) > 0:
+                _emit(on_event, ev.Progress(fraction=0.9, phase="pseudo-labels"))
+                preds = _predict_stacks(now_path, images, cfg, cancel)
+                cands = []
+                for e in entries:
+                    masks, conf = preds[e["name"]]
+                    unreviewed = set(store.unreviewed_slices(e["name"]))
+                    for z, sid in enumerate(e["slice_ids"]):
+                        if sid in unreviewed:
+                            cands.append(((e["name"], z, sid), float(conf[z]), not masks[:, z].any()))
+                kept = select_pseudo(cands, int(keep), cfg.pseudo_max_empty)
+                model_label = version if version is not None else baseline_name
+                items = [{"slice_id": sid, "masks": preds[name][0][:, z], "source": "pseudo",
+                          "model_version": model_label, "confidence": float(preds[name][1][z])}
+                         for name, z, sid in kept]
+                written = sum(1 for v in store.save_many(items) if v is not None) if items else 0
+            n_round = int(store.get_state(ROUNDS_STATE_KEY, 0) or 0) + 1
+            store.set_state(ROUNDS_STATE_KEY, n_round)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        summary = {
+            "round": n_round,
+            "promoted": bool(promoted),
+            "active_version": version,
+            "baseline": baseline_name,
+            "baseline_dice": base,
+            "candidate_dice": cand,
+            "candidate_score": cand_metrics.get("score"),
+            "clinician_train": n_clin - n_val,
+            "clinician_val": n_val,
+            "pseudo_used": n_pseudo,
+            "pseudo_written": written,
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        _emit(on_event, ev.RoundDone(round=n_round, labels_spent=n_clin, val_dice=cand if promoted else base))
+        return summary
+    finally:
+        store.close()

@@ -1,0 +1,272 @@
+"""``gitseg train`` and ``gitseg bootstrap``: the trainer on the command line, with a tqdm bar.
+
+``gitseg train DATA --out DIR`` trains on everything ``napari_gitseg.io.read_stacks`` reads (a
+UW-Madison folder with ``train.csv``, e.g. from ``gitseg phantom``) and writes the best epoch's
+bundle ``DIR/NAME.safetensors`` + ``DIR/NAME.json``. The settings come from a preset
+(``--preset quick|cpu|gpu``), then a JSON file or inline object (``--config``), then the single
+options. Under ``torchrun --nproc_per_node=N $(which gitseg) train ...`` it trains with
+DistributedDataParallel (gloo on CPU, NCCL on GPUs); only rank 0 writes.
+
+``gitseg bootstrap DATA --labels 100 --rounds R --keep K --out DIR`` runs the bootstrap simulation
+(``training.bootstrap.run_bootstrap``) and writes its report JSON and plot into DIR.
+
+Ctrl-C stops at the next training step; the best bundle written so far stays intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+__all__ = ["add_commands", "cmd_bootstrap", "cmd_train", "config_from_args"]
+
+
+def _config_arg(text: str):
+    """``--config``: a JSON file, or an inline JSON object."""
+    from napari_gitseg.io.errors import GitsegInputError
+
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise GitsegInputError(None, f"--config is not valid JSON ({err})") from err
+        if not isinstance(doc, dict):
+            raise GitsegInputError(None, "--config must be a JSON object")
+        return doc, None
+    path = Path(text)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise GitsegInputError(path, f"cannot read the training config ({err.strerror or err})") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GitsegInputError(path, f"the training config is not valid JSON ({err})") from err
+    if not isinstance(doc, dict):
+        raise GitsegInputError(path, "a training config must be a JSON object")
+    return doc, path
+
+
+def config_from_args(args):
+    """The TrainConfig of a parsed ``train``/``bootstrap`` command line: preset, --config, options."""
+    from napari_gitseg.io.errors import GitsegInputError
+    from training.config import PRESETS, TrainConfig
+
+    name = args.preset
+    data = TrainConfig(**json.loads(json.dumps(PRESETS[name]))).to_dict() if name in PRESETS else None
+    if data is None:
+        raise GitsegInputError(None, f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    source = None
+    if getattr(args, "config", None):
+        doc, source = _config_arg(args.config)
+        unknown = [k for k in doc if k not in data]
+        if unknown:
+            raise GitsegInputError(source, f"unknown training config key{'s' if len(unknown) > 1 else ''} "
+                                           f"{', '.join(repr(k) for k in unknown)} (known keys: {', '.join(data)})")
+        data.update(doc)
+    model = dict(data["model"])
+    if getattr(args, "arch", None) and args.arch.lower() != str(model.get("arch", "")).lower():
+        model["arch"] = args.arch
+        model["arch_kwargs"] = {}  # decoder settings are per architecture
+    for opt, key in (("encoder", "encoder"), ("k", "k"), ("stride", "stride")):
+        value = getattr(args, opt, None)
+        if value is not None:
+            model[key] = value
+    data["model"] = model
+    for opt, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("device", "device"),
+                     ("init_from", "init_from"), ("max_steps", "max_steps_per_epoch"), ("seed", "seed"),
+                     ("val_fraction", "val_fraction")):
+        value = getattr(args, opt, None)
+        if value is not None:
+            data[key] = value
+    if getattr(args, "size", None) is not None:
+        data["size"] = [args.size, args.size]
+    if getattr(args, "loss", None):
+        data["loss"] = args.loss
+    try:
+        return TrainConfig.from_dict(data, source=source)
+    except ValueError as err:
+        raise GitsegInputError(source, str(err)) from err
+
+
+class _TerminalReporter:
+    """Shows the events of a run on the terminal: one tqdm bar plus a line per epoch / round."""
+
+    def __init__(self, desc: str, enabled: bool = True):
+        from tqdm import tqdm
+
+        self.enabled = enabled
+        self.bar = tqdm(total=1000, desc=desc, unit="‰", file=sys.stderr, disable=not enabled,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+
+    def __call__(self, event) -> None:
+        from training import events as ev
+
+        if not self.enabled:
+            return
+        if isinstance(event, ev.Progress):
+            target = int(round(1000 * max(0.0, min(1.0, event.fraction))))
+            if target > self.bar.n:
+                self.bar.update(target - self.bar.n)
+            if event.loss is not None:
+                self.bar.set_postfix_str(f"epoch {event.epoch}/{event.epochs} loss {event.loss:.4f}")
+            else:
+                self.bar.set_postfix_str(event.phase)
+        elif isinstance(event, ev.Metrics):
+            loss = "n/a" if event.train_loss is None else f"{event.train_loss:.4f}"
+            self.bar.write(f"epoch {event.epoch}: train loss {loss}, validation Dice {event.val_dice:.4f}, "
+                           f"score {event.val_score:.4f}", file=sys.stderr)
+        elif isinstance(event, ev.Checkpoint):
+            self.bar.write(f"  best so far -> {event.path}", file=sys.stderr)
+        elif isinstance(event, ev.Promoted):
+            prev = "" if event.previous_dice is None else f" (was {event.previous_version}: {event.previous_dice:.4f})"
+            self.bar.write(f"promoted {event.version}: frozen-set Dice {event.val_dice:.4f}{prev}", file=sys.stderr)
+        elif isinstance(event, ev.Rejected):
+            self.bar.write(f"rejected: {event.reason}", file=sys.stderr)
+        elif isinstance(event, ev.Log):
+            self.bar.write(event.text, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _passive_threads() -> None:
+    """Let idle OpenMP threads sleep instead of spinning (much faster on shared CPUs); before torch loads."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@contextlib.contextmanager
+def _ctrl_c_cancels():
+    """Within the block, the first Ctrl-C sets the yielded event (stop at the next step), a second aborts."""
+    cancel = threading.Event()
+
+    def handler(_signum, _frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        print("\ncancelling at the next step (Ctrl-C again to abort now)", file=sys.stderr)
+        cancel.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield cancel
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield cancel
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def cmd_train(args) -> int:
+    """Train a model on DATA; the best epoch's bundle goes to OUT/NAME.json (+ .safetensors)."""
+    _passive_threads()
+    from napari_gitseg.io import read_stacks
+    from training import ddp
+    from training.loop import TrainingCancelled, state_digest, train
+
+    config = config_from_args(args)
+    distributed = ddp.setup(config.device)
+    main = ddp.is_main()
+    try:
+        stacks = read_stacks(args.data)
+        val = read_stacks(args.val) if args.val else None
+        out = Path(args.out)
+        stem = out / args.name
+        reporter = _TerminalReporter(f"train {Path(args.data).name}", enabled=main and not args.quiet)
+        if distributed:
+            print(f"rank {ddp.rank()}/{ddp.world_size()}: {len(stacks)} stack(s)", file=sys.stderr, flush=True)
+        try:
+            with _ctrl_c_cancels() as cancel:
+                result = train(config, stacks, val, stem, on_event=reporter, cancel=cancel, resume=args.resume,
+                               data_description={"data": str(args.data), "val_data": args.val},
+                               notes=args.notes or "")
+        except TrainingCancelled as stop:
+            reporter.close()
+            if main:
+                best = getattr(stop.result, "best_path", None)
+                print(f"gitseg train: cancelled; best bundle so far: {best or 'none'} "
+                      f"(continue with --resume)", file=sys.stderr)
+            return 130
+        reporter.close()
+        if distributed:
+            print(f"rank {ddp.rank()}/{ddp.world_size()}: {result.steps} steps, weights {state_digest(result.model)}",
+                  file=sys.stderr, flush=True)
+        if main:
+            summary = {k: v for k, v in result.to_dict().items() if k != "history"}
+            summary["best_metrics"] = {k: result.best_metrics.get(k) for k in ("mean_dice", "score", "hausdorff")}
+            print(json.dumps(summary, indent=2, default=float))
+        return 0
+    finally:
+        ddp.cleanup()
+
+
+def cmd_bootstrap(args) -> int:
+    """Simulate bootstrap rounds on DATA with few labels; report JSON + PNG in OUT."""
+    _passive_threads()
+    from napari_gitseg.io import read_stacks
+    from training.bootstrap import run_bootstrap
+    from training.loop import TrainingCancelled
+
+    config = config_from_args(args)
+    stacks = read_stacks(args.data)
+    reporter = _TerminalReporter(f"bootstrap {Path(args.data).name}", enabled=not args.quiet)
+    try:
+        with _ctrl_c_cancels() as cancel:
+            report = run_bootstrap(stacks, labels=args.labels, rounds=args.rounds, keep=args.keep, out=args.out,
+                                   config=config, on_event=reporter, cancel=cancel)
+    except TrainingCancelled:
+        reporter.close()
+        print("gitseg bootstrap: cancelled; the registry keeps the last promoted model", file=sys.stderr)
+        return 130
+    reporter.close()
+    for r in report["rounds"]:
+        print(f"round {r['round']}: {r['labels_spent']} labels + {r['pseudo_labels']} pseudo, candidate Dice "
+              f"{r['candidate_dice']:.4f}, {'promoted' if r['promoted'] else 'rejected'}, active "
+              f"{r['active_version']} Dice {r['active_dice']:.4f} ({r['seconds']} s)")
+    print(f"report: {Path(args.out) / 'bootstrap_report.json'}  plot: {report['plot']}")
+    return 0
+
+
+def _common_options(p) -> None:
+    p.add_argument("--preset", default="cpu", help="quick | cpu | gpu (default: cpu)")
+    p.add_argument("--config", help="training settings: a JSON file or an inline JSON object")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--arch", help="segmentation-models-pytorch architecture (Unet, FPN, ...)")
+    p.add_argument("--encoder", help="encoder name (resnet18, tu-<timm name>, ...)")
+    p.add_argument("--k", type=int, help="2.5D: neighbouring slices as channels (odd)")
+    p.add_argument("--stride", type=int, help="2.5D: spacing of those slices")
+    p.add_argument("--size", type=int, help="training image size (height = width, pixels)")
+    p.add_argument("--loss", help="loss spec, e.g. '0.5*bce + 0.5*tversky(alpha=0.7, beta=0.3)'")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: best available)")
+    p.add_argument("--init-from", help="fine-tune from this model bundle (.json)")
+    p.add_argument("--max-steps", type=int, help="at most this many steps per epoch")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--val-fraction", type=float, help="share of cases held out for validation")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_commands(sub) -> None:
+    """Register ``train`` and ``bootstrap`` on ``gitseg``'s sub-parsers."""
+    p = sub.add_parser("train", help="train a model; keeps the best epoch by validation Dice")
+    p.add_argument("data", help="training data (UW-Madison folder with train.csv, TIFF/NIfTI with masks, ...)")
+    p.add_argument("--out", required=True, help="output folder for the bundle")
+    p.add_argument("--name", default="model", help="bundle name inside OUT (default: model)")
+    p.add_argument("--val", help="validation data (default: cases held out of DATA)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/NAME.resume.pt")
+    p.add_argument("--notes", help="free text stored in the bundle (e.g. the command that made the data)")
+    _common_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bootstrap", help="simulate bootstrap rounds with few labels + pseudo-labels")
+    p.add_argument("data")
+    p.add_argument("--labels", type=int, default=100, help="clinician-labelled slices (default 100)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds after the first training (default 3)")
+    p.add_argument("--keep", type=int, default=100, help="pseudo-labels added per round (default 100)")
+    p.add_argument("--out", required=True, help="output folder: registry, report JSON and plot")
+    _common_options(p)
+    p.set_defaults(func=cmd_bootstrap)
