@@ -121,30 +121,41 @@ def _unpack(blob: bytes, shape_text: str, crc: int, where: str) -> np.ndarray:
     return np.unpackbits(bits, count=n).astype(bool).reshape(shape)
 
 
+# SQLite's primary result codes (``sqlite3.SQLITE_*`` exist only from Python 3.11 on)
+_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
+_MESSAGES = {"database is locked": _BUSY, "database table is locked": _LOCKED, "readonly database": _READONLY,
+             "disk I/O error": _IOERR, "malformed": _CORRUPT, "database or disk is full": _FULL,
+             "unable to open database file": _CANTOPEN, "file is not a database": _NOTADB}
+
+
 def _error_code(err: BaseException) -> int | None:
+    """SQLite's primary result code of an error (from its message where Python does not give it)."""
     code = getattr(err, "sqlite_errorcode", None)
-    return None if code is None else code & 0xFF
+    if code is not None:
+        return code & 0xFF
+    text = str(err)
+    return next((c for message, c in _MESSAGES.items() if message in text), None)
 
 
 def _store_error(path: Path, err: BaseException, action: str) -> StoreError:
     """A StoreError that says what went wrong with ``path`` while doing ``action``, in plain words."""
     code, text = _error_code(err), str(err)
-    if code == sqlite3.SQLITE_FULL or "database or disk is full" in text or getattr(err, "errno", 0) == errno.ENOSPC:
+    if code == _FULL or getattr(err, "errno", None) == errno.ENOSPC:
         return StoreError(f"{path}: the disk is full; {action} failed and nothing was saved (the versions saved "
                           f"before are intact). Free some space and save again. ({text})")
-    if code == sqlite3.SQLITE_READONLY or "readonly" in text:
+    if code == _READONLY or getattr(err, "errno", None) == errno.EROFS:
         return StoreError(f"{path}: the label store is read-only; {action} failed. Open it with readonly=True "
                           f"to view or export, or use a writable project folder. ({text})")
-    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+    if code in (_BUSY, _LOCKED):
         return StoreError(f"{path}: another napari-gitseg window or process kept the label store busy for more "
                           f"than {BUSY_TIMEOUT_S:.0f} s; {action} failed and nothing was saved. Try again. ({text})")
-    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+    if code in (_CORRUPT, _NOTADB):
         return StoreError(f"{path}: not a napari-gitseg label store, or the file is damaged; {action} failed. "
                           f"({text})")
-    if code == sqlite3.SQLITE_IOERR:
+    if code == _IOERR:
         return StoreError(f"{path}: the disk reported an I/O error; {action} failed and nothing was saved. "
                           f"({text})")
-    if code == sqlite3.SQLITE_CANTOPEN:
+    if code == _CANTOPEN:
         return StoreError(f"{path}: cannot open the label store file; {action} failed. ({text})")
     return StoreError(f"{path}: {action} failed ({text})")
 
@@ -165,7 +176,7 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
         return conn
     except sqlite3.OperationalError as err:
         conn.close()
-        if _error_code(err) != sqlite3.SQLITE_CANTOPEN:
+        if _error_code(err) != _CANTOPEN:
             raise
     # WAL databases need a writable -shm file; in a read-only folder without one, the file can
     # only be read as immutable, which would silently ignore committed changes still in the WAL.
@@ -175,7 +186,11 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
                          "that cannot be read without write access; copy the project folder somewhere "
                          "writable and open it there")
     conn = _connect(base + "?immutable=1", uri=True)
-    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -272,7 +287,7 @@ class LabelStore:
                     self._conn.execute("PRAGMA journal_mode = WAL").fetchone()
                     break
                 except sqlite3.OperationalError as err:
-                    if _error_code(err) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or \
+                    if _error_code(err) not in (_BUSY, _LOCKED) or \
                             time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
