@@ -99,7 +99,9 @@ class _TerminalReporter:
         from tqdm import tqdm
 
         self.enabled = enabled
+        tty = sys.stderr.isatty()
         self.bar = tqdm(total=1000, desc=desc, unit="‰", file=sys.stderr, disable=not enabled,
+                        mininterval=0.2 if tty else 30.0,  # a log file gets a line now and then, not per step
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
     def __call__(self, event) -> None:
@@ -112,9 +114,9 @@ class _TerminalReporter:
             if target > self.bar.n:
                 self.bar.update(target - self.bar.n)
             if event.loss is not None:
-                self.bar.set_postfix_str(f"epoch {event.epoch}/{event.epochs} loss {event.loss:.4f}")
+                self.bar.set_postfix_str(f"epoch {event.epoch}/{event.epochs} loss {event.loss:.4f}", refresh=False)
             else:
-                self.bar.set_postfix_str(event.phase)
+                self.bar.set_postfix_str(event.phase, refresh=False)
         elif isinstance(event, ev.Metrics):
             loss = "n/a" if event.train_loss is None else f"{event.train_loss:.4f}"
             self.bar.write(f"epoch {event.epoch}: train loss {loss}, validation Dice {event.val_dice:.4f}, "
@@ -192,8 +194,10 @@ def cmd_train(args) -> int:
             return 130
         reporter.close()
         if distributed:
-            print(f"rank {ddp.rank()}/{ddp.world_size()}: {result.steps} steps, weights {state_digest(result.model)}",
-                  file=sys.stderr, flush=True)
+            # one write per line, so the ranks' lines never interleave
+            sys.stderr.write(f"rank {ddp.rank()}/{ddp.world_size()}: {result.steps} steps, "
+                             f"weights {state_digest(result.model)}\n")
+            sys.stderr.flush()
         if main:
             summary = {k: v for k, v in result.to_dict().items() if k != "history"}
             summary["best_metrics"] = {k: result.best_metrics.get(k) for k in ("mean_dice", "score", "hausdorff")}

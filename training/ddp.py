@@ -18,6 +18,7 @@ import torch.distributed as dist
 __all__ = [
     "any_flag",
     "barrier",
+    "broadcast_buffers",
     "broadcast_flag",
     "cleanup",
     "device_for_rank",
@@ -120,6 +121,19 @@ def broadcast_flag(value: bool) -> bool:
     t = _flag_tensor(value)
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank (a collective; no-op alone).
+
+    DDP averages gradients, so parameters stay equal, but each rank updates its BatchNorm statistics
+    from its own batches; before validating or saving, every rank takes rank 0's.
+    """
+    if not is_active():
+        return
+    for buf in model.buffers():
+        if buf.is_floating_point() or buf.dtype in (torch.int64, torch.int32):
+            dist.broadcast(buf.data, src=0)
 
 
 def barrier() -> None:

@@ -45,11 +45,12 @@ __all__ = [
 
 @dataclass
 class Started:
-    """The worker process started job ``job_id`` (process ``pid``, job ``kind``: train|bootstrap|round)."""
+    """The worker process started job ``job_id`` (process ``pid``, ``kind`` train|bootstrap|round, its ``config``)."""
 
     job_id: str = ""
     pid: int = 0
     kind: str = ""
+    config: dict = field(default_factory=dict)
 
 
 @dataclass

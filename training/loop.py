@@ -25,6 +25,16 @@ of the data, the validation metrics and the command line). What it does:
   raises ``TrainingCancelled`` with the partial result; the last best bundle stays intact;
 * DistributedDataParallel when ``torch.distributed`` is initialised (see ``training.ddp``):
   ``DistributedSampler``, every rank validates, rank 0 decides and writes.
+
+Reproducibility. ``config.seed`` fixes the initial weights (``torch.manual_seed`` before the model is
+built), the order of the samples (a private ``torch.Generator``), the augmentation (its own
+generator) and the validation split; nothing reads Python's or numpy's global random state, so
+other code drawing from them does not change a run. On the CPU, with the same torch build and the
+same number of threads, two runs give bit-identical weights, and a resumed run (``resume=True``)
+continues exactly as the uninterrupted one (tested). Not bit-reproducible: runs on different
+thread counts or CPUs (reduction order), CUDA runs (non-deterministic cuDNN/atomics kernels; we do
+not force ``torch.use_deterministic_algorithms``, which would slow training), mixed precision, and
+DDP runs compared with single-process runs (different batches per step).
 """
 
 from __future__ import annotations
@@ -691,6 +701,8 @@ def _train(config, train_data, val_data, out_stem, emit, cancel, device, resume,
         if cancelled_now():
             epoch -= 1
             raise TrainingCancelled(finish(cancelled=True))
+        if ddp.is_active():  # BatchNorm running statistics drift apart per rank: take rank 0's everywhere
+            ddp.broadcast_buffers(_unwrap(net))
         metrics = validate(_unwrap(net), val_set, device, model_config.classes, config.val_batch_size, autocast)
         dice = float(metrics["mean_dice"])
         train_loss = float(np.mean(losses)) if losses else None

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from training import events as ev
 
-__all__ = ["JOB_KINDS", "JobError", "WorkerProcess", "load_job", "main", "run_job"]
+__all__ = ["JOB_KINDS", "JobError", "WorkerProcess", "execute", "load_job", "main", "run_job"]
 
 log = logging.getLogger("gitseg.worker")
 
@@ -102,9 +102,9 @@ def _config_of(job: dict):
         raise JobError(f"{job['_source']}: {err}") from err
 
 
-def run_job(job: dict, emit, cancel: threading.Event | None = None) -> dict:
+def run_job(job: dict, emit, cancel: threading.Event | None = None, config=None) -> dict:
     """Run a checked job, reporting through ``emit(event)``; returns the JSON-ready result."""
-    config = _config_of(job)
+    config = config if config is not None else _config_of(job)
     kind = job["kind"]
     if kind == "round":
         from training.bootstrap import run_round_from_store
@@ -149,11 +149,52 @@ def _error_event(err: BaseException, kind: str | None = None) -> ev.Error:
                     traceback_tail=tail[-4000:])
 
 
+def execute(job_source: str | os.PathLike | dict, emit, cancel: threading.Event | None = None) -> int:
+    """Load and run one job, reporting every outcome as an event through ``emit``; the exit status.
+
+    ``Started`` once the job is read, then the job's events, then exactly one of ``Done``,
+    ``Cancelled`` (status 0) or ``Error`` (status 1: bad job, bad data, a full disk, any exception).
+    """
+    try:
+        job = load_job(job_source)
+    except JobError as err:
+        emit(_error_event(err, "bad_job"))
+        return 1
+    try:
+        config = _config_of(job)
+    except JobError as err:
+        emit(ev.Started(job_id=job["job_id"], pid=os.getpid(), kind=job["kind"]))
+        emit(_error_event(err, "bad_job"))
+        return 1
+    emit(ev.Started(job_id=job["job_id"], pid=os.getpid(), kind=job["kind"], config=config.to_dict()))
+    from training.loop import CheckpointWriteError, TrainingCancelled
+
+    try:
+        result = run_job(job, emit, cancel, config)
+    except TrainingCancelled:
+        emit(ev.Cancelled())
+        return 0
+    except JobError as err:
+        emit(_error_event(err, "bad_job"))
+        return 1
+    except CheckpointWriteError as err:
+        emit(_error_event(err, "disk"))
+        return 1
+    except Exception as err:  # noqa: BLE001 - every failure becomes an Error event
+        from napari_gitseg.io.errors import GitsegInputError
+
+        log.exception("job %s failed", job["job_id"])
+        emit(_error_event(err, "input" if isinstance(err, GitsegInputError) else None))
+        return 1
+    if cancel is not None and cancel.is_set():  # the signal came after the last step: the work is done
+        log.info("cancel requested after the job finished")
+    emit(ev.Done(result=result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m training.worker JOB.json``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "torch" not in sys.modules:  # idle OpenMP threads sleep instead of spinning (shared CPUs)
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # events go to the real stdout; anything else printed (by us or a library) lands on stderr
     events_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
     sys.stdout.flush()
@@ -172,35 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         emit(ev.Error(message="usage: python -m training.worker JOB.json", kind="usage"))
         return 1
-    try:
-        job = load_job(argv[0])
-    except JobError as err:
-        emit(_error_event(err, "bad_job"))
-        return 1
-    emit(ev.Started(job_id=job["job_id"], pid=os.getpid(), kind=job["kind"]))
-    from training.loop import CheckpointWriteError, TrainingCancelled
-
-    try:
-        result = run_job(job, emit, cancel)
-    except TrainingCancelled:
-        emit(ev.Cancelled())
-        return 0
-    except JobError as err:
-        emit(_error_event(err, "bad_job"))
-        return 1
-    except CheckpointWriteError as err:
-        emit(_error_event(err, "disk"))
-        return 1
-    except Exception as err:  # noqa: BLE001 - every failure becomes an Error event
-        from napari_gitseg.io.errors import GitsegInputError
-
-        log.exception("job %s failed", job["job_id"])
-        emit(_error_event(err, "input" if isinstance(err, GitsegInputError) else None))
-        return 1
-    if cancel.is_set():  # the signal came after the last step: the work is done anyway
-        log.info("cancel requested after the job finished")
-    emit(ev.Done(result=result))
-    return 0
+    return execute(argv[0], emit, cancel)
 
 
 # ------------------------------------------------------------------------------------------ client

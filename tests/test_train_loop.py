@@ -1,0 +1,285 @@
+"""The train loop (training.loop) and its config (training.config), on tiny phantom cases."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_gitseg.io.errors import GitsegInputError
+from napari_gitseg.model.bundle import load_bundle, read_bundle_info
+from napari_gitseg.model.factory import build_model
+from napari_gitseg.phantom import make_phantom_case
+from training import events as ev
+from training.config import TrainConfig, load_config, preset
+from training.loop import (
+    CheckpointWriteError,
+    TrainingCancelled,
+    build_dataset,
+    state_digest,
+    train,
+    validate,
+)
+
+torch.set_num_threads(2)
+
+# a config that learns foreground within ~100 steps at 96 px (Dice-heavy loss, no augmentation)
+LEARN = {"epochs": 8, "batch_size": 4, "lr": 3e-3, "patience": 0, "augmentation": "none",
+         "loss": {"bce": 0.3, "dice": 0.7}, "max_steps_per_epoch": 12}
+
+
+@pytest.fixture(scope="module")
+def cases():
+    """Three tiny phantom cases (24 slices, 96 x 96)."""
+    return [make_phantom_case(0, case=c, n_slices=24, size=(96, 96)) for c in (1, 2, 3)]
+
+
+def _tiny(**kw) -> TrainConfig:
+    base = {"epochs": 2, "max_steps_per_epoch": 2, "batch_size": 4}
+    base.update(kw)
+    return preset("quick", **base)
+
+
+def _pooled_dice(model: torch.nn.Module, dataset) -> float:
+    """Foreground Dice pooled over all pixels (an empty prediction scores 0, unlike the per-slice Dice)."""
+    model.eval()
+    inter = total = 0.0
+    with torch.inference_mode():
+        for i in range(len(dataset)):
+            item = dataset[i]
+            logits = model(item["image"][None])
+            logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+            pred = (logits[0] > 0).numpy()
+            true = item["masks"].numpy() > 0.5
+            inter += float((pred & true).sum())
+            total += float(pred.sum() + true.sum())
+    return 2 * inter / total if total else 1.0
+
+
+# ---------------------------------------------------------------------------------------- learning
+@pytest.fixture(scope="module")
+def trained(cases, tmp_path_factory):
+    """One small training run (cases 1-2), validated on case 1; its events and its untrained twin."""
+    cfg = preset("quick", **LEARN)
+    out = tmp_path_factory.mktemp("train") / "model"
+    events: list = []
+    result = train(cfg, cases[:2], cases[:1], out, on_event=events.append, command="pytest tiny run")
+    torch.manual_seed(cfg.seed)
+    untrained = build_model(cfg.model_config())  # the same initial weights the run started from
+    val_ds = build_dataset(cases[:1], cfg, cfg.model_config(), what="validation")
+    return cfg, result, events, untrained, val_ds
+
+
+def test_training_improves_dice_over_the_untrained_model(trained):
+    cfg, result, _events, untrained, val_ds = trained
+    before = validate(untrained, val_ds, torch.device("cpu"), cfg.model_config().classes)["mean_dice"]
+    assert result.best_dice > before + 0.3
+    # and it learned organs, not just "nothing here": foreground overlap grows too
+    assert _pooled_dice(result.model, val_ds) > _pooled_dice(untrained, val_ds) + 0.15
+
+
+def test_the_best_epoch_is_the_saved_bundle(trained):
+    cfg, result, events, _untrained, val_ds = trained
+    dices = [h["val_dice"] for h in result.history]
+    assert len(dices) == cfg.epochs
+    best_epoch = int(np.argmax(dices)) + 1  # the first epoch reaching the maximum
+    assert result.best_epoch == best_epoch
+    model, bundle = load_bundle(result.best_path)
+    assert bundle.metrics["epoch"] == best_epoch
+    assert bundle.metrics["val_dice"] == pytest.approx(max(dices))
+    # the weights on disk are the best epoch's: re-validating them gives its Dice
+    again = validate(model, val_ds, torch.device("cpu"), bundle.config.classes)
+    assert again["mean_dice"] == pytest.approx(max(dices), abs=1e-6)
+    # the JSON says how it was made
+    assert bundle.training["config"] == cfg.to_dict()
+    assert bundle.training["command"] == "pytest tiny run"
+    assert bundle.training["data"]["n_train_slices"] == 48
+    assert bundle.training["data"]["n_val_slices"] == 24
+    assert [h["epoch"] for h in bundle.training["history"]] == list(range(1, best_epoch + 1))
+    # one Checkpoint per improving epoch, the last one the best
+    improving = [i + 1 for i, d in enumerate(dices) if d > max(dices[:i], default=-1.0) + cfg.min_delta]
+    assert [e.epoch for e in events if isinstance(e, ev.Checkpoint)] == improving
+    assert not list(result.best_path.parent.glob("*.resume.pt"))  # removed when a run completes
+
+
+def test_events_come_in_order(trained):
+    cfg, result, events, *_ = trained
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[0] == "Progress"
+    assert kinds.count("Metrics") == cfg.epochs
+    fractions = [e.fraction for e in events if isinstance(e, ev.Progress)]
+    assert fractions == sorted(fractions) and 0 < fractions[0] and fractions[-1] == pytest.approx(1.0)
+    for i, e in enumerate(events):
+        if isinstance(e, ev.Checkpoint):
+            assert isinstance(events[i - 1], ev.Metrics) and events[i - 1].epoch == e.epoch
+    assert sum(isinstance(e, ev.Progress) for e in events) == result.steps
+
+
+# ---------------------------------------------------------------------------------------- control
+def test_early_stopping(cases, tmp_path):
+    cfg = _tiny(epochs=6, patience=2, min_delta=1.0)  # no epoch can beat the first by 1.0
+    result = train(cfg, cases[:1], cases[1:2], tmp_path / "m")
+    assert result.stopped_early
+    assert result.epochs_run == 3 and len(result.history) == 3
+    assert result.best_epoch == 1
+    assert read_bundle_info(result.best_path).metrics["epoch"] == 1
+
+
+def test_resume_continues_where_it_stopped(cases, tmp_path):
+    cfg = _tiny(epochs=3, max_steps_per_epoch=3)
+    full = train(cfg, cases[:1], cases[1:2], tmp_path / "full")
+
+    stop = threading.Event()
+
+    def on_event(e):
+        if isinstance(e, ev.Metrics) and e.epoch == 2:
+            stop.set()
+
+    with pytest.raises(TrainingCancelled) as info:
+        train(cfg, cases[:1], cases[1:2], tmp_path / "part", on_event=on_event, cancel=stop)
+    assert info.value.result.epochs_run == 2
+    assert (tmp_path / "part.resume.pt").is_file()
+    resumed_events: list = []
+    resumed = train(cfg, cases[:1], cases[1:2], tmp_path / "part", on_event=resumed_events.append, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert {e.epoch for e in resumed_events if isinstance(e, ev.Progress)} == {3}  # only epoch 3 ran
+    for a, b in zip(full.history, resumed.history):  # same weights, optimizer and random streams
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_dice"] == pytest.approx(b["val_dice"], abs=1e-6)
+    assert not (tmp_path / "part.resume.pt").exists()
+
+
+def test_same_seed_same_weights(cases, tmp_path):
+    cfg = _tiny(epochs=1, max_steps_per_epoch=3, augmentation={"base": "none", "hflip": 0.5, "rotate": 0.5})
+    a = train(cfg, cases[:1], cases[1:2], tmp_path / "a")
+    b = train(cfg, cases[:1], cases[1:2], tmp_path / "b")
+    c = train(cfg.replace(seed=1), cases[:1], cases[1:2], tmp_path / "c")
+    assert state_digest(a.model) == state_digest(b.model)  # bit-identical on the CPU
+    assert state_digest(a.model) != state_digest(c.model)
+
+
+def test_resume_state_loads_weights_only(cases, tmp_path):
+    stop = threading.Event()
+    cfg = _tiny(epochs=3)
+    with pytest.raises(TrainingCancelled):
+        train(cfg, cases[:1], cases[1:2], tmp_path / "m",
+              on_event=lambda e: isinstance(e, ev.Metrics) and stop.set(), cancel=stop)
+    state = torch.load(tmp_path / "m.resume.pt", weights_only=True)  # no pickled code inside
+    assert state["epoch"] == 1
+    other = _tiny(epochs=3, model={"arch": "Unet", "encoder": "resnet18", "k": 5, "stride": 1,
+                                   "arch_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}})
+    with pytest.raises(GitsegInputError, match="different model config"):
+        train(other, cases[:1], cases[1:2], tmp_path / "m", resume=True)
+
+
+def test_cancel_stops_at_the_next_step_and_keeps_the_best_bundle(cases, tmp_path):
+    cfg = _tiny(epochs=3, max_steps_per_epoch=3)
+    cancel = threading.Event()
+    events: list = []
+
+    def on_event(e):
+        events.append(e)
+        if isinstance(e, ev.Progress) and e.epoch == 2 and e.step == 1:
+            cancel.set()
+
+    with pytest.raises(TrainingCancelled) as info:
+        train(cfg, cases[:1], cases[1:2], tmp_path / "m", on_event=on_event, cancel=cancel)
+    progress = [(e.epoch, e.step) for e in events if isinstance(e, ev.Progress)]
+    assert progress[-1] == (2, 1)  # not one step more
+    part = info.value.result
+    assert part.cancelled and part.best_epoch == 1
+    model, bundle = load_bundle(tmp_path / "m.json")
+    assert bundle.metrics["epoch"] == 1
+    # a callable works as well as an Event
+    with pytest.raises(TrainingCancelled):
+        train(cfg, cases[:1], cases[1:2], tmp_path / "n", cancel=lambda: True)
+    assert not (tmp_path / "n.json").exists()
+
+
+def test_disk_full_keeps_the_previous_best_bundle(cases, tmp_path, monkeypatch):
+    cfg = _tiny(epochs=1)
+    train(cfg, cases[:1], cases[1:2], tmp_path / "m")
+    before = (tmp_path / "m.safetensors").read_bytes(), json.loads((tmp_path / "m.json").read_text())
+
+    def full_disk(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("training.loop.save_bundle", full_disk)
+    with pytest.raises(CheckpointWriteError, match="disk is full") as info:
+        train(_tiny(epochs=1, seed=1), cases[:1], cases[1:2], tmp_path / "m")
+    assert info.value.errno == errno.ENOSPC
+    assert (tmp_path / "m.safetensors").read_bytes() == before[0]
+    assert json.loads((tmp_path / "m.json").read_text()) == before[1]
+    load_bundle(tmp_path / "m.json")  # still valid (checksum matches)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]  # no debris
+
+
+# ---------------------------------------------------------------------------------------- bad input
+def test_labels_whose_shape_does_not_match_the_stack(cases, tmp_path):
+    bad = dataclasses.replace(cases[0])
+    bad.masks = cases[0].masks[:, :, :90]  # (Stack checks at construction; labels can come from elsewhere)
+    with pytest.raises(GitsegInputError, match=r"labels of stack case1_day0 have shape \(3, 24, 90, 96\)"):
+        train(_tiny(), [bad], cases[1:2], tmp_path / "m")
+
+
+def test_a_class_the_model_does_not_have(cases, tmp_path):
+    bad = dataclasses.replace(cases[0])
+    bad.classes = ("large_bowel", "small_bowel", "liver")
+    with pytest.raises(GitsegInputError, match="class 'liver' of stack case1_day0 is not one of the model's"):
+        train(_tiny(), [bad], cases[1:2], tmp_path / "m")
+
+
+def test_zero_labelled_slices(cases, tmp_path):
+    bad = dataclasses.replace(cases[0], labelled=np.zeros(24, bool))
+    with pytest.raises(GitsegInputError, match="no labelled slice"):
+        train(_tiny(), [bad], cases[1:2], tmp_path / "m")
+
+
+def test_all_empty_labels(cases, tmp_path):
+    bad = dataclasses.replace(cases[0], masks=np.zeros_like(cases[0].masks))
+    with pytest.raises(GitsegInputError, match="all 24 labelled training slices have empty masks"):
+        train(_tiny(), [bad], cases[1:2], tmp_path / "m")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_stacks_without_labels(cases, tmp_path):
+    bad = dataclasses.replace(cases[0], masks=None)
+    with pytest.raises(GitsegInputError, match="has no labels to train on"):
+        train(_tiny(), [bad], None, tmp_path / "m")
+
+
+def test_one_case_is_split_into_blocks_of_slices(cases, tmp_path):
+    result = train(_tiny(epochs=1), cases[:1], None, tmp_path / "m")
+    data = read_bundle_info(result.best_path).training["data"]
+    assert data["n_train_slices"] + data["n_val_slices"] == 24
+    assert 0 < data["n_val_slices"] < 12
+
+
+# ---------------------------------------------------------------------------------------- config
+def test_config_rejects_unknown_keys_naming_key_and_file(tmp_path):
+    with pytest.raises(ValueError, match=r"job\.json: unknown training config key 'learning_rate'"):
+        TrainConfig.from_dict({"learning_rate": 0.1}, source="job.json")
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"epochs": 3, "batchsize": 4}))
+    with pytest.raises(GitsegInputError, match="batchsize") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_config_round_trip_and_checks():
+    cfg = preset("cpu", epochs=5, lr=1e-3)
+    again = TrainConfig.from_dict(cfg.to_dict())
+    assert again == cfg and again.to_dict() == cfg.to_dict()
+    json.dumps(cfg.to_dict())  # JSON-ready
+    assert cfg.model_config().input_size == tuple(cfg.size)
+    for bad in ({"optimizer": "sgd"}, {"schedule": "step"}, {"epochs": 0}, {"lr": -1},
+                {"val_fraction": 1.5}, {"loss": {"hinge": 1}}, {"model": {"arch": "Unet", "k": 2}}):
+        with pytest.raises(ValueError):
+            TrainConfig.from_dict({**cfg.to_dict(), **bad})
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("huge")
