@@ -16,7 +16,7 @@ from napari_gitseg.project import registry_folder
 MIN_CLINICIAN_SLICES = 1
 
 
-class RetrainError(RuntimeError):
+class RetrainError(Exception):  # not RuntimeError: superqt's thread workers swallow those silently
     """The project is not ready for a round (the message says what to do)."""
 
 

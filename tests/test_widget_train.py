@@ -31,14 +31,12 @@ def make_widget(make_napari_viewer, folder):
     return widget
 
 
-def test_retrain_runs_a_round_and_lists_the_new_version(make_napari_viewer, qtbot, project):
+def test_retrain_runs_a_round_in_the_background_and_reports_it(make_napari_viewer, qtbot, project):
     folder, case = project
     widget = make_widget(make_napari_viewer, folder)
-    repredict = []
-    widget._hub.repredict_requested.connect(repredict.append)
     widget._hub.project_opened.emit(str(folder), case.name)
     widget.retrain()
-    assert widget.running and not widget._retrain.enabled
+    assert widget.running and not widget._retrain.enabled and widget._cancel_btn.enabled
     progress_seen = []
     qtbot.waitUntil(lambda: progress_seen.append(widget._progress.value) or not widget.running, timeout=600000)
     kinds = [type(e).__name__ for e in widget.events_seen]
@@ -46,14 +44,47 @@ def test_retrain_runs_a_round_and_lists_the_new_version(make_napari_viewer, qtbo
     assert "Progress" in kinds and "Metrics" in kinds and "Error" not in kinds
     assert max(progress_seen) > 0 and widget._progress.value == 100
     assert len(widget.plot.loss_y) > 0 and len(widget.plot.dice_y) > 0
-    qtbot.waitUntil(lambda: len(widget._versions.choices) >= 1, timeout=30000)
-    assert "Promoted" in kinds  # the first model of a project is promoted
-    qtbot.waitUntil(lambda: repredict == [case.name], timeout=30000)
+    assert widget._retrain.enabled and not widget._cancel_btn.enabled
+    # the round compared its candidate with the bundled default model and said which won
+    outcome = [e for e in widget.events_seen if type(e).__name__ in ("Promoted", "Rejected")]
+    assert len(outcome) == 1
+    from napari_gitseg.retrain import registry_versions
+
+    versions, active = registry_versions(folder)
+    if type(outcome[0]).__name__ == "Promoted":
+        assert active == outcome[0].version and "promoted" in widget._status.value
+    else:
+        assert active is None and versions == [] and "not better" in widget._status.value
     # the round never touched a clinician slice
     store = LabelStore.open(folder)
     for z in range(4, 20, 2):
         rec = store.latest(case.slice_ids[z])
         assert rec.source == "clinician" and np.array_equal(rec.masks, case.masks[:, z])
+
+
+def test_a_promoted_model_is_listed_announced_and_repredicted(make_napari_viewer, qtbot, project, tiny_bundle):
+    from napari_gitseg.model.bundle import load_bundle
+    from napari_gitseg.model.registry import ModelRegistry
+    from napari_gitseg.project import registry_folder
+    from training import events as ev
+
+    folder, case = project
+    widget = make_widget(make_napari_viewer, folder)
+    repredict, models = [], []
+    widget._hub.repredict_requested.connect(repredict.append)
+    widget._hub.model_changed.connect(models.append)
+    widget._hub.project_opened.emit(str(folder), case.name)
+    model, bundle = load_bundle(tiny_bundle)
+    version = ModelRegistry(registry_folder(folder)).add(model, bundle.config, metrics={"val_dice": 0.5},
+                                                        activate=True)
+    for event in (ev.Started(kind="round"), ev.Promoted(version=version, val_dice=0.5, previous_version="default",
+                                                        previous_dice=0.4), ev.Done(result={})):
+        widget._on_event(event)
+    assert "New model v0001 promoted" in widget._status.value and "(was 0.400)" in widget._status.value
+    qtbot.waitUntil(lambda: len(widget._versions.choices) == 1, timeout=30000)
+    assert widget._versions.value == version and "active: v0001" in widget._version_info.value
+    qtbot.waitUntil(lambda: repredict == [case.name], timeout=30000)
+    assert models == [str(registry_folder(folder) / "v0001.json")]
 
 
 def test_cancel_stops_the_worker_and_keeps_the_registry(make_napari_viewer, qtbot, project):

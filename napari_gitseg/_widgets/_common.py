@@ -8,8 +8,21 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_gitseg.classes import CLASSES, label_color_dict
 
-__all__ = ["image_layer_names", "find_layer", "show_error", "show_info", "show_warning", "set_class_visibility",
-           "ensure_labels_layer"]
+__all__ = ["preload_compute_modules", "image_layer_names", "find_layer", "show_error", "show_info", "show_warning",
+           "set_class_visibility", "ensure_labels_layer"]
+
+
+def preload_compute_modules() -> None:
+    """Import torch, smp and the model code now, on the GUI thread (once; later calls are free).
+
+    A first ``import torch`` inside a thread worker loads CUDA/LLVM shared libraries while Qt
+    may be loading its own plugins on the GUI thread (e.g. the activity dialog's GIF); the two
+    dynamic-loader calls deadlocked here, freezing napari. Docks that start thread workers
+    which need torch call this from ``__init__`` so the libraries are mapped before any worker.
+    """
+    import napari_gitseg.model.factory  # noqa: F401  (torch, torchvision, segmentation_models_pytorch)
+    import napari_gitseg.model.registry  # noqa: F401
+    import napari_gitseg.predict  # noqa: F401
 
 
 def image_layer_names(viewer) -> list[str]:

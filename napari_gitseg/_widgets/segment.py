@@ -23,6 +23,7 @@ from ._common import (
     ensure_labels_layer,
     find_layer,
     image_layer_names,
+    preload_compute_modules,
     set_class_visibility,
     show_error,
     show_info,
@@ -46,6 +47,7 @@ class SegmentWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
+        preload_compute_modules()
         self._viewer = viewer
         self._hub = hub_for(viewer)
         self._worker = None

@@ -17,11 +17,13 @@ from superqt.utils import ensure_main_thread
 
 from napari_gitseg.retrain import activate_version, iter_round_events, registry_versions, round_job
 
-from ._common import show_error, show_info
+from ._common import preload_compute_modules, show_error, show_info
 from ._hub import hub_for
 from ._plot import LossDicePlot
 
 PRESETS = ("quick", "cpu", "gpu")
+_PHASES = {"validate": "Comparing the new model with the active one", "pseudo-labels": "Predicting pseudo-labels",
+           "load": "Loading the labelled slices"}
 
 
 def _fmt(value) -> str:
@@ -34,6 +36,7 @@ class TrainWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
+        preload_compute_modules()
         self._viewer = viewer
         self._hub = hub_for(viewer)
         self._worker = None
@@ -64,6 +67,7 @@ class TrainWidget(Container):
         self._rollback.changed.connect(lambda: self._switch(None))
         self._hub.project_opened.connect(self._on_project_opened)
         self.events_seen: list = []
+        self._outcome = ""  # the promotion verdict, kept on the status line when the round ends
 
     # ---- public ---------------------------------------------------------------------------------
     @property
@@ -88,6 +92,7 @@ class TrainWidget(Container):
         self._cancel.clear()
         self.plot.clear()
         self.events_seen = []
+        self._outcome = ""
         job = round_job(project, preset=self._preset.value, keep=self._keep.value)
         worker = thread_worker(
             iter_round_events, progress={"total": 100, "desc": "Retraining"}, start_thread=False,
@@ -116,16 +121,21 @@ class TrainWidget(Container):
             x = max(event.epoch - 1, 0) + event.step / max(event.steps, 1)
             if event.loss is not None:
                 self.plot.add_loss(x, float(event.loss))
-            self._status.value = f"{event.phase}: epoch {event.epoch}/{event.epochs}, loss {_fmt(event.loss)}"
+            if event.epochs and event.phase == "train":
+                self._status.value = f"Training: epoch {event.epoch}/{event.epochs}, loss {_fmt(event.loss)}"
+            else:
+                self._status.value = _PHASES.get(event.phase, event.phase.capitalize()) + "…"
         elif isinstance(event, ev.Metrics):
             if event.val_dice is not None:
                 self.plot.add_dice(float(event.epoch), float(event.val_dice))
         elif isinstance(event, ev.Promoted):
-            self._status.value = (f"New model {event.version} promoted: validation Dice {_fmt(event.val_dice)}"
+            self._outcome = (f"New model {event.version} promoted: validation Dice {_fmt(event.val_dice)}"
                                   + (f" (was {_fmt(event.previous_dice)})" if event.previous_dice is not None else ""))
+            self._status.value = self._outcome
         elif isinstance(event, ev.Rejected):
-            self._status.value = (f"New model not better ({_fmt(event.candidate_dice)} vs "
+            self._outcome = (f"New model not better ({_fmt(event.candidate_dice)} vs "
                                   f"{_fmt(event.active_dice)}); the active model stays.")
+            self._status.value = self._outcome
         elif isinstance(event, ev.Error):
             show_error(f"Retrain failed: {event.message}")
             self._status.value = f"Error: {event.message}"
@@ -133,6 +143,9 @@ class TrainWidget(Container):
             self._status.value = "Cancelled; the active model is unchanged."
         elif isinstance(event, ev.Done):
             self._progress.value = 100
+            written = (event.result or {}).get("pseudo_written")
+            self._status.value = self._outcome + (f" {written} new pseudo-label(s) wait for review."
+                                                  if written else "")
             self._after_round(any(isinstance(e, ev.Promoted) for e in self.events_seen))
 
     def _on_error(self, err: Exception) -> None:

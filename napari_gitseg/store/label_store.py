@@ -60,7 +60,7 @@ __all__ = ["BUSY_TIMEOUT_S", "DB_NAME", "SCHEMA_VERSION", "SOURCES", "LabelStore
            "StoreError", "VersionInfo"]
 
 
-class StoreError(RuntimeError):
+class StoreError(Exception):  # not RuntimeError: superqt's thread workers swallow those silently
     """A label store that cannot be opened, read or written; the message names the file and why."""
 
 
