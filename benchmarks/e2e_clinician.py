@@ -23,10 +23,33 @@ def _wait(app, predicate, timeout: float, what: str) -> float:
     t0 = time.perf_counter()
     while not predicate():
         app.processEvents()
-        time.sleep(0.005)
+        time.sleep(0.01)
         if time.perf_counter() - t0 > timeout:
             raise TimeoutError(f"e2e: timed out waiting for {what}")
     return time.perf_counter() - t0
+
+
+def _show_dock(widget) -> None:
+    """Bring the tabbed dock holding ``widget`` to the front (for the screenshots)."""
+    from qtpy.QtWidgets import QDockWidget
+
+    w = widget.native
+    while w is not None and not isinstance(w, QDockWidget):
+        w = w.parentWidget()
+    if w is not None:
+        w.raise_()
+
+
+def _is_reviewed(project: Path, slice_id: str) -> bool:
+    """Whether the store on disk (a separate read-only connection) holds ``slice_id`` as reviewed."""
+    from napari_gitseg.store import LabelStore
+
+    store = LabelStore.open(project, readonly=True)
+    try:
+        record = store.latest(slice_id)
+        return bool(record is not None and record.reviewed)
+    finally:
+        store.close()
 
 
 def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: int = 266, preset: str = "quick",
@@ -39,7 +62,6 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
     from napari_gitseg.io import read_masks, read_stack
     from napari_gitseg.phantom import write_phantom_dataset
     from napari_gitseg.resources import default_model_path
-    from napari_gitseg.store import LabelStore
     from training.metrics import evaluate
 
     out = Path(out)
@@ -78,6 +100,7 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
     step("segmented", viewer)
 
     # 2. review: the store takes the prediction; correct three slices by painting
+    _show_dock(review)
     review._image.value = image_layer.name
     review.start_review()
     _wait(app, lambda: review.labels_layer is not None, 60, "the review layer")
@@ -96,15 +119,20 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
         for value in np.unique(target[diff]):  # paint each organ's missing pixels, erase the wrong ones
             sel = target[diff] == value
             layer.data_setitem((np.full(sel.sum(), z), diff[0][sel], diff[1][sel]), int(value))
-        review.accept_slice()
-        _wait(app, lambda z=z: (LabelStore.open(project).latest(review.session.stack.slice_ids[z]) or
-                                type("r", (), {"reviewed": False})).reviewed, 60, f"accept of slice {z}")
+        t_accept = time.perf_counter()
+        review.accept_slice()  # saves as reviewed, then shows the least-confident unreviewed slice
+        _wait(app, lambda z=z: review._current_z() != z, 60, f"the next slice after accepting slice {z}")
+        report.setdefault("accept_to_next_slice_s", []).append(round(time.perf_counter() - t_accept, 3))
+        _wait(app, lambda z=z: _is_reviewed(project, review.session.stack.slice_ids[z]), 60, f"accept of slice {z}")
     review.flush()
     corrected = {z: review.session.masks[:, z].copy() for z in chosen}
+    review._goto(chosen[1])  # back to a corrected slice for the picture
+    app.processEvents()
     step("corrected", viewer)
     report["corrected_slices"] = chosen
 
     # 3. one Retrain round in the background worker
+    _show_dock(train)
     train.set_project(str(project))
     train._preset.value = preset
     t0 = time.perf_counter()
@@ -119,6 +147,7 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
     if "Error" in kinds:
         raise RuntimeError(f"retrain failed: {[e for e in train.events_seen if type(e).__name__ == 'Error']}")
     step("retrained", viewer)
+    _show_dock(segment)
     if promoted:  # the Segment dock re-predicts; the Review dock keeps the corrected slices
         _wait(app, lambda: segment.running, 30, "re-prediction to start")
         _wait(app, lambda: not segment.running, 900, "re-prediction")
@@ -143,6 +172,7 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
     viewer2, widgets2 = build_viewer(path=str(case_dir), store=str(project))
     review2 = widgets2["Review and correct"]
     review2._image.value = viewer2.layers[0].name
+    _show_dock(review2)
     review2.start_review()
     _wait(app, lambda: review2.labels_layer is not None, 60, "the reopened review")
     for z in chosen:

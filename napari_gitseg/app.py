@@ -36,6 +36,8 @@ def build_viewer(path: str | None = None, sample: bool = False, model: str | Non
     if store:
         widgets["Review and correct"].set_store_folder(store)
     if viewer.layers:
+        if viewer.dims.ndim == 3:
+            viewer.dims.axis_labels = ("z", "y", "x")
         viewer.dims.set_current_step(0, viewer.layers[0].data.shape[0] // 2)
         viewer.reset_view()
     return viewer, widgets

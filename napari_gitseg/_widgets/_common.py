@@ -2,14 +2,68 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_gitseg.classes import CLASSES, label_color_dict
 
-__all__ = ["preload_compute_modules", "image_layer_names", "find_layer", "show_error", "show_info", "show_warning",
-           "set_class_visibility", "ensure_labels_layer"]
+__all__ = [
+    "status_label",
+    "is_alive",
+    "when_alive",
+    "cancel_on_destroy",
+    "preload_compute_modules",
+    "image_layer_names",
+    "find_layer",
+    "show_error",
+    "show_info",
+    "show_warning",
+    "set_class_visibility",
+    "ensure_labels_layer",
+]
+
+
+def status_label(value: str = "", label: str = ""):
+    """A read-only text line that wraps instead of widening the dock (long messages stay readable)."""
+    from magicgui.widgets import Label
+
+    widget = Label(label=label, value=value)
+    widget.native.setWordWrap(True)
+    return widget
+
+
+def is_alive(widget) -> bool:
+    """False once the Qt widget behind a magicgui ``widget`` was deleted (e.g. the viewer closed)."""
+    try:
+        widget.native.objectName()
+    except RuntimeError:
+        return False
+    return True
+
+
+def when_alive(method):
+    """Decorate a dock's GUI callback so a result arriving after the dock was closed is dropped.
+
+    Background work (a prediction, a registry read, a save) may finish after napari closed
+    the dock; touching its deleted Qt widgets then raised and aborted napari.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if not is_alive(self):
+            return None
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def cancel_on_destroy(widget, cancel: threading.Event) -> None:
+    """Set ``cancel`` when the dock's Qt widget is destroyed, so its background job stops."""
+    widget.native.destroyed.connect(lambda *_args: cancel.set())
 
 
 def preload_compute_modules() -> None:

@@ -44,6 +44,8 @@ class LossDicePlot(FigureCanvasQTAgg):
         self.ax_dice.plot(self.dice_x, self.dice_y, color="tab:green", marker="o", lw=1.5)
         self.ax_loss.set_xlabel("epoch", fontsize=8)
         self.ax_loss.set_ylabel("loss", fontsize=8, color="tab:gray")
+        self.ax_dice.yaxis.tick_right()  # cla() on a twin axis moves its ticks and label back left
+        self.ax_dice.yaxis.set_label_position("right")
         self.ax_dice.set_ylabel("val Dice", fontsize=8, color="tab:green")
         self.ax_dice.set_ylim(0, 1)
         if not self.loss_x:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 from napari.layers import Labels
 from superqt.utils import ensure_main_thread
 
@@ -27,6 +27,8 @@ from ._common import (
     set_class_visibility,
     show_error,
     show_info,
+    status_label,
+    when_alive,
 )
 from ._hub import hub_for
 
@@ -61,8 +63,8 @@ class ReviewWidget(Container):
         self._image = ComboBox(label="Image", choices=lambda _w: image_layer_names(viewer))
         self._folder = FileEdit(label="Project folder", mode="d", value="")
         self._open = PushButton(text="Start review")
-        self._status = Label(value="No review open.")
-        self._unsaved = Label(value="")
+        self._status = status_label(value="No review open.")
+        self._unsaved = status_label(value="")
         self._prev = PushButton(text="◀ Previous")
         self._next = PushButton(text="Next least confident ▶")
         self._accept = PushButton(text="Accept slice ✓")
@@ -139,6 +141,7 @@ class ReviewWidget(Container):
         return session
 
     @ensure_main_thread
+    @when_alive
     def _opened(self, fut: Future, stack) -> None:
         try:
             self._session = fut.result()
@@ -208,6 +211,7 @@ class ReviewWidget(Container):
         return fut
 
     @ensure_main_thread
+    @when_alive
     def _saved(self, fut: Future, z: int, accepted: bool, before: np.ndarray) -> None:
         err = fut.exception()
         if err is not None:
@@ -243,6 +247,7 @@ class ReviewWidget(Container):
             self._goto(self._history.pop(), remember=False)
 
     @ensure_main_thread
+    @when_alive
     def _goto_future(self, fut: Future) -> None:
         z = fut.result() if fut.exception() is None else None
         if z is None:
@@ -266,6 +271,7 @@ class ReviewWidget(Container):
         fut.add_done_callback(lambda f: self._reverted(f, z))
 
     @ensure_main_thread
+    @when_alive
     def _reverted(self, fut: Future, z: int) -> None:
         if fut.exception() is not None:
             show_error(f"Review: revert failed: {fut.exception()}")
@@ -303,6 +309,7 @@ class ReviewWidget(Container):
         return fut
 
     @ensure_main_thread
+    @when_alive
     def _exported(self, fut: Future) -> None:
         if fut.exception() is not None:
             show_error(f"Review: export failed: {fut.exception()}")
@@ -320,6 +327,7 @@ class ReviewWidget(Container):
         fut.add_done_callback(self._prediction_applied)
 
     @ensure_main_thread
+    @when_alive
     def _prediction_applied(self, fut: Future) -> None:
         if fut.exception() is not None:
             show_error(f"Review: could not store the prediction: {fut.exception()}")
@@ -338,6 +346,7 @@ class ReviewWidget(Container):
         fut.add_done_callback(self._show_counts)
 
     @ensure_main_thread
+    @when_alive
     def _show_counts(self, fut: Future) -> None:
         if fut.exception() is None:
             c = fut.result()
@@ -351,12 +360,15 @@ class ReviewWidget(Container):
         fut.add_done_callback(self._show_versions)
 
     @ensure_main_thread
+    @when_alive
     def _show_versions(self, fut: Future) -> None:
         if fut.exception() is not None:
             return
         versions = [(f"v{h.version} · {h.source}{' · reviewed' if h.reviewed else ''}", h.version)
                     for h in reversed(fut.result())]
         self._versions.choices = versions
+        if versions:
+            self._versions.value = versions[0][1]  # the newest version is the one on screen
 
     def _apply_visibility(self, _v=None) -> None:
         if self._layer is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBar, PushButton
 from napari.qt.threading import thread_worker
 
 from napari_gitseg.classes import CLASSES, masks_to_labels
@@ -20,6 +20,7 @@ from napari_gitseg.layers import labels_layer_data, stack_from_layer
 from napari_gitseg.resources import default_model_path
 
 from ._common import (
+    cancel_on_destroy,
     ensure_labels_layer,
     find_layer,
     image_layer_names,
@@ -27,6 +28,8 @@ from ._common import (
     set_class_visibility,
     show_error,
     show_info,
+    status_label,
+    when_alive,
 )
 from ._hub import hub_for
 
@@ -52,6 +55,7 @@ class SegmentWidget(Container):
         self._hub = hub_for(viewer)
         self._worker = None
         self._cancel = threading.Event()
+        cancel_on_destroy(self, self._cancel)
         default = default_model_path()
 
         self._image = ComboBox(label="Image", choices=lambda _w: image_layer_names(viewer))
@@ -62,7 +66,7 @@ class SegmentWidget(Container):
         self._run = PushButton(text="Run")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="Progress", min=0, max=100, value=0)
-        self._status = Label(label="", value="")
+        self._status = status_label(label="", value="")
         self._visible = {c: CheckBox(text=c.replace("_", " "), value=True) for c in CLASSES}
         buttons = Container(widgets=[self._run, self._cancel_btn], layout="horizontal", labels=False)
         vis = Container(widgets=list(self._visible.values()), layout="horizontal", labels=False, label="Show")
@@ -137,6 +141,7 @@ class SegmentWidget(Container):
             self._status.value = "Cancelling…"
 
     # ---- worker callbacks (GUI thread) ----------------------------------------------------------
+    @when_alive
     def _on_update(self, update) -> None:
         if self.result_layer is None:
             return
@@ -146,6 +151,7 @@ class SegmentWidget(Container):
         data[np.asarray(update.slices)] = labels
         self.result_layer.refresh()
 
+    @when_alive
     def _on_done(self, prediction) -> None:
         stack = self._stack
         self.last_prediction = prediction
@@ -169,6 +175,7 @@ class SegmentWidget(Container):
         self._status.value = f"Done: {stack.shape[0]} slices" + (f" in {secs:.1f} s" if secs else "")
         self._hub.prediction_ready.emit(stack, prediction)
 
+    @when_alive
     def _on_error(self, err: Exception) -> None:
         from napari_gitseg.predict import PredictionCancelled
 
@@ -181,6 +188,7 @@ class SegmentWidget(Container):
         self._status.value = f"Error: {err}"
         show_error(f"Segment: {err}")
 
+    @when_alive
     def _on_finished(self) -> None:
         self._worker = None
         self._set_running(False)

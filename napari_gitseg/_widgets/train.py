@@ -11,13 +11,20 @@ from __future__ import annotations
 import threading
 
 import napari
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, ProgressBar, PushButton, SpinBox
 from napari.qt.threading import thread_worker
 from superqt.utils import ensure_main_thread
 
 from napari_gitseg.retrain import activate_version, iter_round_events, registry_versions, round_job
 
-from ._common import preload_compute_modules, show_error, show_info
+from ._common import (
+    cancel_on_destroy,
+    preload_compute_modules,
+    show_error,
+    show_info,
+    status_label,
+    when_alive,
+)
 from ._hub import hub_for
 from ._plot import LossDicePlot
 
@@ -41,6 +48,7 @@ class TrainWidget(Container):
         self._hub = hub_for(viewer)
         self._worker = None
         self._cancel = threading.Event()
+        cancel_on_destroy(self, self._cancel)
         self._stack_names: list[str] = []
 
         self._project = FileEdit(label="Project folder", mode="d", value="")
@@ -49,11 +57,11 @@ class TrainWidget(Container):
         self._retrain = PushButton(text="Retrain (one round)")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="Progress", min=0, max=100, value=0)
-        self._status = Label(label="", value="")
+        self._status = status_label(label="", value="")
         self._versions = ComboBox(label="Model versions", choices=[])
         self._activate = PushButton(text="Activate")
         self._rollback = PushButton(text="Roll back")
-        self._version_info = Label(label="", value="")
+        self._version_info = status_label(label="", value="")
         buttons = Container(widgets=[self._retrain, self._cancel_btn], layout="horizontal", labels=False)
         vbuttons = Container(widgets=[self._activate, self._rollback], layout="horizontal", labels=False)
         self.extend([self._project, self._preset, self._keep, buttons, self._progress, self._status])
@@ -110,6 +118,7 @@ class TrainWidget(Container):
             self._status.value = "Cancelling…"
 
     # ---- events from the worker (GUI thread) --------------------------------------------------------
+    @when_alive
     def _on_event(self, event) -> None:
         from training import events as ev
 
@@ -148,10 +157,12 @@ class TrainWidget(Container):
                                                   if written else "")
             self._after_round(any(isinstance(e, ev.Promoted) for e in self.events_seen))
 
+    @when_alive
     def _on_error(self, err: Exception) -> None:
         show_error(f"Retrain: {err}")
         self._status.value = f"Error: {err}"
 
+    @when_alive
     def _on_finished(self) -> None:
         self._worker = None
         self._set_running(False)
@@ -173,6 +184,7 @@ class TrainWidget(Container):
                                         "errored": lambda e: show_error(f"Model registry: {e}")})(project)
         worker.start()
 
+    @when_alive
     def _show_versions(self, result, announce: bool) -> None:
         versions, active = result
         choices = []
@@ -206,6 +218,7 @@ class TrainWidget(Container):
         worker.start()
 
     @ensure_main_thread
+    @when_alive
     def _switched(self, path) -> None:
         show_info(f"Active model: {path.stem}")
         self.refresh_versions(announce=True)

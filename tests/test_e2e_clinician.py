@@ -1,0 +1,36 @@
+"""The whole clinician flow in a real napari window (short configuration of benchmarks/e2e_clinician.py)."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display: run under xvfb-run")
+
+
+def test_open_segment_correct_accept_retrain_export_reopen(tmp_path, monkeypatch):
+    from napari_gitseg.resources import default_model_path
+
+    if default_model_path() is None:
+        pytest.skip("no default model bundle in resources/models")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("e2e_clinician", None)
+    from e2e_clinician import run_e2e
+
+    report = run_e2e(tmp_path, n_slices=32, size=128, preset="quick")
+    assert report["steps"] == ["opened", "segmented", "corrected", "retrained", "repredicted", "reopened"]
+    for i, name in enumerate(report["steps"], 1):
+        png = tmp_path / f"{i:02d}_{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["dice_before"] > 0.5  # the default model segments the phantom
+    assert len(report["corrected_slices"]) == 3
+    # the three accepted corrections are what was exported, and what a reopened review shows
+    assert report["exported_slices"] == report["corrected_slices"]
+    assert report["reopened_ok"] and report["reviewed_after_reopen"] == 3
+    assert "Done" in report["events"] and "Error" not in report["events"]
+    assert ("Promoted" in report["events"]) == report["promoted"] != ("Rejected" in report["events"])
+    if report["promoted"]:
+        assert report["dice_after"] > 0.5
