@@ -62,6 +62,14 @@ def wait_until(app, predicate, timeout: float) -> float:
     return time.perf_counter() - t0
 
 
+def idle(app, seconds: float) -> None:
+    """Run the event loop for ``seconds``."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        app.processEvents()
+        time.sleep(0.001)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=144)
@@ -95,18 +103,26 @@ def main() -> None:
     probe = StallProbe()
     results = {}
 
+    idle(app, 2.0)  # the window's first draws
     probe.start()
-    t_idle = time.perf_counter()
-    while time.perf_counter() - t_idle < 3:
-        app.processEvents()
-        time.sleep(0.001)
+    idle(app, 3.0)
     results["idle"] = probe.stop()
 
-    probe.start()
+    # napari's own cost of a first labels layer (shaders, textures): the baseline for a cold Run
     t0 = time.perf_counter()
-    segment.run()
-    wait_until(app, lambda: not segment.running, 600)
-    results["predict"] = {**probe.stop(), "seconds": time.perf_counter() - t0}
+    scratch = viewer.add_labels(np.zeros(case.image.shape, np.uint8), name="scratch", scale=kwargs.get("scale"))
+    app.processEvents()
+    results["napari_first_labels_layer_ms"] = 1000 * (time.perf_counter() - t0)
+    viewer.layers.remove(scratch)
+    idle(app, 1.0)
+
+    for key in ("predict_cold", "predict"):  # cold: first model load and first forward pass
+        probe.start()
+        t0 = time.perf_counter()
+        segment.run()
+        wait_until(app, lambda: not segment.running, 600)
+        results[key] = {**probe.stop(), "seconds": time.perf_counter() - t0}
+        idle(app, 1.0)
 
     project = Path(tempfile.mkdtemp()) / "proj"
     review.set_store_folder(str(project))
@@ -138,7 +154,8 @@ def main() -> None:
     viewer.close()
     base = results["idle"]["max_ms"]
     print(f"idle baseline: max stall {base:.1f} ms (p99 {results['idle']['p99_ms']:.1f} ms)")
-    for key in ("predict", "train_round"):
+    print(f"napari alone, adding its first labels layer of this size: {results['napari_first_labels_layer_ms']:.0f} ms")
+    for key in ("predict_cold", "predict", "train_round"):
         if key in results:
             r = results[key]
             print(f"{key}: max stall {r['max_ms']:.1f} ms (p99 {r['p99_ms']:.1f} ms), ratio to idle "

@@ -127,7 +127,10 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
     review.flush()
     corrected = {z: review.session.masks[:, z].copy() for z in chosen}
     review._goto(chosen[1])  # back to a corrected slice for the picture
-    app.processEvents()
+    t_pause = time.perf_counter()
+    while time.perf_counter() - t_pause < 0.5:  # let the slice's version list arrive
+        app.processEvents()
+        time.sleep(0.01)
     step("corrected", viewer)
     report["corrected_slices"] = chosen
 

@@ -9,11 +9,21 @@ from matplotlib.figure import Figure
 class LossDicePlot(FigureCanvasQTAgg):
     """Loss per step (left axis) and validation Dice per epoch (right axis)."""
 
+    #: at most one redraw per this many ms: an Agg redraw costs tens of ms of GUI time on 2 cores
+    REDRAW_MS = 1000
+
     def __init__(self):
-        self.figure = Figure(figsize=(3.2, 2.0), dpi=90, tight_layout=True)
+        from qtpy.QtCore import QTimer
+
+        self.figure = Figure(figsize=(3.2, 2.0), dpi=90)
+        self.figure.subplots_adjust(left=0.16, right=0.84, bottom=0.2, top=0.95)  # fixed: no tight_layout per draw
         super().__init__(self.figure)
         self.ax_loss = self.figure.add_subplot(111)
         self.ax_dice = self.ax_loss.twinx()
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(self.REDRAW_MS)
+        self._timer.timeout.connect(self._draw)
         self.clear()
 
     def clear(self) -> None:
@@ -28,14 +38,18 @@ class LossDicePlot(FigureCanvasQTAgg):
         """Add one training-loss point (x in epochs)."""
         self.loss_x.append(epoch_fraction)
         self.loss_y.append(loss)
-        if len(self.loss_x) % 5 == 1:
-            self._draw()
+        self._schedule()
 
     def add_dice(self, epoch: float, dice: float) -> None:
         """Add one validation-Dice point."""
         self.dice_x.append(epoch)
         self.dice_y.append(dice)
-        self._draw()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Redraw within ``REDRAW_MS`` (points arriving meanwhile share that redraw)."""
+        if not self._timer.isActive():
+            self._timer.start()
 
     def _draw(self) -> None:
         self.ax_loss.cla()

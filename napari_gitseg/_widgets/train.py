@@ -20,6 +20,7 @@ from napari_gitseg.retrain import activate_version, iter_round_events, registry_
 from ._common import (
     cancel_on_destroy,
     preload_compute_modules,
+    set_worker_progress,
     show_error,
     show_info,
     status_label,
@@ -103,7 +104,7 @@ class TrainWidget(Container):
         self._outcome = ""
         job = round_job(project, preset=self._preset.value, keep=self._keep.value)
         worker = thread_worker(
-            iter_round_events, progress={"total": 100, "desc": "Retraining"}, start_thread=False,
+            iter_round_events, progress={"total": 0, "desc": "Retraining"}, start_thread=False,
             connect={"yielded": self._on_event, "errored": self._on_error, "finished": self._on_finished},
         )(job, self._cancel)
         self._worker = worker
@@ -127,6 +128,7 @@ class TrainWidget(Container):
             self._status.value = "Training…"
         elif isinstance(event, ev.Progress):
             self._progress.value = int(round(100 * max(0.0, min(1.0, event.fraction))))
+            set_worker_progress(self._worker, self._progress.value, 100)
             x = max(event.epoch - 1, 0) + event.step / max(event.steps, 1)
             if event.loss is not None:
                 self.plot.add_loss(x, float(event.loss))
@@ -152,6 +154,7 @@ class TrainWidget(Container):
             self._status.value = "Cancelled; the active model is unchanged."
         elif isinstance(event, ev.Done):
             self._progress.value = 100
+            set_worker_progress(self._worker, 100, 100)
             written = (event.result or {}).get("pseudo_written")
             self._status.value = self._outcome + (f" {written} new pseudo-label(s) wait for review."
                                                   if written else "")
