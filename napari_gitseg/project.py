@@ -22,8 +22,8 @@ def default_project_folder(source: str, name: str) -> Path:
     beside it; data without a path (the phantom sample) goes to
     ``<user data>/napari-gitseg/projects/<name>``.
     """
-    path = Path(source)
-    if path.exists():
+    path = Path(source) if source else None  # Path("") would be the current directory
+    if path is not None and path.exists():
         base = path if path.is_dir() else path.parent
         if os.access(base, os.W_OK):
             return base / PROJECT_DIRNAME

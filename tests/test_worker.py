@@ -230,3 +230,59 @@ def test_kill_9_never_corrupts_the_registry(dataset, tmp_path):
         for candidate in (out / "rounds").glob("round*/candidate.json"):
             load_bundle(candidate)
     assert n_killed >= 3  # the instants were reached: the test really killed the worker mid-job
+
+
+def test_a_round_killed_mid_write_leaves_labels_and_registry_usable_and_the_next_round_works(tmp_path):
+    """kill -9 the worker of a GUI round while it writes a checkpoint; restart; everything is there."""
+    import numpy as np
+
+    from napari_gitseg.model.registry import ModelRegistry
+    from napari_gitseg.phantom import make_phantom_case
+    from napari_gitseg.project import registry_folder, save_stack_snapshot
+    from napari_gitseg.retrain import round_job
+    from napari_gitseg.review import ReviewSession
+    from napari_gitseg.store import LabelStore
+
+    case = make_phantom_case(seed=8, n_slices=16, size=(64, 64))
+    project = tmp_path / "proj"
+    session = ReviewSession(LabelStore.open(project, user="dr_t"), case)
+    save_stack_snapshot(project, case)
+    labelled = list(range(2, 14, 2))
+    for z in labelled:
+        session.store.save(case.slice_ids[z], case.masks[:, z], source="clinician")
+        session.store.set_reviewed(case.slice_ids[z])
+    session.store.close()
+    job = round_job(project, preset="quick", keep=4, overrides=TINY)
+
+    worker = WorkerProcess(job, project / "jobs").start()
+    killed = []
+
+    def kill_on_checkpoint(e):
+        if isinstance(e, ev.Checkpoint) and not killed:
+            worker.kill()
+            killed.append(e)
+
+    events = _collect(worker, on_event=kill_on_checkpoint)
+    assert killed and isinstance(events[-1], ev.Error) and "code -9" in events[-1].message
+
+    def check_project():
+        store = LabelStore.open(project)
+        try:
+            for z in labelled:  # every committed correction is there, unchanged
+                rec = store.latest(case.slice_ids[z])
+                assert rec.source == "clinician" and rec.reviewed
+                assert np.array_equal(rec.masks, case.masks[:, z])
+        finally:
+            store.close()
+        registry = ModelRegistry(registry_folder(project))
+        active = registry.active()
+        assert active is None or active in [v["version"] for v in registry.versions()]
+        if active is not None:
+            registry.load()
+
+    check_project()
+    events = _collect(WorkerProcess(job, project / "jobs").start())  # the next round after the crash
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[-1] == "Done" and "Error" not in kinds, events[-3:]
+    assert ("Promoted" in kinds) != ("Rejected" in kinds)
+    check_project()
