@@ -162,6 +162,12 @@ def main() -> None:
                   f"{r['max_ms'] / max(base, 0.1):.1f}x, {r['seconds']:.1f} s, goal < 50 ms: "
                   f"{'met' if r['max_ms'] < 50 else 'NOT met'}")
     print(f"Accept -> next slice shown: {results['accept_to_next_ms']} ms")
+    import resource
+
+    gui = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"peak RSS: napari process (viewing + predicting {args.slices} slices + review) {gui:.0f} MB; "
+          f"largest child (the trainer's worker process) {worker:.0f} MB")
 
 
 if __name__ == "__main__":
