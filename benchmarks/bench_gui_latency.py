@@ -165,9 +165,10 @@ def main() -> None:
     import resource
 
     gui = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"peak RSS: napari process (viewing + predicting {args.slices} slices + review) {gui:.0f} MB; "
-          f"largest child (the trainer's worker process) {worker:.0f} MB")
+    done = [e for e in getattr(train, "events_seen", []) if type(e).__name__ == "Done"]
+    worker = done[-1].result.get("worker_peak_rss_mb") if done else None
+    print(f"peak RSS: napari process (viewing + predicting {args.slices} slices + review + round) {gui:.0f} MB; "
+          f"the trainer's worker process {worker if worker is not None else '-'} MB")
 
 
 if __name__ == "__main__":

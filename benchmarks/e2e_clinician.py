@@ -53,8 +53,13 @@ def _is_reviewed(project: Path, slice_id: str) -> bool:
 
 
 def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: int = 266, preset: str = "quick",
-            seed: int = 21, screenshots: bool = True, data_root: Path | None = None) -> dict:
-    """Run the whole clinician flow; returns a report dict (also written to out/report.json)."""
+            seed: int = 21, screenshots: bool = True, data_root: Path | None = None,
+            real: tuple[Path, Path] | None = None) -> dict:
+    """Run the whole clinician flow; returns a report dict (also written to out/report.json).
+
+    ``real=(image.nii.gz, labels.nii.gz)`` runs it on a real MR volume instead of a phantom
+    case, with the label volume (TotalSegmentator's MR classes) playing the clinician's answer.
+    """
     from qtpy.QtWidgets import QApplication
 
     from napari_gitseg.app import build_viewer
@@ -66,9 +71,15 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data_root = data_root or out / "data"
-    write_phantom_dataset(data_root, n_cases=1, seed=seed, n_slices=n_slices, size=(size, size))
-    case_dir = data_root / "train" / "case1"
+    if real is None:
+        data_root = data_root or out / "data"
+        write_phantom_dataset(data_root, n_cases=1, seed=seed, n_slices=n_slices, size=(size, size))
+        case_dir = data_root / "train" / "case1"
+    else:
+        from napari_gitseg.io import TOTALSEG_MR_LABELS, read_nifti_labels
+
+        case_dir = Path(real[0])
+        real_truth = read_nifti_labels(real[1], TOTALSEG_MR_LABELS, read_stack(case_dir)).masks
     project = out / "project"
     model = model or default_model_path()
     if model is None:
@@ -83,9 +94,13 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
     app = QApplication.instance() or QApplication([])
     viewer, widgets = build_viewer(path=str(case_dir), model=str(model), store=str(project))
     segment, review, train = (widgets[n] for n in ("Segment organs", "Review and correct", "Retrain model"))
-    image_layer, truth_layer = viewer.layers[0], viewer.layers[1]
-    truth = truth_layer.metadata["gitseg"]["masks"]
-    truth_layer.visible = False  # the clinician does not see the answer
+    image_layer = viewer.layers[0]
+    if real is None:
+        truth_layer = viewer.layers[1]  # the case's train.csv masks, opened with the folder
+        truth = truth_layer.metadata["gitseg"]["masks"]
+        truth_layer.visible = False  # the clinician does not see the answer
+    else:
+        truth = real_truth
     app.processEvents()
     step("opened", viewer)
 
@@ -95,6 +110,7 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
     segment.run()
     _wait(app, lambda: not segment.running, 900, "the first prediction")
     report["predict_seconds"] = round(time.perf_counter() - t0, 2)
+    first_prediction = segment.last_prediction
     before = evaluate(segment.last_prediction.masks, truth)
     report["dice_before"] = round(before["mean_dice"], 4)
     step("segmented", viewer)
@@ -152,8 +168,9 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
     step("retrained", viewer)
     _show_dock(segment)
     if promoted:  # the Segment dock re-predicts; the Review dock keeps the corrected slices
-        _wait(app, lambda: segment.running, 30, "re-prediction to start")
-        _wait(app, lambda: not segment.running, 900, "re-prediction")
+        # (a small stack may be re-predicted before this line runs: wait for a new result, not for "running")
+        _wait(app, lambda: segment.last_prediction is not first_prediction and not segment.running, 900,
+              "re-prediction by the promoted model")
         _wait(app, lambda: review.session.counts()["predicted"] > 0, 60, "re-predicted slices stored")
         after = evaluate(segment.last_prediction.masks, truth)
         report["dice_after"] = round(after["mean_dice"], 4)
@@ -197,8 +214,11 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=144)
     parser.add_argument("--size", type=int, default=266)
     parser.add_argument("--preset", default="quick")
+    parser.add_argument("--real", nargs=2, metavar=("IMAGE", "LABELS"),
+                        help="a real MR NIfTI volume and its label volume (TotalSegmentator MR classes)")
     args = parser.parse_args()
-    report = run_e2e(Path(args.out), model=args.model, n_slices=args.slices, size=args.size, preset=args.preset)
+    report = run_e2e(Path(args.out), model=args.model, n_slices=args.slices, size=args.size, preset=args.preset,
+                     real=tuple(Path(p) for p in args.real) if args.real else None)
     print(json.dumps(report, indent=2))
 
 

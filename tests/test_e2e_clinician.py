@@ -34,3 +34,21 @@ def test_open_segment_correct_accept_retrain_export_reopen(tmp_path, monkeypatch
     assert ("Promoted" in report["events"]) == report["promoted"] != ("Rejected" in report["events"])
     if report["promoted"]:
         assert report["dice_after"] > 0.5
+
+
+REAL = ROOT.parent / "shared" / "data" / "totalsegmentator-examples"
+
+
+def test_the_same_flow_on_a_real_mr_volume(tmp_path, monkeypatch):
+    image, labels = REAL / "example_mr_sm.nii.gz", REAL / "example_seg_mr.nii.gz"
+    if not image.is_file() or not labels.is_file():
+        pytest.skip(f"{REAL} is not here (../shared absent)")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("e2e_clinician", None)
+    from e2e_clinician import run_e2e
+
+    report = run_e2e(tmp_path, preset="quick", real=(image, labels), screenshots=False)
+    assert report["steps"][-1] == "reopened" and report["reopened_ok"]
+    assert report["exported_slices"] == report["corrected_slices"] and report["reviewed_after_reopen"] == 3
+    assert "Done" in report["events"] and "Error" not in report["events"]
+    assert 0.0 <= report["dice_before"] <= 1.0

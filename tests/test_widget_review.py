@@ -90,3 +90,23 @@ def test_removing_the_review_layer_saves_the_pending_edit(make_napari_viewer, qt
     assert widget.session is None
     assert LabelStore.open(folder).latest(case.slice_ids[2]).masks[1, 30, 30]
     widget.close_review()
+
+
+def test_after_close_review_viewer_events_are_harmless_and_review_reopens(make_napari_viewer, qtbot, case, tmp_path):
+    folder = tmp_path / "proj"
+    viewer, widget = open_review(make_napari_viewer, qtbot, case, folder)
+    goto(viewer, 3)
+    widget.labels_layer.paint((3, 30, 30), LABEL_VALUES["stomach"])
+    widget.close_review()  # saves the pending edit
+    assert widget.session is None and not widget._accept.enabled
+    assert LabelStore.open(folder).latest(case.slice_ids[3]).masks[2, 30, 30]
+    goto(viewer, 6)  # closing napari moves dims and removes layers: nothing may reach the closed store
+    viewer.layers.clear()
+    assert widget.session is None
+    data, kwargs, _ = image_layer_data(case)
+    viewer.add_image(data, **kwargs)
+    widget._image.value = case.name
+    widget.start_review()  # the same dock opens the store again
+    qtbot.waitUntil(lambda: widget.labels_layer is not None, timeout=10000)
+    assert widget.labels_layer.data[3, 30, 30] == LABEL_VALUES["stomach"]
+    widget.close_review()

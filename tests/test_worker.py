@@ -154,6 +154,7 @@ def test_worker_streams_events_in_order(dataset, tmp_path):
 
     _model, bundle = load_bundle(done.result["best_path"])
     assert bundle.metrics["val_dice"] == pytest.approx(done.result["best_dice"])
+    assert done.result["worker_peak_rss_mb"] > 50  # VmHWM of the worker itself (torch alone is more)
     assert worker.log_path.is_file()  # stderr (logs) went to the log file, not into the event stream
 
 

@@ -188,8 +188,26 @@ def execute(job_source: str | os.PathLike | dict, emit, cancel: threading.Event 
         return 1
     if cancel is not None and cancel.is_set():  # the signal came after the last step: the work is done
         log.info("cancel requested after the job finished")
+    peak = _peak_rss_mb()
+    if peak is not None and isinstance(result, dict):
+        result = {**result, "worker_peak_rss_mb": peak}
     emit(ev.Done(result=result))
     return 0
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory since it started (VmHWM; Linux only, else None).
+
+    Not ``getrusage``: for a process started by fork + exec it also counts the parent's
+    memory copied at the fork (napari's, for a GUI round).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

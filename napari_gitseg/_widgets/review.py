@@ -24,6 +24,7 @@ from ._common import (
     ensure_labels_layer,
     find_layer,
     image_layer_names,
+    is_alive,
     set_class_visibility,
     show_error,
     show_info,
@@ -37,13 +38,19 @@ class _StoreThread:
     """A single worker thread that owns the SQLite connection and runs store work in order."""
 
     def __init__(self):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitseg-store")
+        self._pool: ThreadPoolExecutor | None = None
 
     def submit(self, fn, *args, **kwargs) -> Future:
+        """Queue ``fn`` on the store thread (started on first use, again after ``close``)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitseg-store")
         return self._pool.submit(fn, *args, **kwargs)
 
-    def close(self, timeout: float = 30.0) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=False)
+    def close(self) -> None:
+        """Finish every queued job, then stop the thread."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=False)
+            self._pool = None
 
 
 class ReviewWidget(Container):
@@ -396,8 +403,16 @@ class ReviewWidget(Container):
         super().closeEvent(event)
 
     def close_review(self) -> None:
-        """Save pending work and release the store (called on dock close)."""
+        """Save pending work, close the store and detach from the layer (dock close, or before reopening)."""
+        session = self._session
         try:
             self._save_current(wait=True)
         finally:
+            # later viewer events (closing napari removes layers and changes dims) find no session
+            self._session, self._layer, self._z, self._snapshot = None, None, None, None
+            if session is not None:
+                self._io.submit(session.store.close)
             self._io.close()
+        if is_alive(self):
+            self._set_enabled(False)
+            self._status.value = "Review closed; saved work is in the store. Start review to reopen."
