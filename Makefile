@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # pytest runs under a virtual X server when there is no display (napari's canvas needs OpenGL)
 XRUN   := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1600x1000x24")
+# idle OpenMP threads sleep instead of spinning: napari, the predictor and the trainer share 2 cores
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install run test lint bench clean
 
