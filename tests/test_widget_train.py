@@ -55,6 +55,13 @@ def test_retrain_runs_a_round_in_the_background_and_reports_it(make_napari_viewe
         assert active == outcome[0].version and "promoted" in widget._status.value
     else:
         assert active is None and versions == [] and "not better" in widget._status.value
+    # the trainer left a core to napari
+    import json
+
+    from napari_gitseg.retrain import trainer_threads_beside_gui
+
+    (job_file,) = (folder / "jobs").glob("job-*.json")
+    assert json.loads(job_file.read_text())["config"]["num_threads"] == trainer_threads_beside_gui()
     # the round never touched a clinician slice
     store = LabelStore.open(folder)
     for z in range(4, 20, 2):
@@ -110,3 +117,10 @@ def test_retrain_without_labels_is_a_clear_error(make_napari_viewer, qtbot, tmp_
     widget.retrain()
     qtbot.waitUntil(lambda: not widget.running, timeout=60000)
     assert "Accept" in widget._status.value or "label" in widget._status.value
+
+
+def test_a_gui_round_leaves_one_core_to_napari():
+    from napari_gitseg.retrain import trainer_threads_beside_gui
+
+    assert [trainer_threads_beside_gui(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
+    assert trainer_threads_beside_gui() >= 1

@@ -15,7 +15,13 @@ from magicgui.widgets import ComboBox, Container, FileEdit, ProgressBar, PushBut
 from napari.qt.threading import thread_worker
 from superqt.utils import ensure_main_thread
 
-from napari_gitseg.retrain import activate_version, iter_round_events, registry_versions, round_job
+from napari_gitseg.retrain import (
+    activate_version,
+    iter_round_events,
+    registry_versions,
+    round_job,
+    trainer_threads_beside_gui,
+)
 
 from ._common import (
     cancel_on_destroy,
@@ -102,7 +108,8 @@ class TrainWidget(Container):
         self.plot.clear()
         self.events_seen = []
         self._outcome = ""
-        job = round_job(project, preset=self._preset.value, keep=self._keep.value)
+        job = round_job(project, preset=self._preset.value, keep=self._keep.value,
+                        overrides={"num_threads": trainer_threads_beside_gui()})
         worker = thread_worker(
             iter_round_events, progress={"total": 0, "desc": "Retraining"}, start_thread=False,
             connect={"yielded": self._on_event, "errored": self._on_error, "finished": self._on_finished},
