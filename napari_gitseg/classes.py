@@ -61,9 +61,13 @@ def merge_label_edit(
     Pixels whose displayed label did not change keep their stored per-class values (so an
     overlap the view could not show survives); pixels the clinician changed take exactly
     the new label (painting a pixel stomach makes it stomach only; erasing clears all).
+    Pixels where the stored masks no longer show what the clinician saw (a prediction was
+    stored while the view still showed older labels) also take the clinician's view: the
+    result always displays exactly as ``after_labels``.
     """
     stored = np.asarray(stored_masks, dtype=bool)
-    changed = np.asarray(before_labels) != np.asarray(after_labels)
+    after_labels = np.asarray(after_labels)
+    changed = (np.asarray(before_labels) != after_labels) | (masks_to_labels(stored) != after_labels)
     merged = stored.copy()
     merged[:, changed] = labels_to_masks(np.asarray(after_labels)[changed])
     return merged

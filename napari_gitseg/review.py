@@ -52,8 +52,13 @@ class ReviewSession:
 
     # ---- clinician actions -------------------------------------------------------------------
     def save_edit(self, z: int, before: np.ndarray, after: np.ndarray, user: str | None = None) -> int | None:
-        """Save the edit of slice ``z`` (label views before/after); None when nothing changed."""
-        if np.array_equal(before, after):
+        """Save the edit of slice ``z`` (label views before/after); None when nothing changed.
+
+        What is saved always shows exactly as ``after`` (the clinician's screen), even when the
+        stored masks changed meanwhile (a prediction arrived while the view still showed older
+        labels).
+        """
+        if np.array_equal(before, after) and np.array_equal(masks_to_labels(self.masks[:, z]), after):
             return None
         merged = merge_label_edit(self.masks[:, z], before, after)
         last = self.record(z)  # an edit keeps an accepted slice accepted

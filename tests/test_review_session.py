@@ -62,6 +62,24 @@ def test_edit_keeps_overlap_the_view_cannot_show(session, case):
     assert stored[1][tuple(far)]
 
 
+def test_a_prediction_stored_while_the_view_lagged_never_leaks_into_the_clinicians_save(session, case):
+    """The clinician painted on a view that did not show the prediction yet: what they saw is saved."""
+    z = 5
+    seen = session.labels()[z].copy()  # empty: the view was made before the prediction arrived
+    masks, conf = fake_prediction(case)
+    session.apply_prediction(masks, conf, "v0001")  # stored meanwhile, not yet on screen
+    painted = seen.copy()
+    painted[30:40, 30:40] = LABEL_VALUES["large_bowel"]
+    session.save_edit(z, seen, painted)
+    assert np.array_equal(masks_to_labels(session.store.latest(case.slice_ids[z]).masks), painted)
+    # accepting a slice as seen (no paint) stores what was seen, not the unseen prediction
+    z2 = 8
+    seen2 = np.zeros_like(seen)
+    session.accept(z2, seen2, seen2.copy())
+    rec = session.store.latest(case.slice_ids[z2])
+    assert rec.reviewed and rec.source == "clinician" and not rec.masks.any()
+
+
 def test_queue_accept_revert_and_reopen(tmp_path, session, case):
     masks, conf = fake_prediction(case, seed=1)
     session.apply_prediction(masks, conf, "v0001")

@@ -287,12 +287,17 @@ class ReviewWidget(Container):
         self._refresh_versions()
         self._refresh_status()
 
-    def _show_slice(self, z: int) -> None:
+    def _show_slice(self, z: int, refresh: bool = True) -> None:
         from napari_gitseg.classes import masks_to_labels
 
         labels = masks_to_labels(self._session.masks[:, z])
+        if z == self._z and self._snapshot is not None and not np.array_equal(self._layer.data[z], self._snapshot):
+            # the clinician is editing this slice: never replace their unsaved edit; the next save
+            # stores exactly what they see (ReviewSession.save_edit)
+            return
         self._layer.data[z] = labels
-        self._layer.refresh()
+        if refresh:
+            self._layer.refresh()
         if z == self._z:
             self._snapshot = labels.copy()
 
@@ -341,7 +346,9 @@ class ReviewWidget(Container):
             return
         updated = fut.result()
         for z in updated:
-            self._show_slice(z)
+            self._show_slice(z, refresh=False)
+        if updated and self._layer is not None:
+            self._layer.refresh()  # once: a refresh per slice cost ~0.5 s of GUI time for 144 slices
         self._refresh_status()
         show_info(f"Review: {len(updated)} unreviewed slices updated; reviewed and corrected slices kept.")
 
