@@ -283,3 +283,13 @@ def test_config_round_trip_and_checks():
             TrainConfig.from_dict({**cfg.to_dict(), **bad})
     with pytest.raises(ValueError, match="unknown preset"):
         preset("huge")
+
+
+def test_fine_tuning_keeps_the_models_own_input_size(cases, tmp_path):
+    first = train(_tiny(size=[64, 64]), cases[:2], cases[:1], tmp_path / "first")
+    assert read_bundle_info(first.best_path).config.input_size == (64, 64)
+    events: list = []
+    tuned = train(_tiny(size=[48, 48], init_from=str(first.best_path)), cases[:2], cases[:1], tmp_path / "tuned",
+                  on_event=events.append)
+    assert read_bundle_info(tuned.best_path).config.input_size == (64, 64)
+    assert any(isinstance(e, ev.Log) and "model's input size [64, 64]" in e.text for e in events)

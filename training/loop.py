@@ -486,6 +486,12 @@ def _train(config, train_data, val_data, out_stem, emit, cancel, device, resume,
     main = ddp.is_main()
     fine_tune = bool(config.init_from)
     model, model_config, normalization, init_path = _init_model(config, device)
+    if fine_tune and model_config.input_size and list(config.size or []) != list(model_config.input_size):
+        # a model fine-tuned at another size than it learnt (and is predicted) at lost Dice
+        # (the quick preset's 96 px on the 160 px default model); keep the model's own size
+        emit(ev.Log(f"fine-tuning at the model's input size {list(model_config.input_size)} "
+                    f"instead of {config.size}"))
+        config = config.replace(size=list(model_config.input_size))
 
     if val_data is None:
         if isinstance(train_data, (SliceDataset, torch.utils.data.Dataset)):
