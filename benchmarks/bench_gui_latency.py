@@ -130,7 +130,7 @@ def main() -> None:
     review.start_review()
     wait_until(app, lambda: review.labels_layer is not None, 60)
     segment._hub.prediction_ready.emit(case, segment.last_prediction)
-    wait_until(app, lambda: review.session.counts()["predicted"] > 0, 60)
+    wait_until(app, lambda: review.predictions_shown > 0, 60)  # stored and on screen
     accept_times = []
     for _ in range(5):
         z0 = review._z

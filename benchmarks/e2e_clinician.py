@@ -121,7 +121,7 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
     review.start_review()
     _wait(app, lambda: review.labels_layer is not None, 60, "the review layer")
     segment._hub.prediction_ready.emit(review.session.stack, segment.last_prediction)
-    _wait(app, lambda: review.session.counts()["predicted"] > 0, 60, "predictions in the store")
+    _wait(app, lambda: review.predictions_shown > 0, 60, "predictions stored and shown")
     layer = review.labels_layer
     organ_slices = np.flatnonzero(truth.any(axis=(0, 2, 3)))
     chosen = [int(z) for z in organ_slices[np.linspace(0, len(organ_slices) - 1, 3).astype(int)]]
@@ -167,11 +167,12 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
         raise RuntimeError(f"retrain failed: {[e for e in train.events_seen if type(e).__name__ == 'Error']}")
     step("retrained", viewer)
     _show_dock(segment)
+    shown_before = review.predictions_shown
     if promoted:  # the Segment dock re-predicts; the Review dock keeps the corrected slices
         # (a small stack may be re-predicted before this line runs: wait for a new result, not for "running")
         _wait(app, lambda: segment.last_prediction is not first_prediction and not segment.running, 900,
               "re-prediction by the promoted model")
-        _wait(app, lambda: review.session.counts()["predicted"] > 0, 60, "re-predicted slices stored")
+        _wait(app, lambda: review.predictions_shown > shown_before, 60, "re-predicted slices stored and shown")
         after = evaluate(segment.last_prediction.masks, truth)
         report["dice_after"] = round(after["mean_dice"], 4)
     for z in chosen:  # a prediction never overwrites a clinician's correction

@@ -66,6 +66,7 @@ class ReviewWidget(Container):
         self._snapshot: np.ndarray | None = None  # labels of the current slice as last saved
         self._io = _StoreThread()
         self._project_override: str | None = None
+        self.predictions_shown = 0  #: model predictions stored and drawn on the review layer so far
 
         self._image = ComboBox(label="Image", choices=lambda _w: image_layer_names(viewer))
         self._folder = FileEdit(label="Project folder", mode="d", value="")
@@ -349,6 +350,7 @@ class ReviewWidget(Container):
             self._show_slice(z, refresh=False)
         if updated and self._layer is not None:
             self._layer.refresh()  # once: a refresh per slice cost ~0.5 s of GUI time for 144 slices
+        self.predictions_shown += 1
         self._refresh_status()
         show_info(f"Review: {len(updated)} unreviewed slices updated; reviewed and corrected slices kept.")
 
