@@ -154,6 +154,7 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
     _show_dock(train)
     train.set_project(str(project))
     train._preset.value = preset
+    shown_before = review.predictions_shown  # before the round: a small stack is re-predicted in a blink
     t0 = time.perf_counter()
     train.retrain()
     _wait(app, lambda: train.running, 10, "the round to start")
@@ -167,7 +168,6 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
         raise RuntimeError(f"retrain failed: {[e for e in train.events_seen if type(e).__name__ == 'Error']}")
     step("retrained", viewer)
     _show_dock(segment)
-    shown_before = review.predictions_shown
     if promoted:  # the Segment dock re-predicts; the Review dock keeps the corrected slices
         # (a small stack may be re-predicted before this line runs: wait for a new result, not for "running")
         _wait(app, lambda: segment.last_prediction is not first_prediction and not segment.running, 900,

@@ -11,6 +11,16 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display: run under xvfb-run")
 
 
+def _run(run_e2e, *args, **kwargs) -> dict:
+    """Run the flow; whatever happens, close its napari windows (a failure must not leak into other tests)."""
+    import napari
+
+    try:
+        return run_e2e(*args, **kwargs)
+    finally:
+        napari.Viewer.close_all()
+
+
 def test_open_segment_correct_accept_retrain_export_reopen(tmp_path, monkeypatch):
     from napari_gitseg.resources import default_model_path
 
@@ -20,7 +30,7 @@ def test_open_segment_correct_accept_retrain_export_reopen(tmp_path, monkeypatch
     sys.modules.pop("e2e_clinician", None)
     from e2e_clinician import run_e2e
 
-    report = run_e2e(tmp_path, n_slices=32, size=128, preset="quick")
+    report = _run(run_e2e, tmp_path, n_slices=32, size=128, preset="quick")
     assert report["steps"] == ["opened", "segmented", "corrected", "retrained", "repredicted", "reopened"]
     for i, name in enumerate(report["steps"], 1):
         png = tmp_path / f"{i:02d}_{name}.png"
@@ -47,7 +57,7 @@ def test_the_same_flow_on_a_real_mr_volume(tmp_path, monkeypatch):
     sys.modules.pop("e2e_clinician", None)
     from e2e_clinician import run_e2e
 
-    report = run_e2e(tmp_path, preset="quick", real=(image, labels), screenshots=False)
+    report = _run(run_e2e, tmp_path, preset="quick", real=(image, labels), screenshots=False)
     assert report["steps"][-1] == "reopened" and report["reopened_ok"]
     assert report["exported_slices"] == report["corrected_slices"] and report["reviewed_after_reopen"] == 3
     assert "Done" in report["events"] and "Error" not in report["events"]
