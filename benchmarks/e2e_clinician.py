@@ -40,16 +40,10 @@ def _show_dock(widget) -> None:
         w.raise_()
 
 
-def _is_reviewed(project: Path, slice_id: str) -> bool:
-    """Whether the store on disk (a separate read-only connection) holds ``slice_id`` as reviewed."""
-    from napari_gitseg.store import LabelStore
-
-    store = LabelStore.open(project, readonly=True)
-    try:
-        record = store.latest(slice_id)
-        return bool(record is not None and record.reviewed)
-    finally:
-        store.close()
+def _is_reviewed(store, slice_id: str) -> bool:
+    """Whether the store on disk (read through a separate connection) holds ``slice_id`` as reviewed."""
+    record = store.latest(slice_id)
+    return bool(record is not None and record.reviewed)
 
 
 def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: int = 266, preset: str = "quick",
@@ -67,6 +61,7 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
     from napari_gitseg.io import read_masks, read_stack
     from napari_gitseg.phantom import write_phantom_dataset
     from napari_gitseg.resources import default_model_path
+    from napari_gitseg.store import LabelStore
     from training.metrics import evaluate
 
     out = Path(out)
@@ -125,6 +120,7 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
     layer = review.labels_layer
     organ_slices = np.flatnonzero(truth.any(axis=(0, 2, 3)))
     chosen = [int(z) for z in organ_slices[np.linspace(0, len(organ_slices) - 1, 3).astype(int)]]
+    on_disk = LabelStore.open(project, readonly=True)  # checks that each Accept reached the disk
     for z in chosen:
         step_z = list(viewer.dims.current_step)
         step_z[0] = z
@@ -139,7 +135,8 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
         review.accept_slice()  # saves as reviewed, then shows the least-confident unreviewed slice
         _wait(app, lambda z=z: review._current_z() != z, 60, f"the next slice after accepting slice {z}")
         report.setdefault("accept_to_next_slice_s", []).append(round(time.perf_counter() - t_accept, 3))
-        _wait(app, lambda z=z: _is_reviewed(project, review.session.stack.slice_ids[z]), 60, f"accept of slice {z}")
+        _wait(app, lambda z=z: _is_reviewed(on_disk, review.session.stack.slice_ids[z]), 60, f"accept of slice {z}")
+    on_disk.close()
     review.flush()
     corrected = {z: review.session.masks[:, z].copy() for z in chosen}
     review._goto(chosen[1])  # back to a corrected slice for the picture

@@ -37,6 +37,18 @@ def _collect(worker: WorkerProcess, timeout: float = 120.0, on_event=None) -> li
     return out
 
 
+def _on_first(kind, action):
+    """An event callback that runs ``action`` at the first event of type ``kind``; and the events it fired on."""
+    fired: list = []
+
+    def on_event(e):
+        if isinstance(e, kind) and not fired:
+            action()
+            fired.append(e)
+
+    return on_event, fired
+
+
 # ---------------------------------------------------------------------------------------- events
 ALL_EVENTS = [
     ev.Started(job_id="j1", pid=42, kind="train", config={"epochs": 3, "model": {"arch": "Unet"}}),
@@ -162,13 +174,7 @@ def test_worker_cancels_on_sigterm(dataset, tmp_path):
     config = dict(TINY, epochs=500, max_steps_per_epoch=4)
     job = {"kind": "train", "data": str(dataset), "out": str(tmp_path / "out"), "preset": "quick", "config": config}
     worker = WorkerProcess(job, tmp_path / "work").start()
-    sent = []
-
-    def on_event(e):
-        if isinstance(e, ev.Checkpoint) and not sent:
-            worker.cancel()
-            sent.append(e)
-
+    on_event, sent = _on_first(ev.Checkpoint, worker.cancel)
     events = _collect(worker, on_event=on_event)
     assert sent, "no checkpoint before the end"
     assert isinstance(events[-1], ev.Cancelled)
@@ -256,13 +262,7 @@ def test_a_round_killed_mid_write_leaves_labels_and_registry_usable_and_the_next
     job = round_job(project, preset="quick", keep=4, overrides=TINY)
 
     worker = WorkerProcess(job, project / "jobs").start()
-    killed = []
-
-    def kill_on_checkpoint(e):
-        if isinstance(e, ev.Checkpoint) and not killed:
-            worker.kill()
-            killed.append(e)
-
+    kill_on_checkpoint, killed = _on_first(ev.Checkpoint, worker.kill)
     events = _collect(worker, on_event=kill_on_checkpoint)
     assert killed and isinstance(events[-1], ev.Error) and "code -9" in events[-1].message
 

@@ -29,6 +29,7 @@ __all__ = ["add_commands", "cmd_bootstrap", "cmd_train", "config_from_args"]
 def _config_arg(text: str):
     """``--config``: a JSON file, or an inline JSON object."""
     from napari_gitseg.io.errors import GitsegInputError
+    from training.config import read_config_file
 
     if text.lstrip().startswith("{"):
         try:
@@ -39,15 +40,7 @@ def _config_arg(text: str):
             raise GitsegInputError(None, "--config must be a JSON object")
         return doc, None
     path = Path(text)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise GitsegInputError(path, f"cannot read the training config ({err.strerror or err})") from err
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise GitsegInputError(path, f"the training config is not valid JSON ({err})") from err
-    if not isinstance(doc, dict):
-        raise GitsegInputError(path, "a training config must be a JSON object")
-    return doc, path
+    return read_config_file(path), path
 
 
 def config_from_args(args):

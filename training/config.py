@@ -216,8 +216,8 @@ def preset(name: str = "cpu", **overrides) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
-def load_config(path: str | os.PathLike, base: str = "cpu") -> TrainConfig:
-    """Read a JSON config file over the ``base`` preset; errors name the file."""
+def read_config_file(path: str | os.PathLike) -> dict:
+    """The JSON object of a training-config file; GitsegInputError naming the file otherwise."""
     from napari_gitseg.io.errors import GitsegInputError
 
     path = Path(path)
@@ -229,6 +229,15 @@ def load_config(path: str | os.PathLike, base: str = "cpu") -> TrainConfig:
         raise GitsegInputError(path, f"the training config is not valid JSON ({err})") from err
     if not isinstance(doc, dict):
         raise GitsegInputError(path, "a training config must be a JSON object")
+    return doc
+
+
+def load_config(path: str | os.PathLike, base: str = "cpu") -> TrainConfig:
+    """Read a JSON config file over the ``base`` preset; errors name the file."""
+    from napari_gitseg.io.errors import GitsegInputError
+
+    path = Path(path)
+    doc = read_config_file(path)
     name = doc.get("preset") or base
     if name not in PRESETS:
         raise GitsegInputError(path, f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

@@ -47,7 +47,6 @@ import math
 import os
 import shlex
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_gitseg.cancel import Cancel, is_cancelled
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.io.stack import Stack
 from napari_gitseg.model.bundle import BundleError, atomic_write_bytes, bundle_paths, load_bundle, save_bundle
@@ -77,7 +77,6 @@ __all__ = [
     "train",
 ]
 
-Cancel = threading.Event | Callable[[], bool] | None
 OnEvent = Callable[[ev.Event], None] | None
 STATE_SUFFIX = ".resume.pt"
 _STATE_FORMAT = "napari-gitseg-train-state"
@@ -130,14 +129,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ data
-def _is_cancelled(cancel: Cancel) -> bool:
-    if cancel is None:
-        return False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set()
-    return bool(cancel())
-
-
 def check_stacks(stacks: Sequence[Stack], classes: Sequence[str], what: str = "training") -> list[Stack]:
     """Validate labelled stacks for training; returns them with masks in the order of ``classes``.
 
@@ -644,7 +635,7 @@ def _train(config, train_data, val_data, out_stem, emit, cancel, device, resume,
     result.history = history
 
     def cancelled_now() -> bool:
-        flag = _is_cancelled(cancel)
+        flag = is_cancelled(cancel)
         return ddp.any_flag(flag) if ddp.is_active() else flag
 
     def finish(stopped_early: bool = False, cancelled: bool = False) -> TrainResult:

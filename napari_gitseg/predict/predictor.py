@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_gitseg.cancel import Cancel, is_cancelled
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.model.bundle import ModelBundle, load_bundle
 from napari_gitseg.model.device import pick_device
@@ -66,7 +66,6 @@ __all__ = [
     "slice_order",
 ]
 
-Cancel = threading.Event | Callable[[], bool] | None
 Progress = Callable[[int, int], None] | None
 
 
@@ -142,14 +141,6 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # private helpers moved: stay in fp32
         return False
-
-
-def _is_cancelled(cancel: Cancel) -> bool:
-    if cancel is None:
-        return False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set()
-    return bool(cancel())
 
 
 @dataclass
@@ -333,7 +324,7 @@ class Predictor:
                 crop_box=crop, device=str(self.device), empty_input=empty,
             )
 
-        if _is_cancelled(cancel):
+        if is_cancelled(cancel):
             raise PredictionCancelled("prediction cancelled before it started")
         if float(image.min()) == float(image.max()):
             warnings.append(f"{source or 'image'}: the image is constant; nothing to segment (empty masks)")
@@ -376,7 +367,7 @@ class Predictor:
             torch.set_num_threads(int(self.num_threads))
         try:
             for batch in batches:
-                if _is_cancelled(cancel):
+                if is_cancelled(cancel):
                     raise PredictionCancelled(f"prediction cancelled after {done} of {n_slices} slices")
                 t0 = time.perf_counter()
                 p_batch, m_batch, conf, g_batch = self._infer(member_volumes, batch)
