@@ -46,6 +46,11 @@ def _pixels(image: np.ndarray) -> tuple[np.ndarray, str]:
     return np.round((image - lo) / scale).astype(np.uint16), f"; values scaled: original = {scale:g} * stored + {lo:g}"
 
 
+def _ds(values) -> list[str]:
+    """Decimal strings of at most 16 characters (the DS limit) with 10 significant digits."""
+    return [format(float(v), ".10g") for v in values]
+
+
 def _base(stack, uids: dict, note: str):
     from pydicom.dataset import Dataset
 
@@ -89,10 +94,10 @@ def _slices(stack, affine: np.ndarray, uids: dict):
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.InstanceNumber = z + 1
-        ds.ImagePositionPatient = [round(float(v), 4) for v in affine[:3] @ [0.0, 0.0, z, 1.0]]
-        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row_dir, *col_dir)]
-        ds.PixelSpacing = [round(dy, 6), round(dx, 6)]
-        ds.SliceThickness = round(thickness, 6)
+        ds.ImagePositionPatient = _ds(affine[:3] @ [0.0, 0.0, z, 1.0])
+        ds.ImageOrientationPatient = _ds((*row_dir, *col_dir))
+        ds.PixelSpacing = _ds((dy, dx))
+        ds.SliceThickness = _ds([thickness])[0]
         ds.Rows, ds.Columns = pixels.shape[1], pixels.shape[2]
         ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
         ds.PixelData = np.ascontiguousarray(pixels[z]).tobytes()
