@@ -65,6 +65,16 @@ class SeriesGeometry:
         z = int(np.argmin(np.abs(planes - along.mean())))
         return z if np.all(np.abs(along - planes[z]) <= tol) else None
 
+    def check_cited(self, path: str | Path, series: set[str], frames: set[str]) -> None:
+        """Refuse labels file ``path`` when the series or Frames of Reference it cites are not this series'."""
+        series, frames = set(series) - {""}, set(frames) - {""}
+        if series and self.series_instance_uid not in series:
+            raise GitsegInputError(path, f"references series {', '.join(sorted(series))}, which is not open "
+                                         f"(open: {self.source}, series {self.series_instance_uid})")
+        if frames and self.frame_of_reference_uid not in frames:
+            raise GitsegInputError(path, f"is in Frame of Reference {', '.join(sorted(frames))}, not that of the "
+                                         f"open series {self.source} ({self.frame_of_reference_uid})")
+
     def to_pixels(self, z: int, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows, columns) as floats of patient points (N, 3) lying on slice ``z``."""
         d = np.asarray(points, float) - self.positions[z]

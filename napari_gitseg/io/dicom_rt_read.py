@@ -24,16 +24,11 @@ _EDGE_TOL = 0.05  # pixels beyond the outer pixel edges still counted as inside 
 def check_references(path: Path, ds, geometry: SeriesGeometry) -> None:
     """Refuse an RT-STRUCT whose Frame of Reference or series is not the open series'."""
     frames = list(ds.get("ReferencedFrameOfReferenceSequence", []) or [])
-    uids = {str(f.get("FrameOfReferenceUID", "")) for f in frames} - {""}
-    uids |= {str(r.get("ReferencedFrameOfReferenceUID", "")) for r in ds.get("StructureSetROISequence", [])} - {""}
-    if uids and geometry.frame_of_reference_uid not in uids:
-        raise GitsegInputError(path, f"is in Frame of Reference {', '.join(sorted(uids))}, not that of the open "
-                                     f"series {geometry.source} ({geometry.frame_of_reference_uid})")
     series = {str(s.get("SeriesInstanceUID", "")) for f in frames for st in f.get("RTReferencedStudySequence", [])
-              for s in st.get("RTReferencedSeriesSequence", [])} - {""}
-    if series and geometry.series_instance_uid not in series:
-        raise GitsegInputError(path, f"references series {', '.join(sorted(series))}, which is not open "
-                                     f"(open: {geometry.source}, series {geometry.series_instance_uid})")
+              for s in st.get("RTReferencedSeriesSequence", [])}
+    uids = {str(f.get("FrameOfReferenceUID", "")) for f in frames}
+    uids |= {str(r.get("ReferencedFrameOfReferenceUID", "")) for r in ds.get("StructureSetROISequence", [])}
+    geometry.check_cited(path, series, uids)
 
 
 def _contour_polygon(path: Path, roi: str, n: int, item, geometry: SeriesGeometry) -> tuple[int, np.ndarray]:

@@ -64,17 +64,6 @@ def write_seg(path: str | Path, geometry: SeriesGeometry, masks: np.ndarray, cla
     return save_atomic(build_seg(geometry, masks, classes, **options), path)
 
 
-def _check_references(path: Path, seg, geometry: SeriesGeometry) -> None:
-    frame = str(seg.get("FrameOfReferenceUID", ""))
-    if frame and frame != geometry.frame_of_reference_uid:
-        raise GitsegInputError(path, f"is in Frame of Reference {frame}, not that of the open series "
-                                     f"{geometry.source} ({geometry.frame_of_reference_uid})")
-    series = {str(s.get("SeriesInstanceUID", "")) for s in seg.get("ReferencedSeriesSequence", [])} - {""}
-    if series and geometry.series_instance_uid not in series:
-        raise GitsegInputError(path, f"references series {', '.join(sorted(series))}, which is not open "
-                                     f"(open: {geometry.source}, series {geometry.series_instance_uid})")
-
-
 def read_seg_masks(path: str | Path, ds, geometry: SeriesGeometry,
                    classes: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
     """(masks (C, Z, Y, X) bool, notes) of SEG dataset ``ds`` on ``geometry``'s series."""
@@ -85,7 +74,8 @@ def read_seg_masks(path: str | Path, ds, geometry: SeriesGeometry,
         seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
     except Exception as err:  # noqa: BLE001  (a damaged object makes highdicom raise almost anything)
         raise GitsegInputError(path, f"is not a readable DICOM SEG ({type(err).__name__}: {err})") from err
-    _check_references(path, seg, geometry)
+    geometry.check_cited(path, {str(s.get("SeriesInstanceUID", "")) for s in seg.get("ReferencedSeriesSequence", [])},
+                         {str(seg.get("FrameOfReferenceUID", ""))})
     numbers, targets = [], []
     for number in seg.get_segment_numbers():
         desc = seg.get_segment_description(number)
