@@ -83,7 +83,7 @@ def cmd_export(args) -> int:
     from napari_gitseg.export import export_store
 
     paths = export_store(args.store, args.out, fmt=args.format, stack=args.stack, reviewed_only=not args.all,
-                         with_images=args.with_images)
+                         with_images=args.with_images, smooth_sigma=args.smooth)
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -129,6 +129,8 @@ def add_commands(sub) -> None:
                    help="rtstruct / seg: DICOM RT Structure Set / Segmentation on the stack's DICOM series")
     p.add_argument("--with-images", action="store_true",
                    help="rtstruct/seg of a non-DICOM stack: also write its images as a DICOM MR series")
+    p.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
+                   help="rtstruct: smooth the contours (Gaussian sigma in pixels; default 0 = exact pixel outlines)")
     p.add_argument("--out", required=True)
     p.add_argument("--stack", default=None, help="only this stack (default: all)")
     p.add_argument("--all", action="store_true", help="include unreviewed model predictions")

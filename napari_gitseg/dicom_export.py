@@ -54,6 +54,8 @@ def write_dicom_labels(out: str | Path, stack, masks: np.ndarray, fmt: str, *, w
     if fmt == "rtstruct":
         path = write_rtstruct(out, geometry, masks, tuple(stack.classes), algorithm=algorithm, label=label,
                               smooth_sigma=smooth_sigma)
+    elif smooth_sigma:
+        raise GitsegInputError(out, "smoothing applies to RT-STRUCT contours only; a SEG holds the masks as they are")
     else:
         path = write_seg(out, geometry, masks, tuple(stack.classes), algorithm=algorithm, label=label)
     return [*images, Path(path)]

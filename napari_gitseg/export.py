@@ -44,23 +44,26 @@ def _source_stack(project: Path, info: dict) -> Stack:
     return stack
 
 
-def _export_dicom(project: Path, out: Path, fmt: str, results: list, with_images: bool) -> tuple[list, list]:
+def _export_dicom(project: Path, out: Path, fmt: str, results: list, with_images: bool,
+                  smooth_sigma: float) -> tuple[list, list]:
     from napari_gitseg.dicom_export import write_dicom_labels
 
     written, targets = [], []
     for info, _ids, masks, prov in results:
         path = out if len(results) == 1 else out.parent / f"{info['name']}_{fmt}.dcm"
-        written += write_dicom_labels(path, _source_stack(project, info), masks, fmt, with_images=with_images)
+        written += write_dicom_labels(path, _source_stack(project, info), masks, fmt, with_images=with_images,
+                                      smooth_sigma=smooth_sigma)
         targets.append((path, {info["name"]: prov}))
     return written, targets
 
 
 def export_store(project: str | Path, out: str | Path, fmt: str = "csv", stack: str | None = None,
-                 reviewed_only: bool = True, with_images: bool = False) -> list[Path]:
+                 reviewed_only: bool = True, with_images: bool = False, smooth_sigma: float = 0.0) -> list[Path]:
     """Write the store's masks: one CSV for all stacks, or one TIFF/NIfTI/RT-STRUCT/SEG per stack.
 
     RT-STRUCT and SEG cite the stack's DICOM series; ``with_images`` writes other stacks' images
-    as a DICOM series first (see ``dicom_export``). Returns the paths written.
+    as a DICOM series first (see ``dicom_export``); ``smooth_sigma`` smooths RT-STRUCT contours
+    (pixels, 0 = off). Returns the paths written.
     """
     if fmt not in FORMATS:
         raise GitsegInputError(out, f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -85,7 +88,7 @@ def export_store(project: str | Path, out: str | Path, fmt: str = "csv", stack: 
         provenance = {info["name"]: prov for info, _s, _m, prov in results}
         targets = [(out, provenance)]
     elif FORMATS[fmt] == ".dcm":
-        written, targets = _export_dicom(Path(project), out, fmt, results, with_images)
+        written, targets = _export_dicom(Path(project), out, fmt, results, with_images, smooth_sigma)
     else:
         targets = []
         for info, ids, masks, prov in results:

@@ -213,3 +213,26 @@ def test_totalsegmentator_mr_volume_as_dicom(tmp_path, io_shared_data, dciodvfy)
     assert stack.spacing == pytest.approx(volume.spacing, abs=1e-4)
     figures = round_trip(tmp_path / "mr", stack, masks, dciodvfy)
     print(f"\nDice totalsegmentator_mr {stack.shape}: {figures}")
+
+
+def test_smoothing_is_optional_and_stays_close(tmp_path):
+    from napari_gitseg.io.dicom_contours import mask_to_polygons, polygons_to_mask
+
+    phantom = make_phantom_case(1, n_slices=8, size=(64, 64))
+    mask = phantom.masks[0][np.argmax(phantom.masks[0].sum(axis=(1, 2)))]
+    exact = mask_to_polygons(mask)
+    smooth = mask_to_polygons(mask, smooth_sigma=1.0)
+    assert all(np.allclose(p * 4, np.round(p * 4)) for p in exact)  # pixel edges, quarter-pixel corner cuts
+    assert not all(np.allclose(p * 4, np.round(p * 4)) for p in smooth)
+    np.testing.assert_array_equal(polygons_to_mask(exact, mask.shape), clean_mask(mask))
+    assert dice(polygons_to_mask(smooth, mask.shape), mask) > 0.9
+
+
+def test_a_series_folder_with_unplaceable_labels_still_opens(tmp_path):
+    phantom = make_phantom_case(1, n_slices=6, size=(48, 48))
+    write_dicom_series(tmp_path / "a", phantom)
+    write_dicom_series(tmp_path / "b", phantom)
+    write_dicom_labels(tmp_path / "b" / "RS.dcm", read_dicom(tmp_path / "a"), phantom.masks, "rtstruct")
+    stack = read_stack(tmp_path / "b")  # the RT-STRUCT beside series b cites series a
+    assert stack.masks is None and "labels not read" in stack.meta["note"] and "not open" in stack.meta["note"]
+    np.testing.assert_array_equal(stack.image, phantom.image)

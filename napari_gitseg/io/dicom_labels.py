@@ -3,7 +3,8 @@
 Dropping an RT-STRUCT/SEG file opens the series it references with its organs as labels; the
 series is looked for in the file's folder, its sub-folders and the folders beside it (where
 PACS exports and ``gitseg export --with-images`` put it). A series folder that also holds an
-RT-STRUCT/SEG opens with those labels. The imported slices (``labelled``) run from the first to
+RT-STRUCT/SEG opens with those labels (when they cannot be placed on it, the images open with a
+note saying why; a dropped RT-STRUCT/SEG file itself is refused with the reason). The imported slices (``labelled``) run from the first to
 the last slice with any organ contour: a structure set says nothing about slices it does not
 reach. ``meta["masks_source"]`` names the file the labels came from.
 """
@@ -116,9 +117,15 @@ def read_dicom_with_labels(path: str | Path):
     labels = stack.meta.get("label_files") or []
     if not labels:
         return stack
-    stack = masks_from_file(labels[0], stack)
+    try:
+        labelled = masks_from_file(labels[0], stack)
+    except GitsegInputError as err:  # the images still open; the note says why their labels did not
+        return _noted(stack, f"labels not read: {err}")
     if len(labels) > 1:
         others = ", ".join(Path(p).name for p in labels[1:])
-        stack.meta["note"] = "; ".join(n for n in (stack.meta.get("note"), f"labels read from {Path(labels[0]).name}; "
-                                                   f"not read: {others}") if n)
-    return stack
+        return _noted(labelled, f"labels read from {Path(labels[0]).name}; not read: {others}")
+    return labelled
+
+
+def _noted(stack, note: str):
+    return replace(stack, meta={**stack.meta, "note": "; ".join(n for n in (stack.meta.get("note"), note) if n)})
