@@ -130,6 +130,7 @@ def dciodvfy():
 
     CI installs dicom3tools (.ci/run); where the binary is absent locally the check is skipped.
     """
+    import os
     import shutil
     import subprocess
 
@@ -137,7 +138,7 @@ def dciodvfy():
 
     def check(path) -> str:
         if binary is None:
-            if __import__("os").environ.get("CI"):
+            if os.environ.get("CI"):
                 raise AssertionError("dciodvfy is missing on CI: .ci/run must install dicom3tools")
             return "skipped: dciodvfy not installed"
         run = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60)
