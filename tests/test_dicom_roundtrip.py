@@ -236,3 +236,28 @@ def test_a_series_folder_with_unplaceable_labels_still_opens(tmp_path):
     stack = read_stack(tmp_path / "b")  # the RT-STRUCT beside series b cites series a
     assert stack.masks is None and "labels not read" in stack.meta["note"] and "not open" in stack.meta["note"]
     np.testing.assert_array_equal(stack.image, phantom.image)
+
+
+def test_contours_sit_on_the_pixel_edges_in_patient_space(tmp_path):
+    """Placement checked against the image file's own header, not against our inverse mapping."""
+    phantom = make_phantom_case(1, n_slices=5, size=(40, 48))
+    write_dicom_series(tmp_path / "series", phantom, affine=oblique_affine())
+    stack = read_dicom(tmp_path / "series")
+    masks = np.zeros_like(phantom.masks)
+    masks[ST, 2, 10:13, 20:25] = True  # rows 10-12, columns 20-24
+    out = tmp_path / "rs.dcm"
+    write_dicom_labels(out, stack, masks, "rtstruct")
+    contour = pydicom.dcmread(out).ROIContourSequence[ST].ContourSequence[0]
+    assert len(pydicom.dcmread(out).ROIContourSequence[ST].ContourSequence) == 1
+    uid = contour.ContourImageSequence[0].ReferencedSOPInstanceUID
+    image = next(ds for ds in map(pydicom.dcmread, sorted((tmp_path / "series").iterdir())) if ds.SOPInstanceUID == uid)
+    ipp = np.asarray(image.ImagePositionPatient, float)
+    row_dir, col_dir = np.asarray(image.ImageOrientationPatient[:3], float), np.asarray(image.ImageOrientationPatient[3:], float)
+    dy, dx = (float(v) for v in image.PixelSpacing)
+    points = np.asarray(contour.ContourData, float).reshape(-1, 3) - ipp
+    cols, rows = points @ row_dir / dx, points @ col_dir / dy
+    assert np.abs(points @ np.cross(row_dir, col_dir)).max() < 1e-3  # on the image's plane
+    assert rows.min() == pytest.approx(9.5, abs=1e-3) and rows.max() == pytest.approx(12.5, abs=1e-3)
+    assert cols.min() == pytest.approx(19.5, abs=1e-3) and cols.max() == pytest.approx(24.5, abs=1e-3)
+    area = 0.5 * abs(np.dot(cols, np.roll(rows, 1)) - np.dot(rows, np.roll(cols, 1)))
+    assert area == pytest.approx(15 - 4 / 32, abs=1e-3)  # 15 pixels less four quarter-pixel corner cuts
