@@ -227,7 +227,7 @@ def test_newer_schema_is_refused_without_touching_the_files(tmp_path, store):
     for folder in (tmp_path / "proj", crashed):
         before = _hashes(folder)
         for readonly in (False, True):
-            with pytest.raises(StoreError, match=r"newer napari-gitseg \(schema 99 > 1\); upgrade"):
+            with pytest.raises(StoreError, match=rf"newer napari-gitseg \(schema 99 > {SCHEMA_VERSION}\); upgrade"):
                 LabelStore.open(folder, readonly=readonly)
         _assert_untouched(folder, before)
 

@@ -33,6 +33,8 @@ from ._common import (
 )
 from ._hub import hub_for
 
+EXPORT_CHOICES = [("by file extension", None), ("DICOM RT-STRUCT (.dcm)", "rtstruct"), ("DICOM SEG (.dcm)", "seg")]
+
 
 class _StoreThread:
     """A single worker thread that owns the SQLite connection and runs store work in order."""
@@ -80,11 +82,12 @@ class ReviewWidget(Container):
         self._revert = PushButton(text="Revert to version")
         self._visible = {c: CheckBox(text=c.replace("_", " "), value=True) for c in CLASSES}
         vis = Container(widgets=list(self._visible.values()), layout="horizontal", labels=False)
-        self._export_path = FileEdit(label="Export to", mode="w", filter="*.csv *.tif *.nii.gz", value="")
+        self._export_path = FileEdit(label="Export to", mode="w", filter="*.csv *.tif *.nii.gz *.dcm", value="")
+        self._export_format = ComboBox(label="Format", value=None, choices=EXPORT_CHOICES)
         self._export = PushButton(text="Export reviewed masks")
         nav = Container(widgets=[self._prev, self._next], layout="horizontal", labels=False)
         self.extend([self._image, self._folder, self._open, self._status, self._unsaved, nav, self._accept,
-                     self._versions, self._revert, vis, self._export_path, self._export])
+                     self._versions, self._revert, vis, self._export_path, self._export_format, self._export])
         self._set_enabled(False)
         self._history: list[int] = []
 
@@ -302,22 +305,27 @@ class ReviewWidget(Container):
         if z == self._z:
             self._snapshot = labels.copy()
 
-    def export_to(self, path: str) -> Future | None:
-        """Export the reviewed masks (format by extension) with a provenance side file."""
+    def export_to(self, path: str, fmt: str | None = None) -> Future | None:
+        """Export the reviewed masks with a provenance side file (format: ``fmt``, the Format box, or by extension).
+
+        DICOM RT-STRUCT / SEG of a non-DICOM stack also write its images as a DICOM series.
+        """
         if self._session is None:
             show_error("Review: start a review first.")
             return None
         if not path or path == ".":
             show_error("Review: choose a file to export to (.csv, .tif or .nii.gz).")
             return None
-        fmt = {"csv": "csv", "tif": "tif", "tiff": "tif", "nii": "nii", "gz": "nii"}.get(path.rsplit(".", 1)[-1])
+        fmt = fmt or self._export_format.value or \
+            {"csv": "csv", "tif": "tif", "tiff": "tif", "nii": "nii", "gz": "nii"}.get(path.rsplit(".", 1)[-1])
         if fmt is None:
-            show_error(f"Review: cannot export to {path}: use .csv, .tif or .nii.gz")
+            show_error(f"Review: cannot export to {path}: use .csv, .tif or .nii.gz, or choose a DICOM format")
             return None
         self._save_current()
         from napari_gitseg.export import export_store
 
-        fut = self._io.submit(export_store, str(self._folder.value), path, fmt, self._session.name)
+        fut = self._io.submit(export_store, str(self._folder.value), path, fmt, self._session.name,
+                              with_images=True)
         fut.add_done_callback(self._exported)
         return fut
 

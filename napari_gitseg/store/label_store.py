@@ -7,7 +7,8 @@ Layout (``<project>/gitseg_labels.sqlite``, WAL journal, ``synchronous=FULL``; t
   classes) and which stack and z each slice id belongs to.
 - ``versions``: one row per saved version of one slice: the per-class masks (bit-packed,
   zlib-compressed, with a CRC-32 over data and shape that every read verifies), their
-  provenance (``clinician`` / ``model`` / ``pseudo``; the user who saved it; the model version),
+  provenance (``clinician`` / ``model`` / ``pseudo`` / ``imported``: read from a DICOM RT-STRUCT or SEG,
+  the file named in the note; the user who saved it; the model version),
   the reviewed flag, the model's confidence, a note and a timestamp (seconds since the epoch).
   Rows are never updated or deleted: marking a slice reviewed and reverting it write new
   versions too, so the whole history, review state included, stays readable.
@@ -21,7 +22,7 @@ Rules:
 - Two processes (two napari windows) may write at once: writers take turns (busy timeout
   ``BUSY_TIMEOUT_S``), a version number is unique per slice and versions are dense (1, 2, ...).
 - A prediction (``source="model"`` or ``"pseudo"``) never replaces a slice whose latest version
-  is by a clinician or reviewed: ``save`` returns None and ``save_many`` gives None for it.
+  is by a clinician (``clinician`` or ``imported``) or reviewed: ``save`` returns None and ``save_many`` gives None for it.
 - A store written by a newer schema is refused and left untouched; an older one is migrated
   in one transaction. A read-only folder or file is refused for writing with a clear message;
   ``LabelStore.open(folder, readonly=True)`` views and exports it.
@@ -49,7 +50,9 @@ from napari_gitseg.classes import CLASSES
 from napari_gitseg.store import schema
 from napari_gitseg.store.schema import DB_NAME, SCHEMA_VERSION
 
-SOURCES = ("clinician", "model", "pseudo")
+SOURCES = ("clinician", "model", "pseudo", "imported")
+PREDICTED = ("model", "pseudo")  # never replace a protected slice
+CLINICIAN_SOURCES = ("clinician", "imported")  # count as clinician labels (imported: a department's RT-STRUCT/SEG)
 BUSY_TIMEOUT_S = 30.0
 _RETRIES = 3  # attempts of one write transaction when a version number collides
 _CHUNK = 500  # slice ids per query (SQLite's host-parameter limit is far above)
@@ -490,7 +493,7 @@ class LabelStore:
             for sid, source, user, model_version, reviewed, conf, note, shape_text, blob, crc in prepared:
                 last = conn.execute("SELECT version, source, reviewed FROM versions WHERE slice_id = ? "
                                     "ORDER BY version DESC LIMIT 1", (sid,)).fetchone()
-                if source != "clinician" and last is not None and (last[1] == "clinician" or last[2]):
+                if source in PREDICTED and last is not None and self._protected(last[1], bool(last[2])):
                     results.append(None)  # a prediction never overwrites a clinician's correction
                     continue
                 version = 1 if last is None else last[0] + 1
@@ -615,7 +618,7 @@ class LabelStore:
 
     @staticmethod
     def _protected(source: str, reviewed: bool) -> bool:
-        return source == "clinician" or reviewed
+        return source in CLINICIAN_SOURCES or reviewed
 
     def clinician_slices(self, stack: str | None = None) -> list[str]:
         """Slices whose latest version is by a clinician or reviewed (the training labels)."""

@@ -17,9 +17,18 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: provenance "imported" (labels read from a department's RT-STRUCT/SEG)
 DB_NAME = "gitseg_labels.sqlite"
 APP_NAME = "napari-gitseg"
+
+VERSIONS_TABLE = (
+    "CREATE TABLE {name} (id INTEGER PRIMARY KEY AUTOINCREMENT, slice_id TEXT NOT NULL"
+    " REFERENCES slices(slice_id), version INTEGER NOT NULL CHECK (version >= 1),"
+    " source TEXT NOT NULL CHECK (source IN ('clinician', 'model', 'pseudo', 'imported')),"
+    " user TEXT, model_version TEXT, reviewed INTEGER NOT NULL CHECK (reviewed IN (0, 1)), confidence REAL,"
+    " note TEXT, created REAL NOT NULL, shape TEXT NOT NULL, masks BLOB NOT NULL, crc INTEGER NOT NULL,"
+    " UNIQUE (slice_id, version))"
+)
 
 TABLES = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -27,17 +36,22 @@ TABLES = (
     " spacing TEXT NOT NULL, source TEXT, classes TEXT NOT NULL, created REAL NOT NULL)",
     "CREATE TABLE slices (slice_id TEXT PRIMARY KEY, stack TEXT NOT NULL REFERENCES stacks(name),"
     " z INTEGER NOT NULL)",
-    "CREATE TABLE versions (id INTEGER PRIMARY KEY AUTOINCREMENT, slice_id TEXT NOT NULL"
-    " REFERENCES slices(slice_id), version INTEGER NOT NULL CHECK (version >= 1),"
-    " source TEXT NOT NULL CHECK (source IN ('clinician', 'model', 'pseudo')),"
-    " user TEXT, model_version TEXT, reviewed INTEGER NOT NULL CHECK (reviewed IN (0, 1)), confidence REAL,"
-    " note TEXT, created REAL NOT NULL, shape TEXT NOT NULL, masks BLOB NOT NULL, crc INTEGER NOT NULL,"
-    " UNIQUE (slice_id, version))",
+    VERSIONS_TABLE.format(name="versions"),
     "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
 
+
+
+def _allow_imported(conn: sqlite3.Connection) -> None:
+    """1 -> 2: rebuild ``versions`` so its source CHECK also allows ``imported`` (rows kept as they are)."""
+    conn.execute(VERSIONS_TABLE.format(name="versions_v2"))
+    conn.execute("INSERT INTO versions_v2 SELECT * FROM versions")
+    conn.execute("DROP TABLE versions")
+    conn.execute("ALTER TABLE versions_v2 RENAME TO versions")
+
+
 # from version N to N + 1; each runs inside the open transaction of the caller
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _allow_imported}
 
 NOT_A_STORE = 0  # read_version: tables that are not ours
 
