@@ -926,14 +926,16 @@ def _acquire(img: np.ndarray, anatomy: _Anatomy, visit: _Visit, fr: _Frame, nois
 
 
 def render_body_background(
-    seed: int, case: int, n_slices: int, size: tuple[int, int], organs: np.ndarray | None = None
+    seed: int, case: int, n_slices: int, size: tuple[int, int], organs: np.ndarray | None = None,
+    body_width: float | None = None,
 ) -> np.ndarray:
     """Clean T2 intensities (float32 (Z, H, W), about 0..1, no blur, bias or noise) of a phantom body
     without the organs of ``CLASSES``: skin, subcutaneous and visceral fat, muscle, spine, vessels,
     liver, spleen, kidneys, bladder, lung bases and heart, where the hollow organs would be visceral fat.
 
     Slices run as in the UW-Madison scans (slice 1 the most superior, unlike ``make_phantom_case``).
-    The body spans 75-95 % of the image width. ``organs`` (Z, H, W) bool, optional: real organ masks
+    The body spans ``body_width`` of the image width (default: 75-95 %, drawn from the seed).
+    ``organs`` (Z, H, W) bool, optional: real organ masks
     on the same grid; the body is then moved and grown so that they lie inside the abdominal wall,
     and its organ region along z is stretched onto the slices that hold them.
     """
@@ -941,7 +943,7 @@ def render_body_background(
     height, width, n = int(size[0]), int(size[1]), int(n_slices)
     anatomy = _draw_anatomy(seed, case)
     visit = _draw_visit(seed, case, 0)
-    fill = np.random.default_rng([seed, case, 9]).uniform(0.75, 0.95)
+    fill = np.random.default_rng([seed, case, 9]).uniform(0.75, 0.95) if body_width is None else body_width
     anatomy.size = float(fill * width / (float(anatomy.body_a.mean()) * min(height, width)))
     z = Z_EXTENT * (1.0 - np.arange(n) / max(1, n - 1))  # superior first
     organs = None if organs is None else np.asarray(organs, dtype=bool)

@@ -71,14 +71,21 @@ def letterbox_masks(masks: np.ndarray, size: tuple[int, int] | None) -> tuple[np
     return out.reshape(*masks.shape[:2], *size), (nh, nw, top, left)
 
 
-def build_scene(name: str, masks: np.ndarray, size: tuple[int, int] | None, seed: int) -> Scene:
-    """The :class:`Scene` of a case-day's real ``masks`` (C, Z, H, W): letterboxed to ``size`` with a
-    phantom body (case drawn from ``seed`` and the name) fitted around the organs."""
+BODY_WIDTH_MM = (290.0, 370.0)  # left-right width of an adult abdomen, drawn per case-day
+
+
+def build_scene(name: str, masks: np.ndarray, size: tuple[int, int] | None, seed: int,
+                spacing_mm: float = 1.5) -> Scene:
+    """The :class:`Scene` of a case-day's real ``masks`` (C, Z, H, W) with column spacing ``spacing_mm``:
+    letterboxed to ``size`` with a phantom body (case drawn from ``seed`` and the name) of a real width
+    in mm fitted around the organs."""
     grid, (nh, nw, top, left) = letterbox_masks(masks, size)
     n_z = grid.shape[1]
-    case = int(np.random.default_rng([seed, *name.encode()]).integers(1, 2**31 - 1))
+    rng = np.random.default_rng([seed, *name.encode()])
+    case = int(rng.integers(1, 2**31 - 1))
+    width = min(0.97, float(rng.uniform(*BODY_WIDTH_MM)) / (spacing_mm * masks.shape[-1]))
     content = grid[:, :, top : top + nh, left : left + nw].any(axis=0)
-    body = render_body_background(seed, case, n_z, (nh, nw), organs=content)
+    body = render_body_background(seed, case, n_z, (nh, nw), organs=content, body_width=width)
     background = np.zeros((n_z, *grid.shape[-2:]), dtype=np.float16)
     background[:, top : top + nh, left : left + nw] = body
     return Scene(name=name, background=background, masks=grid)
@@ -112,7 +119,7 @@ def render_window(scene: Scene, zs: list[int], rng: np.random.Generator, p_t2: f
 
 def _tissue_curve(rng: np.random.Generator, p_t2: float) -> tuple[np.ndarray, np.ndarray]:
     """Knots of a random lookup curve from the phantom's T2 levels to new intensities in [0, 1]."""
-    x = np.linspace(0.0, 1.2, 13)
+    x = np.linspace(0.0, 1.2, 9)
     if rng.random() < p_t2:  # T2-like: the phantom's own contrast, jittered
         y = np.clip(x + rng.normal(0.0, 0.06, x.size), 0.0, None)
     else:

@@ -48,8 +48,8 @@ class SyntheticDataset(Dataset):
     def scene(self, name: str) -> Scene:
         """The scene of case-day ``name`` (built on first use)."""
         if name not in self._scenes:
-            masks = self.source.load(name).masks
-            self._scenes[name] = build_scene(name, masks, self.size, self.seed)
+            day = self.source.load(name)
+            self._scenes[name] = build_scene(name, day.masks, self.size, self.seed, spacing_mm=day.spacing[1])
         return self._scenes[name]
 
     def pick(self, index: int) -> tuple[str, int, np.random.Generator]:
