@@ -166,6 +166,7 @@ def cmd_train(args) -> int:
     main = ddp.is_main()
     try:
         stacks, val, description = _training_data(args, config)
+        config = _few_label_recipe(config, stacks)
         out = Path(args.out)
         stem = out / args.name
         reporter = _TerminalReporter(f"train {Path(args.data or args.real_masks).name}",
@@ -215,6 +216,18 @@ def _training_data(args, config):
     stacks = read_stacks(args.data)
     val = read_stacks(args.val) if args.val else None
     return stacks, val, {"data": str(args.data), "val_data": args.val}
+
+
+def _few_label_recipe(config, stacks):
+    """Fine-tuning (``--init-from``) on labelled stacks follows the few-label recipe for their label count."""
+    from napari_gitseg.io.stack import Stack
+
+    if not config.init_from or not config.few_label_recipe or not isinstance(stacks, list):
+        return config
+    from training.finetune import finetune_config
+
+    n = sum(int(s.image.shape[0] if s.labelled is None else s.labelled.sum()) for s in stacks if isinstance(s, Stack))
+    return finetune_config(config, max(1, n))
 
 
 def cmd_bootstrap(args) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from training.config import TrainConfig
 
-__all__ = ["FinetuneRecipe", "RECIPE", "finetune_config"]
+__all__ = ["FinetuneRecipe", "RECIPE", "finetune_config", "round_config"]
 
 
 @dataclass(frozen=True)
@@ -70,3 +70,12 @@ def finetune_config(config: TrainConfig, n_labels: int, recipe: FinetuneRecipe =
         patience=recipe.patience,
         augmentation=dict(recipe.augmentation),
     )
+
+
+def round_config(config: TrainConfig, init_from: str | None, n_labels: int) -> TrainConfig:
+    """The config a round trains with: from scratch without ``init_from``; else fine-tuning from it,
+    with the recipe for ``n_labels`` slices unless ``config.few_label_recipe`` is off."""
+    if init_from is None:
+        return config
+    config = config.replace(init_from=str(init_from))
+    return finetune_config(config, n_labels) if config.few_label_recipe else config
