@@ -48,9 +48,8 @@ def cmd_predict(args) -> int:
 
 def cmd_eval(args) -> int:
     """Compare predicted masks with ground truth and print the challenge's metrics as JSON."""
-    from training.metrics import evaluate_cases
-
     from napari_gitseg.io import GitsegInputError, read_stacks
+    from training.metrics import evaluate_cases
 
     truth = {s.name: s for s in read_stacks(args.truth)}
     preds = {s.name: s for s in read_stacks(args.pred)} if not str(args.pred).endswith(".csv") else None
