@@ -200,3 +200,20 @@ def test_real_case_day_renders_around_its_real_masks():
     organ = scene.masks[:, z].any(axis=0)
     assert img.shape == (3, 96, 96) and organ.any()
     assert not (scene.background[z][organ] < 0.01).any(), "a real organ lies outside the rendered body"
+
+
+def test_mixed_dataset_draws_the_phantom_share_deterministically(mask_folder):
+    from napari_gitseg.phantom import make_phantom_case
+    from training.datasets import SliceDataset
+    from training.synthetic_dataset import MixedDataset
+
+    source = RealMaskFolder(mask_folder)
+    synthetic = SyntheticDataset(source, ["case1_day0"], size=(48, 48), seed=0, length=40)
+    phantom = SliceDataset([make_phantom_case(0, n_slices=6, size=(48, 48))], k=3, stride=2, size=(48, 48), fit="resize")
+    mixed = MixedDataset(synthetic, phantom, share=0.5, seed=1)
+    kinds = [mixed[i]["provenance"] for i in range(40)]
+    assert 8 <= kinds.count("phantom") <= 32 and kinds.count("synthetic") == 40 - kinds.count("phantom")
+    assert [mixed[i]["provenance"] for i in range(40)] == kinds and mixed.on_the_fly and len(mixed) == 40
+    assert all(MixedDataset(synthetic, phantom, share=0.0)[i]["provenance"] == "synthetic" for i in range(5))
+    with pytest.raises(ValueError, match="share"):
+        MixedDataset(synthetic, phantom, share=1.5)

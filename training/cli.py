@@ -215,7 +215,7 @@ def _training_data(args, config):
 
         model = config.model_config()
         return synthetic_datasets(args.real_masks, tuple(config.size), model.k, model.stride, config.seed,
-                                  config.val_fraction, args.val_items)
+                                  config.val_fraction, args.val_items, args.phantom_share)
     stacks = read_stacks(args.data)
     val = read_stacks(args.val) if args.val else None
     return stacks, val, {"data": str(args.data), "val_data": args.val}
@@ -292,6 +292,8 @@ def add_commands(sub) -> None:
                         "(train.csv + slices.csv, e.g. ../shared/data/uwmgi-train-masks) instead of DATA")
     p.add_argument("--val-items", type=int, default=128,
                    help="with --real-masks: rendered validation samples from the held-out patients (default 128)")
+    p.add_argument("--phantom-share", type=float, default=0.0,
+                   help="with --real-masks: share of training items taken from phantom scans (default 0)")
     p.add_argument("--out", required=True, help="output folder for the bundle")
     p.add_argument("--name", default="model", help="bundle name inside OUT (default: model)")
     p.add_argument("--val", help="validation data (default: cases held out of DATA)")

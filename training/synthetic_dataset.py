@@ -85,11 +85,46 @@ class SyntheticDataset(Dataset):
         }
 
 
+class MixedDataset(Dataset):
+    """On-the-fly mixture: item ``i`` is a phantom slice with probability ``share`` (drawn from
+    ``(seed, i)``), else item ``i`` of ``synthetic``; keeps a model trained on real anatomy good on
+    the bundled phantom sample too."""
+
+    on_the_fly = True
+
+    def __init__(self, synthetic: SyntheticDataset, phantom: Dataset, share: float, seed: int = 0):
+        if not 0.0 <= float(share) <= 1.0:
+            raise ValueError(f"the phantom share must be in [0, 1], got {share}")
+        self.synthetic, self.phantom, self.share, self.seed = synthetic, phantom, float(share), int(seed)
+        self.names = list(synthetic.names) + list(getattr(phantom, "names", []))
+
+    def __len__(self) -> int:
+        return len(self.synthetic)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, int(index), 7])
+        if rng.random() < self.share:
+            item = dict(self.phantom[int(rng.integers(len(self.phantom)))])
+            item["provenance"] = "phantom"
+            return item
+        return self.synthetic[index]
+
+
+def phantom_slices(size: tuple[int, int], k: int, stride: int, n_cases: int = 6, seed: int = 7) -> Dataset:
+    """Every slice of ``n_cases`` phantom scans (144 x 266 x 266), letterboxed to ``size``."""
+    from napari_gitseg.phantom import make_phantom_cases
+    from training.datasets import SliceDataset
+
+    stacks = make_phantom_cases(n_cases, seed)
+    return SliceDataset(stacks, k=k, stride=stride, size=tuple(size), fit="resize")
+
+
 def synthetic_datasets(folder, size: tuple[int, int], k: int, stride: int, seed: int = 0,
-                       val_fraction: float = 0.15, val_items: int = 128,
-                       normalization: dict | None = None) -> tuple[SyntheticDataset, SyntheticDataset, dict]:
+                       val_fraction: float = 0.15, val_items: int = 128, phantom_share: float = 0.0,
+                       normalization: dict | None = None) -> tuple[Dataset, SyntheticDataset, dict]:
     """(training, validation, description) datasets rendered around the real masks in ``folder``,
-    split by patient; the description (recorded in the bundle) names the case-days of each side."""
+    split by patient; the description (recorded in the bundle) names the case-days of each side.
+    With ``phantom_share`` > 0 that share of the training items are phantom slices."""
     from training.real_masks import split_patients
 
     source = RealMaskFolder(folder)
@@ -97,6 +132,8 @@ def synthetic_datasets(folder, size: tuple[int, int], k: int, stride: int, seed:
     common = {"k": k, "stride": stride, "size": tuple(size), "normalization": normalization}
     train = SyntheticDataset(source, train_names, seed=seed, on_the_fly=True, **common)
     val = SyntheticDataset(source, val_names, seed=seed + 10_000, length=val_items, on_the_fly=False, **common)
+    if phantom_share > 0:
+        train = MixedDataset(train, phantom_slices(size, k, stride), phantom_share, seed)
     description = {
         "data": f"synthetic images rendered around the real masks of {folder}",
         "generator": "training.synthesis (domain randomisation around real masks, phantom body)",
@@ -105,5 +142,7 @@ def synthetic_datasets(folder, size: tuple[int, int], k: int, stride: int, seed:
         "train_patients": sorted({n.split('_')[0] for n in train_names}),
         "val_patients": sorted({n.split('_')[0] for n in val_names}),
         "val_items": val_items,
+        "phantom_share": phantom_share,
+        "phantom": "gitseg phantom --cases 6 --seed 7 (144 slices, 266 px)" if phantom_share > 0 else None,
     }
     return train, val, description
