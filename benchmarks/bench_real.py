@@ -19,11 +19,13 @@ default: ``resources/models/default.json``):
    a fresh project whose active model is the bundle, and ONE round runs exactly as the Train
    dock's Retrain button runs it (``retrain.round_job`` -> ``training.worker.run_job`` ->
    ``training.bootstrap.run_round_from_store``: frozen validation split of those labels, fine-tuning
-   from the active model, promotion only if better). The project's active model afterwards (the
-   candidate if promoted, else the bundle itself: what the clinician would get) is scored on the
-   held-out patient; every slice is predicted by a model that never saw its patient;
+   from the active model, promotion only if better). Scored on the held-out patient: the project's
+   active model after the round (the candidate if promoted, else the bundle itself: what the
+   clinician would get) and the fine-tuned candidate itself (promoted or not: how good the
+   fine-tuning is). Every slice is predicted by a model that never saw its patient;
 3. the label-efficiency curve: the same round with only n clinician slices (0, 3, 6, 12, spread
-   over the 4 other patients), mean Dice on the held-out patients, as ``label_efficiency.png``.
+   over the 4 other patients; a fold whose other patients hold fewer uses them all), mean Dice on
+   the held-out patients, as ``label_efficiency.png`` (dashed: the candidates).
 
 Metrics (``training.metrics``): "Dice <class>" and "mean Dice" count only the (slice, class) rows
 where the organ is in the truth or in the prediction (a model that finds nothing scores 0, not
@@ -39,6 +41,7 @@ fine-tunes 5 x (1 + len(curve)) rounds per bundle with the ``cpu`` preset, about
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -190,6 +193,36 @@ def make_project(folder: Path, bundle: Path, clinician: Sequence) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def candidates_kept(dest: Path):
+    """While active, a copy of each bundle a round trains goes to ``dest/N/`` (listed in the yielded list).
+
+    The round deletes its work folder, and with it a candidate that was not promoted; the copy lets
+    the benchmark score the fine-tuned model itself as well as what the clinician ends up with.
+    The round itself runs unchanged (the wrapper only copies files after training returns).
+    """
+    import training.bootstrap as bootstrap
+    from napari_gitseg.model.bundle import bundle_paths
+
+    real_train, kept = bootstrap.train, []
+
+    def train_and_keep(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        if result.best_path is not None:
+            folder = dest / str(len(kept))
+            folder.mkdir(parents=True, exist_ok=True)
+            for file in bundle_paths(result.best_path):
+                shutil.copy2(file, folder / file.name)
+            kept.append(folder / Path(result.best_path).name)
+        return result
+
+    bootstrap.train = train_and_keep
+    try:
+        yield kept
+    finally:
+        bootstrap.train = real_train
+
+
 def gui_round(project: Path, preset: str, overrides: dict) -> tuple[Path, dict]:
     """One Retrain round on ``project`` as the Train dock starts it: (active bundle afterwards, summary)."""
     from napari_gitseg.model.registry import ModelRegistry
@@ -203,22 +236,29 @@ def gui_round(project: Path, preset: str, overrides: dict) -> tuple[Path, dict]:
     return registry.path_of(registry.active()), summary
 
 
-def finetuned_cases(bundle: Path, folds, n: int | None, args, work: Path) -> tuple[list, dict]:
-    """Held-out predictions after one GUI round per fold on ``n`` clinician slices (None: all) -> (cases, info)."""
-    cases, rounds = [], []
+def finetuned_cases(bundle: Path, folds, n: int | None, args, work: Path) -> tuple[list, list, dict]:
+    """One GUI round per fold on ``n`` clinician slices (None: all) -> (cases, candidate cases, info).
+
+    ``cases``: the held-out patient predicted by the project's active model after the round;
+    ``candidate cases``: by the model the round fine-tuned, promoted or not.
+    """
+    cases, candidate_cases, rounds = [], [], []
     config = _eval_config(args)
     for i, (patient, train, test) in enumerate(folds):
         clinician = train if n is None else choose_slices(train, n, seed=args.seed + i)
         folder = work / f"{patient}-{'all' if n is None else n}"
         shutil.rmtree(folder, ignore_errors=True)
         t0 = time.perf_counter()
-        active, summary = gui_round(make_project(folder, bundle, clinician), args.preset, _round_overrides(args))
+        with candidates_kept(folder / "candidates") as kept:
+            active, summary = gui_round(make_project(folder / "project", bundle, clinician), args.preset,
+                                        _round_overrides(args))
         rounds.append({"held_out": patient, "clinician": len(clinician), "seconds": time.perf_counter() - t0,
                        **{k: summary[k] for k in ("promoted", "candidate_dice", "baseline_dice", "epochs_run")}})
         cases += predict_cases(active, test, config)
+        candidate_cases += predict_cases(kept[-1], test, config)
         shutil.rmtree(folder, ignore_errors=True)
-    return cases, {"promoted": sum(r["promoted"] for r in rounds), "rounds": len(rounds),
-                   "seconds": sum(r["seconds"] for r in rounds), "folds": rounds}
+    return cases, candidate_cases, {"promoted": sum(r["promoted"] for r in rounds), "rounds": len(rounds),
+                                    "seconds": sum(r["seconds"] for r in rounds), "folds": rounds}
 
 
 def _round_overrides(args) -> dict:
@@ -257,8 +297,8 @@ def side_by_side(old: dict[str, float], new: dict[str, float], prefix: str = "")
     return {f"{prefix}{name}": (old[name], new[name]) for name in old}
 
 
-def plot_curve(curve: dict[str, dict[int, float]], path: Path, labels_note: str = "") -> Path:
-    """PNG of mean Dice on held-out patients against clinician slices, one line per bundle."""
+def plot_curve(curve: dict[str, dict[int, float]], path: Path, dashed: Sequence[str] = ()) -> Path:
+    """PNG of mean Dice on held-out patients against clinician slices, one line per entry (``dashed`` ones dashed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -267,8 +307,9 @@ def plot_curve(curve: dict[str, dict[int, float]], path: Path, labels_note: str 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for name, points in curve.items():
         xs = sorted(points)
-        ax.plot(xs, [points[x] for x in xs], "-o", label=name)
-    ax.set_xlabel(f"clinician-labelled real slices (other patients){labels_note}")
+        ax.plot(xs, [points[x] for x in xs], "--o" if name in dashed else "-o", label=name)
+    ax.set_xticks(sorted({x for points in curve.values() for x in points}))
+    ax.set_xlabel("clinician-labelled real slices (other patients)")
     ax.set_ylabel("mean Dice on the held-out patient")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
@@ -291,16 +332,20 @@ def measure(bundle: Path, slices: list, volume, folds, args, work: Path) -> dict
     out = {"zero-shot real slices": score_cases(predict_cases(bundle, slices, config), classes)}
     if volume is not None:
         out["zero-shot TotalSegmentator MR"] = score_cases(predict_cases(bundle, [volume], config), classes)
-    cases, info = finetuned_cases(bundle, folds, None, args, work)
-    out["fine-tuned, other 4 patients"] = score_cases(cases, classes)
+    cases, candidates, info = finetuned_cases(bundle, folds, None, args, work)
+    out["after a round on the other 4 patients"] = score_cases(cases, classes)
+    out["its fine-tuned candidate"] = score_cases(candidates, classes)
     out["rounds"] = {"all": info}
-    curve = {0: out["zero-shot real slices"]["mean Dice"]}
+    zero = out["zero-shot real slices"]["mean Dice"]
+    curve, candidate_curve = {0: zero}, {0: zero}
     for n in args.curve:
-        cases, info = finetuned_cases(bundle, folds, n, args, work)
+        cases, candidates, info = finetuned_cases(bundle, folds, n, args, work)
         curve[n] = score_cases(cases, classes)["mean Dice"]
+        candidate_curve[n] = score_cases(candidates, classes)["mean Dice"]
         out["rounds"][str(n)] = info
-        _say(f"    {n:2d} clinician slices: mean Dice {curve[n]:.4f} ({info['promoted']}/{info['rounds']} promoted, "
-             f"{info['seconds']:.0f} s)")
+        _say(f"    {n:2d} clinician slices: mean Dice {curve[n]:.4f} after the round, {candidate_curve[n]:.4f} "
+             f"candidate ({info['promoted']}/{info['rounds']} promoted, {info['seconds']:.0f} s)")
+    out["candidate_curve"] = candidate_curve
     out["curve"] = curve
     return out
 
@@ -351,22 +396,36 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"{name}: {bundle}")
         results[name] = measure(bundle, slices, volume, folds, args, out / "work" / name)
     shutil.rmtree(out / "work", ignore_errors=True)
-    sections = [k for k in results["old"] if k not in ("rounds", "curve")]
-    for section in sections:
-        _say("\n" + format_table(side_by_side(results["old"][section], results["new"][section]), section))
-    curve_rows = {f"{n} clinician slices": (results["old"]["curve"][n], results["new"]["curve"][n])
-                  for n in results["old"]["curve"]}
-    _say("\n" + format_table(curve_rows, "label efficiency (mean Dice, held-out patients)"))
-    for name in ("old", "new"):
-        _say(f"{name}: rounds promoted " + ", ".join(f"{k}: {v['promoted']}/{v['rounds']}"
-                                                     for k, v in results[name]["rounds"].items()))
-    png = plot_curve({f"old ({old.name})": results["old"]["curve"], f"new ({new.name})": results["new"]["curve"]},
-                     out / "label_efficiency.png")
+    png = print_report(results, old, new, out)
     report = {"args": vars(args), "old": str(old), "new": str(new), "results": results,
               "minutes": (time.perf_counter() - t0) / 60}
     (out / "bench_real.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     _say(f"\ntotal {report['minutes']:.1f} min; {png}; details in {out / 'bench_real.json'}")
     return 0
+
+
+def print_report(results: dict, old: Path, new: Path, out: Path) -> Path:
+    """Print the old/new tables and the rounds' promotions; draw the label-efficiency PNG (returned)."""
+    sections = [k for k in results["old"] if k not in ("rounds", "curve", "candidate_curve")]
+    for section in sections:
+        _say("\n" + format_table(side_by_side(results["old"][section], results["new"][section]), section))
+    curve_rows = {}
+    for n in results["old"]["curve"]:
+        curve_rows[f"{n} slices, after the round"] = (results["old"]["curve"][n], results["new"]["curve"][n])
+        if n:
+            curve_rows[f"{n} slices, candidate"] = (results["old"]["candidate_curve"][n],
+                                                    results["new"]["candidate_curve"][n])
+    _say("\n" + format_table(curve_rows, "label efficiency (mean Dice, held-out patients)"))
+    for name in ("old", "new"):
+        _say(f"{name}: rounds promoted " + ", ".join(f"{k}: {v['promoted']}/{v['rounds']}"
+                                                     for k, v in results[name]["rounds"].items()))
+    lines, dashed = {}, []
+    for name, bundle in (("old", old), ("new", new)):
+        label = f"{name} ({bundle.parent.name}/{bundle.name})"
+        lines[label] = results[name]["curve"]
+        lines[f"{label}, candidate"] = results[name]["candidate_curve"]
+        dashed.append(f"{label}, candidate")
+    return plot_curve(lines, out / "label_efficiency.png", dashed=dashed)
 
 
 if __name__ == "__main__":

@@ -87,8 +87,9 @@ def test_the_table_pairs_old_and_new_with_their_ratio(bench):
 
 
 def test_the_curve_is_written_as_a_png(bench, tmp_path):
-    path = bench.plot_curve({"old": {0: 0.04, 3: 0.2, 6: 0.3}, "new": {0: 0.5, 3: 0.6, 6: 0.7}},
-                            tmp_path / "curve.png")
+    path = bench.plot_curve({"old": {0: 0.04, 3: 0.2, 6: 0.3}, "new": {0: 0.5, 3: 0.6, 6: 0.7},
+                             "new, candidate": {0: 0.5, 3: 0.65, 6: 0.72}}, tmp_path / "curve.png",
+                            dashed=["new, candidate"])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
