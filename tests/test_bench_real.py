@@ -111,3 +111,10 @@ def test_totalsegmentator_labels_map_to_the_three_organs_in_the_uw_orientation(b
     assert large.sum() == 1 and small.sum() == 2 and stomach.sum() == 1
     # UW display (z, row, column): row 0 anterior, column 0 the patient's right (radiological), z inferior first
     assert large[0, 4, 5] and small[0, 4, 4] and small[0, 4, 3] and stomach[2, 0, 0]
+
+
+def test_without_the_shared_data_the_benchmark_skips_cleanly(bench, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "REAL_SLICES", tmp_path / "absent")
+    assert bench.main(["--quick", "--out", str(tmp_path / "out")]) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
