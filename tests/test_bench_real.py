@@ -1,0 +1,120 @@
+"""The pure helpers of benchmarks/bench_real.py on tiny synthetic data (the benchmark itself needs ../shared)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_gitseg.io.stack import Stack
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("large_bowel", "small_bowel", "stomach")
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("bench_real", None)
+    import bench_real
+
+    return bench_real
+
+
+def _slice(case: int, day: int, number: int) -> Stack:
+    masks = np.zeros((3, 1, 8, 8), bool)
+    masks[case % 3, 0, 2:5, 2:5] = True
+    return Stack(image=np.full((1, 8, 8), number, np.uint16), spacing=(3.0, 1.5, 1.5),
+                 slice_ids=[f"case{case}_day{day}_slice_{number:04d}"], source="x", kind="uwmgi", masks=masks)
+
+
+def test_each_real_slice_gets_a_stack_name_of_its_own_and_keeps_its_patient(bench):
+    a, b = bench.unique_name(_slice(101, 20, 78)), bench.unique_name(_slice(101, 20, 110))
+    assert a.name == "case101_day20_z0078" != b.name == "case101_day20_z0110"
+    assert bench.patient_of(a) == bench.patient_of(b) == "case101"
+    assert a.meta["original_slice_id"] == "case101_day20_slice_0078"
+    assert np.array_equal(a.masks, _slice(101, 20, 78).masks)
+    with pytest.raises(ValueError, match="single slice"):
+        bench.unique_name(Stack(image=np.zeros((2, 4, 4)), spacing=(1, 1, 1), slice_ids=["a", "b"], source="s",
+                                kind="tiff"))
+
+
+def test_folds_leave_each_patient_out_once_and_choices_spread_over_patients(bench):
+    stacks = [bench.unique_name(_slice(c, d, n)) for c, d, n in
+              [(11, 1, 5), (11, 1, 9), (11, 2, 3), (7, 0, 1), (7, 0, 2), (125, 4, 60)]]
+    folds = bench.patient_folds(stacks)
+    assert [p for p, _train, _test in folds] == ["case7", "case11", "case125"]
+    for patient, train, test in folds:
+        assert {bench.patient_of(s) for s in test} == {patient}
+        assert patient not in {bench.patient_of(s) for s in train}
+        assert len(train) + len(test) == len(stacks)
+    chosen = bench.choose_slices(stacks, 3, seed=0)
+    assert sorted(bench.patient_of(s) for s in chosen) == ["case11", "case125", "case7"]
+    assert [s.name for s in bench.choose_slices(stacks, 4, seed=3)] == [
+        s.name for s in bench.choose_slices(stacks, 4, seed=3)]  # deterministic per seed
+    assert len(bench.choose_slices(stacks, 50)) == len(stacks)  # at most all
+
+
+def test_scores_count_organ_rows_and_the_challenge_rows(bench):
+    truth = np.zeros((3, 2, 8, 8), bool)
+    truth[0, 0, :4] = True  # large bowel on slice 0 only
+    truth[2, :, 4:] = True  # stomach on both slices
+    perfect = bench.score_cases([(truth, truth, np.ones(2, bool))], CLASSES)
+    assert perfect["mean Dice"] == pytest.approx(1.0) and perfect["challenge score"] == pytest.approx(1.0)
+    nothing = bench.score_cases([(np.zeros_like(truth), truth, np.ones(2, bool))], CLASSES)
+    assert nothing["mean Dice"] == 0.0 and nothing["Dice stomach"] == 0.0
+    # small bowel is empty everywhere: no organ row; the challenge counts its 2 empty rows (and 1 of large bowel) as 1
+    assert np.isnan(nothing["Dice small_bowel"])
+    assert nothing["challenge Dice"] == pytest.approx(3 / 6)
+    assert list(nothing) == ["Dice large_bowel", "Dice small_bowel", "Dice stomach", "mean Dice",
+                             "challenge Dice", "challenge score"]
+
+
+def test_the_table_pairs_old_and_new_with_their_ratio(bench):
+    old = {"mean Dice": 0.05, "challenge score": 0.4}
+    new = {"mean Dice": 0.55, "challenge score": 0.6}
+    rows = bench.side_by_side(old, new)
+    assert rows == {"mean Dice": (0.05, 0.55), "challenge score": (0.4, 0.6)}
+    table = bench.format_table(rows, "zero-shot real slices").splitlines()
+    assert table[0].split() == ["zero-shot", "real", "slices", "old", "new", "new/old"]
+    assert table[2].split() == ["mean", "Dice", "0.0500", "0.5500", "11.00"]
+    assert table[3].split()[-1] == "1.50"
+    assert bench.ratio(0.0, 0.3) == float("inf") and np.isnan(bench.ratio(0.0, 0.0))
+    with pytest.raises(ValueError, match="differ"):
+        bench.side_by_side(old, {"mean Dice": 0.1})
+
+
+def test_the_curve_is_written_as_a_png(bench, tmp_path):
+    path = bench.plot_curve({"old": {0: 0.04, 3: 0.2, 6: 0.3}, "new": {0: 0.5, 3: 0.6, 6: 0.7},
+                             "new, candidate": {0: 0.5, 3: 0.65, 6: 0.72}}, tmp_path / "curve.png",
+                            dashed=["new, candidate"])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_totalsegmentator_labels_map_to_the_three_organs_in_the_uw_orientation(bench, tmp_path):
+    import nibabel as nib
+
+    image = np.zeros((6, 5, 3), np.int16)  # x, y, z; identity affine: RAS+ (x to the right, y anterior, z superior)
+    labels = np.zeros((6, 5, 3), np.uint8)
+    labels[0, 0, 0] = 15  # colon at the patient's left, posterior, inferior corner
+    labels[1, 0, 0], labels[2, 0, 0] = 13, 14  # small bowel and duodenum beside it
+    labels[5, 4, 2] = 6  # stomach at right, anterior, superior
+    labels[3, 3, 1] = 2  # another organ (kidney): no class
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "mr.nii.gz")
+    nib.save(nib.Nifti1Image(labels, affine), tmp_path / "seg.nii.gz")
+    stack = bench.read_totalseg_mr(tmp_path / "mr.nii.gz", tmp_path / "seg.nii.gz")
+    assert stack.shape == (3, 5, 6) and tuple(stack.classes) == CLASSES
+    large, small, stomach = stack.masks
+    assert large.sum() == 1 and small.sum() == 2 and stomach.sum() == 1
+    # UW display (z, row, column): row 0 anterior, column 0 the patient's right (radiological), z inferior first
+    assert large[0, 4, 5] and small[0, 4, 4] and small[0, 4, 3] and stomach[2, 0, 0]
+
+
+def test_without_the_shared_data_the_benchmark_skips_cleanly(bench, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "REAL_SLICES", tmp_path / "absent")
+    assert bench.main(["--quick", "--out", str(tmp_path / "out")]) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
