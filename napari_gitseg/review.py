@@ -1,9 +1,10 @@
 """The review workflow without Qt: edits, accept, revert, the uncertainty queue, predictions.
 
-``ReviewSession`` keeps the per-class masks of one stack in memory, mirrors every change
-to the ``LabelStore`` at once (every save is a new version) and enforces the rule that a
-prediction never replaces a slice a clinician edited or reviewed. The napari widget only
-forwards events here.
+``ReviewSession`` keeps the per-class masks of one stack in memory, with the store version
+each slice shows (``versions``), and mirrors every change to the ``LabelStore`` at once (every
+save is a new version). The rule that a prediction never replaces a slice a clinician edited
+or reviewed lives in the store's write transaction only. Changes saved by other windows or by
+the background trainer come in through ``sync``. The napari widget only forwards events here.
 """
 
 from __future__ import annotations
@@ -27,15 +28,33 @@ class ReviewSession:
             tuple(stack.classes),
         )
         self.masks = np.zeros((len(stack.classes), *stack.shape), dtype=bool)
+        self.versions = np.zeros(len(stack.slice_ids), dtype=np.int64)  # store version in ``masks``; 0 = none
         self.reload()
 
     # ---- state -----------------------------------------------------------------------------
     def reload(self) -> None:
         """Load the latest saved version of every slice (session restore)."""
-        records = self.store.latest_many(list(self.stack.slice_ids))
-        for sid, rec in records.items():
+        self._load(list(self.stack.slice_ids))
+
+    def _load(self, slice_ids: list[str]) -> list[int]:
+        """Read the latest versions of ``slice_ids`` into memory; returns their z."""
+        updated = []
+        for sid, rec in self.store.latest_many(slice_ids).items():
             if rec is not None:
-                self.masks[:, self.index[sid]] = rec.masks
+                z = self.index[sid]
+                self.masks[:, z] = rec.masks
+                self.versions[z] = rec.version
+                updated.append(z)
+        return sorted(updated)
+
+    def sync(self) -> list[int]:
+        """Take in versions saved by others (another window, the trainer's pseudo-labels); returns their z.
+
+        One cheap query of version numbers; only slices whose latest version changed are read.
+        """
+        latest = self.store.latest_versions(self.name)
+        changed = [sid for sid, v in latest.items() if sid in self.index and v != self.versions[self.index[sid]]]
+        return self._load(changed) if changed else []
 
     def labels(self) -> np.ndarray:
         """The one-label-per-pixel view of all slices (for the editable napari layer)."""
@@ -44,11 +63,6 @@ class ReviewSession:
     def record(self, z: int):
         """Latest stored record of slice ``z`` (None if never saved)."""
         return self.store.latest(self.stack.slice_ids[z])
-
-    def is_protected(self, z: int) -> bool:
-        """True when slice ``z`` was edited or reviewed by a clinician (predictions skip it)."""
-        rec = self.record(z)
-        return bool(rec is not None and (rec.reviewed or rec.source == "clinician"))
 
     # ---- clinician actions -------------------------------------------------------------------
     def save_edit(self, z: int, before: np.ndarray, after: np.ndarray, user: str | None = None) -> int | None:
@@ -61,27 +75,38 @@ class ReviewSession:
         if np.array_equal(before, after) and np.array_equal(masks_to_labels(self.masks[:, z]), after):
             return None
         merged = merge_label_edit(self.masks[:, z], before, after)
-        last = self.record(z)  # an edit keeps an accepted slice accepted
         version = self.store.save(self.stack.slice_ids[z], merged, source="clinician", user=user,
-                                  reviewed=bool(last is not None and last.reviewed))
+                                  reviewed=None)  # an edit keeps an accepted slice accepted
         self.masks[:, z] = merged
+        self.versions[z] = version
         return version
 
     def accept(self, z: int, before: np.ndarray | None = None, after: np.ndarray | None = None,
                user: str | None = None) -> int:
-        """Save any pending edit of slice ``z`` and mark it reviewed; returns the new version."""
-        if before is not None and after is not None:
-            self.save_edit(z, before, after, user=user)
-        sid = self.stack.slice_ids[z]
-        if self.store.latest(sid) is None:  # accepting an empty slice is a real statement
-            self.store.save(sid, self.masks[:, z], source="clinician", user=user)
-        return self.store.set_reviewed(sid, True, user=user)
+        """Store exactly what the screen shows of slice ``z`` as its reviewed version; returns that version.
+
+        ``before`` / ``after``: the slice's labels as last saved and as on screen now (None: the
+        screen shows this session's masks). When the store holds the version the screen was made
+        from, unchanged, it is marked reviewed; anything saved meanwhile by another window or the
+        trainer is never flagged reviewed in the clinician's name (``LabelStore.accept``).
+        Accepting an empty slice is a real statement: it is saved too.
+        """
+        current = self.masks[:, z]
+        if after is None:
+            merged = current.copy()
+        else:
+            merged = merge_label_edit(current, after if before is None else before, after)
+        version = self.store.accept(self.stack.slice_ids[z], merged, int(self.versions[z]) or None, user=user)
+        self.masks[:, z] = merged
+        self.versions[z] = version
+        return version
 
     def revert(self, z: int, version: int, user: str | None = None) -> int:
         """Make an older version of slice ``z`` the latest again (history is kept)."""
         sid = self.stack.slice_ids[z]
         new_version = self.store.revert(sid, version, user=user)
         self.masks[:, z] = self.store.latest(sid).masks
+        self.versions[z] = new_version
         return new_version
 
     def history(self, z: int) -> list:
@@ -91,20 +116,23 @@ class ReviewSession:
     # ---- model output ------------------------------------------------------------------------
     def apply_prediction(self, masks: np.ndarray, confidence: np.ndarray | None, model_version: str | None,
                          source: str = "model") -> list[int]:
-        """Store a prediction for every slice a clinician has not touched; returns the slices updated."""
-        items = []
-        for z, sid in enumerate(self.stack.slice_ids):
-            if self.is_protected(z):
-                continue
-            conf = None if confidence is None else float(confidence[z])
-            items.append({"slice_id": sid, "masks": masks[:, z], "source": source,
-                          "model_version": model_version, "confidence": conf})
-        saved = self.store.save_many(items)
+        """Store a prediction for every slice a clinician has not touched; returns the slices updated.
+
+        The store decides, in its write transaction, which slices are protected.
+        """
+        items = [{"slice_id": sid, "masks": masks[:, z], "source": source, "model_version": model_version,
+                  "confidence": None if confidence is None else float(confidence[z])}
+                 for z, sid in enumerate(self.stack.slice_ids)]
+        return self._store_many(items)
+
+    def _store_many(self, items: list[dict]) -> list[int]:
+        """``save_many`` and mirror what was stored in memory; returns the z of the slices saved."""
         updated = []
-        for item, version in zip(items, saved):
+        for item, version in zip(items, self.store.save_many(items)):
             if version is not None:
                 z = self.index[item["slice_id"]]
                 self.masks[:, z] = item["masks"]
+                self.versions[z] = version
                 updated.append(z)
         return updated
 
