@@ -9,10 +9,23 @@ the background trainer come in through ``sync``. The napari widget only forwards
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from napari_gitseg.classes import masks_to_labels, merge_label_edit
 from napari_gitseg.io.stack import Stack
+
+
+@dataclass
+class FillResult:
+    """What one Fill between did: the organ, the two corrected slices, the slices filled, how to undo it."""
+
+    organ: str
+    z0: int
+    z1: int
+    filled: list[int] = field(default_factory=list)
+    undo: list[tuple[str, int, int]] = field(default_factory=list)  # (slice id, version before, version written)
 
 
 class ReviewSession:
@@ -135,6 +148,64 @@ class ReviewSession:
                 self.versions[z] = version
                 updated.append(z)
         return updated
+
+    # ---- faster correction -----------------------------------------------------------------------
+    def corrected_partner(self, z: int) -> int | None:
+        """The clinician-labelled slice to fill towards from ``z``: the nearest below, else the nearest above."""
+        labelled = {self.index[sid] for sid in self.store.clinician_slices(self.name) if sid in self.index}
+        below = [k for k in labelled if k < z]
+        above = [k for k in labelled if k > z]
+        return max(below) if below else (min(above) if above else None)
+
+    def fill_between(self, z: int, organ: str, method: str = "auto", partner: int | None = None) -> FillResult:
+        """Interpolate ``organ`` on the slices between slice ``z`` and ``partner`` (both clinician-labelled).
+
+        ``partner`` defaults to ``corrected_partner(z)``. Only that organ changes, only on the slices
+        strictly between; each is saved with provenance ``"interpolated"`` (not a clinician label
+        until accepted). Clinician-labelled slices between are left alone (the store refuses them).
+        """
+        from napari_gitseg.interpolate import fill_between
+
+        classes = tuple(self.stack.classes)
+        if organ not in classes:
+            raise ValueError(f"unknown organ {organ!r}; expected one of {classes}")
+        labelled = set(self.store.clinician_slices(self.name))
+        if self.stack.slice_ids[z] not in labelled:
+            raise ValueError(f"slice {z} is not corrected yet: correct or accept it first, then fill between")
+        partner = self.corrected_partner(z) if partner is None else int(partner)
+        if partner is None or self.stack.slice_ids[partner] not in labelled:
+            raise ValueError("fill between needs a second corrected slice of this stack; correct or accept one")
+        z0, z1 = sorted((int(z), partner))
+        c = classes.index(organ)
+        organ_masks = fill_between(self.masks[c, z0], self.masks[c, z1], z1 - z0 - 1, method=method)
+        items, before = [], {}
+        for k, zb in enumerate(range(z0 + 1, z1)):
+            masks = self.masks[:, zb].copy()
+            masks[c] = organ_masks[k]
+            sid = self.stack.slice_ids[zb]
+            before[sid] = int(self.versions[zb])
+            items.append({"slice_id": sid, "masks": masks, "source": "interpolated",
+                          "note": f"{organ} filled between z{z0} and z{z1}"})
+        filled = self._store_many(items)
+        undo = [(self.stack.slice_ids[zb], before[self.stack.slice_ids[zb]], int(self.versions[zb]))
+                for zb in filled if before[self.stack.slice_ids[zb]] > 0]
+        return FillResult(organ, z0, z1, filled, undo)
+
+    def undo_fill(self, fill: FillResult) -> list[int]:
+        """Put back the versions a fill replaced, on slices nobody changed since; returns their z."""
+        done = self.store.restore_many(fill.undo, note="undo fill")
+        restored = [sid for (sid, _old, _new), v in zip(fill.undo, done) if v is not None]
+        return self._load(restored) if restored else []
+
+    def store_refined(self, labels_by_z: dict[int, np.ndarray], centre: int) -> list[int]:
+        """Save neighbour slices refined from the strokes on ``centre`` (as model output; protected ones skipped)."""
+        from napari_gitseg.classes import labels_to_masks
+
+        classes = tuple(self.stack.classes)
+        items = [{"slice_id": self.stack.slice_ids[z], "masks": labels_to_masks(labels, classes), "source": "model",
+                  "model_version": "refine", "note": f"refined from the strokes on z{centre}"}
+                 for z, labels in labels_by_z.items()]
+        return self._store_many(items)
 
     # ---- navigation --------------------------------------------------------------------------
     def queue(self) -> list[int]:
