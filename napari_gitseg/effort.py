@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CSV_COLUMNS", "EffortLog", "SliceEffort", "effort_csv_path", "summarize", "summary_text",
+__all__ = ["CSV_COLUMNS", "EffortLog", "SliceEffort", "effort_csv_path", "export_effort", "summarize", "summary_text",
            "write_effort_csv"]
 
 CSV_COLUMNS = ("session", "user", "stack", "z", "slice_id", "seconds", "strokes", "painted_px", "accepted_unedited")
@@ -64,8 +64,9 @@ class EffortLog:
             self.slice(self._current).seconds += now - self._since
         self._current, self._since = (None if z is None else int(z)), now
 
-    def stroke(self, z: int, before: np.ndarray, after: np.ndarray) -> int:
-        """Book one brush stroke on slice ``z`` (its labels before / after it); returns the pixels it changed."""
+    def stroke(self, z: int, before: np.ndarray, after: np.ndarray, count: int = 1) -> int:
+        """Book a brush stroke (``count`` of them) on slice ``z``: its labels before / after; returns the
+        pixels changed (no change, no stroke)."""
         changed = np.asarray(before) != np.asarray(after)
         n = int(changed.sum())
         if n == 0:
@@ -75,7 +76,7 @@ class EffortLog:
             rec.painted = np.zeros(changed.shape, dtype=bool)
             rec.origin = np.array(before, copy=True)
         rec.painted |= changed
-        rec.strokes += 1
+        rec.strokes += max(1, int(count))
         return n
 
     def assisted(self, z: int) -> None:
@@ -138,3 +139,15 @@ def write_effort_csv(rows: Iterable[dict], path: str | Path) -> Path:
             writer.writerow({**row, "accepted_unedited": int(bool(row.get("accepted_unedited")))})
     tmp.replace(path)
     return path
+
+
+def export_effort(project: str | Path, masks_path: str | Path, stack: str | None = None) -> Path:
+    """Write the store's effort rows (of ``stack``) as CSV beside exported masks; returns the CSV's path."""
+    from napari_gitseg.store import LabelStore
+
+    store = LabelStore.open(project, readonly=True)
+    try:
+        rows = store.effort(stack)
+    finally:
+        store.close()
+    return write_effort_csv(rows, effort_csv_path(masks_path))

@@ -73,6 +73,10 @@ class ReviewSession:
         """The one-label-per-pixel view of all slices (for the editable napari layer)."""
         return masks_to_labels(self.masks, tuple(self.stack.classes))
 
+    def labels_of(self, z: int) -> np.ndarray:
+        """The one-label-per-pixel view of slice ``z``."""
+        return masks_to_labels(self.masks[:, z], tuple(self.stack.classes))
+
     def record(self, z: int):
         """Latest stored record of slice ``z`` (None if never saved)."""
         return self.store.latest(self.stack.slice_ids[z])

@@ -1,12 +1,16 @@
-"""Review dock: the uncertainty queue, Accept / Revert, autosave of every correction.
+"""Review dock: the uncertainty queue, Accept / Revert, autosave of every correction, Fill between,
+Refine, keyboard shortcuts and the effort log.
 
 All store I/O runs on one background thread (``_StoreThread``), in submission order, so the
-GUI never waits on disk and a correction is saved before the next one is taken. The
-workflow itself is ``napari_gitseg.review.ReviewSession`` (tested without Qt).
+GUI never waits on disk and a correction is saved before the next one is taken; the model for
+Refine runs on a second one. The workflow itself is ``napari_gitseg.review.ReviewSession``,
+``interpolate``, ``refine`` and ``effort`` (tested without Qt); versions saved by other windows
+or the background trainer are polled (``ReviewSession.sync``) and shown on slices not being edited.
 """
 
 from __future__ import annotations
 
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +20,8 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 from napari.layers import Labels
 from superqt.utils import ensure_main_thread
 
-from napari_gitseg.classes import CLASSES
+from napari_gitseg.classes import CLASSES, LABEL_VALUES
+from napari_gitseg.effort import EffortLog, summary_text
 from napari_gitseg.layers import labels_layer_data, stack_from_layer
 from napari_gitseg.project import default_project_folder
 
@@ -32,6 +37,9 @@ from ._common import (
     when_alive,
 )
 from ._hub import hub_for
+from ._review_keys import bind_review_keys, shortcut_text, tooltip
+
+SYNC_INTERVAL_MS = 2000  # how often the dock looks for versions saved by others (one cheap query)
 
 
 class _StoreThread:
@@ -53,6 +61,22 @@ class _StoreThread:
             self._pool = None
 
 
+def close_on_destroy(widget) -> None:
+    """Run ``widget.close_review()`` when its Qt widget is destroyed (dock closed, napari quit).
+
+    The slot holds the dock weakly: a strong reference from its own Qt widget would make a
+    cycle that Python's collector may clear before Qt emits ``destroyed``.
+    """
+    ref = weakref.ref(widget)
+
+    def closed(*_args) -> None:
+        dock = ref()
+        if dock is not None:
+            dock.close_review()
+
+    widget.native.destroyed.connect(closed)
+
+
 class ReviewWidget(Container):
     """Review and correct organ masks slice by slice; every change is a saved version."""
 
@@ -67,6 +91,18 @@ class ReviewWidget(Container):
         self._io = _StoreThread()
         self._project_override: str | None = None
         self.predictions_shown = 0  #: model predictions stored and drawn on the review layer so far
+        self.syncs_shown = 0  #: versions saved by others (trainer, other windows) drawn so far
+        self.effort = EffortLog()  #: this session's effort (time, strokes, painted pixels per slice)
+        self.interpolation = "auto"  #: Fill between method (napari_gitseg.interpolate.METHODS)
+        self._compute = _StoreThread()  # the model for Refine runs here, never on the store thread
+        self._predictor = None
+        self._model_path: str | None = None
+        self._fills: list = []  # FillResults, newest last (Undo fill)
+        self._seen: np.ndarray | None = None  # current slice's labels after the last stroke we booked
+        self._stale: set[int] = set()  # slices whose newer stored version waits until the clinician leaves them
+        self._applying = False  # True while the dock itself writes into the layer (not a stroke)
+        self._strokes_pending = 0  # paint events not yet booked in the effort log
+        self._timer = None
 
         self._image = ComboBox(label="Image", choices=lambda _w: image_layer_names(viewer))
         self._folder = FileEdit(label="Project folder", mode="d", value="")
@@ -74,17 +110,32 @@ class ReviewWidget(Container):
         self._status = status_label(value="No review open.")
         self._unsaved = status_label(value="")
         self._prev = PushButton(text="◀ Previous")
-        self._next = PushButton(text="Next least confident ▶")
-        self._accept = PushButton(text="Accept slice ✓")
+        self._next = PushButton(text=f"Next least confident ▶ ({shortcut_text('next')})")
+        self._accept = PushButton(text=f"Accept slice ✓ ({shortcut_text('accept')})")
         self._versions = ComboBox(label="Version", choices=[])
-        self._revert = PushButton(text="Revert to version")
+        self._revert = PushButton(text=f"Revert to version ({shortcut_text('revert')})")
+        self._organ = ComboBox(label="Organ", choices=[(f"{c.replace('_', ' ')} ({i + 1})", c)
+                                                       for i, c in enumerate(CLASSES)], value="stomach")
+        self._fill = PushButton(text=f"Fill between ({shortcut_text('fill')})")
+        self._undo_fill = PushButton(text=f"Undo fill ({shortcut_text('undo_fill')})")
+        self._refine = PushButton(text=f"Refine with model ({shortcut_text('refine')})")
+        self._refine_neighbours = CheckBox(text="refine neighbours too", value=False)
+        self._effort_status = status_label(value="")
         self._visible = {c: CheckBox(text=c.replace("_", " "), value=True) for c in CLASSES}
         vis = Container(widgets=list(self._visible.values()), layout="horizontal", labels=False)
         self._export_path = FileEdit(label="Export to", mode="w", filter="*.csv *.tif *.nii.gz", value="")
         self._export = PushButton(text="Export reviewed masks")
         nav = Container(widgets=[self._prev, self._next], layout="horizontal", labels=False)
+        fill = Container(widgets=[self._fill, self._undo_fill], layout="horizontal", labels=False)
+        refine = Container(widgets=[self._refine, self._refine_neighbours], layout="horizontal", labels=False)
         self.extend([self._image, self._folder, self._open, self._status, self._unsaved, nav, self._accept,
-                     self._versions, self._revert, vis, self._export_path, self._export])
+                     self._organ, fill, refine, self._effort_status, self._versions, self._revert, vis,
+                     self._export_path, self._export])
+        for action, button in (("previous", self._prev), ("next", self._next), ("accept", self._accept),
+                               ("revert", self._revert), ("fill", self._fill), ("undo_fill", self._undo_fill),
+                               ("refine", self._refine)):
+            button.tooltip = tooltip(action)
+        self._organ.tooltip = "The organ you paint, fill and refine [1 / 2 / 3]"
         self._set_enabled(False)
         self._history: list[int] = []
 
@@ -93,6 +144,12 @@ class ReviewWidget(Container):
         self._prev.changed.connect(self.previous_slice)
         self._accept.changed.connect(self.accept_slice)
         self._revert.changed.connect(self.revert_slice)
+        self._fill.changed.connect(self.fill_between)
+        self._undo_fill.changed.connect(self.undo_fill)
+        self._refine.changed.connect(self.refine_slice)
+        self._organ.changed.connect(self._organ_chosen)
+        self._hub.model_changed.connect(self._on_model_changed)
+        close_on_destroy(self)  # Qt never calls a magicgui Container's closeEvent
         self._export.changed.connect(lambda: self.export_to(str(self._export_path.value)))
         for box in self._visible.values():
             box.changed.connect(self._apply_visibility)
@@ -118,8 +175,10 @@ class ReviewWidget(Container):
         self._project_override = folder
 
     def flush(self) -> None:
-        """Save a pending edit of the current slice and wait until the store has it."""
+        """Save a pending edit of the current slice and wait until the store has it (and all queued work)."""
         self._save_current(wait=True)
+        if self._session is not None:
+            self._io.submit(lambda: None).result()  # the store thread runs jobs in order
 
     # ---- opening ---------------------------------------------------------------------------------
     def start_review(self) -> None:
@@ -161,8 +220,12 @@ class ReviewWidget(Container):
         data = self._session.labels()
         self._layer = ensure_labels_layer(self._viewer, kwargs["name"], data, kwargs)
         self._layer.events.paint.connect(self._on_paint)
+        self._layer.events.selected_label.connect(self._on_selected_label)
         self._layer.mode = "paint"
+        self._organ_chosen(self._organ.value)
+        bind_review_keys(self._layer, self._key_actions())
         self._viewer.layers.selection.active = self._layer
+        self._start_sync_timer()
         self._set_enabled(True)
         self._apply_visibility()
         self._z = None
@@ -183,7 +246,12 @@ class ReviewWidget(Container):
             return
         self._save_current()
         self._z = z
+        self.effort.enter(z)
+        if z in self._stale:  # a version saved by others while the clinician was on this slice
+            self._stale.discard(z)
+            self._show_slice(z)
         self._snapshot = np.array(self._layer.data[z], copy=True)
+        self._seen = self._snapshot.copy()
         self._unsaved.value = ""
         self._refresh_versions()
 
@@ -191,7 +259,19 @@ class ReviewWidget(Container):
         # napari emits `paint` while it records the undo step, before the new values land
         from qtpy.QtCore import QTimer
 
-        QTimer.singleShot(0, self._update_unsaved)
+        if self._applying:
+            return
+        self._strokes_pending += 1
+        QTimer.singleShot(0, self._after_stroke)
+
+    def _after_stroke(self) -> None:
+        """Book the strokes just painted in the effort log and show the unsaved state."""
+        if self._layer is not None and self._z is not None and self._seen is not None and self._strokes_pending:
+            now = np.array(self._layer.data[self._z], copy=True)
+            self.effort.stroke(self._z, self._seen, now, count=self._strokes_pending)
+            self._seen = now
+        self._strokes_pending = 0
+        self._update_unsaved()
 
     def _update_unsaved(self) -> None:
         if self._snapshot is not None and self._z is not None and self._layer is not None:
@@ -238,7 +318,10 @@ class ReviewWidget(Container):
         """Save the current slice as reviewed and jump to the next least-confident slice."""
         if self._session is None:
             return
+        if self._z is not None:
+            self.effort.accept(self._z)
         self._save_current(accept=True)
+        self._save_effort()
         nxt = self._io.submit(self._session.next_in_queue, self._z)
         nxt.add_done_callback(self._goto_future)
 
@@ -301,6 +384,197 @@ class ReviewWidget(Container):
             self._layer.refresh()
         if z == self._z:
             self._snapshot = labels.copy()
+            self._seen = labels.copy()
+
+    # ---- faster correction: fill between, refine ------------------------------------------------------
+    def _key_actions(self) -> dict:
+        actions = {"accept": self.accept_slice, "next": self.next_slice, "previous": self.previous_slice,
+                   "revert": self.revert_slice, "fill": self.fill_between, "undo_fill": self.undo_fill,
+                   "refine": self.refine_slice}
+        for i, organ in enumerate(CLASSES):
+            actions[f"organ_{i + 1}"] = lambda organ=organ: self.select_organ(organ)
+        return actions
+
+    def select_organ(self, organ: str) -> None:
+        """Paint, fill and refine ``organ`` from now on (keys 1 / 2 / 3)."""
+        self._organ.value = organ
+        if self._layer is not None:
+            self._layer.mode = "paint"
+
+    def _organ_chosen(self, organ) -> None:
+        if self._layer is not None and organ in LABEL_VALUES and self._layer.selected_label != LABEL_VALUES[organ]:
+            self._layer.selected_label = LABEL_VALUES[organ]
+
+    def _on_selected_label(self, _event=None) -> None:
+        value = int(self._layer.selected_label) if self._layer is not None else 0
+        if 1 <= value <= len(CLASSES) and self._organ.value != CLASSES[value - 1]:
+            self._organ.value = CLASSES[value - 1]
+
+    def fill_between(self) -> Future | None:
+        """Interpolate the selected organ between this slice and the nearest other corrected slice."""
+        if self._session is None or self._z is None:
+            return None
+        self._save_current(wait=True)  # this slice's correction is one of the two ends
+        organ, z = self._organ.value, self._z
+        self._unsaved.value = "Filling between slices…"
+        fut = self._io.submit(self._session.fill_between, z, organ, self.interpolation)
+        fut.add_done_callback(self._filled)
+        return fut
+
+    @ensure_main_thread
+    @when_alive
+    def _filled(self, fut: Future) -> None:
+        if fut.exception() is not None:
+            show_error(f"Review: fill between: {fut.exception()}")
+            self._unsaved.value = ""
+            return
+        result = fut.result()
+        self._fills.append(result)
+        self._show_changed(result.filled)
+        for z in result.filled:
+            self.effort.assisted(z)
+        name = result.organ.replace("_", " ")
+        self._unsaved.value = (f"✓ {name} filled on {len(result.filled)} slice(s) between {result.z0} and "
+                               f"{result.z1}: review them (not training labels until accepted)")
+        self._refresh_status()
+
+    def undo_fill(self) -> Future | None:
+        """Put back what the last Fill between replaced (on slices not changed since)."""
+        if self._session is None or not self._fills:
+            show_info("Review: no fill to undo.")
+            return None
+        fut = self._io.submit(self._session.undo_fill, self._fills.pop())
+        fut.add_done_callback(self._fill_undone)
+        return fut
+
+    @ensure_main_thread
+    @when_alive
+    def _fill_undone(self, fut: Future) -> None:
+        if fut.exception() is not None:
+            show_error(f"Review: undo fill failed: {fut.exception()}")
+            return
+        self._show_changed(fut.result())
+        self._unsaved.value = f"✓ fill undone on {len(fut.result())} slice(s)"
+        self._refresh_status()
+
+    def _show_changed(self, slices: list[int]) -> None:
+        """Draw stored changes of ``slices``; the slice on screen waits while it has unsaved edits."""
+        for z in slices:
+            self._show_slice(z, refresh=False)
+        if slices and self._layer is not None:
+            self._layer.refresh()
+
+    def _on_model_changed(self, path) -> None:
+        self._model_path = None if path is None else str(path)
+        self._predictor = None
+
+    def _load_predictor(self):
+        """The model for Refine (the active model of the Segment / Train docks, else the bundled default)."""
+        from napari_gitseg.predict import Predictor
+        from napari_gitseg.resources import default_model_path
+
+        if self._predictor is None:
+            path = self._model_path or default_model_path()
+            if path is None:
+                raise FileNotFoundError("no model to refine with: choose one in the Segment dock")
+            self._predictor = Predictor([path], first_batch_size=8)
+        return self._predictor
+
+    def refine_slice(self) -> Future | None:
+        """Re-run the model on this slice (optionally its neighbours) with the clinician's strokes fixed."""
+        if self._session is None or self._z is None:
+            return None
+        rec = self.effort.slices.get(self._z)
+        if rec is None or rec.painted is None:
+            show_info("Review: paint or erase a few strokes first; Refine grows them with the model.")
+            return None
+        from ._common import preload_compute_modules
+
+        preload_compute_modules()  # torch is imported here, on the GUI thread, before the worker uses it
+        z, neighbours = self._z, int(bool(self._refine_neighbours.value))
+        current = np.array(self._layer.data[z], copy=True)
+        self._unsaved.value = "Refining with the model…"
+        fut = self._compute.submit(self._refine_job, z, neighbours, rec.origin.copy(), current, rec.painted.copy())
+        fut.add_done_callback(lambda f: self._refined(f, z, current))
+        return fut
+
+    def _refine_job(self, z: int, neighbours: int, origin, current, painted):
+        from napari_gitseg.refine import refine_labels, refine_neighbour, slice_probabilities
+
+        probs, zs = slice_probabilities(self._load_predictor(), self._session.stack.image, z, neighbours)
+        classes = tuple(self._session.stack.classes)
+        centre = refine_labels(probs[:, zs.index(z)], origin, current, painted, classes)
+        others = {zn: refine_neighbour(probs[:, i], self._session.labels_of(zn), origin, current, painted, classes)
+                  for i, zn in enumerate(zs) if zn != z}
+        return centre, others
+
+    @ensure_main_thread
+    @when_alive
+    def _refined(self, fut: Future, z: int, current: np.ndarray) -> None:
+        if fut.exception() is not None:
+            show_error(f"Review: refine failed: {fut.exception()}")
+            self._unsaved.value = ""
+            return
+        centre, others = fut.result()
+        if self._layer is None or z != self._z or not np.array_equal(self._layer.data[z], current):
+            show_info("Review: the slice changed while the model ran; refine again.")
+            return
+        idx = np.nonzero(centre != current)
+        self._applying = True
+        try:  # one undo step: Ctrl+Z takes the refine back
+            self._layer.data_setitem((np.full(idx[0].shape, z), *idx), centre[idx])
+        finally:
+            self._applying = False
+        self._seen = np.array(self._layer.data[z], copy=True)
+        self.effort.assisted(z)
+        self._update_unsaved()
+        if others:
+            saved = self._io.submit(self._session.store_refined, others, z)
+            saved.add_done_callback(self._show_changed_future)
+
+    @ensure_main_thread
+    @when_alive
+    def _show_changed_future(self, fut: Future) -> None:
+        if fut.exception() is None:
+            self._show_changed(fut.result())
+
+    # ---- versions saved by others (the trainer's pseudo-labels, another window) -------------------------
+    def _start_sync_timer(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        if self._timer is None:
+            self._timer = QTimer(self.native)
+            self._timer.setInterval(SYNC_INTERVAL_MS)
+            self._timer.timeout.connect(self.sync_now)
+        self._timer.start()
+
+    def sync_now(self) -> Future | None:
+        """Look for versions saved by others and show them on slices not being edited."""
+        if self._session is None:
+            return None
+        fut = self._io.submit(self._session.sync)
+        fut.add_done_callback(self._synced)
+        return fut
+
+    @ensure_main_thread
+    @when_alive
+    def _synced(self, fut: Future) -> None:
+        if fut.exception() is not None or not fut.result() or self._layer is None:
+            return
+        updated = fut.result()
+        if self._z in updated:  # never under the clinician's eyes: shown when they come back to it
+            self._stale.add(self._z)
+        self._show_changed([z for z in updated if z != self._z])
+        self.syncs_shown += 1
+        self._refresh_status()
+
+    # ---- effort --------------------------------------------------------------------------------------
+    def _save_effort(self) -> None:
+        """Store this session's effort rows and show the summary line."""
+        self._effort_status.value = summary_text(self.effort.summary())
+        if self._session is not None:
+            rows = self.effort.rows(list(self._session.stack.slice_ids))
+            self._io.submit(self._session.store.save_effort, self.effort.session_id, rows)
 
     def export_to(self, path: str) -> Future | None:
         """Export the reviewed masks (format by extension) with a provenance side file."""
@@ -317,7 +591,14 @@ class ReviewWidget(Container):
         self._save_current()
         from napari_gitseg.export import export_store
 
-        fut = self._io.submit(export_store, str(self._folder.value), path, fmt, self._session.name)
+        def export(folder: str, name: str) -> list:
+            from napari_gitseg.effort import export_effort
+
+            written = export_store(folder, path, fmt, name)
+            return [*written, export_effort(folder, path, name)]  # the clinician's effort, beside the masks
+
+        self._save_effort()
+        fut = self._io.submit(export, str(self._folder.value), self._session.name)
         fut.add_done_callback(self._exported)
         return fut
 
@@ -391,7 +672,8 @@ class ReviewWidget(Container):
             set_class_visibility(self._layer, {c: box.value for c, box in self._visible.items()})
 
     def _set_enabled(self, on: bool) -> None:
-        for w in (self._prev, self._next, self._accept, self._revert, self._versions, self._export):
+        for w in (self._prev, self._next, self._accept, self._revert, self._versions, self._export, self._fill,
+                  self._undo_fill, self._refine):
             w.enabled = on
 
     def _on_layer_removed(self, event) -> None:
@@ -407,21 +689,28 @@ class ReviewWidget(Container):
             self._set_enabled(False)
             self._status.value = "Review layer removed; saved work is in the store. Start review to reopen."
 
-    def closeEvent(self, event):  # pragma: no cover - Qt close path
-        self.close_review()
-        super().closeEvent(event)
-
     def close_review(self) -> None:
-        """Save pending work, close the store and detach from the layer (dock close, or before reopening)."""
+        """Save pending work, close the store and detach from the layer.
+
+        Runs when the dock's Qt widget is destroyed (dock closed, napari quit), before reopening,
+        and from the app; a second call does nothing more.
+        """
         session = self._session
+        if self._timer is not None and is_alive(self):
+            self._timer.stop()
         try:
             self._save_current(wait=True)
         finally:
             # later viewer events (closing napari removes layers and changes dims) find no session
+            self.effort.enter(None)
+            if session is not None:
+                rows = self.effort.rows(list(session.stack.slice_ids))
+                self._io.submit(session.store.save_effort, self.effort.session_id, rows)
             self._session, self._layer, self._z, self._snapshot = None, None, None, None
             if session is not None:
                 self._io.submit(session.store.close)
             self._io.close()
+            self._compute.close()
         if is_alive(self):
             self._set_enabled(False)
             self._status.value = "Review closed; saved work is in the store. Start review to reopen."
