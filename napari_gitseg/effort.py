@@ -66,12 +66,14 @@ class EffortLog:
 
     def stroke(self, z: int, before: np.ndarray, after: np.ndarray, count: int = 1) -> int:
         """Book a brush stroke (``count`` of them) on slice ``z``: its labels before / after; returns the
-        pixels changed (no change, no stroke)."""
+        pixels changed. A stroke that changed nothing (painted over the same label, or undone before it
+        was booked) is still effort: it counts, with no painted pixel."""
         changed = np.asarray(before) != np.asarray(after)
         n = int(changed.sum())
-        if n == 0:
-            return 0
         rec = self.slice(z)
+        if n == 0:
+            rec.strokes += max(1, int(count))
+            return 0
         if rec.painted is None:
             rec.painted = np.zeros(changed.shape, dtype=bool)
             rec.origin = np.array(before, copy=True)

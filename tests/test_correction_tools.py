@@ -102,14 +102,14 @@ def test_effort_log_counts_time_strokes_pixels_and_unedited_accepts(tmp_path):
     again = after.copy()
     again[1:3, 1:5] = 2
     assert log.stroke(3, after, again) == 2
-    assert log.stroke(3, again, again) == 0  # nothing changed: no stroke
+    assert log.stroke(3, again, again) == 0  # painted over the same label: a stroke, no pixel
     log.accept(3)
     log.enter(5)  # t=10
     assert log.accept(5) is True
     log.enter(6)  # t=40
     log.enter(None)  # t=46
     rec = log.slices[3]
-    assert (rec.seconds, rec.strokes, rec.painted_px, rec.accepted_unedited) == (10.0, 2, 8, False)
+    assert (rec.seconds, rec.strokes, rec.painted_px, rec.accepted_unedited) == (10.0, 3, 8, False)
     assert np.array_equal(rec.origin, before)
     summary = log.summary()
     assert summary["reviewed"] == 2 and summary["accepted_unedited"] == 1 and summary["median_seconds"] == 20.0
@@ -119,7 +119,7 @@ def test_effort_log_counts_time_strokes_pixels_and_unedited_accepts(tmp_path):
     path = write_effort_csv([dict(r, session="s1", stack="st") for r in rows], effort_csv_path(tmp_path / "m.nii.gz"))
     assert path.name == "m.effort.csv"
     back = list(csv.DictReader(path.open()))
-    assert back[0]["strokes"] == "2" and back[1]["accepted_unedited"] == "1"
+    assert back[0]["strokes"] == "3" and back[1]["accepted_unedited"] == "1"
 
 
 @pytest.fixture

@@ -120,7 +120,7 @@ def test_refine_never_changes_painted_pixels_and_ctrl_z_takes_it_back(make_napar
     widget.close_review()
 
 
-def test_shortcuts_tooltips_and_undo_across_saves(make_napari_viewer, qtbot, case, tmp_path):
+def test_shortcuts_undo_across_saves_and_effort_counters(make_napari_viewer, qtbot, case, tmp_path):
     viewer, widget = open_review(make_napari_viewer, qtbot, case, tmp_path / "proj")
     predict(widget, qtbot, case)
     layer = widget.labels_layer
@@ -142,21 +142,17 @@ def test_shortcuts_tooltips_and_undo_across_saves(make_napari_viewer, qtbot, cas
     assert viewer.dims.current_step[0] == 0
     press(viewer, "1")
     assert layer.selected_label == LABEL_VALUES["large_bowel"]
-    widget.close_review()
 
-
-def test_effort_counters_show_in_the_dock_and_export_beside_the_masks(make_napari_viewer, qtbot, case, tmp_path):
-    viewer, widget = open_review(make_napari_viewer, qtbot, case, tmp_path / "proj")
-    predict(widget, qtbot, case)
-    layer = widget.labels_layer
+    # effort: two strokes on slice 1, accepted; slice 0 accepted unedited
     goto(viewer, 1)
     layer.paint((1, 30, 30), LABEL_VALUES["stomach"])
     layer.paint((1, 50, 50), LABEL_VALUES["stomach"])
     qtbot.waitUntil(lambda: getattr(widget.effort.slices.get(1), "strokes", 0) == 2, timeout=5000)
     widget.accept_slice()
-    qtbot.waitUntil(lambda: viewer.dims.current_step[0] != 1, timeout=10000)
-    widget.accept_slice()  # the next slice, unedited
-    assert widget._effort_status.value.startswith("2 slices reviewed, 1 accepted unedited, median ")
+    assert widget._effort_status.value.startswith("2 slices reviewed, 0 accepted unedited, median ")
+    qtbot.waitUntil(lambda: viewer.dims.current_step[0] not in (1, 4), timeout=10000)
+    widget.accept_slice()  # the next least confident slice, unedited
+    assert widget._effort_status.value.startswith("3 slices reviewed, 1 accepted unedited, median ")
     out = tmp_path / "reviewed.csv"
     widget.export_to(str(out)).result(timeout=20)
     rows = list(csv.DictReader((tmp_path / "reviewed.effort.csv").open()))

@@ -244,6 +244,7 @@ class ReviewWidget(Container):
         z = self._current_z()
         if z == self._z:
             return
+        self._after_stroke()  # strokes on the slice being left are booked to it
         self._save_current()
         self._z = z
         self.effort.enter(z)
@@ -265,7 +266,7 @@ class ReviewWidget(Container):
         QTimer.singleShot(0, self._after_stroke)
 
     def _after_stroke(self) -> None:
-        """Book the strokes just painted in the effort log and show the unsaved state."""
+        """Book the strokes painted since the last call in the effort log and show the unsaved state."""
         if self._layer is not None and self._z is not None and self._seen is not None and self._strokes_pending:
             now = np.array(self._layer.data[self._z], copy=True)
             self.effort.stroke(self._z, self._seen, now, count=self._strokes_pending)
@@ -319,6 +320,7 @@ class ReviewWidget(Container):
         if self._session is None:
             return
         if self._z is not None:
+            self._after_stroke()
             self.effort.accept(self._z)
         self._save_current(accept=True)
         self._save_effort()
@@ -484,6 +486,7 @@ class ReviewWidget(Container):
         """Re-run the model on this slice (optionally its neighbours) with the clinician's strokes fixed."""
         if self._session is None or self._z is None:
             return None
+        self._after_stroke()
         rec = self.effort.slices.get(self._z)
         if rec is None or rec.painted is None:
             show_info("Review: paint or erase a few strokes first; Refine grows them with the model.")
