@@ -12,22 +12,59 @@ from napari_gitseg.io._util import atomic_output
 from napari_gitseg.io.stack import Stack
 from napari_gitseg.store import LabelStore
 
-FORMATS = {"csv": ".csv", "tif": ".tif", "nii": ".nii.gz"}
+FORMATS = {"csv": ".csv", "tif": ".tif", "nii": ".nii.gz", "rtstruct": ".dcm", "seg": ".dcm"}
 
 
 def provenance_path(out: Path) -> Path:
     """``reviewed.csv`` -> ``reviewed.provenance.json``."""
     name = out.name
-    for ext in (".nii.gz", ".csv", ".tif", ".tiff", ".nii"):
+    for ext in (".nii.gz", ".csv", ".tif", ".tiff", ".nii", ".dcm"):
         if name.endswith(ext):
             name = name[: -len(ext)]
             break
     return out.with_name(name + ".provenance.json")
 
 
+def _source_stack(project: Path, info: dict) -> Stack:
+    """The images of a stored stack: re-read from its source, else the project's snapshot."""
+    from napari_gitseg.io import detect_kind, read_stack
+    from napari_gitseg.io.dicom import read_dicom
+    from napari_gitseg.project import load_stack_snapshot, snapshot_path
+
+    source = info["source"] or ""
+    kind = detect_kind(source) if source else None
+    if kind is not None:
+        stack = read_dicom(source) if kind == "dicom" else read_stack(source)
+    elif snapshot_path(project, info["name"]).exists():
+        stack = load_stack_snapshot(snapshot_path(project, info["name"]))
+    else:
+        raise GitsegInputError(source or info["name"], "the images of this stack are gone; DICOM export needs them")
+    if tuple(stack.shape) != tuple(info["shape"]):
+        raise GitsegInputError(source, f"now holds shape {stack.shape}, the store has {tuple(info['shape'])}")
+    return stack
+
+
+def _export_dicom(project: Path, out: Path, fmt: str, results: list, with_images: bool,
+                  smooth_sigma: float) -> tuple[list, list]:
+    from napari_gitseg.dicom_export import write_dicom_labels
+
+    written, targets = [], []
+    for info, _ids, masks, prov in results:
+        path = out if len(results) == 1 else out.parent / f"{info['name']}_{fmt}.dcm"
+        written += write_dicom_labels(path, _source_stack(project, info), masks, fmt, with_images=with_images,
+                                      smooth_sigma=smooth_sigma)
+        targets.append((path, {info["name"]: prov}))
+    return written, targets
+
+
 def export_store(project: str | Path, out: str | Path, fmt: str = "csv", stack: str | None = None,
-                 reviewed_only: bool = True) -> list[Path]:
-    """Write the store's masks: one CSV for all stacks, or one TIFF/NIfTI per stack; returns the paths."""
+                 reviewed_only: bool = True, with_images: bool = False, smooth_sigma: float = 0.0) -> list[Path]:
+    """Write the store's masks: one CSV for all stacks, or one TIFF/NIfTI/RT-STRUCT/SEG per stack.
+
+    RT-STRUCT and SEG cite the stack's DICOM series; ``with_images`` writes other stacks' images
+    as a DICOM series first (see ``dicom_export``); ``smooth_sigma`` smooths RT-STRUCT contours
+    (pixels, 0 = off). Returns the paths written.
+    """
     if fmt not in FORMATS:
         raise GitsegInputError(out, f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
     store = LabelStore.open(project, readonly=True)
@@ -50,6 +87,8 @@ def export_store(project: str | Path, out: str | Path, fmt: str = "csv", stack: 
         written.append(Path(write_rle_csv(out, ids, masks)))
         provenance = {info["name"]: prov for info, _s, _m, prov in results}
         targets = [(out, provenance)]
+    elif FORMATS[fmt] == ".dcm":
+        written, targets = _export_dicom(Path(project), out, fmt, results, with_images, smooth_sigma)
     else:
         targets = []
         for info, ids, masks, prov in results:

@@ -28,6 +28,7 @@ case share their anatomy.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -662,6 +663,16 @@ def _warp(points: np.ndarray, visit: _Visit) -> np.ndarray:
 
 def _render(anatomy: _Anatomy, visit: _Visit, fr: _Frame, noise_rng: np.random.Generator):
     """Paint the clean T2 image and exact masks, then apply blur, coil shading, scale and noise."""
+    img, tex, inner, keep_out = _render_background(anatomy, visit, fr)
+    masks, organ_slices = _render_hollow_organs(anatomy, visit, fr, img, tex, inner, keep_out)
+    del tex, inner, keep_out
+    image, info = _acquire(img, anatomy, visit, fr, noise_rng)
+    return image, masks, {"organ_slices": organ_slices, **info}
+
+
+def _render_background(anatomy: _Anatomy, visit: _Visit, fr: _Frame):
+    """The clean T2 image of everything but the organs of ``CLASSES``: body wall, fat, bones, vessels,
+    solid organs; also the texture, the inside of the abdominal wall and the retroperitoneal keep-out."""
     tis = anatomy.tissue
     shape = (fr.n, fr.h, fr.w)
     tex = _texture(fr, visit.tex_seed)
@@ -792,7 +803,13 @@ def _render(anatomy: _Anatomy, visit: _Visit, fr: _Frame, noise_rng: np.random.G
         paint(box, ins, tis["lung"], amp=0.3, where=inner)
     box, ins = blob("heart")
     paint(box, ins, tis["heart"], amp=0.1, where=inner)
+    return img, tex, inner, keep_out
 
+
+def _render_hollow_organs(anatomy: _Anatomy, visit: _Visit, fr: _Frame, img, tex, inner, keep_out):
+    """Paint stomach, large and small bowel into ``img``; their exact masks and organ slice range."""
+    tis = anatomy.tissue
+    shape = img.shape
     # hollow organs: signed distance fields in pixels
     px = fr.scale / 133.0  # pixels per pixel of the reference 266-pixel grid
     margin = max(2.0, 3.0 * px)
@@ -869,9 +886,12 @@ def _render(anatomy: _Anatomy, visit: _Visit, fr: _Frame, noise_rng: np.random.G
     masks[_LB, slab] = in_lb | ((sd_lb < band) & in_sb & gate)
     masks[_SB, slab] = in_sb | ((sd_sb < band) & (in_lb | in_st) & gate)
     masks[:, slab] &= allowed[None]
-    del sd_st, sd_lb, sd_sb, sd_lb_c, sd_sb_c, in_st, in_lb, in_sb, gate, inner
+    return masks, (int(k_lo), int(k_hi))
 
-    tex = tex_s = img_s = outer = None  # free memory before the acquisition step
+
+def _acquire(img: np.ndarray, anatomy: _Anatomy, visit: _Visit, fr: _Frame, noise_rng: np.random.Generator):
+    """Blur, coil shading, scale and Rician noise of the clean image (in place): uint16 image, info."""
+    shape = img.shape
     # acquisition: blur, coil shading, scale, Rician noise (in chunks of slices to save memory)
     ndimage.gaussian_filter1d(img, 0.7, axis=1, output=img, truncate=3.0)
     ndimage.gaussian_filter1d(img, 0.7, axis=2, output=img, truncate=3.0)
@@ -895,9 +915,74 @@ def _render(anatomy: _Anatomy, visit: _Visit, fr: _Frame, noise_rng: np.random.G
         np.rint(chunk, out=chunk)
         image[k0 : k0 + 16] = np.clip(chunk, 0, 65535)
     info = {
-        "organ_slices": (int(k_lo), int(k_hi)),
         "max_intensity": round(top, 2),
         "noise_sigma": round(float(sigma), 3),
         "bias": [round(float(v), 4) for v in c],
     }
-    return image, masks, info
+    return image, info
+
+
+# ----------------------------------------------------------------------------- backgrounds for synthesis
+
+
+def render_body_background(
+    seed: int, case: int, n_slices: int, size: tuple[int, int], organs: np.ndarray | None = None,
+    body_width: float | None = None,
+) -> np.ndarray:
+    """Clean T2 intensities (float32 (Z, H, W), about 0..1, no blur, bias or noise) of a phantom body
+    without the organs of ``CLASSES``: skin, subcutaneous and visceral fat, muscle, spine, vessels,
+    liver, spleen, kidneys, bladder, lung bases and heart, where the hollow organs would be visceral fat.
+
+    Slices run as in the UW-Madison scans (slice 1 the most superior, unlike ``make_phantom_case``).
+    The body spans ``body_width`` of the image width (default: 75-95 %, drawn from the seed).
+    ``organs`` (Z, H, W) bool, optional: real organ masks
+    on the same grid; the body is then moved and grown so that they lie inside the abdominal wall,
+    and its organ region along z is stretched onto the slices that hold them.
+    """
+    seed, case = _check_int("seed", seed), _check_int("case", case)
+    height, width, n = int(size[0]), int(size[1]), int(n_slices)
+    anatomy = _draw_anatomy(seed, case)
+    visit = _draw_visit(seed, case, 0)
+    fill = np.random.default_rng([seed, case, 9]).uniform(0.75, 0.95) if body_width is None else body_width
+    anatomy.size = float(fill * width / (float(anatomy.body_a.mean()) * min(height, width)))
+    z = Z_EXTENT * (1.0 - np.arange(n) / max(1, n - 1))  # superior first
+    organs = None if organs is None else np.asarray(organs, dtype=bool)
+    if organs is not None and organs.any():
+        _fit_body_around(anatomy, visit, organs.any(axis=0))
+        present = np.flatnonzero(organs.any(axis=(1, 2)))
+        r0, r1 = int(present[0]), int(present[-1])
+        z = anatomy.z_hi - (np.arange(n) - r0) / max(1, r1 - r0) * (anatomy.z_hi - anatomy.z_lo)
+    # rendered on every other slice and interpolated between (the body changes slowly along z)
+    coarse = np.unique(np.r_[np.arange(0, n, 2), n - 1])
+    frame = _Frame.build(max(2, len(coarse)), height, width, anatomy, visit)
+    frame = dataclasses.replace(frame, n=len(coarse), z=z[coarse][::-1].copy())  # the frame's z ascends
+    img = _render_background(anatomy, visit, frame)[0][::-1]
+    upper = np.clip(np.searchsorted(coarse, np.arange(n)), 1, len(coarse) - 1) if n > 1 else np.zeros(1, int)
+    lower = upper - 1 if n > 1 else upper
+    span = np.maximum(coarse[upper] - coarse[lower], 1)
+    t = ((np.arange(n) - coarse[lower]) / span).astype(np.float32)[:, None, None]
+    return (1.0 - t) * img[lower] + t * img[upper]
+
+
+def _fit_body_around(anatomy: _Anatomy, visit: _Visit, footprint: np.ndarray) -> None:
+    """Centre the body on the organs left-right and grow it until they lie well inside its wall."""
+    h, w = footprint.shape
+    rows, cols = np.nonzero(footprint)
+    if rows.size > 4000:
+        pick = np.linspace(0, rows.size - 1, 4000).astype(int)
+        rows, cols = rows[pick], cols[pick]
+    c, s = np.cos(anatomy.angle + visit.angle), np.sin(anatomy.angle + visit.angle)
+    a_min, b_min = float(anatomy.body_a.min()), float(anatomy.body_b.min())
+    p = anatomy.power
+    for grow in np.arange(1.0, 1.8, 0.05):
+        scale = min(h, w) / 2.0 * anatomy.size * grow
+        xs, ys = (cols - (w - 1) / 2.0) / scale, (rows - (h - 1) / 2.0) / scale
+        u, v = c * xs + s * ys, -s * xs + c * ys
+        su = float(np.clip((u.min() + u.max()) / 2.0, -0.15, 0.15)) - visit.shift[0]
+        u = u - su - visit.shift[0]
+        v = v - anatomy.shift[1] - visit.shift[1]
+        level = np.abs(u) ** p / a_min**p + np.abs(np.where(v > 0, v / anatomy.posterior, v)) ** p / b_min**p
+        if float(level.max()) < 0.6:
+            break
+    anatomy.size *= float(grow)
+    anatomy.shift = (su, anatomy.shift[1])

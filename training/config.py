@@ -71,6 +71,7 @@ class TrainConfig:
     pseudo_weight: float = 0.5  # loss weight of pseudo-labels (clinician labels weigh 1)
     pseudo_max_empty: float = 0.25  # at most this share of kept pseudo-labels may be empty slices
     val_batch_size: int = 16
+    few_label_recipe: bool = True  # fine-tuning (init_from) with few labels follows training.finetune.RECIPE
     preset: str | None = "cpu"  # name of the preset this config started from (informational)
 
     # ---- validation -----------------------------------------------------------------------------
@@ -108,7 +109,7 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine', 'plateau' or 'none', got {self.schedule!r}")
         if self.fit not in ("resize", "crop"):
             raise ValueError(f"fit must be 'resize' or 'crop', got {self.fit!r}")
-        for name in ("crop_to_body", "ignore_ambiguous", "amp", "freeze_bn"):
+        for name in ("crop_to_body", "ignore_ambiguous", "amp", "freeze_bn", "few_label_recipe"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.size, int) and not isinstance(self.size, bool):
@@ -189,6 +190,7 @@ PRESETS: dict[str, dict] = {
         "max_steps_per_epoch": 10,
         "patience": 0,
         "augmentation": {"base": "none", "hflip": 0.5},
+        "few_label_recipe": False,  # its own tiny schedule, for tests and demos
         "preset": "quick",
     },
     "cpu": {"preset": "cpu"},

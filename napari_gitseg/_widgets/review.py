@@ -41,6 +41,8 @@ from ._review_keys import bind_review_keys, shortcut_text, tooltip
 
 SYNC_INTERVAL_MS = 2000  # how often the dock looks for versions saved by others (one cheap query)
 
+EXPORT_CHOICES = [("by file extension", None), ("DICOM RT-STRUCT (.dcm)", "rtstruct"), ("DICOM SEG (.dcm)", "seg")]
+
 
 class _StoreThread:
     """A single worker thread that owns the SQLite connection and runs store work in order."""
@@ -123,14 +125,15 @@ class ReviewWidget(Container):
         self._effort_status = status_label(value="")
         self._visible = {c: CheckBox(text=c.replace("_", " "), value=True) for c in CLASSES}
         vis = Container(widgets=list(self._visible.values()), layout="horizontal", labels=False)
-        self._export_path = FileEdit(label="Export to", mode="w", filter="*.csv *.tif *.nii.gz", value="")
+        self._export_path = FileEdit(label="Export to", mode="w", filter="*.csv *.tif *.nii.gz *.dcm", value="")
+        self._export_format = ComboBox(label="Format", value=None, choices=EXPORT_CHOICES)
         self._export = PushButton(text="Export reviewed masks")
         nav = Container(widgets=[self._prev, self._next], layout="horizontal", labels=False)
         fill = Container(widgets=[self._fill, self._undo_fill], layout="horizontal", labels=False)
         refine = Container(widgets=[self._refine, self._refine_neighbours], layout="horizontal", labels=False)
         self.extend([self._image, self._folder, self._open, self._status, self._unsaved, nav, self._accept,
                      self._organ, fill, refine, self._effort_status, self._versions, self._revert, vis,
-                     self._export_path, self._export])
+                     self._export_path, self._export_format, self._export])
         for action, button in (("previous", self._prev), ("next", self._next), ("accept", self._accept),
                                ("revert", self._revert), ("fill", self._fill), ("undo_fill", self._undo_fill),
                                ("refine", self._refine)):
@@ -579,17 +582,21 @@ class ReviewWidget(Container):
             rows = self.effort.rows(list(self._session.stack.slice_ids))
             self._io.submit(self._session.store.save_effort, self.effort.session_id, rows)
 
-    def export_to(self, path: str) -> Future | None:
-        """Export the reviewed masks (format by extension) with a provenance side file."""
+    def export_to(self, path: str, fmt: str | None = None) -> Future | None:
+        """Export the reviewed masks with a provenance side file (format: ``fmt``, the Format box, or by extension).
+
+        DICOM RT-STRUCT / SEG of a non-DICOM stack also write its images as a DICOM series.
+        """
         if self._session is None:
             show_error("Review: start a review first.")
             return None
         if not path or path == ".":
             show_error("Review: choose a file to export to (.csv, .tif or .nii.gz).")
             return None
-        fmt = {"csv": "csv", "tif": "tif", "tiff": "tif", "nii": "nii", "gz": "nii"}.get(path.rsplit(".", 1)[-1])
+        fmt = fmt or self._export_format.value or \
+            {"csv": "csv", "tif": "tif", "tiff": "tif", "nii": "nii", "gz": "nii"}.get(path.rsplit(".", 1)[-1])
         if fmt is None:
-            show_error(f"Review: cannot export to {path}: use .csv, .tif or .nii.gz")
+            show_error(f"Review: cannot export to {path}: use .csv, .tif or .nii.gz, or choose a DICOM format")
             return None
         self._save_current()
         from napari_gitseg.export import export_store
@@ -597,7 +604,7 @@ class ReviewWidget(Container):
         def export(folder: str, name: str) -> list:
             from napari_gitseg.effort import export_effort
 
-            written = export_store(folder, path, fmt, name)
+            written = export_store(folder, path, fmt, name, with_images=True)
             return [*written, export_effort(folder, path, name)]  # the clinician's effort, beside the masks
 
         self._save_effort()

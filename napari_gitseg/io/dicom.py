@@ -25,6 +25,7 @@ from napari_gitseg.io.stack import Stack
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _ORIENTATION_TOL = 1e-3
 _POSITION_TOL = 1e-3  # mm
+LABEL_MODALITIES = ("RTSTRUCT", "SEG")  # label objects that lie beside a series (read by dicom_labels)
 
 
 def has_dicom_magic(path: str | Path) -> bool:
@@ -175,6 +176,7 @@ def _multiframe(path: Path, ds, pixels: np.ndarray) -> Stack:
         "modality": str(ds.get("Modality", "")),
         "series_uid": str(ds.get("SeriesInstanceUID", "")),
         "files": [path.name],
+        "paths": [str(path)],
     }
     if notes:
         meta["note"] = "; ".join(notes)
@@ -207,14 +209,19 @@ def _read_dicom(path: Path) -> Stack:
 
     datasets = []
     skipped = 0
+    label_files: list[str] = []
     for file in candidates:
         ds = _dcmread(file)
+        if ds is not None and str(ds.get("Modality", "")).upper() in LABEL_MODALITIES:
+            label_files.append(str(file))  # RT-STRUCT / SEG: labels on the series, not images
+            continue
         if ds is None or "PixelData" not in ds:
             skipped += 1
             continue
         datasets.append((file, ds))
     if not datasets:
-        raise GitsegInputError(path, "holds no DICOM images")
+        what = "only DICOM label objects (RT-STRUCT/SEG) and no images" if label_files else "no DICOM images"
+        raise GitsegInputError(path, f"holds {what}")
 
     by_series: dict[str, list[Path]] = {}
     for file, ds in datasets:
@@ -242,6 +249,11 @@ def _read_dicom(path: Path) -> Stack:
             raise GitsegInputError(
                 path,
                 f"mixes image sizes: {first_file.name} is {size[0]}x{size[1]}, {file.name} is {other[0]}x{other[1]}",
+            )
+        if str(ds.get("FrameOfReferenceUID", "")) != str(first.get("FrameOfReferenceUID", "")):
+            raise GitsegInputError(
+                path, f"mixes frames of reference: {first_file.name} has {first.get('FrameOfReferenceUID', '')}, "
+                f"{file.name} has {ds.get('FrameOfReferenceUID', '')}",
             )
         its = _floats(ds.get("ImageOrientationPatient"), 6)
         if (cosines is None) != (its is None) or (
@@ -286,7 +298,7 @@ def _read_dicom(path: Path) -> Stack:
         spacing_yx = [1.0, 1.0]
         notes.append("no PixelSpacing; using 1 mm")
 
-    slices, rescales, files = [], [], []
+    slices, rescales, files, paths = [], [], [], []
     for i in order:
         file, ds = datasets[int(i)]
         pixels = _pixels(file, ds)
@@ -295,12 +307,15 @@ def _read_dicom(path: Path) -> Stack:
         slices.append(pixels)
         rescales.append(_rescale(ds))
         files.append(file.name)
+        paths.append(str(file))
     image = check_pixels(path, _apply_rescale(slices, rescales))
     meta: dict = {
         "modality": str(first.get("Modality", "")),
         "series_uid": str(first.get("SeriesInstanceUID", "")),
         "orientation": cosines,
         "files": files,
+        "paths": paths,
+        "label_files": label_files,
     }
     if skipped:
         notes.append(f"skipped {skipped} non-image or non-DICOM files")

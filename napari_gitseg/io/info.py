@@ -33,6 +33,8 @@ def summarize_stack(stack: Stack) -> dict:
             cls: int((stack.masks[c].any(axis=(1, 2)) & labelled).sum())
             for c, cls in enumerate(stack.classes)
         }
+    if stack.meta.get("masks_source"):
+        info["masks_source"] = str(stack.meta["masks_source"])
     if stack.meta.get("note"):
         info["note"] = str(stack.meta["note"])
     return info

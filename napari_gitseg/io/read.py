@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from napari_gitseg.io._util import full_suffix
-from napari_gitseg.io.dicom import looks_like_dicom, read_dicom
+from napari_gitseg.io.dicom import looks_like_dicom
+from napari_gitseg.io.dicom_labels import read_dicom_with_labels
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.io.nifti import read_nifti, read_nifti_masks
 from napari_gitseg.io.stack import Stack
@@ -81,7 +82,7 @@ def iter_stacks(path: str | Path) -> Iterator[Stack]:
     elif kind == "nifti":
         yield read_nifti(path)
     else:
-        yield read_dicom(path)
+        yield read_dicom_with_labels(path)
 
 
 def read_stacks(path: str | Path) -> list[Stack]:

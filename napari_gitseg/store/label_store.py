@@ -7,8 +7,9 @@ Layout (``<project>/gitseg_labels.sqlite``, WAL journal, ``synchronous=FULL``; t
   classes) and which stack and z each slice id belongs to.
 - ``versions``: one row per saved version of one slice: the per-class masks (bit-packed,
   zlib-compressed, with a CRC-32 over data and shape that every read verifies), their
-  provenance (``clinician`` / ``model`` / ``pseudo`` / ``interpolated``; the user who saved it; the
-  model version),
+  provenance (``clinician`` / ``model`` / ``pseudo`` / ``imported``: read from a DICOM RT-STRUCT or SEG,
+  the file named in the note / ``interpolated``: filled between two corrected slices; the user who
+  saved it; the model version),
   the reviewed flag, the model's confidence, a note and a timestamp (seconds since the epoch).
   Rows are never updated or deleted: marking a slice reviewed and reverting it write new
   versions too, so the whole history, review state included, stays readable.
@@ -24,11 +25,11 @@ Rules:
 - Two processes (two napari windows) may write at once: writers take turns (busy timeout
   ``BUSY_TIMEOUT_S``), a version number is unique per slice and versions are dense (1, 2, ...).
 - Clinician work is protected in ONE place, the write transaction (``_refuses``): a prediction
-  (``source="model"`` or ``"pseudo"``) never replaces a slice whose latest version is by a
-  clinician, reviewed, or interpolated between the clinician's slices; an interpolation never
-  replaces a clinician's or reviewed slice. ``save`` returns None and ``save_many`` gives None for
-  such a slice. A clinician label (``clinician_slices``: what training uses) is a slice whose
-  latest version is by a clinician or reviewed; an interpolated one counts only once accepted.
+  (``source="model"`` or ``"pseudo"``) never replaces a slice whose latest version is a clinician
+  label (by a clinician, ``clinician`` or ``imported``, or reviewed) or interpolated between the
+  clinician's slices; an interpolation never replaces a clinician label. ``save`` returns None and
+  ``save_many`` gives None for such a slice. An interpolated slice is a clinician label (what
+  training uses, ``clinician_slices``) only once accepted.
 - ``accept`` stores exactly the masks the clinician saw as the reviewed version: it marks the
   latest version reviewed only when that is the version the clinician's screen showed, with the
   same masks; if another window or the trainer saved something meanwhile, what was on screen is
@@ -60,8 +61,9 @@ from napari_gitseg.classes import CLASSES
 from napari_gitseg.store import schema
 from napari_gitseg.store.schema import DB_NAME, SCHEMA_VERSION
 
-SOURCES = ("clinician", "model", "pseudo", "interpolated")
-PREDICTIONS = ("model", "pseudo")
+SOURCES = ("clinician", "model", "pseudo", "imported", "interpolated")
+PREDICTED = ("model", "pseudo")  # never replace a protected slice
+CLINICIAN_SOURCES = ("clinician", "imported")  # count as clinician labels (imported: a department's RT-STRUCT/SEG)
 BUSY_TIMEOUT_S = 30.0
 _RETRIES = 3  # attempts of one write transaction when a version number collides
 _CHUNK = 500  # slice ids per query (SQLite's host-parameter limit is far above)
@@ -495,11 +497,11 @@ class LabelStore:
     @staticmethod
     def _refuses(new_source: str, last_source: str, last_reviewed: bool) -> bool:
         """True when a version by ``new_source`` may not replace the latest one (the one protection rule)."""
-        if new_source == "clinician":
+        if new_source in CLINICIAN_SOURCES:
             return False
-        if last_source == "clinician" or last_reviewed:
+        if LabelStore._protected(last_source, last_reviewed):
             return True
-        return new_source in PREDICTIONS and last_source == "interpolated"
+        return new_source in PREDICTED and last_source == "interpolated"
 
     def save_many(self, items: Iterable[dict]) -> list[int | None]:
         """Save many slices in ONE transaction; per item its new version, or None if skipped (protected).
@@ -703,7 +705,7 @@ class LabelStore:
 
     @staticmethod
     def _protected(source: str, reviewed: bool) -> bool:
-        return source == "clinician" or reviewed
+        return source in CLINICIAN_SOURCES or reviewed
 
     def clinician_slices(self, stack: str | None = None) -> list[str]:
         """Slices whose latest version is by a clinician or reviewed (the training labels)."""

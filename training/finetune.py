@@ -1,0 +1,81 @@
+"""The few-label fine-tuning recipe: how a model is adapted to a department's 5-100 clinician slices.
+
+A GUI round (``training.bootstrap.run_round_from_store``) and ``gitseg train --init-from`` both start
+from a trained bundle and have few labels. :func:`finetune_config` turns a preset into the recipe
+for ``n`` labelled slices:
+
+* **length in steps, scaled to the label count**: ``steps_per_label`` optimiser steps per labelled
+  slice, at least ``min_steps`` and at most ``max_steps`` (each step a batch of ``batch_size``), cut
+  into short epochs so that early stopping on the frozen validation slices can act;
+* **learning rate** ``lr`` (lower than training from scratch: the features are already there);
+* **which layers train**: BatchNorm statistics stay frozen below ``bn_free_from`` labels (a batch of a
+  few near-identical slices gives statistics that do not describe the next scan);
+* **augmentation**: the default geometric and intensity steps without left-right flips (the
+  stomach is on the patient's left; a flip teaches nothing true);
+* **early stopping** after ``patience`` epochs without a gain on the frozen set.
+
+The settings were chosen by measurement on the real UW-Madison slices (``benchmarks/bench_real.py``,
+leave-one-patient-out through this code path); the figures are in the closing notes and README.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from training.config import TrainConfig
+
+__all__ = ["FinetuneRecipe", "RECIPE", "finetune_config", "round_config"]
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """The numbers of the fine-tuning recipe (see the module docstring)."""
+
+    steps_per_label: float = 12.0
+    min_steps: int = 60
+    max_steps: int = 600
+    steps_per_epoch: int = 20
+    lr: float = 5e-4
+    bn_free_from: int = 32
+    patience: int = 4
+    augmentation: tuple = (("hflip", 0.0), ("shift_scale_rotate", 0.6), ("grid", 0.3), ("brightness_contrast", 0.5),
+                           ("dropout", 0.2))
+
+    def steps(self, n_labels: int) -> int:
+        """Optimiser steps for ``n_labels`` labelled slices."""
+        return int(min(self.max_steps, max(self.min_steps, round(self.steps_per_label * max(1, n_labels)))))
+
+
+RECIPE = FinetuneRecipe()
+
+
+def finetune_config(config: TrainConfig, n_labels: int, recipe: FinetuneRecipe = RECIPE) -> TrainConfig:
+    """``config`` (which must fine-tune: ``init_from`` set) with the recipe for ``n_labels`` slices."""
+    if not config.init_from:
+        raise ValueError("finetune_config is for fine-tuning: set init_from to the bundle to start from")
+    if int(n_labels) < 1:
+        raise ValueError(f"fine-tuning needs at least one labelled slice, got {n_labels}")
+    steps = recipe.steps(int(n_labels))
+    per_epoch = min(recipe.steps_per_epoch, steps)
+    epochs = max(1, math.ceil(steps / per_epoch))
+    return config.replace(
+        epochs=epochs,
+        finetune_epochs=epochs,
+        max_steps_per_epoch=per_epoch,
+        lr=recipe.lr,
+        finetune_lr_factor=1.0,
+        schedule="cosine",
+        freeze_bn=int(n_labels) < recipe.bn_free_from,
+        patience=recipe.patience,
+        augmentation=dict(recipe.augmentation),
+    )
+
+
+def round_config(config: TrainConfig, init_from: str | None, n_labels: int) -> TrainConfig:
+    """The config a round trains with: from scratch without ``init_from``; else fine-tuning from it,
+    with the recipe for ``n_labels`` slices unless ``config.few_label_recipe`` is off."""
+    if init_from is None:
+        return config
+    config = config.replace(init_from=str(init_from))
+    return finetune_config(config, n_labels) if config.few_label_recipe else config

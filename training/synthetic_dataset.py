@@ -1,0 +1,148 @@
+"""A torch dataset of synthetic 2.5D training samples rendered on the fly around real organ masks.
+
+Item ``i`` of :class:`SyntheticDataset` is fully determined by ``(seed, i)``: which case-day, which
+slice (``organ_share`` of them hold an organ), and the whole look (``training.synthesis``). With
+``on_the_fly=True`` (training) the dataset is very long (``length``, default one million virtual
+items) and the train loop must not cache it: every step sees new images. With ``on_the_fly=False``
+(validation) it is a short fixed list that the loop may cache.
+
+Scenes (a case-day's letterboxed masks + its phantom body) are built on first use and kept; items
+have the keys the train loop reads (``image`` (k, H, W) normalised like the predictor does,
+``masks`` (C, H, W), ``has_organ``, ``ignore``, ``weight``, ``name``, ``slice``, ``slice_id``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from napari_gitseg.classes import CLASSES
+from napari_gitseg.model.normalize import normalize_stack
+from napari_gitseg.model.windows import window_indices
+from training.real_masks import RealMaskFolder
+from training.synthesis import Scene, build_scene, render_window
+
+
+class SyntheticDataset(Dataset):
+    """2.5D samples rendered from the real masks of ``names`` in ``source`` (see the module docstring)."""
+
+    def __init__(self, source: RealMaskFolder, names: Sequence[str], k: int = 3, stride: int = 2,
+                 size: tuple[int, int] = (160, 160), seed: int = 0, length: int = 1_000_000,
+                 on_the_fly: bool = True, organ_share: float = 0.8, normalization: dict | None = None):
+        window_indices(1, k, stride)  # validates k and stride
+        if not names:
+            raise ValueError("a synthetic dataset needs at least one case-day")
+        self.source, self.names = source, list(names)
+        self.k, self.stride, self.size = int(k), int(stride), (int(size[0]), int(size[1]))
+        self.seed, self.length, self.on_the_fly = int(seed), int(length), bool(on_the_fly)
+        self.organ_share, self.normalization = float(organ_share), normalization
+        self.classes = tuple(CLASSES)
+        self._scenes: dict[str, Scene] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def scene(self, name: str) -> Scene:
+        """The scene of case-day ``name`` (built on first use)."""
+        if name not in self._scenes:
+            day = self.source.load(name)
+            self._scenes[name] = build_scene(name, day.masks, self.size, self.seed, spacing_mm=day.spacing[1])
+        return self._scenes[name]
+
+    def pick(self, index: int) -> tuple[str, int, np.random.Generator]:
+        """(case-day, slice, generator of the look) of item ``index``."""
+        rng = np.random.default_rng([self.seed, int(index)])
+        name = self.names[int(rng.integers(len(self.names)))]
+        scene = self.scene(name)
+        with_organ = np.flatnonzero(scene.masks.any(axis=(0, 2, 3)))
+        if with_organ.size and rng.random() < self.organ_share:
+            z = int(with_organ[rng.integers(with_organ.size)])
+        else:
+            z = int(rng.integers(scene.n_slices))
+        return name, z, rng
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= int(index) < self.length:
+            raise IndexError(index)
+        name, z, rng = self.pick(index)
+        scene = self.scene(name)
+        zs = window_indices(scene.n_slices, self.k, self.stride)[z]
+        image = normalize_stack(render_window(scene, list(zs), rng), self.normalization)
+        masks = torch.from_numpy(scene.masks[:, z].astype(np.float32))
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+            "masks": masks,
+            "has_organ": (masks.amax(dim=(1, 2)) > 0.5).to(torch.float32),
+            "ignore": torch.zeros(len(self.classes), dtype=torch.bool),
+            "weight": torch.tensor(1.0),
+            "provenance": "synthetic",
+            "name": name,
+            "slice": z,
+            "slice_id": f"{name}_slice_{z + 1:04d}",
+        }
+
+
+class MixedDataset(Dataset):
+    """On-the-fly mixture: item ``i`` is a phantom slice with probability ``share`` (drawn from
+    ``(seed, i)``), else item ``i`` of ``synthetic``; keeps a model trained on real anatomy good on
+    the bundled phantom sample too."""
+
+    on_the_fly = True
+
+    def __init__(self, synthetic: SyntheticDataset, phantom: Dataset, share: float, seed: int = 0):
+        if not 0.0 <= float(share) <= 1.0:
+            raise ValueError(f"the phantom share must be in [0, 1], got {share}")
+        self.synthetic, self.phantom, self.share, self.seed = synthetic, phantom, float(share), int(seed)
+        self.names = list(synthetic.names) + list(getattr(phantom, "names", []))
+
+    def __len__(self) -> int:
+        return len(self.synthetic)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, int(index), 7])
+        if rng.random() < self.share:
+            item = dict(self.phantom[int(rng.integers(len(self.phantom)))])
+            item["provenance"] = "phantom"
+            return item
+        return self.synthetic[index]
+
+
+def phantom_slices(size: tuple[int, int], k: int, stride: int, n_cases: int = 6, seed: int = 7) -> Dataset:
+    """Every slice of ``n_cases`` phantom scans (144 x 266 x 266), letterboxed to ``size``."""
+    from napari_gitseg.phantom import make_phantom_cases
+    from training.datasets import SliceDataset
+
+    stacks = make_phantom_cases(n_cases, seed)
+    return SliceDataset(stacks, k=k, stride=stride, size=tuple(size), fit="resize")
+
+
+def synthetic_datasets(folder, size: tuple[int, int], k: int, stride: int, seed: int = 0,
+                       val_fraction: float = 0.15, val_items: int = 128, phantom_share: float = 0.0,
+                       normalization: dict | None = None) -> tuple[Dataset, SyntheticDataset, dict]:
+    """(training, validation, description) datasets rendered around the real masks in ``folder``,
+    split by patient; the description (recorded in the bundle) names the case-days of each side.
+    With ``phantom_share`` > 0 that share of the training items are phantom slices."""
+    from training.real_masks import split_patients
+
+    source = RealMaskFolder(folder)
+    train_names, val_names = split_patients(source.names, val_fraction, seed)
+    common = {"k": k, "stride": stride, "size": tuple(size), "normalization": normalization}
+    train = SyntheticDataset(source, train_names, seed=seed, on_the_fly=True, **common)
+    val = SyntheticDataset(source, val_names, seed=seed + 10_000, length=val_items, on_the_fly=False, **common)
+    if phantom_share > 0:
+        train = MixedDataset(train, phantom_slices(size, k, stride), phantom_share, seed)
+    description = {
+        "data": f"synthetic images rendered around the real masks of {folder}",
+        "generator": "training.synthesis (domain randomisation around real masks, phantom body)",
+        "train_case_days": train_names,
+        "val_case_days": val_names,
+        "train_patients": sorted({n.split('_')[0] for n in train_names}),
+        "val_patients": sorted({n.split('_')[0] for n in val_names}),
+        "val_items": val_items,
+        "phantom_share": phantom_share,
+        "phantom": "gitseg phantom --cases 6 --seed 7 (144 slices, 266 px)" if phantom_share > 0 else None,
+    }
+    return train, val, description
