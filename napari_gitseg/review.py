@@ -1,17 +1,31 @@
 """The review workflow without Qt: edits, accept, revert, the uncertainty queue, predictions.
 
-``ReviewSession`` keeps the per-class masks of one stack in memory, mirrors every change
-to the ``LabelStore`` at once (every save is a new version) and enforces the rule that a
-prediction never replaces a slice a clinician edited or reviewed. The napari widget only
-forwards events here.
+``ReviewSession`` keeps the per-class masks of one stack in memory, with the store version
+each slice shows (``versions``), and mirrors every change to the ``LabelStore`` at once (every
+save is a new version). The rule that a prediction never replaces a slice a clinician edited
+or reviewed lives in the store's write transaction only. Changes saved by other windows or by
+the background trainer come in through ``sync``. The napari widget only forwards events here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from napari_gitseg.classes import masks_to_labels, merge_label_edit
 from napari_gitseg.io.stack import Stack
+
+
+@dataclass
+class FillResult:
+    """What one Fill between did: the organ, the two corrected slices, the slices filled, how to undo it."""
+
+    organ: str
+    z0: int
+    z1: int
+    filled: list[int] = field(default_factory=list)
+    undo: list[tuple[str, int, int]] = field(default_factory=list)  # (slice id, version before, version written)
 
 
 class ReviewSession:
@@ -27,28 +41,45 @@ class ReviewSession:
             tuple(stack.classes),
         )
         self.masks = np.zeros((len(stack.classes), *stack.shape), dtype=bool)
+        self.versions = np.zeros(len(stack.slice_ids), dtype=np.int64)  # store version in ``masks``; 0 = none
         self.reload()
 
     # ---- state -----------------------------------------------------------------------------
     def reload(self) -> None:
         """Load the latest saved version of every slice (session restore)."""
-        records = self.store.latest_many(list(self.stack.slice_ids))
-        for sid, rec in records.items():
+        self._load(list(self.stack.slice_ids))
+
+    def _load(self, slice_ids: list[str]) -> list[int]:
+        """Read the latest versions of ``slice_ids`` into memory; returns their z."""
+        updated = []
+        for sid, rec in self.store.latest_many(slice_ids).items():
             if rec is not None:
-                self.masks[:, self.index[sid]] = rec.masks
+                z = self.index[sid]
+                self.masks[:, z] = rec.masks
+                self.versions[z] = rec.version
+                updated.append(z)
+        return sorted(updated)
+
+    def sync(self) -> list[int]:
+        """Take in versions saved by others (another window, the trainer's pseudo-labels); returns their z.
+
+        One cheap query of version numbers; only slices whose latest version changed are read.
+        """
+        latest = self.store.latest_versions(self.name)
+        changed = [sid for sid, v in latest.items() if sid in self.index and v != self.versions[self.index[sid]]]
+        return self._load(changed) if changed else []
 
     def labels(self) -> np.ndarray:
         """The one-label-per-pixel view of all slices (for the editable napari layer)."""
         return masks_to_labels(self.masks, tuple(self.stack.classes))
 
+    def labels_of(self, z: int) -> np.ndarray:
+        """The one-label-per-pixel view of slice ``z``."""
+        return masks_to_labels(self.masks[:, z], tuple(self.stack.classes))
+
     def record(self, z: int):
         """Latest stored record of slice ``z`` (None if never saved)."""
         return self.store.latest(self.stack.slice_ids[z])
-
-    def is_protected(self, z: int) -> bool:
-        """True when slice ``z`` was edited or reviewed by a clinician (predictions skip it)."""
-        rec = self.record(z)
-        return bool(rec is not None and (rec.reviewed or rec.source == "clinician"))
 
     # ---- clinician actions -------------------------------------------------------------------
     def save_edit(self, z: int, before: np.ndarray, after: np.ndarray, user: str | None = None) -> int | None:
@@ -61,27 +92,38 @@ class ReviewSession:
         if np.array_equal(before, after) and np.array_equal(masks_to_labels(self.masks[:, z]), after):
             return None
         merged = merge_label_edit(self.masks[:, z], before, after)
-        last = self.record(z)  # an edit keeps an accepted slice accepted
         version = self.store.save(self.stack.slice_ids[z], merged, source="clinician", user=user,
-                                  reviewed=bool(last is not None and last.reviewed))
+                                  reviewed=None)  # an edit keeps an accepted slice accepted
         self.masks[:, z] = merged
+        self.versions[z] = version
         return version
 
     def accept(self, z: int, before: np.ndarray | None = None, after: np.ndarray | None = None,
                user: str | None = None) -> int:
-        """Save any pending edit of slice ``z`` and mark it reviewed; returns the new version."""
-        if before is not None and after is not None:
-            self.save_edit(z, before, after, user=user)
-        sid = self.stack.slice_ids[z]
-        if self.store.latest(sid) is None:  # accepting an empty slice is a real statement
-            self.store.save(sid, self.masks[:, z], source="clinician", user=user)
-        return self.store.set_reviewed(sid, True, user=user)
+        """Store exactly what the screen shows of slice ``z`` as its reviewed version; returns that version.
+
+        ``before`` / ``after``: the slice's labels as last saved and as on screen now (None: the
+        screen shows this session's masks). When the store holds the version the screen was made
+        from, unchanged, it is marked reviewed; anything saved meanwhile by another window or the
+        trainer is never flagged reviewed in the clinician's name (``LabelStore.accept``).
+        Accepting an empty slice is a real statement: it is saved too.
+        """
+        current = self.masks[:, z]
+        if after is None:
+            merged = current.copy()
+        else:
+            merged = merge_label_edit(current, after if before is None else before, after)
+        version = self.store.accept(self.stack.slice_ids[z], merged, int(self.versions[z]) or None, user=user)
+        self.masks[:, z] = merged
+        self.versions[z] = version
+        return version
 
     def revert(self, z: int, version: int, user: str | None = None) -> int:
         """Make an older version of slice ``z`` the latest again (history is kept)."""
         sid = self.stack.slice_ids[z]
         new_version = self.store.revert(sid, version, user=user)
         self.masks[:, z] = self.store.latest(sid).masks
+        self.versions[z] = new_version
         return new_version
 
     def history(self, z: int) -> list:
@@ -91,22 +133,83 @@ class ReviewSession:
     # ---- model output ------------------------------------------------------------------------
     def apply_prediction(self, masks: np.ndarray, confidence: np.ndarray | None, model_version: str | None,
                          source: str = "model") -> list[int]:
-        """Store a prediction for every slice a clinician has not touched; returns the slices updated."""
-        items = []
-        for z, sid in enumerate(self.stack.slice_ids):
-            if self.is_protected(z):
-                continue
-            conf = None if confidence is None else float(confidence[z])
-            items.append({"slice_id": sid, "masks": masks[:, z], "source": source,
-                          "model_version": model_version, "confidence": conf})
-        saved = self.store.save_many(items)
+        """Store a prediction for every slice a clinician has not touched; returns the slices updated.
+
+        The store decides, in its write transaction, which slices are protected.
+        """
+        items = [{"slice_id": sid, "masks": masks[:, z], "source": source, "model_version": model_version,
+                  "confidence": None if confidence is None else float(confidence[z])}
+                 for z, sid in enumerate(self.stack.slice_ids)]
+        return self._store_many(items)
+
+    def _store_many(self, items: list[dict]) -> list[int]:
+        """``save_many`` and mirror what was stored in memory; returns the z of the slices saved."""
         updated = []
-        for item, version in zip(items, saved):
+        for item, version in zip(items, self.store.save_many(items)):
             if version is not None:
                 z = self.index[item["slice_id"]]
                 self.masks[:, z] = item["masks"]
+                self.versions[z] = version
                 updated.append(z)
         return updated
+
+    # ---- faster correction -----------------------------------------------------------------------
+    def corrected_partner(self, z: int) -> int | None:
+        """The clinician-labelled slice to fill towards from ``z``: the nearest below, else the nearest above."""
+        labelled = {self.index[sid] for sid in self.store.clinician_slices(self.name) if sid in self.index}
+        below = [k for k in labelled if k < z]
+        above = [k for k in labelled if k > z]
+        return max(below) if below else (min(above) if above else None)
+
+    def fill_between(self, z: int, organ: str, method: str = "auto", partner: int | None = None) -> FillResult:
+        """Interpolate ``organ`` on the slices between slice ``z`` and ``partner`` (both clinician-labelled).
+
+        ``partner`` defaults to ``corrected_partner(z)``. Only that organ changes, only on the slices
+        strictly between; each is saved with provenance ``"interpolated"`` (not a clinician label
+        until accepted). Clinician-labelled slices between are left alone (the store refuses them).
+        """
+        from napari_gitseg.interpolate import fill_between
+
+        classes = tuple(self.stack.classes)
+        if organ not in classes:
+            raise ValueError(f"unknown organ {organ!r}; expected one of {classes}")
+        labelled = set(self.store.clinician_slices(self.name))
+        if self.stack.slice_ids[z] not in labelled:
+            raise ValueError(f"slice {z} is not corrected yet: correct or accept it first, then fill between")
+        partner = self.corrected_partner(z) if partner is None else int(partner)
+        if partner is None or self.stack.slice_ids[partner] not in labelled:
+            raise ValueError("fill between needs a second corrected slice of this stack; correct or accept one")
+        z0, z1 = sorted((int(z), partner))
+        c = classes.index(organ)
+        organ_masks = fill_between(self.masks[c, z0], self.masks[c, z1], z1 - z0 - 1, method=method)
+        items, before = [], {}
+        for k, zb in enumerate(range(z0 + 1, z1)):
+            masks = self.masks[:, zb].copy()
+            masks[c] = organ_masks[k]
+            sid = self.stack.slice_ids[zb]
+            before[sid] = int(self.versions[zb])
+            items.append({"slice_id": sid, "masks": masks, "source": "interpolated",
+                          "note": f"{organ} filled between z{z0} and z{z1}"})
+        filled = self._store_many(items)
+        undo = [(self.stack.slice_ids[zb], before[self.stack.slice_ids[zb]], int(self.versions[zb]))
+                for zb in filled if before[self.stack.slice_ids[zb]] > 0]
+        return FillResult(organ, z0, z1, filled, undo)
+
+    def undo_fill(self, fill: FillResult) -> list[int]:
+        """Put back the versions a fill replaced, on slices nobody changed since; returns their z."""
+        done = self.store.restore_many(fill.undo, note="undo fill")
+        restored = [sid for (sid, _old, _new), v in zip(fill.undo, done) if v is not None]
+        return self._load(restored) if restored else []
+
+    def store_refined(self, labels_by_z: dict[int, np.ndarray], centre: int) -> list[int]:
+        """Save neighbour slices refined from the strokes on ``centre`` (as model output; protected ones skipped)."""
+        from napari_gitseg.classes import labels_to_masks
+
+        classes = tuple(self.stack.classes)
+        items = [{"slice_id": self.stack.slice_ids[z], "masks": labels_to_masks(labels, classes), "source": "model",
+                  "model_version": "refine", "note": f"refined from the strokes on z{centre}"}
+                 for z, labels in labels_by_z.items()]
+        return self._store_many(items)
 
     # ---- navigation --------------------------------------------------------------------------
     def queue(self) -> list[int]:

@@ -16,6 +16,7 @@ from training import events as ev
 from training.bootstrap import (
     _with_pseudo,
     choose_labelled,
+    plot_effort_curve,
     run_bootstrap,
     run_round_from_store,
     select_pseudo,
@@ -135,6 +136,8 @@ def project(cases, tmp_path, monkeypatch):
             save_stack_snapshot(folder, stack)
             store.save_many([{"slice_id": stack.slice_ids[z], "masks": stack.masks[:, z], "source": "clinician"}
                              for z in (2, 4, 6, 8, 10, 12)])
+            store.save_effort("review-1", [{"slice_id": stack.slice_ids[z], "seconds": 15.0, "strokes": 2,
+                                            "painted_px": 50, "accepted_unedited": False} for z in (2, 4, 6, 8)])
     return folder
 
 
@@ -147,6 +150,9 @@ def test_store_rounds_promote_then_reject(project, cases):
     assert first["promoted"] and first["active_version"] == "v0001" and first["baseline"] is None
     assert first["clinician_train"] + first["clinician_val"] == 12 and first["clinician_val"] > 0
     assert first["pseudo_written"] == 5
+    assert first["clinician_minutes"] == pytest.approx(2.0)  # 8 slices x 15 s from the effort log
+    assert first["dice_vs_effort"] == [{"round": 1, "clinician_minutes": 2.0, "clinician_slices": 12,
+                                        "dice": first["candidate_dice"]}]
     registry = ModelRegistry(registry_folder(project))
     assert registry.active() == "v0001"
     with LabelStore.open(project) as store:
@@ -165,6 +171,9 @@ def test_store_rounds_promote_then_reject(project, cases):
     assert second["candidate_dice"] == pytest.approx(second["baseline_dice"])
     assert second["clinician_val"] == first["clinician_val"]  # the same frozen validation slices
     assert second["pseudo_used"] == 5
+    assert [p["round"] for p in second["dice_vs_effort"]] == [1, 2]
+    assert second["dice_vs_effort"][1]["dice"] == pytest.approx(second["baseline_dice"])  # the active model's
+    assert plot_effort_curve(second["dice_vs_effort"], project / "effort.png").stat().st_size > 0
     assert registry.active() == "v0001" and len(registry.versions()) == 1
     load_bundle(registry.path_of("v0001"))
     assert not list((project / "jobs").glob("round-*"))  # its work folder is cleaned up

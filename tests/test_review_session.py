@@ -123,3 +123,72 @@ def test_export_round_trips_through_the_readers(tmp_path, session, case):
     export_store(tmp_path / "proj", nii, fmt="nii")
     assert np.array_equal(read_masks(nii, like).masks[:, 3:6], case.masks[:, 3:6])
     assert masks_to_labels(back).shape == case.shape
+
+
+def test_accept_never_flags_a_pseudo_label_saved_by_the_trainer_meanwhile(tmp_path, session, case):
+    """Issue 11 defect 1: the trainer's own connection saves a pseudo-label for the slice on screen."""
+    masks, conf = fake_prediction(case)
+    session.apply_prediction(masks, conf, "v0001")
+    screen = session.labels()[1].copy()  # the prediction the clinician is looking at
+    trainer = LabelStore.open(tmp_path / "proj")  # the background trainer, as at the end of a round
+    pseudo = np.zeros_like(masks[:, 1])
+    pseudo[0, 5:25, 5:25] = True
+    assert trainer.save(case.slice_ids[1], pseudo, source="pseudo", model_version="v0002") is not None
+    trainer.close()
+    session.accept(1, before=screen, after=screen.copy())  # no edit
+    rec = session.store.latest(case.slice_ids[1])
+    assert rec.reviewed and np.array_equal(masks_to_labels(rec.masks), screen)  # exactly what was seen
+    assert rec.source == "clinician"  # the clinician's statement about what they saw
+    history = session.history(1)
+    assert [h.source for h in history] == ["model", "pseudo", "clinician"]
+    assert not history[1].reviewed  # the unseen pseudo-label was never flagged reviewed
+    assert case.slice_ids[1] in session.store.clinician_slices()
+
+
+def test_sync_takes_in_versions_saved_by_another_connection(tmp_path, session, case):
+    masks, conf = fake_prediction(case)
+    session.apply_prediction(masks, conf, "v0001")
+    assert session.sync() == []  # nothing new
+    other = LabelStore.open(tmp_path / "proj")
+    pseudo = np.zeros_like(masks[:, 3])
+    pseudo[2, 10:20, 10:20] = True
+    other.save(case.slice_ids[3], pseudo, source="pseudo")
+    other.close()
+    assert session.sync() == [3]
+    assert np.array_equal(session.masks[:, 3], pseudo) and session.versions[3] == 2
+    session.accept(3)  # accepting after the sync: the screen shows the pseudo-label now
+    rec = session.store.latest(case.slice_ids[3])
+    assert rec.source == "pseudo" and rec.reviewed and rec.version == 3
+
+
+def test_apply_prediction_protects_clinician_work_in_one_write_without_reading_masks(session, case, monkeypatch):
+    """Issue 11 defect 3: one protection check, in the store's write transaction."""
+    before = session.labels()[2]
+    after = before.copy()
+    after[5:9, 5:9] = LABEL_VALUES["small_bowel"]
+    session.save_edit(2, before, after)
+    calls = {"write": 0, "latest": 0}
+    store = session.store
+    real_write, real_latest, real_many = store._write, store.latest, store.latest_many
+
+    def write(*a, **k):
+        calls["write"] += 1
+        return real_write(*a, **k)
+
+    def latest(*a, **k):
+        calls["latest"] += 1
+        return real_latest(*a, **k)
+
+    def latest_many(*a, **k):
+        calls["latest"] += 1
+        return real_many(*a, **k)
+
+    monkeypatch.setattr(store, "_write", write)
+    monkeypatch.setattr(store, "latest", latest)
+    monkeypatch.setattr(store, "latest_many", latest_many)
+    masks, conf = fake_prediction(case)
+    updated = session.apply_prediction(masks, conf, "v0001")
+    assert calls == {"write": 1, "latest": 0}
+    assert 2 not in updated and len(updated) == case.shape[0] - 1
+    assert np.array_equal(session.labels()[2], after)
+    assert not hasattr(session, "is_protected")

@@ -59,6 +59,7 @@ __all__ = [
 MIN_CLINICIAN_LABELS = 2
 FROZEN_STATE_KEY = "frozen_validation"
 ROUNDS_STATE_KEY = "bootstrap_rounds"
+EFFORT_STATE_KEY = "bootstrap_dice_vs_effort"  # one point per GUI round: minutes of clinician effort, Dice
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -437,6 +438,41 @@ def _frozen_split(entries: list[dict], store, val_fraction: float, seed: int) ->
     return val
 
 
+def _record_effort(store, n_round: int, n_clinician: int, dice: float | None) -> list[dict]:
+    """Append this round's point (minutes of clinician effort from the store's effort log, Dice) to the
+    project's Dice-against-effort curve; returns the curve."""
+    minutes = sum(float(r["seconds"]) for r in store.effort()) / 60.0
+    curve = list(store.get_state(EFFORT_STATE_KEY, []) or [])
+    curve.append({"round": n_round, "clinician_minutes": round(minutes, 2), "clinician_slices": n_clinician,
+                  "dice": dice})
+    store.set_state(EFFORT_STATE_KEY, curve)
+    return curve
+
+
+def plot_effort_curve(curve: list[dict], path: str | Path) -> Path:
+    """PNG of the active model's validation Dice against minutes of clinician effort, one point per round."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    points = [c for c in curve if c.get("dice") is not None]
+    ax.plot([c["clinician_minutes"] for c in points], [c["dice"] for c in points], "-o")
+    for c in points:
+        ax.annotate(f"r{c['round']} ({c['clinician_slices']} sl)", (c["clinician_minutes"], c["dice"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("minutes of clinician effort (Review dock effort log)")
+    ax.set_ylabel("validation Dice of the active model")
+    ax.set_title("Dice against clinician effort")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def run_round_from_store(
     project_folder: str | Path,
     config: TrainConfig | None = None,
@@ -554,6 +590,7 @@ def run_round_from_store(
                 written = sum(1 for v in store.save_many(items) if v is not None) if items else 0
             n_round = int(store.get_state(ROUNDS_STATE_KEY, 0) or 0) + 1
             store.set_state(ROUNDS_STATE_KEY, n_round)
+            curve = _record_effort(store, n_round, n_clin, cand if promoted else base)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         summary = {
@@ -568,6 +605,8 @@ def run_round_from_store(
             "clinician_val": n_val,
             "pseudo_used": n_pseudo,
             "pseudo_written": written,
+            "clinician_minutes": curve[-1]["clinician_minutes"],
+            "dice_vs_effort": curve,
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
             "seconds": round(time.perf_counter() - t0, 1),

@@ -1,12 +1,16 @@
-"""Review dock: the uncertainty queue, Accept / Revert, autosave of every correction.
+"""Review dock: the uncertainty queue, Accept / Revert, autosave of every correction, Fill between,
+Refine, keyboard shortcuts and the effort log.
 
 All store I/O runs on one background thread (``_StoreThread``), in submission order, so the
-GUI never waits on disk and a correction is saved before the next one is taken. The
-workflow itself is ``napari_gitseg.review.ReviewSession`` (tested without Qt).
+GUI never waits on disk and a correction is saved before the next one is taken; the model for
+Refine runs on a second one. The workflow itself is ``napari_gitseg.review.ReviewSession``,
+``interpolate``, ``refine`` and ``effort`` (tested without Qt); versions saved by other windows
+or the background trainer are polled (``ReviewSession.sync``) and shown on slices not being edited.
 """
 
 from __future__ import annotations
 
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from napari.layers import Labels
 from superqt.utils import ensure_main_thread
 
 from napari_gitseg.classes import CLASSES
+from napari_gitseg.effort import EffortLog
 from napari_gitseg.layers import labels_layer_data, stack_from_layer
 from napari_gitseg.project import default_project_folder
 
@@ -32,6 +37,8 @@ from ._common import (
     when_alive,
 )
 from ._hub import hub_for
+from ._review_keys import bind_review_keys, shortcut_text, tooltip
+from ._review_tools import CorrectionTools
 
 EXPORT_CHOICES = [("by file extension", None), ("DICOM RT-STRUCT (.dcm)", "rtstruct"), ("DICOM SEG (.dcm)", "seg")]
 
@@ -55,7 +62,23 @@ class _StoreThread:
             self._pool = None
 
 
-class ReviewWidget(Container):
+def close_on_destroy(widget) -> None:
+    """Run ``widget.close_review()`` when its Qt widget is destroyed (dock closed, napari quit).
+
+    The slot holds the dock weakly: a strong reference from its own Qt widget would make a
+    cycle that Python's collector may clear before Qt emits ``destroyed``.
+    """
+    ref = weakref.ref(widget)
+
+    def closed(*_args) -> None:
+        dock = ref()
+        if dock is not None:
+            dock.close_review()
+
+    widget.native.destroyed.connect(closed)
+
+
+class ReviewWidget(CorrectionTools, Container):
     """Review and correct organ masks slice by slice; every change is a saved version."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
@@ -69,6 +92,18 @@ class ReviewWidget(Container):
         self._io = _StoreThread()
         self._project_override: str | None = None
         self.predictions_shown = 0  #: model predictions stored and drawn on the review layer so far
+        self.syncs_shown = 0  #: versions saved by others (trainer, other windows) drawn so far
+        self.effort = EffortLog()  #: this session's effort (time, strokes, painted pixels per slice)
+        self.interpolation = "auto"  #: Fill between method (napari_gitseg.interpolate.METHODS)
+        self._compute = _StoreThread()  # the model for Refine runs here, never on the store thread
+        self._predictor = None
+        self._model_path: str | None = None
+        self._fills: list = []  # FillResults, newest last (Undo fill)
+        self._seen: np.ndarray | None = None  # current slice's labels after the last stroke we booked
+        self._stale: set[int] = set()  # slices whose newer stored version waits until the clinician leaves them
+        self._applying = False  # True while the dock itself writes into the layer (not a stroke)
+        self._strokes_pending = 0  # paint events not yet booked in the effort log
+        self._timer = None
 
         self._image = ComboBox(label="Image", choices=lambda _w: image_layer_names(viewer))
         self._folder = FileEdit(label="Project folder", mode="d", value="")
@@ -76,18 +111,33 @@ class ReviewWidget(Container):
         self._status = status_label(value="No review open.")
         self._unsaved = status_label(value="")
         self._prev = PushButton(text="◀ Previous")
-        self._next = PushButton(text="Next least confident ▶")
-        self._accept = PushButton(text="Accept slice ✓")
+        self._next = PushButton(text=f"Next least confident ▶ ({shortcut_text('next')})")
+        self._accept = PushButton(text=f"Accept slice ✓ ({shortcut_text('accept')})")
         self._versions = ComboBox(label="Version", choices=[])
-        self._revert = PushButton(text="Revert to version")
+        self._revert = PushButton(text=f"Revert to version ({shortcut_text('revert')})")
+        self._organ = ComboBox(label="Organ", choices=[(f"{c.replace('_', ' ')} ({i + 1})", c)
+                                                       for i, c in enumerate(CLASSES)], value="stomach")
+        self._fill = PushButton(text=f"Fill between ({shortcut_text('fill')})")
+        self._undo_fill = PushButton(text=f"Undo fill ({shortcut_text('undo_fill')})")
+        self._refine = PushButton(text=f"Refine with model ({shortcut_text('refine')})")
+        self._refine_neighbours = CheckBox(text="refine neighbours too", value=False)
+        self._effort_status = status_label(value="")
         self._visible = {c: CheckBox(text=c.replace("_", " "), value=True) for c in CLASSES}
         vis = Container(widgets=list(self._visible.values()), layout="horizontal", labels=False)
         self._export_path = FileEdit(label="Export to", mode="w", filter="*.csv *.tif *.nii.gz *.dcm", value="")
         self._export_format = ComboBox(label="Format", value=None, choices=EXPORT_CHOICES)
         self._export = PushButton(text="Export reviewed masks")
         nav = Container(widgets=[self._prev, self._next], layout="horizontal", labels=False)
+        fill = Container(widgets=[self._fill, self._undo_fill], layout="horizontal", labels=False)
+        refine = Container(widgets=[self._refine, self._refine_neighbours], layout="horizontal", labels=False)
         self.extend([self._image, self._folder, self._open, self._status, self._unsaved, nav, self._accept,
-                     self._versions, self._revert, vis, self._export_path, self._export_format, self._export])
+                     self._organ, fill, refine, self._effort_status, self._versions, self._revert, vis,
+                     self._export_path, self._export_format, self._export])
+        for action, button in (("previous", self._prev), ("next", self._next), ("accept", self._accept),
+                               ("revert", self._revert), ("fill", self._fill), ("undo_fill", self._undo_fill),
+                               ("refine", self._refine)):
+            button.tooltip = tooltip(action)
+        self._organ.tooltip = "The organ you paint, fill and refine [1 / 2 / 3]"
         self._set_enabled(False)
         self._history: list[int] = []
 
@@ -96,6 +146,12 @@ class ReviewWidget(Container):
         self._prev.changed.connect(self.previous_slice)
         self._accept.changed.connect(self.accept_slice)
         self._revert.changed.connect(self.revert_slice)
+        self._fill.changed.connect(self.fill_between)
+        self._undo_fill.changed.connect(self.undo_fill)
+        self._refine.changed.connect(self.refine_slice)
+        self._organ.changed.connect(self._organ_chosen)
+        self._hub.model_changed.connect(self._on_model_changed)
+        close_on_destroy(self)  # Qt never calls a magicgui Container's closeEvent
         self._export.changed.connect(lambda: self.export_to(str(self._export_path.value)))
         for box in self._visible.values():
             box.changed.connect(self._apply_visibility)
@@ -121,8 +177,10 @@ class ReviewWidget(Container):
         self._project_override = folder
 
     def flush(self) -> None:
-        """Save a pending edit of the current slice and wait until the store has it."""
+        """Save a pending edit of the current slice and wait until the store has it (and all queued work)."""
         self._save_current(wait=True)
+        if self._session is not None:
+            self._io.submit(lambda: None).result()  # the store thread runs jobs in order
 
     # ---- opening ---------------------------------------------------------------------------------
     def start_review(self) -> None:
@@ -164,8 +222,12 @@ class ReviewWidget(Container):
         data = self._session.labels()
         self._layer = ensure_labels_layer(self._viewer, kwargs["name"], data, kwargs)
         self._layer.events.paint.connect(self._on_paint)
+        self._layer.events.selected_label.connect(self._on_selected_label)
         self._layer.mode = "paint"
+        self._organ_chosen(self._organ.value)
+        bind_review_keys(self._layer, self._key_actions())
         self._viewer.layers.selection.active = self._layer
+        self._start_sync_timer()
         self._set_enabled(True)
         self._apply_visibility()
         self._z = None
@@ -184,9 +246,15 @@ class ReviewWidget(Container):
         z = self._current_z()
         if z == self._z:
             return
+        self._after_stroke()  # strokes on the slice being left are booked to it
         self._save_current()
         self._z = z
+        self.effort.enter(z)
+        if z in self._stale:  # a version saved by others while the clinician was on this slice
+            self._stale.discard(z)
+            self._show_slice(z)
         self._snapshot = np.array(self._layer.data[z], copy=True)
+        self._seen = self._snapshot.copy()
         self._unsaved.value = ""
         self._refresh_versions()
 
@@ -194,7 +262,19 @@ class ReviewWidget(Container):
         # napari emits `paint` while it records the undo step, before the new values land
         from qtpy.QtCore import QTimer
 
-        QTimer.singleShot(0, self._update_unsaved)
+        if self._applying:
+            return
+        self._strokes_pending += 1
+        QTimer.singleShot(0, self._after_stroke)
+
+    def _after_stroke(self) -> None:
+        """Book the strokes painted since the last call in the effort log and show the unsaved state."""
+        if self._layer is not None and self._z is not None and self._seen is not None and self._strokes_pending:
+            now = np.array(self._layer.data[self._z], copy=True)
+            self.effort.stroke(self._z, self._seen, now, count=self._strokes_pending)
+            self._seen = now
+        self._strokes_pending = 0
+        self._update_unsaved()
 
     def _update_unsaved(self) -> None:
         if self._snapshot is not None and self._z is not None and self._layer is not None:
@@ -241,7 +321,11 @@ class ReviewWidget(Container):
         """Save the current slice as reviewed and jump to the next least-confident slice."""
         if self._session is None:
             return
+        if self._z is not None:
+            self._after_stroke()
+            self.effort.accept(self._z)
         self._save_current(accept=True)
+        self._save_effort()
         nxt = self._io.submit(self._session.next_in_queue, self._z)
         nxt.add_done_callback(self._goto_future)
 
@@ -304,6 +388,7 @@ class ReviewWidget(Container):
             self._layer.refresh()
         if z == self._z:
             self._snapshot = labels.copy()
+            self._seen = labels.copy()
 
     def export_to(self, path: str, fmt: str | None = None) -> Future | None:
         """Export the reviewed masks with a provenance side file (format: ``fmt``, the Format box, or by extension).
@@ -324,8 +409,14 @@ class ReviewWidget(Container):
         self._save_current()
         from napari_gitseg.export import export_store
 
-        fut = self._io.submit(export_store, str(self._folder.value), path, fmt, self._session.name,
-                              with_images=True)
+        def export(folder: str, name: str) -> list:
+            from napari_gitseg.effort import export_effort
+
+            written = export_store(folder, path, fmt, name, with_images=True)
+            return [*written, export_effort(folder, path, name)]  # the clinician's effort, beside the masks
+
+        self._save_effort()
+        fut = self._io.submit(export, str(self._folder.value), self._session.name)
         fut.add_done_callback(self._exported)
         return fut
 
@@ -399,7 +490,8 @@ class ReviewWidget(Container):
             set_class_visibility(self._layer, {c: box.value for c, box in self._visible.items()})
 
     def _set_enabled(self, on: bool) -> None:
-        for w in (self._prev, self._next, self._accept, self._revert, self._versions, self._export):
+        for w in (self._prev, self._next, self._accept, self._revert, self._versions, self._export, self._fill,
+                  self._undo_fill, self._refine):
             w.enabled = on
 
     def _on_layer_removed(self, event) -> None:
@@ -415,21 +507,28 @@ class ReviewWidget(Container):
             self._set_enabled(False)
             self._status.value = "Review layer removed; saved work is in the store. Start review to reopen."
 
-    def closeEvent(self, event):  # pragma: no cover - Qt close path
-        self.close_review()
-        super().closeEvent(event)
-
     def close_review(self) -> None:
-        """Save pending work, close the store and detach from the layer (dock close, or before reopening)."""
+        """Save pending work, close the store and detach from the layer.
+
+        Runs when the dock's Qt widget is destroyed (dock closed, napari quit), before reopening,
+        and from the app; a second call does nothing more.
+        """
         session = self._session
+        if self._timer is not None and is_alive(self):
+            self._timer.stop()
         try:
             self._save_current(wait=True)
         finally:
             # later viewer events (closing napari removes layers and changes dims) find no session
+            self.effort.enter(None)
+            if session is not None:
+                rows = self.effort.rows(list(session.stack.slice_ids))
+                self._io.submit(session.store.save_effort, self.effort.session_id, rows)
             self._session, self._layer, self._z, self._snapshot = None, None, None, None
             if session is not None:
                 self._io.submit(session.store.close)
             self._io.close()
+            self._compute.close()
         if is_alive(self):
             self._set_enabled(False)
             self._status.value = "Review closed; saved work is in the store. Start review to reopen."

@@ -8,11 +8,14 @@ Layout (``<project>/gitseg_labels.sqlite``, WAL journal, ``synchronous=FULL``; t
 - ``versions``: one row per saved version of one slice: the per-class masks (bit-packed,
   zlib-compressed, with a CRC-32 over data and shape that every read verifies), their
   provenance (``clinician`` / ``model`` / ``pseudo`` / ``imported``: read from a DICOM RT-STRUCT or SEG,
-  the file named in the note; the user who saved it; the model version),
+  the file named in the note / ``interpolated``: filled between two corrected slices; the user who
+  saved it; the model version),
   the reviewed flag, the model's confidence, a note and a timestamp (seconds since the epoch).
   Rows are never updated or deleted: marking a slice reviewed and reverting it write new
   versions too, so the whole history, review state included, stays readable.
 - ``state``: small JSON session values (active model, last slice viewed).
+- ``effort``: the clinician's effort per review session and slice (seconds, strokes, painted
+  pixels, accepted unedited; see ``napari_gitseg.effort``).
 
 Rules:
 
@@ -21,8 +24,16 @@ Rules:
   on the next open. A full disk fails the write with ``StoreError`` and changes nothing.
 - Two processes (two napari windows) may write at once: writers take turns (busy timeout
   ``BUSY_TIMEOUT_S``), a version number is unique per slice and versions are dense (1, 2, ...).
-- A prediction (``source="model"`` or ``"pseudo"``) never replaces a slice whose latest version
-  is by a clinician (``clinician`` or ``imported``) or reviewed: ``save`` returns None and ``save_many`` gives None for it.
+- Clinician work is protected in ONE place, the write transaction (``_refuses``): a prediction
+  (``source="model"`` or ``"pseudo"``) never replaces a slice whose latest version is a clinician
+  label (by a clinician, ``clinician`` or ``imported``, or reviewed) or interpolated between the
+  clinician's slices; an interpolation never replaces a clinician label. ``save`` returns None and
+  ``save_many`` gives None for such a slice. An interpolated slice is a clinician label (what
+  training uses, ``clinician_slices``) only once accepted.
+- ``accept`` stores exactly the masks the clinician saw as the reviewed version: it marks the
+  latest version reviewed only when that is the version the clinician's screen showed, with the
+  same masks; if another window or the trainer saved something meanwhile, what was on screen is
+  saved as a new clinician version instead.
 - A store written by a newer schema is refused and left untouched; an older one is migrated
   in one transaction. A read-only folder or file is refused for writing with a clear message;
   ``LabelStore.open(folder, readonly=True)`` views and exports it.
@@ -50,7 +61,7 @@ from napari_gitseg.classes import CLASSES
 from napari_gitseg.store import schema
 from napari_gitseg.store.schema import DB_NAME, SCHEMA_VERSION
 
-SOURCES = ("clinician", "model", "pseudo", "imported")
+SOURCES = ("clinician", "model", "pseudo", "imported", "interpolated")
 PREDICTED = ("model", "pseudo")  # never replace a protected slice
 CLINICIAN_SOURCES = ("clinician", "imported")  # count as clinician labels (imported: a department's RT-STRUCT/SEG)
 BUSY_TIMEOUT_S = 30.0
@@ -447,9 +458,13 @@ class LabelStore:
 
     # ---- writing -------------------------------------------------------------------------------
     def save(self, slice_id: str, masks: np.ndarray, *, source: str, model_version: str | None = None,
-             confidence: float | None = None, reviewed: bool = False, user: str | None = None,
+             confidence: float | None = None, reviewed: bool | None = False, user: str | None = None,
              note: str | None = None) -> int | None:
-        """Save a new version of one slice; returns it, or None when a prediction meets clinician work."""
+        """Save a new version of one slice; returns it, or None when a prediction meets clinician work.
+
+        ``reviewed=None`` keeps the review state of the latest version (an edit of an accepted
+        slice stays accepted), read in the same transaction as the write.
+        """
         return self.save_many([dict(slice_id=slice_id, masks=masks, source=source, model_version=model_version,
                                     confidence=confidence, reviewed=reviewed, user=user, note=note)])[0]
 
@@ -475,8 +490,18 @@ class LabelStore:
         blob, shape_text, crc = _pack(masks)
         user = item.get("user") or (self.user if source == "clinician" else None)
         model_version = item.get("model_version")
+        reviewed = item.get("reviewed", False)
         return (sid, source, user, None if model_version is None else str(model_version),
-                int(bool(item.get("reviewed", False))), conf, item.get("note"), shape_text, blob, crc)
+                None if reviewed is None else int(bool(reviewed)), conf, item.get("note"), shape_text, blob, crc)
+
+    @staticmethod
+    def _refuses(new_source: str, last_source: str, last_reviewed: bool) -> bool:
+        """True when a version by ``new_source`` may not replace the latest one (the one protection rule)."""
+        if new_source in CLINICIAN_SOURCES:
+            return False
+        if LabelStore._protected(last_source, last_reviewed):
+            return True
+        return new_source in PREDICTED and last_source == "interpolated"
 
     def save_many(self, items: Iterable[dict]) -> list[int | None]:
         """Save many slices in ONE transaction; per item its new version, or None if skipped (protected).
@@ -493,10 +518,12 @@ class LabelStore:
             for sid, source, user, model_version, reviewed, conf, note, shape_text, blob, crc in prepared:
                 last = conn.execute("SELECT version, source, reviewed FROM versions WHERE slice_id = ? "
                                     "ORDER BY version DESC LIMIT 1", (sid,)).fetchone()
-                if source in PREDICTED and last is not None and self._protected(last[1], bool(last[2])):
+                if last is not None and self._refuses(source, last[1], bool(last[2])):
                     results.append(None)  # a prediction never overwrites a clinician's correction
                     continue
                 version = 1 if last is None else last[0] + 1
+                if reviewed is None:
+                    reviewed = int(bool(last is not None and last[2]))
                 conn.execute(f"INSERT INTO versions ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              (sid, version, source, user, model_version, reviewed, conf, note, now, shape_text,
                               blob, crc))
@@ -531,6 +558,60 @@ class LabelStore:
             return int(last["version"])
 
         return self._write(work, f"marking {slice_id} {'reviewed' if reviewed else 'unreviewed'}")
+
+    def accept(self, slice_id: str, masks: np.ndarray, seen_version: int | None, user: str | None = None) -> int:
+        """Store ``masks`` (what the clinician's screen showed) as the reviewed version; returns it.
+
+        In one transaction: when the latest version is ``seen_version`` and holds exactly these
+        masks, it is marked reviewed (a new version keeping its provenance; nothing is written when
+        it is reviewed already). Otherwise (another window or the trainer saved a version the
+        clinician never saw, or the screen differs) the masks are saved as a reviewed clinician
+        version, so nothing unseen is ever flagged reviewed.
+        """
+        item = self._prepare_item({"slice_id": slice_id, "masks": masks, "source": "clinician",
+                                   "user": user, "reviewed": True, "note": "accepted as shown"})
+        blob, crc = item[-2], item[-1]
+
+        def work(conn: sqlite3.Connection) -> int:
+            last = self._latest_row(conn, slice_id)
+            if last is not None and last["version"] == seen_version and last["crc"] == crc and \
+                    bytes(last["masks"]) == blob:
+                if last["reviewed"]:
+                    return int(last["version"])
+                last.update(version=last["version"] + 1, reviewed=1, user=user or self.user, note="reviewed",
+                            created=time.time())
+                row = tuple(last.values())
+            else:
+                row = (item[0], 1 if last is None else last["version"] + 1, *item[1:7], time.time(), *item[7:])
+            conn.execute(f"INSERT INTO versions ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            return int(row[1])
+
+        return self._write(work, f"accepting {slice_id}")
+
+    def restore_many(self, items: Sequence[tuple[str, int, int]], note: str = "undo") -> list[int | None]:
+        """Undo automatic saves: per ``(slice id, version to restore, version it replaced)`` a new version.
+
+        The new version copies the restored one whole (masks, provenance, review state). A slice is
+        skipped (None) when its latest version is no longer the one to undo (the clinician or
+        another window changed it since). One transaction for all.
+        """
+        def work(conn: sqlite3.Connection) -> list[int | None]:
+            out: list[int | None] = []
+            for sid, version, replaced in items:
+                last = self._latest_row(conn, sid)
+                old = conn.execute(f"SELECT {self._COLS} FROM versions WHERE slice_id = ? AND version = ?",
+                                   (sid, int(version))).fetchone()
+                if last is None or old is None or last["version"] != replaced:
+                    out.append(None)
+                    continue
+                row = dict(zip(self._COLS.split(", "), old))
+                row.update(version=last["version"] + 1, note=f"{note}: back to v{version}", created=time.time())
+                conn.execute(f"INSERT INTO versions ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             tuple(row.values()))
+                out.append(int(row["version"]))
+            return out
+
+        return self._write(work, f"undoing {len(items)} slice(s)")
 
     def revert(self, slice_id: str, version: int, user: str | None = None) -> int:
         """Write a new version with the masks of ``version`` (noted "revert to vN"); history is kept.
@@ -592,6 +673,12 @@ class LabelStore:
             out[row[0]] = self._record(row)
         return out
 
+    def latest_versions(self, stack: str) -> dict[str, int]:
+        """Latest version number of each saved slice of ``stack`` (no masks read: cheap to poll)."""
+        rows = self._read("SELECT v.slice_id, MAX(v.version) FROM versions v JOIN slices s ON s.slice_id = v.slice_id "
+                          "WHERE s.stack = ? GROUP BY v.slice_id", (stack,))
+        return {r[0]: int(r[1]) for r in rows}
+
     def get(self, slice_id: str, version: int) -> SliceRecord:
         """One specific version of a slice (StoreError if it does not exist)."""
         rows = self._read(f"SELECT {self._COLS} FROM versions WHERE slice_id = ? AND version = ?",
@@ -649,7 +736,8 @@ class LabelStore:
         return [sid for _c, _z, sid in sorted(scored)] + unscored
 
     def counts(self, stack: str) -> dict[str, int]:
-        """Counts for the status line: total, reviewed, clinician (edited or reviewed), pseudo, predicted."""
+        """Counts for the status line: total, reviewed, clinician (edited or reviewed), and the unreviewed
+        pseudo, predicted and interpolated slices."""
         total = len(self.stack_info(stack)["slice_ids"])
         meta = self._latest_meta(stack)
         return {
@@ -658,6 +746,7 @@ class LabelStore:
             "clinician": sum(1 for r in meta if self._protected(r[1], r[2])),
             "pseudo": sum(1 for r in meta if r[1] == "pseudo" and not r[2]),
             "predicted": sum(1 for r in meta if r[1] == "model" and not r[2]),
+            "interpolated": sum(1 for r in meta if r[1] == "interpolated" and not r[2]),
         }
 
     # ---- session state -------------------------------------------------------------------------
@@ -674,6 +763,34 @@ class LabelStore:
         """Read a session value (``default`` if unset)."""
         rows = self._read("SELECT value FROM state WHERE key = ?", (key,))
         return default if not rows else json.loads(rows[0][0])
+
+    # ---- clinician effort ----------------------------------------------------------------------
+    _EFFORT_COLS = ("session", "slice_id", "user", "seconds", "strokes", "painted_px", "accepted_unedited", "updated")
+
+    def save_effort(self, session: str, rows: Iterable[dict]) -> None:
+        """Record (replace) the effort of review ``session`` on slices: dicts with ``slice_id``, ``seconds``,
+        ``strokes``, ``painted_px`` and ``accepted_unedited``."""
+        now = time.time()
+        values = [(session, r["slice_id"], r.get("user") or self.user, float(r["seconds"]), int(r["strokes"]),
+                   int(r["painted_px"]), int(bool(r["accepted_unedited"])), now) for r in rows]
+        if values:
+            self._write(lambda conn: conn.executemany("INSERT OR REPLACE INTO effort VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                                      values), f"saving the effort of {len(values)} slice(s)")
+
+    def effort(self, stack: str | None = None) -> list[dict]:
+        """Every effort row (of ``stack``), oldest session first, slices in z order."""
+        query = (f"SELECT {', '.join('e.' + c for c in self._EFFORT_COLS)}, s.stack, s.z FROM effort e "
+                 "JOIN slices s ON s.slice_id = e.slice_id")
+        params: tuple = ()
+        if stack is not None:
+            query, params = query + " WHERE s.stack = ?", (stack,)
+        rows = self._read(query + " ORDER BY e.updated, s.stack, s.z", params)
+        out = []
+        for r in rows:
+            row = dict(zip((*self._EFFORT_COLS, "stack", "z"), r))
+            row["accepted_unedited"] = bool(row["accepted_unedited"])
+            out.append(row)
+        return out
 
     # ---- export --------------------------------------------------------------------------------
     def export_masks(self, stack: str, reviewed_only: bool = True) -> tuple[list[str], np.ndarray, list[dict]]:

@@ -17,17 +17,24 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 2  # 2: provenance "imported" (labels read from a department's RT-STRUCT/SEG)
+SCHEMA_VERSION = 3  # 2: provenance "imported" (a department's RT-STRUCT/SEG); 3: "interpolated", effort
 DB_NAME = "gitseg_labels.sqlite"
 APP_NAME = "napari-gitseg"
 
 VERSIONS_TABLE = (
     "CREATE TABLE {name} (id INTEGER PRIMARY KEY AUTOINCREMENT, slice_id TEXT NOT NULL"
     " REFERENCES slices(slice_id), version INTEGER NOT NULL CHECK (version >= 1),"
-    " source TEXT NOT NULL CHECK (source IN ('clinician', 'model', 'pseudo', 'imported')),"
+    " source TEXT NOT NULL CHECK (source IN ('clinician', 'model', 'pseudo', 'imported', 'interpolated')),"
     " user TEXT, model_version TEXT, reviewed INTEGER NOT NULL CHECK (reviewed IN (0, 1)), confidence REAL,"
     " note TEXT, created REAL NOT NULL, shape TEXT NOT NULL, masks BLOB NOT NULL, crc INTEGER NOT NULL,"
     " UNIQUE (slice_id, version))"
+)
+# the clinician's effort per review session and slice (schema 3 on; see napari_gitseg.effort)
+EFFORT_TABLE = (
+    "CREATE TABLE effort (session TEXT NOT NULL, slice_id TEXT NOT NULL REFERENCES slices(slice_id),"
+    " user TEXT, seconds REAL NOT NULL, strokes INTEGER NOT NULL, painted_px INTEGER NOT NULL,"
+    " accepted_unedited INTEGER NOT NULL CHECK (accepted_unedited IN (0, 1)), updated REAL NOT NULL,"
+    " PRIMARY KEY (session, slice_id))"
 )
 
 TABLES = (
@@ -38,20 +45,32 @@ TABLES = (
     " z INTEGER NOT NULL)",
     VERSIONS_TABLE.format(name="versions"),
     "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    EFFORT_TABLE,
 )
 
 
 
-def _allow_imported(conn: sqlite3.Connection) -> None:
-    """1 -> 2: rebuild ``versions`` so its source CHECK also allows ``imported`` (rows kept as they are)."""
-    conn.execute(VERSIONS_TABLE.format(name="versions_v2"))
-    conn.execute("INSERT INTO versions_v2 SELECT * FROM versions")
+def _rebuild_versions(conn: sqlite3.Connection) -> None:
+    """Rebuild ``versions`` with the current source CHECK (SQLite cannot alter one; rows kept as they are)."""
+    conn.execute(VERSIONS_TABLE.format(name="versions_new"))
+    conn.execute("INSERT INTO versions_new SELECT * FROM versions")
     conn.execute("DROP TABLE versions")
-    conn.execute("ALTER TABLE versions_v2 RENAME TO versions")
+    conn.execute("ALTER TABLE versions_new RENAME TO versions")
+
+
+def _allow_imported(conn: sqlite3.Connection) -> None:
+    """1 -> 2: the source CHECK also allows ``imported``."""
+    _rebuild_versions(conn)
+
+
+def _allow_interpolated_add_effort(conn: sqlite3.Connection) -> None:
+    """2 -> 3: the source CHECK also allows ``interpolated`` (fill between); the ``effort`` table."""
+    _rebuild_versions(conn)
+    conn.execute(EFFORT_TABLE.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
 
 
 # from version N to N + 1; each runs inside the open transaction of the caller
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _allow_imported}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _allow_imported, 2: _allow_interpolated_add_effort}
 
 NOT_A_STORE = 0  # read_version: tables that are not ours
 

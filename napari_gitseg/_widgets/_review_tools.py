@@ -1,0 +1,215 @@
+"""The Review dock's correction tools: Fill between, Refine, organ keys, versions saved by others, effort.
+
+A mixin of ``ReviewWidget`` (napari_gitseg/_widgets/review.py): it uses the dock's state (session,
+layer, current slice, store thread) and stays thin; the work is in ``napari_gitseg.review``,
+``interpolate``, ``refine`` and ``effort``.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+import numpy as np
+from superqt.utils import ensure_main_thread
+
+from napari_gitseg.classes import CLASSES, LABEL_VALUES
+from napari_gitseg.effort import summary_text
+
+from ._common import show_error, show_info, when_alive
+
+SYNC_INTERVAL_MS = 2000  # how often the dock looks for versions saved by others (one cheap query)
+
+
+class CorrectionTools:
+    """Fill between, Refine, organ selection, sync with other writers and the effort line of the Review dock."""
+
+    # ---- faster correction: fill between, refine ------------------------------------------------------
+    def _key_actions(self) -> dict:
+        actions = {"accept": self.accept_slice, "next": self.next_slice, "previous": self.previous_slice,
+                   "revert": self.revert_slice, "fill": self.fill_between, "undo_fill": self.undo_fill,
+                   "refine": self.refine_slice}
+        for i, organ in enumerate(CLASSES):
+            actions[f"organ_{i + 1}"] = lambda organ=organ: self.select_organ(organ)
+        return actions
+
+    def select_organ(self, organ: str) -> None:
+        """Paint, fill and refine ``organ`` from now on (keys 1 / 2 / 3)."""
+        self._organ.value = organ
+        if self._layer is not None:
+            self._layer.mode = "paint"
+
+    def _organ_chosen(self, organ) -> None:
+        if self._layer is not None and organ in LABEL_VALUES and self._layer.selected_label != LABEL_VALUES[organ]:
+            self._layer.selected_label = LABEL_VALUES[organ]
+
+    def _on_selected_label(self, _event=None) -> None:
+        value = int(self._layer.selected_label) if self._layer is not None else 0
+        if 1 <= value <= len(CLASSES) and self._organ.value != CLASSES[value - 1]:
+            self._organ.value = CLASSES[value - 1]
+
+    def fill_between(self) -> Future | None:
+        """Interpolate the selected organ between this slice and the nearest other corrected slice."""
+        if self._session is None or self._z is None:
+            return None
+        self._save_current(wait=True)  # this slice's correction is one of the two ends
+        organ, z = self._organ.value, self._z
+        self._unsaved.value = "Filling between slices…"
+        fut = self._io.submit(self._session.fill_between, z, organ, self.interpolation)
+        fut.add_done_callback(self._filled)
+        return fut
+
+    @ensure_main_thread
+    @when_alive
+    def _filled(self, fut: Future) -> None:
+        if fut.exception() is not None:
+            show_error(f"Review: fill between: {fut.exception()}")
+            self._unsaved.value = ""
+            return
+        result = fut.result()
+        self._fills.append(result)
+        self._show_changed(result.filled)
+        for z in result.filled:
+            self.effort.assisted(z)
+        name = result.organ.replace("_", " ")
+        self._unsaved.value = (f"✓ {name} filled on {len(result.filled)} slice(s) between {result.z0} and "
+                               f"{result.z1}: review them (not training labels until accepted)")
+        self._refresh_status()
+
+    def undo_fill(self) -> Future | None:
+        """Put back what the last Fill between replaced (on slices not changed since)."""
+        if self._session is None or not self._fills:
+            show_info("Review: no fill to undo.")
+            return None
+        fut = self._io.submit(self._session.undo_fill, self._fills.pop())
+        fut.add_done_callback(self._fill_undone)
+        return fut
+
+    @ensure_main_thread
+    @when_alive
+    def _fill_undone(self, fut: Future) -> None:
+        if fut.exception() is not None:
+            show_error(f"Review: undo fill failed: {fut.exception()}")
+            return
+        self._show_changed(fut.result())
+        self._unsaved.value = f"✓ fill undone on {len(fut.result())} slice(s)"
+        self._refresh_status()
+
+    def _show_changed(self, slices: list[int]) -> None:
+        """Draw stored changes of ``slices``; the slice on screen waits while it has unsaved edits."""
+        for z in slices:
+            self._show_slice(z, refresh=False)
+        if slices and self._layer is not None:
+            self._layer.refresh()
+
+    def _on_model_changed(self, path) -> None:
+        self._model_path = None if path is None else str(path)
+        self._predictor = None
+
+    def _load_predictor(self):
+        """The model for Refine (the active model of the Segment / Train docks, else the bundled default)."""
+        from napari_gitseg.predict import Predictor
+        from napari_gitseg.resources import default_model_path
+
+        if self._predictor is None:
+            path = self._model_path or default_model_path()
+            if path is None:
+                raise FileNotFoundError("no model to refine with: choose one in the Segment dock")
+            self._predictor = Predictor([path], first_batch_size=8)
+        return self._predictor
+
+    def refine_slice(self) -> Future | None:
+        """Re-run the model on this slice (optionally its neighbours) with the clinician's strokes fixed."""
+        if self._session is None or self._z is None:
+            return None
+        self._after_stroke()
+        rec = self.effort.slices.get(self._z)
+        if rec is None or rec.painted is None:
+            show_info("Review: paint or erase a few strokes first; Refine grows them with the model.")
+            return None
+        from ._common import preload_compute_modules
+
+        preload_compute_modules()  # torch is imported here, on the GUI thread, before the worker uses it
+        z, neighbours = self._z, int(bool(self._refine_neighbours.value))
+        current = np.array(self._layer.data[z], copy=True)
+        self._unsaved.value = "Refining with the model…"
+        fut = self._compute.submit(self._refine_job, z, neighbours, rec.origin.copy(), current, rec.painted.copy())
+        fut.add_done_callback(lambda f: self._refined(f, z, current))
+        return fut
+
+    def _refine_job(self, z: int, neighbours: int, origin, current, painted):
+        from napari_gitseg.refine import refine_labels, refine_neighbour, slice_probabilities
+
+        probs, zs = slice_probabilities(self._load_predictor(), self._session.stack.image, z, neighbours)
+        classes = tuple(self._session.stack.classes)
+        centre = refine_labels(probs[:, zs.index(z)], origin, current, painted, classes)
+        others = {zn: refine_neighbour(probs[:, i], self._session.labels_of(zn), origin, current, painted, classes)
+                  for i, zn in enumerate(zs) if zn != z}
+        return centre, others
+
+    @ensure_main_thread
+    @when_alive
+    def _refined(self, fut: Future, z: int, current: np.ndarray) -> None:
+        if fut.exception() is not None:
+            show_error(f"Review: refine failed: {fut.exception()}")
+            self._unsaved.value = ""
+            return
+        centre, others = fut.result()
+        if self._layer is None or z != self._z or not np.array_equal(self._layer.data[z], current):
+            show_info("Review: the slice changed while the model ran; refine again.")
+            return
+        idx = np.nonzero(centre != current)
+        self._applying = True
+        try:  # one undo step: Ctrl+Z takes the refine back
+            self._layer.data_setitem((np.full(idx[0].shape, z), *idx), centre[idx])
+        finally:
+            self._applying = False
+        self._seen = np.array(self._layer.data[z], copy=True)
+        self.effort.assisted(z)
+        self._update_unsaved()
+        if others:
+            saved = self._io.submit(self._session.store_refined, others, z)
+            saved.add_done_callback(self._show_changed_future)
+
+    @ensure_main_thread
+    @when_alive
+    def _show_changed_future(self, fut: Future) -> None:
+        if fut.exception() is None:
+            self._show_changed(fut.result())
+
+    # ---- versions saved by others (the trainer's pseudo-labels, another window) -------------------------
+    def _start_sync_timer(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        if self._timer is None:
+            self._timer = QTimer(self.native)
+            self._timer.setInterval(SYNC_INTERVAL_MS)
+            self._timer.timeout.connect(self.sync_now)
+        self._timer.start()
+
+    def sync_now(self) -> Future | None:
+        """Look for versions saved by others and show them on slices not being edited."""
+        if self._session is None:
+            return None
+        fut = self._io.submit(self._session.sync)
+        fut.add_done_callback(self._synced)
+        return fut
+
+    @ensure_main_thread
+    @when_alive
+    def _synced(self, fut: Future) -> None:
+        if fut.exception() is not None or not fut.result() or self._layer is None:
+            return
+        updated = fut.result()
+        if self._z in updated:  # never under the clinician's eyes: shown when they come back to it
+            self._stale.add(self._z)
+        self._show_changed([z for z in updated if z != self._z])
+        self.syncs_shown += 1
+        self._refresh_status()
+
+    # ---- effort --------------------------------------------------------------------------------------
+    def _save_effort(self) -> None:
+        """Store this session's effort rows and show the summary line."""
+        self._effort_status.value = summary_text(self.effort.summary())
+        if self._session is not None:
+            rows = self.effort.rows(list(self._session.stack.slice_ids))
+            self._io.submit(self._session.store.save_effort, self.effort.session_id, rows)
