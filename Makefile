@@ -9,10 +9,12 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install run test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins the exact torch build this project is tested with (pyproject.toml keeps ranges);
+# the pyqt5 extra is the default Qt binding
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,pyqt5]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -33,4 +35,4 @@ bench: install
 	$(PY) benchmarks/bench_predict.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -148,3 +148,14 @@ def dciodvfy():
         return report
 
     return check
+
+
+# --- markers ---
+_QT_FIXTURES = {"qtbot", "make_napari_viewer", "make_napari_viewer_proxy"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses a Qt fixture ``qt`` (so ``-m 'not qt'`` runs without a display)."""
+    for item in items:
+        if _QT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.qt)

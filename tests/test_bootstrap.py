@@ -72,6 +72,7 @@ def test_pseudo_labels_never_replace_clinician_labels(cases):
 
 
 # ---------------------------------------------------------------------------------------- simulation
+@pytest.mark.slow
 def test_bootstrap_promotes_a_better_model(cases, tmp_path):
     cfg = preset("quick", **{**TINY, "lr": 1e-2}, finetune_epochs=8)  # round 1 trains longer than round 0
     events: list = []
@@ -100,6 +101,7 @@ def test_bootstrap_promotes_a_better_model(cases, tmp_path):
     assert (tmp_path / "bootstrap_report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_bootstrap_rejects_a_model_that_is_not_better(cases, tmp_path):
     cfg = preset("quick", **{**TINY, **FROZEN})
     events: list = []
@@ -141,6 +143,7 @@ def project(cases, tmp_path, monkeypatch):
     return folder
 
 
+@pytest.mark.slow
 def test_store_rounds_promote_then_reject(project, cases):
     from napari_gitseg.project import registry_folder
     from napari_gitseg.store import LabelStore

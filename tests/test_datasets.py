@@ -14,7 +14,7 @@ from napari_gitseg.io.stack import Stack
 from napari_gitseg.model.normalize import normalize_stack
 from napari_gitseg.model.windows import make_windows
 from training.datasets import SliceDataset, ambiguous_slices, body_bbox
-from training.splits import case_of, kfold_by_case, split_by_case
+from training.splits import case_of, split_by_case
 
 
 def _stack(name="case1_day0", z=8, h=40, w=48, seed=0, labelled=None):
@@ -263,27 +263,3 @@ def test_non_uw_stacks_group_by_their_own_name():
     groups_train = {case_of(i) for i in train}
     assert groups_train.isdisjoint({case_of(i) for i in val})
     assert {"liverA", "liverB", "case3"} == groups_train | {case_of(i) for i in val}
-
-
-@settings(max_examples=30, deadline=None)
-@given(ids=_ids, k=st.integers(2, 5), seed=st.integers(0, 2**16))
-def test_kfold_by_case_covers_each_case_once(ids, k, seed):
-    n_groups = len({case_of(i) for i in ids})
-    if n_groups < k:
-        with pytest.raises(ValueError, match="folds"):
-            kfold_by_case(ids, k, seed)
-        return
-    folds = kfold_by_case(ids, k, seed)
-    assert len(folds) == k
-    all_val = [i for _, val in folds for i in val]
-    assert sorted(all_val) == sorted(ids)  # every id validated exactly once
-    for train, val in folds:
-        assert val and sorted(train + val) == sorted(ids)
-        assert {case_of(i) for i in train}.isdisjoint({case_of(i) for i in val})
-    assert kfold_by_case(ids, k, seed) == folds
-
-
-def test_kfold_sizes_are_balanced():
-    ids = [f"case{c}_day0_slice_{s:04d}" for c in range(1, 21) for s in range(c % 4 + 5)]
-    sizes = [len(val) for _, val in kfold_by_case(ids, 4, seed=0)]
-    assert max(sizes) - min(sizes) <= 8

@@ -31,6 +31,7 @@ def test_without_torchrun_everything_is_single_process(monkeypatch):
     ddp.cleanup()
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_one_model(dataset, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ)

@@ -21,6 +21,7 @@ def _run(run_e2e, *args, **kwargs) -> dict:
         napari.Viewer.close_all()
 
 
+@pytest.mark.slow
 def test_open_segment_correct_accept_retrain_export_reopen(tmp_path, monkeypatch):
     from napari_gitseg.resources import default_model_path
 
@@ -49,6 +50,7 @@ def test_open_segment_correct_accept_retrain_export_reopen(tmp_path, monkeypatch
 REAL = ROOT.parent / "shared" / "data" / "totalsegmentator-examples"
 
 
+@pytest.mark.slow
 def test_the_same_flow_on_a_real_mr_volume(tmp_path, monkeypatch):
     image, labels = REAL / "example_mr_sm.nii.gz", REAL / "example_seg_mr.nii.gz"
     if not image.is_file() or not labels.is_file():

@@ -10,7 +10,7 @@ from PIL import Image
 
 from napari_gitseg.classes import CLASSES
 from napari_gitseg.io import GitsegInputError, Stack, read_stack, read_stacks, rle_encode, write_uwmgi_dataset
-from napari_gitseg.io.uwmgi import find_train_csv, layout_of, png_pixels, read_slice_png, read_uwmgi
+from napari_gitseg.io.uwmgi import find_train_csv, iter_uwmgi, layout_of, png_pixels, read_slice_png
 
 GOOD_NAME = "slice_0001_32_24_1.50_1.25.png"  # width 32, height 24
 
@@ -251,12 +251,12 @@ def test_empty_folders_are_refused(tmp_path):
     empty.mkdir(parents=True)
     for path in (empty, empty.parent):
         with pytest.raises(GitsegInputError) as err:
-            read_uwmgi(path)
+            list(iter_uwmgi(path))
         _assert_names(err, empty)
     nothing = tmp_path / "nothing"
     nothing.mkdir()
     with pytest.raises(GitsegInputError) as err:
-        read_uwmgi(nothing)
+        list(iter_uwmgi(nothing))
     _assert_names(err, nothing)
     with pytest.raises(GitsegInputError):
         read_stacks(nothing)

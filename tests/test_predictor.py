@@ -16,8 +16,8 @@ from napari_gitseg.model.factory import ModelConfig, build_model, forward_logits
 from napari_gitseg.model.normalize import normalize_stack
 from napari_gitseg.model.windows import make_windows
 from napari_gitseg.predict import Prediction, PredictionCancelled, PredictionUpdate, Predictor
-from napari_gitseg.predict.postprocess import body_box, remove_small_components, slice_confidence
-from napari_gitseg.predict.predictor import slice_order
+from napari_gitseg.predict.postprocess import binary_entropy, body_box, remove_small_components
+from napari_gitseg.predict.predictor import _confidence, slice_order
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -286,11 +286,21 @@ def test_min_component_px_in_the_predictor(trained, test_case):
     assert base.masks.any() and not big.masks.any()
 
 
+def reference_confidence(probs: np.ndarray, candidate: float = 0.05) -> np.ndarray:
+    """The module docstring's definition, slice by slice in numpy: (C, Z, Y, X) -> (Z,)."""
+    out = np.ones(probs.shape[1], dtype=np.float32)
+    for z in range(probs.shape[1]):
+        region = (probs[:, z] >= candidate).any(axis=0)
+        if region.any():
+            out[z] = 1.0 - float(binary_entropy(probs[:, z][:, region]).max(axis=0).mean())
+    return out
+
+
 def test_confidence_is_lower_for_uncertain_slices():
     probs = np.zeros((3, 3, 8, 8), np.float32)
     probs[2, 0, 2:6, 2:6] = 0.99  # confident organ
     probs[2, 1, 2:6, 2:6] = 0.55  # hesitant organ
-    conf = slice_confidence(probs)  # slice 2: nothing anywhere -> 1
+    conf = _confidence(torch.from_numpy(probs.transpose(1, 0, 2, 3).copy())).numpy()  # slice 2: nothing -> 1
     assert conf[0] > conf[1] and conf[2] == 1.0 and conf[1] < 0.2
 
 
@@ -330,12 +340,10 @@ def test_models_trained_on_resized_slices_get_the_same_letterbox(test_case):
 
 
 def test_torch_confidence_matches_the_numpy_reference():
-    from napari_gitseg.predict.predictor import _confidence
-
     rng = np.random.default_rng(0)
     probs = rng.random((3, 4, 16, 16)).astype(np.float32) ** 6  # mostly tiny, a few candidates
     probs[:, 3] = 0.0  # no candidate at all -> 1
-    want = slice_confidence(probs)
+    want = reference_confidence(probs)
     got = _confidence(torch.from_numpy(probs.transpose(1, 0, 2, 3).copy())).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert want[3] == 1.0 and (want[:3] < 1.0).all()

@@ -14,14 +14,14 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 
 from napari_gitseg.store import LabelStore
 
 NAME = "case7_day1"
 IDS = [f"{NAME}_slice_{i:04d}" for i in range(1, 9)]
 SHAPE = (8, 64, 64)
-MAX_KILLS = 32
-TIME_BUDGET_S = 25.0
+KILLS = 14  # a fixed count (no wall-clock budget): every 6th while opening, the others mid-write
 
 # The child writes forever; write number i is a batch (all slices, one transaction) when
 # i % 7 == 0, a review toggle when i % 7 == 3, a revert to v1 when i % 7 == 5, else one save.
@@ -96,26 +96,31 @@ def verify(store: LabelStore, committed: dict) -> None:
             assert rec.note in ("reviewed", "review withdrawn")
 
 
+@pytest.mark.slow
 def test_kill_during_saves_never_loses_a_committed_version(tmp_path):
     folder = tmp_path / "proj"
     rng = random.Random(1234)
     committed: dict[tuple[str, int], tuple[str, int]] = {}  # (slice id, version) -> (kind, write number)
     counter = 0
     kills = early_kills = 0
-    deadline = time.monotonic() + TIME_BUDGET_S
-    while kills < MAX_KILLS and time.monotonic() < deadline:
+    while kills < KILLS:
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), str(counter)],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "start"
+        reported = []
         if kills % 6 == 5:  # now and then: kill while opening (WAL recovery, schema creation, register)
             time.sleep(rng.uniform(0.0, 0.15))
             early_kills += 1
         else:
             line = proc.stdout.readline().strip()
             assert line == "ready", line
-            time.sleep(rng.uniform(0.0, 0.3))
+            # let a fixed number of writes commit (whatever the machine's speed), then kill at a
+            # random instant of the ones that follow
+            reported = [proc.stdout.readline() for _ in range(rng.randint(1, 6))]
+            time.sleep(rng.uniform(0.0, 0.05))
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
+        out = "".join(reported) + out
         kills += 1
         for line in out.splitlines():
             parts = line.split()
@@ -140,5 +145,5 @@ def test_kill_during_saves_never_loses_a_committed_version(tmp_path):
     writes = {i for _kind, i in committed.values()}
     print(f"{kills} kills ({early_kills} while opening), {len(writes)} reported writes, "
           f"{len(committed)} reported versions")
-    assert kills >= 8 and len(writes) >= 20, (kills, len(writes))  # the test really exercised the store
+    assert len(writes) >= 20, len(writes)  # the test really exercised the store (at least 1 write per kill)
     assert {kind for kind, _ in committed.values()} == {"save", "batch", "review", "revert"}

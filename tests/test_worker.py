@@ -149,6 +149,7 @@ def test_execute_reports_a_full_disk(dataset, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------- the process
+@pytest.mark.slow
 def test_worker_streams_events_in_order(dataset, tmp_path):
     job = {"kind": "train", "data": str(dataset), "out": str(tmp_path / "out"), "preset": "quick", "config": TINY}
     worker = WorkerProcess(job, tmp_path / "work").start()
@@ -170,6 +171,7 @@ def test_worker_streams_events_in_order(dataset, tmp_path):
     assert worker.log_path.is_file()  # stderr (logs) went to the log file, not into the event stream
 
 
+@pytest.mark.slow
 def test_worker_cancels_on_sigterm(dataset, tmp_path):
     config = dict(TINY, epochs=500, max_steps_per_epoch=4)
     job = {"kind": "train", "data": str(dataset), "out": str(tmp_path / "out"), "preset": "quick", "config": config}
@@ -195,6 +197,7 @@ def test_worker_reports_a_bad_job(tmp_path):
     assert str(worker.job_path) in errors[0].message
 
 
+@pytest.mark.slow
 def test_kill_9_never_corrupts_the_registry(dataset, tmp_path):
     """SIGKILL at random instants of a bootstrap job (which registers models): the registry stays usable."""
     from napari_gitseg.model.bundle import load_bundle
@@ -227,10 +230,8 @@ def test_kill_9_never_corrupts_the_registry(dataset, tmp_path):
             n_killed += 1
             assert isinstance(events[-1], ev.Error) and "exited with code -9" in events[-1].message
         registry = ModelRegistry(out / "models")
-        names = [v["version"] for v in registry.versions()]
-        active = registry.active()
-        assert active is None or active in names
-        if active is not None:
+        names = [v["version"] for v in registry.versions()]  # the index reads (it checks the active one is listed)
+        if registry.active() is not None:
             registry.load()  # the active model loads (checksum, shapes)
         for name in names:
             load_bundle(registry.path_of(name))
@@ -239,6 +240,7 @@ def test_kill_9_never_corrupts_the_registry(dataset, tmp_path):
     assert n_killed >= 3  # the instants were reached: the test really killed the worker mid-job
 
 
+@pytest.mark.slow
 def test_a_round_killed_mid_write_leaves_labels_and_registry_usable_and_the_next_round_works(tmp_path):
     """kill -9 the worker of a GUI round while it writes a checkpoint; restart; everything is there."""
     import numpy as np
@@ -276,9 +278,7 @@ def test_a_round_killed_mid_write_leaves_labels_and_registry_usable_and_the_next
         finally:
             store.close()
         registry = ModelRegistry(registry_folder(project))
-        active = registry.active()
-        assert active is None or active in [v["version"] for v in registry.versions()]
-        if active is not None:
+        if registry.active() is not None:  # reading the index checks the active version is listed
             registry.load()
 
     check_project()

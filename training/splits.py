@@ -69,32 +69,3 @@ def split_by_case(
     train = [i for i in ids if case_of(i) not in val_groups]
     val = [i for i in ids if case_of(i) in val_groups]
     return train, val
-
-
-def kfold_by_case(ids: Iterable[str], k: int = 5, seed: int = 0) -> list[tuple[list[str], list[str]]]:
-    """``k`` (train, validation) folds; every case is in exactly one validation fold.
-
-    Groups are dealt largest first (ties in seeded order) to the fold with the fewest ids, so the folds
-    have similar sizes. Raises ValueError when there are fewer groups than folds.
-    """
-    ids = [str(i) for i in ids]
-    k = int(k)
-    if k < 2:
-        raise ValueError(f"k must be at least 2, got {k}")
-    groups = _groups(ids)
-    if len(groups) < k:
-        raise ValueError(f"cannot make {k} folds from {len(groups)} case(s)")
-    order = _shuffled(groups, seed)
-    rank = {name: r for r, name in enumerate(order)}
-    fold_of: dict[str, int] = {}
-    sizes = [0] * k
-    for name in sorted(order, key=lambda g: (-len(groups[g]), rank[g])):
-        f = min(range(k), key=lambda j: (sizes[j], j))
-        fold_of[name] = f
-        sizes[f] += len(groups[name])
-    folds = []
-    for f in range(k):
-        val = [i for i in ids if fold_of[case_of(i)] == f]
-        train = [i for i in ids if fold_of[case_of(i)] != f]
-        folds.append((train, val))
-    return folds

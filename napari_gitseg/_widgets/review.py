@@ -219,7 +219,6 @@ class ReviewWidget(CorrectionTools, Container):
             self._status.value = f"Error: {err}"
             return
         data, kwargs, _ = labels_layer_data(stack, self._session.masks, name=f"{stack.name} review", role="review")
-        data = self._session.labels()
         self._layer = ensure_labels_layer(self._viewer, kwargs["name"], data, kwargs)
         self._layer.events.paint.connect(self._on_paint)
         self._layer.events.selected_label.connect(self._on_selected_label)

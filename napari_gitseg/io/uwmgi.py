@@ -354,11 +354,6 @@ def iter_uwmgi(path: str | Path) -> Iterator[Stack]:
         yield read_case_day(folder, tables=tables)
 
 
-def read_uwmgi(path: str | Path) -> list[Stack]:
-    """Read every case-day under ``path`` (slice, case-day, case or dataset root) as stacks."""
-    return list(iter_uwmgi(path))
-
-
 # ---------------------------------------------------------------- writing
 
 

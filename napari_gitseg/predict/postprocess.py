@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["binary_entropy", "body_box", "remove_small_components", "slice_confidence"]
+__all__ = ["binary_entropy", "body_box", "remove_small_components"]
 
 
 def body_box(
@@ -73,23 +73,3 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
     """Normalised binary entropy H(p)/ln 2 in [0, 1] (0 = certain, 1 = p of one half)."""
     p = np.clip(np.asarray(p, dtype=np.float32), 1e-6, 1 - 1e-6)
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-
-
-def slice_confidence(probs: np.ndarray, candidate: float = 0.05) -> np.ndarray:
-    """Per-slice confidence in [0, 1] from probabilities (C, Z, Y, X): higher = more confident.
-
-    confidence = 1 - mean over the slice's organ candidates of the pixel's normalised binary
-    entropy (its most uncertain class). Candidates are the pixels where any class has
-    probability >= ``candidate`` (organs and their uncertain rims); averaging over the whole
-    frame would drown the organ in confident background. A slice without any candidate pixel
-    has confidence 1.
-    """
-    probs = np.asarray(probs)
-    n_slices = probs.shape[1]
-    out = np.ones(n_slices, dtype=np.float32)
-    for z in range(n_slices):
-        p = probs[:, z].astype(np.float32, copy=False)
-        region = (p >= candidate).any(axis=0)
-        if region.any():
-            out[z] = 1.0 - float(binary_entropy(p[:, region]).max(axis=0).mean())
-    return out

@@ -16,8 +16,8 @@ What happens to a stack:
    of the encoder's divisor inside the frame where possible, so no padding is needed.
 4. Order: ``first_slice`` first (alone in a small first batch), then outward from it.
 5. Per batch, per model: 2.5D windows, zero padding to the divisor, forward pass under
-   ``torch.inference_mode`` (autocast fp16/bf16 on CUDA, bf16 on CPUs that compute it in
-   hardware; see ``amp``), sigmoid; with ``tta_flips``
+   ``torch.inference_mode`` (autocast fp16/bf16 on CUDA; fp32 on the CPU unless bf16 is asked
+   for, see ``amp`` and ``cpu_bf16``), sigmoid; with ``tta_flips``
    the flipped copies run in the same batch and are flipped back and averaged. Ensemble
    members are averaged (probabilities), each with its own k/stride windows and
    normalisation.
@@ -62,6 +62,7 @@ __all__ = [
     "PredictionCancelled",
     "PredictionUpdate",
     "Predictor",
+    "cpu_bf16_enabled",
     "cpu_has_native_bf16",
     "slice_order",
 ]
@@ -133,13 +134,25 @@ def slice_order(n_slices: int, first_slice: int | None) -> np.ndarray:
     return np.asarray(order, dtype=np.int64)
 
 
+CPU_BF16_ENV = "GITSEG_CPU_BF16"
+
+
+def cpu_bf16_enabled() -> bool:
+    """True when ``$GITSEG_CPU_BF16`` asks for bf16 autocast on the CPU (``1``/``true``/``yes``/``on``).
+
+    Off by default on every CPU, so a stack gets the same probabilities on any processor
+    (fp32). bf16 was measured with ``benchmarks/bench_predict.py`` on the default model (see
+    README.md, "CPU precision"); it is an opt-in, and slow where the CPU only emulates bf16
+    (no AVX512-BF16 / AMX, see ``cpu_has_native_bf16``).
+    """
+    return os.environ.get(CPU_BF16_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); emulated bf16 is slower."""
-    if os.environ.get("GITSEG_CPU_BF16", "").lower() in ("0", "false", "no"):
-        return False
+    """True when this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # private helpers moved: stay in fp32
+    except AttributeError:  # private helpers moved: report no hardware bf16
         return False
 
 
@@ -184,6 +197,7 @@ class Predictor:
         threshold: float = 0.5,
         min_component_px: int = 0,
         amp: bool = True,
+        cpu_bf16: bool | None = None,
         channels_last: bool = True,
         num_threads: int | None = None,
         first_batch_size: int = 1,
@@ -192,9 +206,9 @@ class Predictor:
         """Load the models: bundle paths / ``ModelBundle``s, or ``(model, ModelConfig | ModelBundle)`` pairs.
 
         ``tta_flips``: False, True (identity + horizontal flip) or ``"hv"`` (+ vertical flip).
-        ``amp``: mixed precision where the hardware runs it natively: fp16/bf16 autocast on CUDA,
-        bf16 autocast on CPUs with AVX512-BF16 or AMX (``GITSEG_CPU_BF16=0`` turns that off);
-        False keeps fp32 everywhere.
+        ``amp``: mixed precision on CUDA (bf16 where supported, else fp16); False keeps fp32 everywhere.
+        ``cpu_bf16``: bf16 autocast on the CPU (with ``amp``); None = ``$GITSEG_CPU_BF16`` (off
+        unless set to 1, see ``cpu_bf16_enabled``), so CPU results do not depend on the processor.
         ``first_batch_size``: size of the first batch when ``first_slice`` is given (small = the
         visible slice is ready sooner). ``probs_dtype``: dtype of ``Prediction.probs``.
         """
@@ -230,7 +244,7 @@ class Predictor:
         self.autocast_dtype: torch.dtype | None = None
         if amp and self.device.type == "cuda":
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        elif amp and self.device.type == "cpu" and cpu_has_native_bf16():
+        elif amp and self.device.type == "cpu" and (cpu_bf16_enabled() if cpu_bf16 is None else cpu_bf16):
             self.autocast_dtype = torch.bfloat16
         self.members = [self._load_member(item) for item in bundles]
         self.classes = self.members[0].config.classes
@@ -544,7 +558,7 @@ _TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torc
 
 
 def _confidence(p: torch.Tensor, candidate: float = 0.05) -> torch.Tensor:
-    """``postprocess.slice_confidence`` for (n, C, h, w) float32 probabilities, in torch: (n,) float32."""
+    """Per-slice confidence (module docstring) of (n, C, h, w) float32 probabilities: (n,) float32 in [0, 1]."""
     region = (p >= candidate).any(dim=1)  # (n, h, w); organ candidates are few: work on them only
     where = region.nonzero()
     q = p.permute(0, 2, 3, 1)[region].clamp(1e-6, 1 - 1e-6)  # (m, C)
