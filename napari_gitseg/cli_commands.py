@@ -9,7 +9,7 @@ from pathlib import Path
 
 def cmd_predict(args) -> int:
     """Segment every stack at PATH with a model bundle and write the masks (by OUT's extension)."""
-    from napari_gitseg.io import GitsegInputError, read_stacks, write_masks
+    from napari_gitseg.io import GitsegInputError, format_of, read_stacks, write_masks
     from napari_gitseg.predict import Predictor
     from napari_gitseg.resources import default_model_path
 
@@ -19,7 +19,7 @@ def cmd_predict(args) -> int:
     stacks = read_stacks(args.path)
     predictor = Predictor([model], device=args.device, tta_flips=args.tta, batch_size=args.batch_size)
     out = Path(args.out)
-    if len(stacks) > 1 and (args.format or out.suffix.lower() != ".csv"):
+    if len(stacks) > 1 and (args.format or format_of(out) != "csv"):
         raise GitsegInputError(args.out, f"{len(stacks)} stacks found: only a .csv output can hold several")
     import numpy as np
 
@@ -48,11 +48,11 @@ def cmd_predict(args) -> int:
 
 def cmd_eval(args) -> int:
     """Compare predicted masks with ground truth and print the challenge's metrics as JSON."""
-    from napari_gitseg.io import GitsegInputError, read_stacks
+    from napari_gitseg.io import GitsegInputError, format_of, read_stacks
     from training.metrics import evaluate_cases
 
     truth = {s.name: s for s in read_stacks(args.truth)}
-    preds = {s.name: s for s in read_stacks(args.pred)} if not str(args.pred).endswith(".csv") else None
+    preds = {s.name: s for s in read_stacks(args.pred)} if format_of(args.pred) != "csv" else None
     cases = []
     if preds is None:  # a challenge CSV of predictions: masks for the truth's slices
         from napari_gitseg.io import read_train_csv

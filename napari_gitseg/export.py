@@ -8,20 +8,22 @@ from pathlib import Path
 import numpy as np
 
 from napari_gitseg.io import GitsegInputError, write_masks, write_rle_csv
-from napari_gitseg.io._util import atomic_output
+from napari_gitseg.io._util import atomic_output, format_of, stem_of
 from napari_gitseg.io.stack import Stack
 from napari_gitseg.store import LabelStore
 
 FORMATS = {"csv": ".csv", "tif": ".tif", "nii": ".nii.gz", "rtstruct": ".dcm", "seg": ".dcm"}
+_EXPORT_FORMAT = {"csv": "csv", "tiff": "tif", "nifti": "nii"}  # io.format_of -> export format (DICOM: chosen)
+
+
+def export_format_of(path: str | Path) -> str | None:
+    """The export format (``csv``, ``tif``, ``nii``) ``path``'s extension names, or None (``.dcm``: RT-STRUCT or SEG)."""
+    return _EXPORT_FORMAT.get(format_of(path))
 
 
 def provenance_path(out: Path) -> Path:
     """``reviewed.csv`` -> ``reviewed.provenance.json``."""
-    name = out.name
-    for ext in (".nii.gz", ".csv", ".tif", ".tiff", ".nii", ".dcm"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
+    name = stem_of(out) if format_of(out) is not None else out.name
     return out.with_name(name + ".provenance.json")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from napari_gitseg.project import registry_folder
@@ -106,3 +107,63 @@ def activate_version(project: str | Path, version: str | None) -> Path:
     registry = ModelRegistry(registry_folder(Path(project)), create=False)
     name = registry.rollback() if version is None else (registry.activate(version) or version)
     return registry.path_of(name)
+
+
+# ---- what the Train dock shows for each trainer event ------------------------------------------------
+_PHASES = {"validate": "Comparing the new model with the active one", "pseudo-labels": "Predicting pseudo-labels",
+           "load": "Loading the labelled slices"}
+
+
+def _fmt(value) -> str:
+    """A metric for the status line ('–' when unknown)."""
+    return "–" if value is None else f"{float(value):.3f}"
+
+
+@dataclass(frozen=True)
+class EventView:
+    """What to show for one trainer event; a field left None leaves that part of the dock unchanged."""
+
+    status: str | None = None  # the status line
+    percent: int | None = None  # the progress bar, 0..100
+    loss_point: tuple[float, float] | None = None  # (epochs done, training loss) for the live plot
+    dice_point: tuple[float, float] | None = None  # (epoch, validation Dice)
+    outcome: str | None = None  # the promotion verdict, kept on the status line when the round ends
+    error: str | None = None  # also shown as an error notification
+    done: bool = False  # the round finished
+
+
+def describe(event, outcome: str = "") -> EventView:
+    """The dock's view of ``event`` (a ``training.events`` dataclass); ``outcome``: the verdict so far."""
+    from training import events as ev
+
+    match event:
+        case ev.Started():
+            return EventView(status="Training…")
+        case ev.Progress():
+            percent = int(round(100 * max(0.0, min(1.0, event.fraction))))
+            x = max(event.epoch - 1, 0) + event.step / max(event.steps, 1)
+            if event.epochs and event.phase == "train":
+                status = f"Training: epoch {event.epoch}/{event.epochs}, loss {_fmt(event.loss)}"
+            else:
+                status = _PHASES.get(event.phase, event.phase.capitalize()) + "…"
+            loss = None if event.loss is None else (x, float(event.loss))
+            return EventView(status=status, percent=percent, loss_point=loss)
+        case ev.Metrics(val_dice=dice) if dice is not None:
+            return EventView(dice_point=(float(event.epoch), float(dice)))
+        case ev.Promoted():
+            verdict = (f"New model {event.version} promoted: validation Dice {_fmt(event.val_dice)}"
+                       + (f" (was {_fmt(event.previous_dice)})" if event.previous_dice is not None else ""))
+            return EventView(status=verdict, outcome=verdict)
+        case ev.Rejected():
+            verdict = (f"New model not better ({_fmt(event.candidate_dice)} vs {_fmt(event.active_dice)}); "
+                       "the active model stays.")
+            return EventView(status=verdict, outcome=verdict)
+        case ev.Error():
+            return EventView(status=f"Error: {event.message}", error=event.message)
+        case ev.Cancelled():
+            return EventView(status="Cancelled; the active model is unchanged.")
+        case ev.Done():
+            written = (event.result or {}).get("pseudo_written")
+            status = outcome + (f" {written} new pseudo-label(s) wait for review." if written else "")
+            return EventView(status=status, percent=100, done=True)
+    return EventView()

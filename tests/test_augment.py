@@ -98,6 +98,20 @@ def test_same_seed_same_batches_and_global_rng_untouched():
     assert torch.equal(c(image, masks, seed=3)[0], c(image, masks, seed=3)[0])
 
 
+def test_a_saved_state_continues_the_same_batches():
+    image, masks = _blobs()
+    spec = {"rotate": 0.5, "elastic": 0.5}
+    a = build_augmentation(spec, seed=7)
+    a(image, masks)
+    state = a.get_state()
+    want = a(image, masks)[0]
+    b = build_augmentation(spec, seed=99)
+    b.set_state(state)
+    assert torch.equal(b(image, masks)[0], want)  # resumed where a was, not where seed 99 starts
+    assert build_augmentation(spec).get_state() is None  # unseeded: nothing to save
+    build_augmentation(spec).set_state(state)  # and nothing to restore (no error)
+
+
 def test_mixup_mixes_image_and_masks_with_the_same_lambda():
     g = torch.Generator().manual_seed(0)
     masks = (torch.rand(8, 3, 16, 16, generator=g) > 0.5).float()

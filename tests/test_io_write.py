@@ -165,3 +165,18 @@ def test_write_then_read_stack_from_tiff_image(tmp_path):
     labels = np.random.default_rng(0).integers(0, 4, size=(3, 8, 9)).astype(np.uint8)
     path = write_tiff(tmp_path / "lab.tif", labels, (3.0, 1.0, 1.0))
     np.testing.assert_array_equal(read_stack(path).image, labels)
+
+
+def test_one_extension_table_for_readers_writers_and_export(tmp_path):
+    from napari_gitseg.export import export_format_of, provenance_path
+    from napari_gitseg.io import format_of
+
+    names = {"a.csv": "csv", "A.TIF": "tiff", "a.tiff": "tiff", "a.nii": "nifti", "a.NII.GZ": "nifti",
+             "slice.png": "png", "a.csv.gz": None, "a.tar.gz": None, "a.gz": None, "a": None, "a.json": None}
+    assert {name: format_of(tmp_path / name) for name in names} == names
+    # any .gz used to count as NIfTI for the Review dock's export
+    assert [export_format_of(n) for n in ("r.csv", "r.tiff", "r.nii.gz", "r.csv.gz")] == ["csv", "tif", "nii", None]
+    assert provenance_path(tmp_path / "r.nii.gz").name == "r.provenance.json"
+    assert provenance_path(tmp_path / "r.v2.TIF").name == "r.v2.provenance.json"
+    with pytest.raises(GitsegInputError, match=r"\.gz"):
+        write_masks(tmp_path / "masks.csv.gz", np.zeros((3, 4, 10, 12), bool), _stack())

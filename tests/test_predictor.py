@@ -178,15 +178,42 @@ def test_cancellation_raises_and_stops_early(trained, test_case, kind):
 
 def test_crop_to_body_matches_full_frame(trained, test_case):
     image, _ = test_case
-    # the gate is left out here: a global-average-pooled head does depend on the framing
-    full = Predictor([(trained, CFG)], crop_to_body=False, use_gate=False).predict(image)
-    crop = Predictor([(trained, CFG)], crop_to_body=True, use_gate=False).predict(image)
+    # the gate is left out here: a global-average-pooled head does depend on the framing.
+    # fp32 whatever $GITSEG_CPU_BF16 says: this test is about the framing (bf16 has its own test,
+    # test_cpu_bf16_is_an_opt_in_that_keeps_the_masks).
+    full = Predictor([(trained, CFG)], crop_to_body=False, use_gate=False, cpu_bf16=False).predict(image)
+    crop = Predictor([(trained, CFG)], crop_to_body=True, use_gate=False, cpu_bf16=False).predict(image)
     assert full.crop_box is None and crop.crop_box is not None
     y0, y1, x0, x1 = crop.crop_box
     assert (y1 - y0) * (x1 - x0) < 0.9 * SIZE * SIZE  # the network really saw less
     assert (y1 - y0) % 16 == 0 and (x1 - x0) % 16 == 0
     assert dice(crop.masks[STOMACH], full.masks[STOMACH]) > 0.99
-    assert np.abs(crop.probs.astype(np.float32) - full.probs.astype(np.float32)).max() < 0.05
+    # Probabilities: the crop need not start on the full frame's 16-pixel encoder grid (here
+    # y0 = 8), so the deep features are sampled at shifted positions and the odd pixel on an
+    # organ's rim moves by up to ~0.4 (measured 0.42 in fp32 on AMD EPYC, 0.20 on an Intel AMX
+    # CPU): a bound on the maximum depends on the CPU and thread count that trained the tiny model.
+    # Nearly every pixel agrees, though (measured: 99.9th percentile 0.006): that is bounded.
+    diff = np.abs(crop.probs.astype(np.float32) - full.probs.astype(np.float32))
+    assert np.percentile(diff, 99.9) < 0.03 and diff.mean() < 0.002
+
+
+def test_cpu_bf16_is_an_opt_in_that_keeps_the_masks(trained, test_case, monkeypatch):
+    image, truth = test_case
+    for value, want in ((None, None), ("0", None), ("1", torch.bfloat16)):
+        if value is None:
+            monkeypatch.delenv("GITSEG_CPU_BF16", raising=False)
+        else:
+            monkeypatch.setenv("GITSEG_CPU_BF16", value)
+        assert Predictor([(trained, CFG)], device="cpu").autocast_dtype is want, value
+    assert Predictor([(trained, CFG)], device="cpu", amp=False).autocast_dtype is None  # amp=False wins
+    opts = {"device": "cpu", "use_gate": False}
+    fp32 = Predictor([(trained, CFG)], cpu_bf16=False, **opts).predict(image)
+    bf16 = Predictor([(trained, CFG)], cpu_bf16=True, **opts).predict(image)
+    # bf16 keeps 8 significant bits: probabilities move (up to ~0.2 near the 0.5 threshold), so
+    # only the masks are compared: the same organ (Dice >= 0.95 between the two; the blobs are
+    # ~150 px, so that allows a rim of a few pixels) and the same quality against the truth.
+    assert dice(bf16.masks[STOMACH], fp32.masks[STOMACH]) >= 0.95
+    assert abs(dice(bf16.masks[STOMACH], truth[STOMACH]) - dice(fp32.masks[STOMACH], truth[STOMACH])) < 0.02
 
 
 def test_body_box_finds_the_body():
@@ -347,3 +374,27 @@ def test_torch_confidence_matches_the_numpy_reference():
     got = _confidence(torch.from_numpy(probs.transpose(1, 0, 2, 3).copy())).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert want[3] == 1.0 and (want[:3] < 1.0).all()
+
+
+def test_a_warm_predictor_is_loaded_once_and_reloaded_when_its_bundle_changes(bundle_path):
+    import os
+
+    from napari_gitseg.predict import cached_predictor, warm_up
+    from napari_gitseg.predict.warm import clear_cache, is_loaded
+
+    clear_cache()
+    assert not is_loaded(bundle_path, "cpu")
+    threads = [threading.Thread(target=warm_up, args=(bundle_path, "cpu")) for _ in range(2)]
+    for t in threads:
+        t.start()
+    first = cached_predictor(bundle_path, "cpu")  # waits for a warm-up running now, or loads
+    for t in threads:
+        t.join()
+    assert is_loaded(bundle_path, "cpu") and cached_predictor(bundle_path, "cpu") is first
+    stat = os.stat(bundle_path)
+    os.utime(bundle_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten in place
+    assert not is_loaded(bundle_path, "cpu")
+    second = cached_predictor(bundle_path, "cpu")
+    assert second is not first and cached_predictor(bundle_path, "cpu") is second
+    assert cached_predictor(bundle_path, "cpu", tta=True) is not second  # another setting: loaded anew
+    clear_cache()

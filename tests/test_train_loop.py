@@ -163,6 +163,39 @@ def test_same_seed_same_weights(cases, tmp_path):
     assert state_digest(a.model) != state_digest(c.model)
 
 
+class OnTheFly(torch.utils.data.Dataset):
+    """A toy training set generated on the fly: a new random image (and its masks) on every access."""
+
+    on_the_fly = True
+
+    def __init__(self, n: int = 8, size: int = 96, k: int = 3):
+        self.n, self.size, self.k, self.accesses = n, size, k, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        self.accesses += 1
+        gen = torch.Generator().manual_seed(self.accesses)
+        image = torch.rand(self.k, self.size, self.size, generator=gen)
+        masks = (image[:1] > 0.8).float().repeat(3, 1, 1)
+        return {"image": image, "masks": masks, "ignore": torch.zeros(3, dtype=torch.bool),
+                "weight": torch.tensor(1.0), "slice": i, "name": "toy"}
+
+
+def test_a_dataset_made_on_the_fly_is_never_cached(cases, tmp_path):
+    from training.loop import _Cached
+
+    toy = OnTheFly()
+    assert not torch.equal(toy[0]["image"], toy[0]["image"])
+    assert _Cached(toy, cache=True).cache is None and _Cached(cases, cache=True).cache == {}
+    toy.accesses = 0
+    result = train(_tiny(epochs=2, max_steps_per_epoch=2), toy, cases[:1], tmp_path / "fly")
+    assert result.steps == 4 and result.best_path is not None
+    # every batch reached the dataset: 2 epochs x 2 steps x 4 items, plus one item read at set-up
+    assert toy.accesses == 2 * 2 * 4 + 1
+
+
 def test_resume_state_loads_weights_only(cases, tmp_path):
     stop = threading.Event()
     cfg = _tiny(epochs=3)

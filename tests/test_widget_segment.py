@@ -70,3 +70,18 @@ def test_missing_model_is_a_clear_message_not_a_crash(viewer_with_case, tmp_path
     widget = make_widget(viewer, tmp_path / "nope.json")
     widget.run()
     assert not widget.running and len(viewer.layers) == 1
+
+
+def test_the_model_is_loaded_off_the_gui_thread_when_the_dock_opens(viewer_with_case, tiny_bundle):
+    import threading
+
+    from napari_gitseg.predict.warm import clear_cache, is_loaded
+
+    viewer, _case = viewer_with_case
+    clear_cache()
+    widget = make_widget(viewer, tiny_bundle)
+    thread = widget.warm_up_thread
+    assert thread is not None and thread is not threading.current_thread()
+    thread.join(timeout=120)
+    assert not thread.is_alive() and is_loaded(tiny_bundle, widget._device.value)
+    clear_cache()

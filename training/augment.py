@@ -173,6 +173,15 @@ class Augmentation:
         self._intensity = intensity
         self._mixup = s["mixup"]
 
+    def get_state(self) -> torch.Tensor | None:
+        """The random state of a seeded augmentation (None when unseeded), for a resumable run."""
+        return None if self._gen is None else self._gen.get_state()
+
+    def set_state(self, state: torch.Tensor | None) -> None:
+        """Continue from ``get_state()``'s state (ignored when either side is unseeded)."""
+        if self._gen is not None and state is not None:
+            self._gen.set_state(state)
+
     def __repr__(self) -> str:
         active = {k: v for k, v in self.spec.items() if v["p"] > 0}
         return f"Augmentation({active})"

@@ -73,6 +73,7 @@ __all__ = [
     "TrainingCancelled",
     "build_dataset",
     "check_stacks",
+    "is_on_the_fly",
     "split_validation",
     "train",
 ]
@@ -255,12 +256,21 @@ def build_dataset(
     )
 
 
+def is_on_the_fly(dataset) -> bool:
+    """True for a dataset that makes new items on every access (its ``on_the_fly`` attribute is True)."""
+    return bool(getattr(dataset, "on_the_fly", False))
+
+
 class _Cached(torch.utils.data.Dataset):
-    """Keeps the deterministic items of a SliceDataset in memory (augmentation happens per batch)."""
+    """Keeps the deterministic items of a dataset in memory (augmentation happens per batch).
+
+    Never caches a dataset made on the fly (``is_on_the_fly``): each access must reach it.
+    Items are dicts with the keys image, masks, ignore, weight, slice and name.
+    """
 
     def __init__(self, base, cache: bool):
         self.base = base
-        self.cache: dict[int, dict] | None = {} if cache else None
+        self.cache: dict[int, dict] | None = {} if cache and not is_on_the_fly(base) else None
 
     def __len__(self) -> int:
         return len(self.base)
@@ -445,7 +455,9 @@ def train(
 ) -> TrainResult:
     """Train as ``config`` says; keep the best epoch by validation Dice as a bundle at ``out_stem``.
 
-    ``train_data``/``val_data``: ``SliceDataset`` or lists of labelled ``Stack``\\ s (``val_data=None``:
+    ``train_data``/``val_data``: ``SliceDataset`` (or any torch ``Dataset`` whose items are dicts with
+    image, masks, ignore, weight, slice and name; one whose ``on_the_fly`` attribute is True makes new
+    items on every access and is never cached) or lists of labelled ``Stack``\\ s (``val_data=None``:
     split the training stacks, see ``split_validation``). ``provenance``: {stack: {z: "clinician" |
     "pseudo"}} for stack lists (pseudo-labels weigh ``config.pseudo_weight``). Returns a ``TrainResult``; raises
     ``TrainingCancelled`` when ``cancel`` is set, ``CheckpointWriteError`` when a checkpoint cannot be
@@ -466,24 +478,85 @@ def train(
     if config.num_threads and device.type == "cpu":
         torch.set_num_threads(max(1, int(config.num_threads) // max(1, ddp.local_world_size())))
     try:
-        return _train(config, train_data, val_data, out_stem, emit, cancel, device, resume,
-                      data_description, command, notes, t_start, provenance)
+        run = _set_up(config, train_data, val_data, out_stem, emit, cancel, device, provenance, t_start)
+        run.meta = _bundle_meta(run, data_description, command, notes)
+        if resume:
+            _resume(run)
+        return _run_epochs(run)
     finally:
         torch.set_num_threads(prev_threads)
 
 
-def _train(config, train_data, val_data, out_stem, emit, cancel, device, resume, data_description,
-           command, notes, t_start, provenance) -> TrainResult:
-    main = ddp.is_main()
-    fine_tune = bool(config.init_from)
-    model, model_config, normalization, init_path = _init_model(config, device)
-    if fine_tune and model_config.input_size and list(config.size or []) != list(model_config.input_size):
-        # a model fine-tuned at another size than it learnt (and is predicted) at lost Dice
-        # (the quick preset's 96 px on the 160 px default model); keep the model's own size
-        emit(ev.Log(f"fine-tuning at the model's input size {list(model_config.input_size)} "
-                    f"instead of {config.size}"))
-        config = config.replace(size=list(model_config.input_size))
+@dataclass
+class _Run:
+    """One training run: its parts (set up once) and its progress (what the steps below share)."""
 
+    config: TrainConfig
+    model_config: ModelConfig
+    normalization: dict
+    init_path: str | None  # the bundle it was fine-tuned from
+    device: torch.device
+    net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    train_ds: torch.utils.data.Dataset
+    val_ds: torch.utils.data.Dataset
+    val_set: _Cached
+    loader: torch.utils.data.DataLoader
+    generator: torch.Generator  # the sampling order
+    augment: object  # training.augment.Augmentation
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    epochs: int
+    steps: int  # per epoch
+    lr: float
+    out_stem: Path
+    emit: Callable[[ev.Event], None]
+    cancel: Cancel
+    t_start: float
+    result: TrainResult
+    meta: dict = field(default_factory=dict)  # data description, command line, notes (for the bundle)
+    start_epoch: int = 1
+    epoch: int = 0  # the epoch running (or last run)
+    best_dice: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    done_steps: int = 0
+    n_nonfinite: int = 0
+
+    @property
+    def json_path(self) -> Path:
+        return bundle_paths(self.out_stem)[0]
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_stem.parent / (self.out_stem.name + STATE_SUFFIX)
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type in ("cpu", "cuda")
+
+    @property
+    def fine_tune(self) -> bool:
+        return bool(self.config.init_from)
+
+    def autocast(self):
+        """Mixed precision on CUDA when the config asks for it; a no-op elsewhere."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def cancelled(self) -> bool:
+        """True when ``cancel`` is set (on any rank under DDP)."""
+        flag = is_cancelled(self.cancel)
+        return ddp.any_flag(flag) if ddp.is_active() else flag
+
+
+# ---- set-up ------------------------------------------------------------------------------------------
+def _prepare_data(config, train_data, val_data, model_config, normalization, provenance):
+    """(train dataset, validation dataset); ``val_data=None`` splits the training stacks."""
     if val_data is None:
         if isinstance(train_data, (SliceDataset, torch.utils.data.Dataset)):
             raise ValueError("val_data=None needs the training data as stacks (to split by case)")
@@ -492,259 +565,320 @@ def _train(config, train_data, val_data, out_stem, emit, cancel, device, resume,
         train_data, val_data = split_validation(train_stacks, config.val_fraction, config.seed)
     train_ds = _as_dataset(train_data, config, model_config, normalization, "training", provenance)
     val_ds = _as_dataset(val_data, config, model_config, normalization, "validation")
-    if _dataset_all_empty(train_ds):
+    if not is_on_the_fly(train_ds) and _dataset_all_empty(train_ds):
         raise GitsegInputError(None, f"all {len(train_ds)} labelled training slices have empty masks: "
                                      "there is no organ to learn")
-    item = train_ds[0]
-    per_item = (item["image"].numel() + item["masks"].numel()) * 4
-    cache = per_item * (len(train_ds) + len(val_ds)) < _CACHE_LIMIT_BYTES
-    train_set, val_set = _Cached(train_ds, cache), _Cached(val_ds, cache)
+    return train_ds, val_ds
 
-    from training.augment import build_augmentation
-    from training.losses import build_loss
 
-    loss_fn = build_loss(config.loss).to(device)
-    if loss_fn.needs_cls and not model_config.cls_head:
-        raise ValueError("the loss has a 'cls' term but the model has no classification head (cls_head)")
-    augment = build_augmentation(config.augmentation, seed=config.seed + 1)
-
-    epochs = int(config.finetune_epochs or config.epochs) if fine_tune else int(config.epochs)
-    lr = float(config.lr) * (float(config.finetune_lr_factor) if fine_tune else 1.0)
+def _make_loader(train_set, config: TrainConfig, generator: torch.Generator):
+    """(training loader, steps per epoch): seeded random order, or a DistributedSampler under DDP."""
     world = ddp.world_size()
-    generator = torch.Generator().manual_seed(int(config.seed) + 2)
     if ddp.is_active():
         sampler = torch.utils.data.distributed.DistributedSampler(
             train_set, num_replicas=world, rank=ddp.rank(), shuffle=True, seed=int(config.seed), drop_last=False)
     else:
         sampler = torch.utils.data.RandomSampler(train_set, generator=generator)
-    per_rank = math.ceil(len(train_set) / world)
-    drop_last = per_rank > config.batch_size
+    drop_last = math.ceil(len(train_set) / world) > config.batch_size
     loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
                                          collate_fn=_collate, num_workers=0, drop_last=drop_last)
     steps = len(loader)
     if config.max_steps_per_epoch:
         steps = min(steps, int(config.max_steps_per_epoch))
-    steps = max(steps, 1)
+    return loader, max(steps, 1)
 
-    channels_last = device.type in ("cpu", "cuda")
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+
+def _set_up_optimiser(model: torch.nn.Module, config: TrainConfig, lr: float, total_steps: int):
+    """(optimizer, scheduler or None) as the config says: Adam/AdamW, cosine per step or plateau per epoch."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=lr, weight_decay=float(config.weight_decay), foreach=True)
     if config.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps),
-                                                               eta_min=lr * 0.01)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps), eta_min=lr * 0.01)
     elif config.schedule == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
                                                                patience=max(1, int(config.patience) // 2))
     else:
         scheduler = None
+    return optimizer, scheduler
 
+
+def _set_up(config, train_data, val_data, out_stem, emit, cancel, device, provenance, t_start) -> _Run:
+    """Model, data, loader, loss, augmentation and optimiser of a run, in the order that fixes its seeds."""
+    from training.augment import build_augmentation
+    from training.losses import build_loss
+
+    fine_tune = bool(config.init_from)
+    model, model_config, normalization, init_path = _init_model(config, device)
+    if fine_tune and model_config.input_size and list(config.size or []) != list(model_config.input_size):
+        # a model fine-tuned at another size than it learnt (and is predicted) at lost Dice
+        # (the quick preset's 96 px on the 160 px default model); keep the model's own size
+        emit(ev.Log(f"fine-tuning at the model's input size {list(model_config.input_size)} "
+                    f"instead of {config.size}"))
+        config = config.replace(size=list(model_config.input_size))
+    train_ds, val_ds = _prepare_data(config, train_data, val_data, model_config, normalization, provenance)
+    cache = _fits_in_memory(train_ds, val_ds)
+    train_set, val_set = _Cached(train_ds, cache), _Cached(val_ds, cache)
+    loss_fn = build_loss(config.loss).to(device)
+    if loss_fn.needs_cls and not model_config.cls_head:
+        raise ValueError("the loss has a 'cls' term but the model has no classification head (cls_head)")
+    augment = build_augmentation(config.augmentation, seed=config.seed + 1)
+    epochs = int(config.finetune_epochs or config.epochs) if fine_tune else int(config.epochs)
+    lr = float(config.lr) * (float(config.finetune_lr_factor) if fine_tune else 1.0)
+    generator = torch.Generator().manual_seed(int(config.seed) + 2)
+    loader, steps = _make_loader(train_set, config, generator)
+    if device.type in ("cpu", "cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = _set_up_optimiser(model, config, lr, epochs * steps)
     amp_dtype = None
     if config.amp and device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
-    def autocast():
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=amp_dtype)
-
     net = model
     if ddp.is_active():
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    return _Run(
+        config=config, model_config=model_config, normalization=normalization, init_path=init_path,
+        device=device, net=net, train_ds=train_ds, val_ds=val_ds, val_set=val_set, loader=loader,
+        generator=generator, augment=augment, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
+        scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), amp_dtype=amp_dtype,
+        epochs=epochs, steps=steps, lr=lr, out_stem=out_stem, emit=emit, cancel=cancel, t_start=t_start,
+        result=TrainResult(config=config.to_dict()),
+    )
 
-    result = TrainResult(config=config.to_dict())
-    json_path, _ = bundle_paths(out_stem)
-    state_path = out_stem.parent / (out_stem.name + STATE_SUFFIX)
-    start_epoch = 1
-    best_dice: float | None = None
-    best_epoch = 0
-    bad_epochs = 0
-    history: list[dict] = []
-    if resume and state_path.is_file():
-        state = _load_state(state_path)
-        saved_cfg = json.loads(state["config"])
-        if saved_cfg.get("model") != config.to_dict().get("model") or saved_cfg.get("init_from") != config.init_from:
-            raise GitsegInputError(state_path, "the resume state was written for a different model config")
-        _unwrap(net).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        generator.set_state(state["sampler_rng"])
-        if augment._gen is not None and state.get("augment_rng") is not None:
-            augment._gen.set_state(state["augment_rng"])
-        start_epoch = int(state["epoch"]) + 1
-        best_dice = None if state["best_dice"] < 0 else float(state["best_dice"])
-        best_epoch = int(state["best_epoch"])
-        bad_epochs = int(state["bad_epochs"])
-        history = json.loads(state["history"])
-        if best_epoch and json_path.is_file():
-            result.best_path = json_path
-        emit(ev.Log(f"resuming from {state_path} after epoch {state['epoch']}"))
 
+def _fits_in_memory(train_ds, val_ds) -> bool:
+    """Whether the items of both datasets fit the cache (judged from the first training item)."""
+    item = train_ds[0]
+    per_item = (item["image"].numel() + item["masks"].numel()) * 4
+    return per_item * (len(train_ds) + len(val_ds)) < _CACHE_LIMIT_BYTES
+
+
+def _bundle_meta(run: _Run, data_description: dict | None, command: str | None, notes: str) -> dict:
+    """The data description, command line and notes every checkpoint bundle records."""
     data_desc = dict(data_description or {})
-    data_desc.setdefault("n_train_slices", len(train_ds))
-    data_desc.setdefault("n_val_slices", len(val_ds))
-    for key, ds in (("train_stacks", train_ds), ("val_stacks", val_ds)):
+    data_desc.setdefault("n_train_slices", len(run.train_ds))
+    data_desc.setdefault("n_val_slices", len(run.val_ds))
+    for key, ds in (("train_stacks", run.train_ds), ("val_stacks", run.val_ds)):
         names = getattr(ds, "names", None)
         if names is not None:
             data_desc.setdefault(key, list(names))
-    if hasattr(train_ds, "provenance_of"):
+    if hasattr(run.train_ds, "provenance_of"):
         counts: dict[str, int] = {}
-        for i in range(len(train_ds)):
-            p = train_ds.provenance_of(i) or "unspecified"
+        for i in range(len(run.train_ds)):
+            p = run.train_ds.provenance_of(i) or "unspecified"
             counts[p] = counts.get(p, 0) + 1
         data_desc.setdefault("provenance", counts)
     command = command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    return {"data": data_desc, "command": command, "notes": notes}
 
-    def checkpoint_meta(epoch: int, metrics: dict) -> dict:
-        return {
-            "normalization": normalization,
-            "training": {
-                "config": config.to_dict(),
-                "data": data_desc,
-                "command": command,
-                "epoch": epoch,
-                "epochs": epochs,
-                "lr": lr,
-                "init_from": init_path,
-                "world_size": world,
-                "device": str(device),
-                "history": history,
-            },
-            "metrics": {
-                "val_dice": metrics.get("mean_dice"),
-                "val_score": metrics.get("score"),
-                "val_hausdorff": metrics.get("hausdorff"),
-                "val_iou": metrics.get("mean_iou"),
-                "per_class": metrics.get("per_class", {}),
-                "epoch": epoch,
-                "n_val_slices": metrics.get("n_slices"),
-            },
-            "notes": notes,
-        }
 
-    total_steps = max(1, (epochs - start_epoch + 1) * steps)
-    done_steps = 0
-    n_nonfinite = 0
-    epoch = start_epoch - 1
-    result.history = history
+# ---- resume ------------------------------------------------------------------------------------------
+def _resume(run: _Run) -> None:
+    """Continue from ``STEM.resume.pt`` when it exists: weights, optimiser, schedule, random states, counters."""
+    if not run.state_path.is_file():
+        return
+    state = _load_state(run.state_path)
+    saved_cfg = json.loads(state["config"])
+    if saved_cfg.get("model") != run.config.to_dict().get("model") or saved_cfg.get("init_from") != run.config.init_from:
+        raise GitsegInputError(run.state_path, "the resume state was written for a different model config")
+    _unwrap(run.net).load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scheduler is not None and state.get("scheduler"):
+        run.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    run.generator.set_state(state["sampler_rng"])
+    run.augment.set_state(state.get("augment_rng"))
+    run.start_epoch = int(state["epoch"]) + 1
+    run.best_dice = None if state["best_dice"] < 0 else float(state["best_dice"])
+    run.best_epoch = int(state["best_epoch"])
+    run.bad_epochs = int(state["bad_epochs"])
+    run.history = json.loads(state["history"])
+    if run.best_epoch and run.json_path.is_file():
+        run.result.best_path = run.json_path
+    run.emit(ev.Log(f"resuming from {run.state_path} after epoch {state['epoch']}"))
 
-    def cancelled_now() -> bool:
-        flag = is_cancelled(cancel)
-        return ddp.any_flag(flag) if ddp.is_active() else flag
 
-    def finish(stopped_early: bool = False, cancelled: bool = False) -> TrainResult:
-        result.best_epoch = best_epoch
-        result.best_dice = best_dice
-        result.epochs_run = epoch
-        result.stopped_early = stopped_early
-        result.cancelled = cancelled
-        result.seconds = time.perf_counter() - t_start
-        result.model = _unwrap(net)
-        if result.best_path is None and best_epoch and json_path.is_file():
-            result.best_path = json_path
-        return result
+def _save_resume_state(run: _Run) -> None:
+    """Everything ``_resume`` needs to continue after ``run.epoch`` exactly as an uninterrupted run."""
+    _save_state(run.state_path, {
+        "format": _STATE_FORMAT,
+        "epoch": run.epoch,
+        "model": {k: v.detach().cpu() for k, v in _unwrap(run.net).state_dict().items()},
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else {},
+        "rng": torch.get_rng_state(),
+        "sampler_rng": run.generator.get_state(),
+        "augment_rng": run.augment.get_state(),
+        "best_dice": -1.0 if run.best_dice is None else float(run.best_dice),
+        "best_epoch": run.best_epoch,
+        "bad_epochs": run.bad_epochs,
+        "history": json.dumps(run.history),
+        "config": json.dumps(run.config.to_dict()),
+    })
 
-    for epoch in range(start_epoch, epochs + 1):
-        net.train()
-        if config.freeze_bn and fine_tune:
-            _set_bn_eval(net)
-        if isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
-            sampler.set_epoch(epoch)
-        losses = []
-        for step, batch in enumerate(loader, start=1):
-            if step > steps:
-                break
-            if cancelled_now():
-                epoch -= 1
-                raise TrainingCancelled(finish(cancelled=True))
-            x = batch["image"].to(device, non_blocking=True)
-            y = batch["masks"].to(device, non_blocking=True)
-            ignore = batch["ignore"].to(device)
-            weight = batch["weight"].to(device)
-            x, y, ignore = augment(x, y, ignore)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                seg, cls = forward_logits(net, x)
-            loss = loss_fn(seg.float(), y, ignore=ignore, weight=weight,
-                           cls_logits=None if cls is None else cls.float())
-            optimizer.zero_grad(set_to_none=True)
-            nonfinite = not bool(torch.isfinite(loss))
-            if ddp.is_active():
-                nonfinite = ddp.any_flag(nonfinite)
-            if nonfinite:
-                n_nonfinite += 1
-                if n_nonfinite > max(3, steps):
-                    raise FloatingPointError(
-                        f"training diverged: the loss was not finite in {n_nonfinite} steps (lower the lr, now {lr:g})")
-                continue
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-                scheduler.step()
-            value = float(loss.detach())
-            losses.append(value)
-            done_steps += 1
-            result.steps += 1
-            emit(ev.Progress(epoch=epoch, epochs=epochs, step=step, steps=steps, loss=value,
-                             fraction=min(1.0, done_steps / total_steps), phase="train"))
-        if cancelled_now():
-            epoch -= 1
-            raise TrainingCancelled(finish(cancelled=True))
-        if ddp.is_active():  # BatchNorm running statistics drift apart per rank: take rank 0's everywhere
-            ddp.broadcast_buffers(_unwrap(net))
-        metrics = validate(_unwrap(net), val_set, device, model_config.classes, config.val_batch_size, autocast)
-        dice = float(metrics["mean_dice"])
-        train_loss = float(np.mean(losses)) if losses else None
-        improved = best_dice is None or dice > best_dice + float(config.min_delta)
-        if ddp.is_active():
-            improved = ddp.broadcast_flag(improved)
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(dice)
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_dice": dice, "val_score": metrics["score"],
-                        "lr": optimizer.param_groups[0]["lr"]})
-        emit(ev.Metrics(epoch=epoch, train_loss=train_loss, val_dice=dice, val_score=float(metrics["score"]),
+
+# ---- epochs ------------------------------------------------------------------------------------------
+def _run_epochs(run: _Run) -> TrainResult:
+    """Train, validate and checkpoint epoch after epoch until the last one or early stopping."""
+    run.epoch = run.start_epoch - 1
+    run.result.history = run.history
+    for epoch in range(run.start_epoch, run.epochs + 1):
+        run.epoch = epoch
+        losses = _train_epoch(run)
+        metrics = _validate_epoch(run, losses)
+        _checkpoint(run, metrics)
+        if run.config.patience and run.bad_epochs >= int(run.config.patience) and epoch < run.epochs:
+            _end(run)
+            return _finish(run, stopped_early=True)
+    _end(run)
+    return _finish(run)
+
+
+def _train_epoch(run: _Run) -> list[float]:
+    """One pass over the training loader (at most ``run.steps`` steps); returns the step losses."""
+    net, config = run.net, run.config
+    net.train()
+    if config.freeze_bn and run.fine_tune:
+        _set_bn_eval(net)
+    sampler = run.loader.sampler
+    if isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
+        sampler.set_epoch(run.epoch)
+    losses: list[float] = []
+    total_steps = max(1, (run.epochs - run.start_epoch + 1) * run.steps)
+    for step, batch in enumerate(run.loader, start=1):
+        if step > run.steps:
+            break
+        if run.cancelled():
+            raise TrainingCancelled(_finish(run, cancelled=True))
+        loss = _train_step(run, batch)
+        if loss is None:
+            continue
+        losses.append(loss)
+        run.done_steps += 1
+        run.result.steps += 1
+        run.emit(ev.Progress(epoch=run.epoch, epochs=run.epochs, step=step, steps=run.steps, loss=loss,
+                             fraction=min(1.0, run.done_steps / total_steps), phase="train"))
+    if run.cancelled():
+        raise TrainingCancelled(_finish(run, cancelled=True))
+    return losses
+
+
+def _train_step(run: _Run, batch: dict) -> float | None:
+    """One optimiser step on ``batch``; None when the loss was not finite (the step is skipped)."""
+    device = run.device
+    x = batch["image"].to(device, non_blocking=True)
+    y = batch["masks"].to(device, non_blocking=True)
+    ignore = batch["ignore"].to(device)
+    weight = batch["weight"].to(device)
+    x, y, ignore = run.augment(x, y, ignore)
+    if run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with run.autocast():
+        seg, cls = forward_logits(run.net, x)
+    loss = run.loss_fn(seg.float(), y, ignore=ignore, weight=weight, cls_logits=None if cls is None else cls.float())
+    run.optimizer.zero_grad(set_to_none=True)
+    nonfinite = not bool(torch.isfinite(loss))
+    if ddp.is_active():
+        nonfinite = ddp.any_flag(nonfinite)
+    if nonfinite:
+        run.n_nonfinite += 1
+        if run.n_nonfinite > max(3, run.steps):
+            raise FloatingPointError(f"training diverged: the loss was not finite in {run.n_nonfinite} steps "
+                                     f"(lower the lr, now {run.lr:g})")
+        return None
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if isinstance(run.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        run.scheduler.step()
+    return float(loss.detach())
+
+
+def _validate_epoch(run: _Run, losses: list[float]) -> dict:
+    """Validation metrics after the epoch; updates the history, the plateau schedule and the events."""
+    if ddp.is_active():  # BatchNorm running statistics drift apart per rank: take rank 0's everywhere
+        ddp.broadcast_buffers(_unwrap(run.net))
+    metrics = validate(_unwrap(run.net), run.val_set, run.device, run.model_config.classes,
+                       run.config.val_batch_size, run.autocast)
+    dice = float(metrics["mean_dice"])
+    train_loss = float(np.mean(losses)) if losses else None
+    if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.scheduler.step(dice)
+    run.history.append({"epoch": run.epoch, "train_loss": train_loss, "val_dice": dice,
+                        "val_score": metrics["score"], "lr": run.optimizer.param_groups[0]["lr"]})
+    run.emit(ev.Metrics(epoch=run.epoch, train_loss=train_loss, val_dice=dice, val_score=float(metrics["score"]),
                         per_class={c: v.get("dice") for c, v in metrics["per_class"].items()}))
-        if improved:
-            best_dice, best_epoch, bad_epochs = dice, epoch, 0
-            result.best_metrics = metrics
-            if main:
-                _write_best_bundle(net, model_config, out_stem, **checkpoint_meta(epoch, metrics))
-                result.best_path = json_path
-                emit(ev.Checkpoint(path=str(json_path), epoch=epoch, val_dice=dice, best=True))
-        else:
-            bad_epochs += 1
+    return metrics
+
+
+def _checkpoint(run: _Run, metrics: dict) -> None:
+    """Keep the epoch as the best bundle when its Dice improved by ``min_delta``; save the resume state."""
+    dice = float(metrics["mean_dice"])
+    improved = run.best_dice is None or dice > run.best_dice + float(run.config.min_delta)
+    if ddp.is_active():
+        improved = ddp.broadcast_flag(improved)
+    main = ddp.is_main()
+    if improved:
+        run.best_dice, run.best_epoch, run.bad_epochs = dice, run.epoch, 0
+        run.result.best_metrics = metrics
         if main:
-            _save_state(state_path, {
-                "format": _STATE_FORMAT,
-                "epoch": epoch,
-                "model": {k: v.detach().cpu() for k, v in _unwrap(net).state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                "rng": torch.get_rng_state(),
-                "sampler_rng": generator.get_state(),
-                "augment_rng": augment._gen.get_state() if augment._gen is not None else None,
-                "best_dice": -1.0 if best_dice is None else float(best_dice),
-                "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs,
-                "history": json.dumps(history),
-                "config": json.dumps(config.to_dict()),
-            })
-        if config.patience and bad_epochs >= int(config.patience) and epoch < epochs:
-            if main:
-                state_path.unlink(missing_ok=True)
-            if ddp.is_active():
-                ddp.barrier()
-            return finish(stopped_early=True)
+            _write_best_bundle(run.net, run.model_config, run.out_stem, **_checkpoint_meta(run, metrics))
+            run.result.best_path = run.json_path
+            run.emit(ev.Checkpoint(path=str(run.json_path), epoch=run.epoch, val_dice=dice, best=True))
+    else:
+        run.bad_epochs += 1
     if main:
-        state_path.unlink(missing_ok=True)
+        _save_resume_state(run)
+
+
+def _checkpoint_meta(run: _Run, metrics: dict) -> dict:
+    """What the bundle of ``run.epoch`` records: normalisation, training set-up and history, metrics."""
+    return {
+        "normalization": run.normalization,
+        "training": {
+            "config": run.config.to_dict(),
+            "data": run.meta.get("data", {}),
+            "command": run.meta.get("command"),
+            "epoch": run.epoch,
+            "epochs": run.epochs,
+            "lr": run.lr,
+            "init_from": run.init_path,
+            "world_size": ddp.world_size(),
+            "device": str(run.device),
+            "history": run.history,
+        },
+        "metrics": {
+            "val_dice": metrics.get("mean_dice"),
+            "val_score": metrics.get("score"),
+            "val_hausdorff": metrics.get("hausdorff"),
+            "val_iou": metrics.get("mean_iou"),
+            "per_class": metrics.get("per_class", {}),
+            "epoch": run.epoch,
+            "n_val_slices": metrics.get("n_slices"),
+        },
+        "notes": run.meta.get("notes", ""),
+    }
+
+
+def _end(run: _Run) -> None:
+    """A run that completed (or stopped early) needs no resume state."""
+    if ddp.is_main():
+        run.state_path.unlink(missing_ok=True)
     if ddp.is_active():
         ddp.barrier()
-    return finish()
+
+
+def _finish(run: _Run, stopped_early: bool = False, cancelled: bool = False) -> TrainResult:
+    """The run's ``TrainResult``: best bundle and epoch, epochs run (a cancelled epoch does not count)."""
+    result = run.result
+    result.best_epoch = run.best_epoch
+    result.best_dice = run.best_dice
+    result.epochs_run = run.epoch - 1 if cancelled else run.epoch
+    result.stopped_early = stopped_early
+    result.cancelled = cancelled
+    result.seconds = time.perf_counter() - run.t_start
+    result.model = _unwrap(run.net)
+    if result.best_path is None and run.best_epoch and run.json_path.is_file():
+        result.best_path = run.json_path
+    return result

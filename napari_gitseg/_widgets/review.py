@@ -400,8 +400,9 @@ class ReviewWidget(CorrectionTools, Container):
         if not path or path == ".":
             show_error("Review: choose a file to export to (.csv, .tif or .nii.gz).")
             return None
-        fmt = fmt or self._export_format.value or \
-            {"csv": "csv", "tif": "tif", "tiff": "tif", "nii": "nii", "gz": "nii"}.get(path.rsplit(".", 1)[-1])
+        from napari_gitseg.export import export_format_of  # one extension -> format table (io.format_of)
+
+        fmt = fmt or self._export_format.value or export_format_of(path)
         if fmt is None:
             show_error(f"Review: cannot export to {path}: use .csv, .tif or .nii.gz, or choose a DICOM format")
             return None

@@ -2,11 +2,14 @@
 
 Inference runs in a napari ``thread_worker``; each finished batch is yielded back to the GUI
 thread and painted into the overlay, the slice on screen first. The logic is the
-``Predictor`` (``napari_gitseg.predict``), tested without Qt.
+``Predictor`` (``napari_gitseg.predict``), tested without Qt. When the dock opens (and when
+the model changes) a background thread loads the model and runs it once
+(``napari_gitseg.predict.warm``), so the first Run neither waits for it nor stalls napari.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -35,15 +38,26 @@ from ._common import (
 from ._hub import hub_for
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+_log = logging.getLogger(__name__)
 
 
 def run_prediction(model_path: str, stack, first_slice: int, device: str, tta: bool, cancel: threading.Event):
     """Generator run off the GUI thread: yields progress updates, returns the Prediction."""
-    from napari_gitseg.predict import Predictor
+    from napari_gitseg.predict import cached_predictor
 
-    predictor = Predictor([model_path], device=None if device == "auto" else device, tta_flips=tta)
+    predictor = cached_predictor(model_path, device, tta)  # loaded by the warm-up, or now
     result = yield from predictor.iter_predict(stack, first_slice=first_slice, cancel=cancel)
     return result
+
+
+def warm_up_quietly(model_path: str, device: str) -> None:
+    """Load and run the model once (background thread); a broken bundle is reported by Run instead."""
+    from napari_gitseg.predict import warm_up
+
+    try:
+        warm_up(model_path, device)
+    except Exception as err:  # noqa: BLE001 - Run shows the error to the user with its context
+        _log.info("model warm-up of %s failed: %s", model_path, err)
 
 
 class SegmentWidget(Container):
@@ -84,6 +98,8 @@ class SegmentWidget(Container):
         self._hub.repredict_requested.connect(self._on_repredict)
         self.result_layer = None
         self.last_prediction = None
+        self.warm_up_thread: threading.Thread | None = None
+        self._warm_up()
 
     # ---- public ---------------------------------------------------------------------------------
     @property
@@ -92,8 +108,9 @@ class SegmentWidget(Container):
         return self._worker is not None
 
     def set_model_path(self, path: str | Path) -> None:
-        """Use the model bundle at ``path`` for the next run."""
+        """Use the model bundle at ``path`` for the next run (loaded in the background now)."""
         self._model.value = str(path)
+        self._warm_up()
 
     def run(self) -> None:
         """Start segmenting the chosen image layer in the background."""
@@ -204,6 +221,15 @@ class SegmentWidget(Container):
                 self._image.value = name
                 self.run()
                 return
+
+    def _warm_up(self) -> None:
+        """Load the chosen model on a background thread, so the first Run finds it ready."""
+        model = str(self._model.value or "")
+        if not model or not Path(model).is_file():
+            return
+        self.warm_up_thread = threading.Thread(target=warm_up_quietly, args=(model, self._device.value),
+                                               name="gitseg-model-warm-up", daemon=True)
+        self.warm_up_thread.start()
 
     # ---- UI bits --------------------------------------------------------------------------------
     def _set_running(self, running: bool) -> None:

@@ -17,6 +17,7 @@ from superqt.utils import ensure_main_thread
 
 from napari_gitseg.retrain import (
     activate_version,
+    describe,
     iter_round_events,
     registry_versions,
     round_job,
@@ -36,13 +37,6 @@ from ._hub import hub_for
 from ._plot import LossDicePlot
 
 PRESETS = ("quick", "cpu", "gpu")
-_PHASES = {"validate": "Comparing the new model with the active one", "pseudo-labels": "Predicting pseudo-labels",
-           "load": "Loading the labelled slices"}
-
-
-def _fmt(value) -> str:
-    """A metric for the status line ('–' when unknown)."""
-    return "–" if value is None else f"{float(value):.3f}"
 
 
 class TrainWidget(Container):
@@ -131,40 +125,21 @@ class TrainWidget(Container):
         from training import events as ev
 
         self.events_seen.append(event)
-        if isinstance(event, ev.Started):
-            self._status.value = "Training…"
-        elif isinstance(event, ev.Progress):
-            self._progress.value = int(round(100 * max(0.0, min(1.0, event.fraction))))
-            set_worker_progress(self._worker, self._progress.value, 100)
-            x = max(event.epoch - 1, 0) + event.step / max(event.steps, 1)
-            if event.loss is not None:
-                self.plot.add_loss(x, float(event.loss))
-            if event.epochs and event.phase == "train":
-                self._status.value = f"Training: epoch {event.epoch}/{event.epochs}, loss {_fmt(event.loss)}"
-            else:
-                self._status.value = _PHASES.get(event.phase, event.phase.capitalize()) + "…"
-        elif isinstance(event, ev.Metrics):
-            if event.val_dice is not None:
-                self.plot.add_dice(float(event.epoch), float(event.val_dice))
-        elif isinstance(event, ev.Promoted):
-            self._outcome = (f"New model {event.version} promoted: validation Dice {_fmt(event.val_dice)}"
-                                  + (f" (was {_fmt(event.previous_dice)})" if event.previous_dice is not None else ""))
-            self._status.value = self._outcome
-        elif isinstance(event, ev.Rejected):
-            self._outcome = (f"New model not better ({_fmt(event.candidate_dice)} vs "
-                                  f"{_fmt(event.active_dice)}); the active model stays.")
-            self._status.value = self._outcome
-        elif isinstance(event, ev.Error):
-            show_error(f"Retrain failed: {event.message}")
-            self._status.value = f"Error: {event.message}"
-        elif isinstance(event, ev.Cancelled):
-            self._status.value = "Cancelled; the active model is unchanged."
-        elif isinstance(event, ev.Done):
-            self._progress.value = 100
-            set_worker_progress(self._worker, 100, 100)
-            written = (event.result or {}).get("pseudo_written")
-            self._status.value = self._outcome + (f" {written} new pseudo-label(s) wait for review."
-                                                  if written else "")
+        view = describe(event, self._outcome)
+        if view.outcome is not None:
+            self._outcome = view.outcome
+        if view.percent is not None:
+            self._progress.value = view.percent
+            set_worker_progress(self._worker, view.percent, 100)
+        if view.loss_point is not None:
+            self.plot.add_loss(*view.loss_point)
+        if view.dice_point is not None:
+            self.plot.add_dice(*view.dice_point)
+        if view.error is not None:
+            show_error(f"Retrain failed: {view.error}")
+        if view.status is not None:
+            self._status.value = view.status
+        if view.done:
             self._after_round(any(isinstance(e, ev.Promoted) for e in self.events_seen))
 
     @when_alive

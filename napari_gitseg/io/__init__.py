@@ -4,6 +4,7 @@ Formats: UW-Madison PNG case folders with ``train.csv`` ground truth, multi-page
 NIfTI and DICOM series. Bad input raises ``GitsegInputError`` naming the file.
 """
 
+from napari_gitseg.io._util import format_of
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.io.info import stack_info
 from napari_gitseg.io.nifti import TOTALSEG_CT_LABELS, TOTALSEG_MR_LABELS, read_nifti_labels
@@ -21,6 +22,7 @@ __all__ = [
     "RLEError",
     "Stack",
     "detect_kind",
+    "format_of",
     "iter_stacks",
     "masks_for_stack",
     "read_masks",

@@ -41,6 +41,25 @@ def full_suffix(path: str | Path) -> str:
     return Path(name).suffix
 
 
+# the one file-extension -> format table of the readers, writers, export and CLI
+FORMAT_SUFFIXES = {
+    "csv": (".csv",),
+    "tiff": (".tif", ".tiff"),
+    "nifti": (".nii", ".nii.gz"),
+    "png": (".png",),
+    "dicom": (".dcm", ".dicom", ".ima"),  # DICOM files are also recognised by their content
+}
+
+
+def format_of(path: str | Path) -> str | None:
+    """The format a file's extension names (``csv``, ``tiff``, ``nifti``, ``png``, ``dicom``), or None.
+
+    Case-insensitive; only ``.nii.gz`` is NIfTI among gzipped files (``x.csv.gz`` is None).
+    """
+    suffix = full_suffix(path)
+    return next((fmt for fmt, suffixes in FORMAT_SUFFIXES.items() if suffix in suffixes), None)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; on success move it onto ``path`` atomically.

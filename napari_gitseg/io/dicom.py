@@ -18,11 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_gitseg.io._util import check_pixels, check_size, generic_slice_ids, input_errors, stem_of
+from napari_gitseg.io._util import (
+    FORMAT_SUFFIXES,
+    check_pixels,
+    check_size,
+    generic_slice_ids,
+    input_errors,
+    stem_of,
+)
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.io.stack import Stack
 
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+DICOM_SUFFIXES = FORMAT_SUFFIXES["dicom"]
 _ORIENTATION_TOL = 1e-3
 _POSITION_TOL = 1e-3  # mm
 LABEL_MODALITIES = ("RTSTRUCT", "SEG")  # label objects that lie beside a series (read by dicom_labels)

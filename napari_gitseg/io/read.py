@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from napari_gitseg.io._util import full_suffix
+from napari_gitseg.io._util import format_of, full_suffix
 from napari_gitseg.io.dicom import looks_like_dicom
 from napari_gitseg.io.dicom_labels import read_dicom_with_labels
 from napari_gitseg.io.errors import GitsegInputError
@@ -16,8 +16,6 @@ from napari_gitseg.io.train_csv import masks_for_stack, read_train_csv
 from napari_gitseg.io.uwmgi import iter_uwmgi, layout_of
 
 KINDS = ("uwmgi", "tiff", "nifti", "dicom")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-TIFF_SUFFIXES = (".tif", ".tiff")
 _DICOM_PROBE = 20  # files looked at when deciding whether a folder is a DICOM series
 
 
@@ -26,14 +24,12 @@ def detect_kind(path: str | Path) -> str | None:
     try:
         path = Path(path)
         if path.is_file():
-            suffix = full_suffix(path)
-            if suffix in NIFTI_SUFFIXES:
-                return "nifti"
-            if suffix in TIFF_SUFFIXES:
-                return "tiff"
-            if suffix == ".png":
+            fmt = format_of(path)
+            if fmt in ("nifti", "tiff"):
+                return fmt
+            if fmt == "png":
                 return "uwmgi" if layout_of(path) == "slice" else None
-            if suffix in (".csv", ".txt", ".json", ".md"):
+            if fmt == "csv" or full_suffix(path) in (".txt", ".json", ".md"):
                 return None
             return "dicom" if looks_like_dicom(path) else None
         if path.is_dir():
@@ -62,7 +58,7 @@ def _unreadable(path: Path) -> GitsegInputError:
             "holds nothing gitseg can read (a UW-Madison case folder caseN/caseN_dayM/scans/*.png, "
             "or a folder of DICOM files)",
         )
-    if full_suffix(path) == ".png":
+    if format_of(path) == "png":
         return GitsegInputError(
             path, "is not a UW-Madison slice: PNG files must be named slice_NNNN_W_H_SX_SY.png"
         )
@@ -106,12 +102,12 @@ def read_masks(path: str | Path, like: Stack) -> Stack:
     from dataclasses import replace
 
     path = Path(path)
-    suffix = full_suffix(path)
-    if suffix == ".csv":
+    fmt = format_of(path)
+    if fmt == "csv":
         masks, labelled = masks_for_stack(read_train_csv(path), like)
         return replace(like, masks=masks, labelled=labelled, meta={**like.meta, "masks_source": str(path)})
-    if suffix in TIFF_SUFFIXES:
+    if fmt == "tiff":
         return read_tiff_masks(path, like)
-    if suffix in NIFTI_SUFFIXES:
+    if fmt == "nifti":
         return read_nifti_masks(path, like)
     raise GitsegInputError(path, "masks are read from .csv, .tif/.tiff or .nii/.nii.gz files")

@@ -15,6 +15,8 @@ _EXPORTS = {
     "Predictor": "predictor",
     "remove_small_components": "postprocess",
     "body_box": "postprocess",
+    "cached_predictor": "warm",
+    "warm_up": "warm",
 }
 
 __all__ = sorted(_EXPORTS)
