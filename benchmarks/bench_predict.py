@@ -15,8 +15,10 @@ says which).
 (a) naive: ``model.eval()``, ``torch.no_grad()``, eager fp32, batches of 8 in slice order,
     every slice, the full frame (padded to the divisor, or letterboxed to the model's
     ``input_size`` as in training), torch's default threads.
-(b) the Predictor, step by step (each line adds one thing to the line above it), then some
-    alternatives (batch size, threads, TTA, ONNX Runtime, torch.compile) measured the same way.
+(b) the Predictor, step by step (each line adds one thing to the line above it), then bf16
+    autocast on the CPU (the ``GITSEG_CPU_BF16=1`` opt-in; the defaults are fp32 on every CPU)
+    and some alternatives (batch size, threads, TTA, ONNX Runtime, torch.compile) measured the
+    same way.
 
 Timings are noisy on a shared machine: variants are interleaved and each is repeated; the
 table shows the fastest repeat. Dice is the challenge's: per slice and class, empty-vs-empty
@@ -341,7 +343,7 @@ def main() -> int:
     bf16_step = ("  defaults + bf16 autocast (GITSEG_CPU_BF16=1)", {"cpu_bf16": True})
     extras = [bf16_step]
     if not args.no_extras:
-        extras = [
+        extras += [
             ("  defaults, batch 4", {"batch_size": 4}),
             ("  defaults, batch 16", {"batch_size": 16}),
             ("  defaults, 1 thread", {"num_threads": 1}),
@@ -408,7 +410,8 @@ def main() -> int:
     print(json.dumps({"naive_s": round(t_naive, 3), "predictor_s": round(t_best, 3), "ratio": round(t_naive / t_best, 2),
                       "dice_naive": round(d_naive, 4), "dice_predictor": round(best["dice"], 4),
                       "visible_s": round(min(best["first"]), 3),
-                      "bf16_s": round(min(bf16["times"]), 3), "dice_bf16": round(bf16["dice"], 4), "peak_rss_mb": round(mem["predictor"])}))
+                      "bf16_s": round(min(bf16["times"]), 3), "dice_bf16": round(bf16["dice"], 4),
+                      "peak_rss_mb": round(mem["predictor"])}))
     return 0
 
 
