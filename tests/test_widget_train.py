@@ -87,7 +87,7 @@ def test_a_promoted_model_is_listed_announced_and_repredicted(make_napari_viewer
                                                         activate=True)
     for event in (ev.Started(kind="round"), ev.Promoted(version=version, val_dice=0.5, previous_version="default",
                                                         previous_dice=0.4), ev.Done(result={})):
-        widget._on_event(event)
+        widget.show_event(event)
     assert "New model v0001 promoted" in widget._status.value and "(was 0.400)" in widget._status.value
     qtbot.waitUntil(lambda: len(widget._versions.choices) == 1, timeout=30000)
     assert widget._versions.value == version and "active: v0001" in widget._version_info.value

@@ -106,7 +106,7 @@ class TrainWidget(Container):
                         overrides={"num_threads": trainer_threads_beside_gui()})
         worker = thread_worker(
             iter_round_events, progress={"total": 0, "desc": "Retraining"}, start_thread=False,
-            connect={"yielded": self._on_event, "errored": self._on_error, "finished": self._on_finished},
+            connect={"yielded": self.show_event, "errored": self._on_error, "finished": self._on_finished},
         )(job, self._cancel)
         self._worker = worker
         self._set_running(True)
@@ -121,7 +121,8 @@ class TrainWidget(Container):
 
     # ---- events from the worker (GUI thread) --------------------------------------------------------
     @when_alive
-    def _on_event(self, event) -> None:
+    def show_event(self, event) -> None:
+        """Show one trainer event (``napari_gitseg.retrain.describe`` says what) on the GUI thread."""
         from training import events as ev
 
         self.events_seen.append(event)
