@@ -92,7 +92,11 @@ def preload_compute_modules() -> None:
     dynamic-loader calls deadlocked here, freezing napari. Docks that start thread workers
     which need torch call this from ``__init__`` so the libraries are mapped before any worker.
     """
-    import napari_gitseg.model.factory  # noqa: F401  (torch, torchvision, segmentation_models_pytorch)
+    # smp too: the factory imports it lazily, and its first import in a thread held the GIL for
+    # seconds (0.4-0.8 s stalls of napari during the model warm-up)
+    import segmentation_models_pytorch  # noqa: F401
+
+    import napari_gitseg.model.factory  # noqa: F401  (torch, torchvision)
     import napari_gitseg.model.registry  # noqa: F401
     import napari_gitseg.predict  # noqa: F401
 
