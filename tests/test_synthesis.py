@@ -156,13 +156,13 @@ def test_render_window_is_deterministic_per_seed_and_varies_between_seeds():
 def test_looks_differ_in_tissue_contrast_between_samples():
     scene = build_scene("case1_day0", _organ_masks(10, 64, 64, 1), None, seed=0)
     organ = scene.masks[:, 5].any(axis=0)
+    body = (scene.background[5] > 0.05) & ~organ  # the body around the organs
     ratios = []
-    for seed in range(12):
+    for seed in range(24):
         img = render_window(scene, [5], np.random.default_rng(seed), p_isolated=0.0)[0]
-        body = (img > np.percentile(img, 40)) & ~organ
         ratios.append(img[organ].mean() / max(img[body].mean(), 1e-6))
     # organs are sometimes brighter and sometimes darker than their surroundings
-    assert min(ratios) < 0.9 and max(ratios) > 1.1
+    assert min(ratios) < 0.8 and max(ratios) > 1.05, ratios
 
 
 def test_dataset_items_are_deterministic_and_aligned(mask_folder):
