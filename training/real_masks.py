@@ -23,8 +23,7 @@ import numpy as np
 
 from napari_gitseg.classes import CLASSES
 from napari_gitseg.io.errors import GitsegInputError
-from napari_gitseg.io.rle import RLEError, rle_decode
-from napari_gitseg.io.train_csv import TrainTable, read_train_csv
+from napari_gitseg.io.train_csv import TrainTable, decode_slice, read_train_csv
 from napari_gitseg.io.uwmgi_names import parse_slice_filename, parse_slice_id
 
 SLICES_HEADER = ("id", "width", "height", "pixel_spacing_x", "pixel_spacing_y", "file")
@@ -129,18 +128,9 @@ def decode_case_day(table: TrainTable, name: str, rows: list[SliceRow], slices_p
     height, width = rows[0].height, rows[0].width
     masks = np.zeros((len(CLASSES), len(rows), height, width), dtype=bool)
     for z, row in enumerate(rows):
-        entry = table.get(row.sid)
-        if entry is None:
+        if row.sid not in table:
             raise GitsegInputError(table.path, f"has no rows for {row.sid}, which {slices_path} lists on line {row.line}")
-        for c, cls in enumerate(CLASSES):
-            rle = entry.get(cls, "")
-            if not rle:
-                continue
-            try:
-                masks[c, z] = rle_decode(rle, (height, width))
-            except RLEError as err:
-                raise GitsegInputError(table.path, f"line {table.line_of(row.sid, cls)}: {row.sid} {cls}: {err} "
-                                                   f"(the slice is {height}x{width} in {slices_path})") from err
+        masks[:, z] = decode_slice(table, row.sid, (height, width), CLASSES, f" in {slices_path}")
     return CaseDayMasks(name, masks, (rows[0].spacing_y, rows[0].spacing_x), [r.sid for r in rows])
 
 

@@ -105,6 +105,28 @@ def read_train_csv(path: str | Path) -> TrainTable:
     return table
 
 
+def decode_slice(table: dict[str, dict[str, str]], sid: str, shape: tuple[int, int], classes: Sequence[str],
+                 context: str = "") -> np.ndarray:
+    """The masks ``(C, Y, X)`` bool of slice ``sid`` (classes without a row are empty);
+    ``GitsegInputError`` naming the table's file and line when an RLE does not fit ``shape``."""
+    height, width = shape
+    masks = np.zeros((len(classes), height, width), dtype=bool)
+    entry = table.get(sid, {})
+    for c, cls in enumerate(classes):
+        rle = entry.get(cls, "")
+        if not rle:
+            continue
+        try:
+            masks[c] = rle_decode(rle, (height, width))
+        except RLEError as err:
+            line = table.line_of(sid, cls) if isinstance(table, TrainTable) else None
+            where = f"line {line}: " if line else ""
+            raise GitsegInputError(
+                getattr(table, "path", None), f"{where}{sid} {cls}: {err} (slice is {height}x{width}{context})"
+            ) from err
+    return masks
+
+
 def masks_for_stack(table: dict[str, dict[str, str]], stack: Stack) -> tuple[np.ndarray, np.ndarray]:
     """Decode the table's rows for ``stack``: masks ``(C, Z, Y, X)`` bool and labelled ``(Z,)`` bool.
 
@@ -113,24 +135,10 @@ def masks_for_stack(table: dict[str, dict[str, str]], stack: Stack) -> tuple[np.
     n_z, height, width = stack.shape
     masks = np.zeros((len(stack.classes), n_z, height, width), dtype=bool)
     labelled = np.zeros(n_z, dtype=bool)
-    source = getattr(table, "path", None)
     for z, sid in enumerate(stack.slice_ids):
-        entry = table.get(sid)
-        if entry is None:
-            continue
-        labelled[z] = True
-        for c, cls in enumerate(stack.classes):
-            rle = entry.get(cls, "")
-            if not rle:
-                continue
-            try:
-                masks[c, z] = rle_decode(rle, (height, width))
-            except RLEError as err:
-                line = table.line_of(sid, cls) if isinstance(table, TrainTable) else None
-                where = f"line {line}: " if line else ""
-                raise GitsegInputError(
-                    source, f"{where}{sid} {cls}: {err} (slice is {height}x{width}, from {stack.source})"
-                ) from err
+        if sid in table:
+            labelled[z] = True
+            masks[:, z] = decode_slice(table, sid, (height, width), stack.classes, f", from {stack.source}")
     return masks, labelled
 
 
