@@ -10,15 +10,20 @@ from training.config import preset
 from training.finetune import RECIPE, finetune_config, round_config
 
 
-def _steps(config) -> int:
-    return config.finetune_epochs * config.max_steps_per_epoch
+def _steps(config, n: int) -> int:
+    """Optimiser steps the loop runs: an epoch is min(max_steps_per_epoch, batches of the n labels)."""
+    per_epoch = min(config.max_steps_per_epoch, -(-n // config.batch_size))
+    return config.finetune_epochs * per_epoch
 
 
 def test_length_grows_with_the_labels_within_bounds():
     base = preset("cpu", init_from="model.json")
-    steps = [_steps(finetune_config(base, n)) for n in (1, 5, 12, 30, 100, 1000)]
-    assert steps == sorted(steps) and steps[0] >= RECIPE.min_steps and steps[-1] <= RECIPE.max_steps + RECIPE.steps_per_epoch
-    assert steps[2] > steps[1] and steps[4] > steps[3]
+    targets = [RECIPE.steps(n) for n in (1, 5, 12, 30, 100, 1000)]
+    assert targets == sorted(targets) and targets[0] == RECIPE.min_steps and targets[-1] == RECIPE.max_steps
+    assert targets[2] > targets[1] and targets[4] > targets[3]
+    for n, target in zip((1, 5, 12, 30, 100, 1000), targets):
+        config = finetune_config(base, n)
+        assert target <= _steps(config, n) < target + config.max_steps_per_epoch  # whole epochs
 
 
 def test_recipe_settings():
@@ -26,7 +31,9 @@ def test_recipe_settings():
     many = finetune_config(preset("cpu", init_from="model.json"), 80)
     assert few.freeze_bn and not many.freeze_bn
     assert few.lr == RECIPE.lr and few.finetune_lr_factor == 1.0
-    assert few.patience == RECIPE.patience and few.finetune_epochs == few.epochs
+    assert few.finetune_epochs == few.epochs and few.max_steps_per_epoch == 1  # 6 slices: one batch an epoch
+    assert few.patience * few.max_steps_per_epoch >= RECIPE.patience_steps  # early stopping counts steps
+    assert many.max_steps_per_epoch == 10 and _steps(many, 80) >= RECIPE.steps(80)
     assert resolve_spec(few.augmentation)["hflip"]["p"] == 0.0
     assert few.init_from == "model.json" and few.model == preset("cpu").model
 

@@ -5,14 +5,15 @@ from a trained bundle and have few labels. :func:`finetune_config` turns a prese
 for ``n`` labelled slices:
 
 * **length in steps, scaled to the label count**: ``steps_per_label`` optimiser steps per labelled
-  slice, at least ``min_steps`` and at most ``max_steps`` (each step a batch of ``batch_size``), cut
-  into short epochs so that early stopping on the frozen validation slices can act;
+  slice, at least ``min_steps`` and at most ``max_steps`` (each step a batch of ``batch_size``), in
+  epochs of one pass over the labels (at most ``steps_per_epoch`` steps), so that early stopping on
+  the frozen validation slices can act;
 * **learning rate** ``lr`` (lower than training from scratch: the features are already there);
 * **which layers train**: BatchNorm statistics stay frozen below ``bn_free_from`` labels (a batch of a
   few near-identical slices gives statistics that do not describe the next scan);
 * **augmentation**: the default geometric and intensity steps without left-right flips (the
   stomach is on the patient's left; a flip teaches nothing true);
-* **early stopping** after ``patience`` epochs without a gain on the frozen set.
+* **early stopping** after ``patience_steps`` steps (whole epochs) without a gain on the frozen set.
 
 The settings were chosen by measurement on the real UW-Madison slices (``benchmarks/bench_real.py``,
 leave-one-patient-out through this code path); the figures are in the closing notes and README.
@@ -38,7 +39,7 @@ class FinetuneRecipe:
     steps_per_epoch: int = 20
     lr: float = 5e-4
     bn_free_from: int = 32
-    patience: int = 4
+    patience_steps: int = 80
     augmentation: tuple = (("hflip", 0.0), ("shift_scale_rotate", 0.6), ("grid", 0.3), ("brightness_contrast", 0.5),
                            ("dropout", 0.2))
 
@@ -57,7 +58,8 @@ def finetune_config(config: TrainConfig, n_labels: int, recipe: FinetuneRecipe =
     if int(n_labels) < 1:
         raise ValueError(f"fine-tuning needs at least one labelled slice, got {n_labels}")
     steps = recipe.steps(int(n_labels))
-    per_epoch = min(recipe.steps_per_epoch, steps)
+    # an epoch is one pass over the labels (a few slices fill one batch), at most steps_per_epoch steps
+    per_epoch = max(1, min(recipe.steps_per_epoch, steps, math.ceil(int(n_labels) / config.batch_size)))
     epochs = max(1, math.ceil(steps / per_epoch))
     return config.replace(
         epochs=epochs,
@@ -67,7 +69,7 @@ def finetune_config(config: TrainConfig, n_labels: int, recipe: FinetuneRecipe =
         finetune_lr_factor=1.0,
         schedule="cosine",
         freeze_bn=int(n_labels) < recipe.bn_free_from,
-        patience=recipe.patience,
+        patience=max(1, math.ceil(recipe.patience_steps / per_epoch)),
         augmentation=dict(recipe.augmentation),
     )
 
