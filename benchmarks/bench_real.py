@@ -337,7 +337,9 @@ def measure(bundle: Path, slices: list, volume, folds, args, work: Path) -> dict
     out["after a round on the other 4 patients"] = score_cases(cases, classes)
     out["its fine-tuned candidate"] = score_cases(candidates, classes)
     out["rounds"] = {"all": info}
-    zero = out["zero-shot real slices"]["mean Dice"]
+    held_out = [stack for _patient, _train, test in folds for stack in test]  # the patients every curve point scores
+    out["zero-shot held-out patients"] = score_cases(predict_cases(bundle, held_out, config), classes)
+    zero = out["zero-shot held-out patients"]["mean Dice"]
     curve, candidate_curve = {0: zero}, {0: zero}
     for n in args.curve:
         cases, candidates, info = finetuned_cases(bundle, folds, n, args, work)
