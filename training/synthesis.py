@@ -24,6 +24,7 @@ from the ``numpy.random.Generator`` passed in, so a seed gives the same image.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,11 @@ class Scene:
         """Number of slices of the case-day."""
         return int(self.masks.shape[1])
 
+    @functools.cached_property
+    def organ_slices(self) -> np.ndarray:
+        """Indices of the slices that hold an organ (computed once: samples draw from them)."""
+        return np.flatnonzero(self.masks.any(axis=(0, 2, 3)))
+
 
 def letterbox_masks(masks: np.ndarray, size: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Masks (C, Z, H, W) scaled (nearest) to fit ``size`` keeping the aspect ratio and zero-padded, as
@@ -56,16 +62,16 @@ def letterbox_masks(masks: np.ndarray, size: tuple[int, int] | None) -> tuple[np
     import torch
     import torch.nn.functional as F
 
+    from napari_gitseg.predict.predictor import letterbox_geometry
+
     masks = np.asarray(masks, dtype=bool)
     h, w = masks.shape[-2:]
     if size is None:
         return masks, (h, w, 0, 0)
-    scale = min(size[0] / h, size[1] / w)
-    nh, nw = max(1, min(size[0], round(h * scale))), max(1, min(size[1], round(w * scale)))
+    nh, nw, top, left = letterbox_geometry(h, w, size)
     t = torch.from_numpy(masks.reshape(-1, 1, h, w).astype(np.uint8))
     if (nh, nw) != (h, w):
         t = F.interpolate(t, size=(nh, nw), mode="nearest-exact")
-    top, left = (size[0] - nh) // 2, (size[1] - nw) // 2
     out = np.zeros((masks.shape[0] * masks.shape[1], 1, *size), dtype=bool)
     out[:, :, top : top + nh, left : left + nw] = t.numpy().astype(bool)
     return out.reshape(*masks.shape[:2], *size), (nh, nw, top, left)
@@ -187,27 +193,29 @@ def _paint_organs(img: np.ndarray, masks: np.ndarray, looks: list[_OrganLook], t
         img[mask] = value[mask]
 
 
-def _distractors(rng: np.random.Generator, scene: Scene) -> list[tuple]:
-    """Random unlabelled blobs (centre, radii, angle, intensity) for one sample."""
+def _distractors(rng: np.random.Generator, scene: Scene) -> list[tuple[np.ndarray, float]]:
+    """Random unlabelled blobs of one sample: (inside (H, W) bool, intensity), the same on every slice."""
     h, w = scene.background.shape[-2:]
+    n = int(rng.integers(0, 5))
+    if n == 0:
+        return []
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
     blobs = []
-    for _ in range(int(rng.integers(0, 5))):
-        blobs.append((rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w,
-                      rng.uniform(0.02, 0.08) * h, rng.uniform(0.02, 0.08) * w,
-                      rng.uniform(0, np.pi), float(rng.uniform(0.0, 1.0))))
-    return blobs
-
-
-def _paint_distractors(img: np.ndarray, blobs: list[tuple], organs: np.ndarray, body: np.ndarray,
-                       tex: np.ndarray) -> None:
-    if not blobs:
-        return
-    rows, cols = np.mgrid[0 : img.shape[0], 0 : img.shape[1]].astype(np.float32)
-    for cy, cx, ry, rx, angle, value in blobs:
+    for _ in range(n):
+        cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
+        ry, rx = rng.uniform(0.02, 0.08) * h, rng.uniform(0.02, 0.08) * w
+        angle, value = rng.uniform(0, np.pi), float(rng.uniform(0.0, 1.0))
         ca, sa = np.cos(angle), np.sin(angle)
         a = (ca * (rows - cy) + sa * (cols - cx)) / rx
         b = (-sa * (rows - cy) + ca * (cols - cx)) / ry
-        inside = (a * a + b * b < 1.0) & body & ~organs
+        blobs.append((a * a + b * b < 1.0, value))
+    return blobs
+
+
+def _paint_distractors(img: np.ndarray, blobs: list[tuple[np.ndarray, float]], organs: np.ndarray,
+                       body: np.ndarray, tex: np.ndarray) -> None:
+    for ellipse, value in blobs:
+        inside = ellipse & body & ~organs
         img[inside] = value * (1.0 + 0.1 * tex[inside])
 
 

@@ -57,7 +57,7 @@ class SyntheticDataset(Dataset):
         rng = np.random.default_rng([self.seed, int(index)])
         name = self.names[int(rng.integers(len(self.names)))]
         scene = self.scene(name)
-        with_organ = np.flatnonzero(scene.masks.any(axis=(0, 2, 3)))
+        with_organ = scene.organ_slices
         if with_organ.size and rng.random() < self.organ_share:
             z = int(with_organ[rng.integers(with_organ.size)])
         else:

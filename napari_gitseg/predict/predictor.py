@@ -176,7 +176,8 @@ def _splittable(model: torch.nn.Module) -> bool:
     )
 
 
-def _letterbox_geometry(h: int, w: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+def letterbox_geometry(h: int, w: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(rows, cols, top, left) of an h x w slice scaled to fit ``size`` keeping its aspect ratio, centred."""
     scale = min(size[0] / h, size[1] / w)
     nh, nw = max(1, min(size[0], round(h * scale))), max(1, min(size[1], round(w * scale)))
     return nh, nw, (size[0] - nh) // 2, (size[1] - nw) // 2
@@ -460,7 +461,7 @@ class Predictor:
         h, w = x.shape[-2:]
         size = member.config.input_size
         if size is not None:
-            nh, nw, top, left = _letterbox_geometry(h, w, size)
+            nh, nw, top, left = letterbox_geometry(h, w, size)
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=(nh < h))
             x = F.pad(x, (left, size[1] - nw - left, top, size[0] - nh - top))
         x, pads = pad_to_divisor(x, member.divisor)
