@@ -90,11 +90,13 @@ def _rewrite(folder: Path, name: str, edit) -> None:
          "has no rows for case2_day0_slice_0003"),
         ("slices.csv", lambda rows: [r[:1] + ["40"] + r[2:] if r[0] == "case1_day0_slice_0004" else r for r in rows],
          "its file"),
+        ("slices.csv", lambda rows: [r[:3] + ["1.60", "1.60"] + r[5:] if r[0] == "case1_day0_slice_0004" else r
+                                     for r in rows], "changes its grid"),
         ("train.csv", lambda rows: rows + [["case9_day0_slice_0001", "stomach", ""]], "is not listed in"),
         ("train.csv", lambda rows: [r[:2] + ["5759 10"] if r[0] == "case1_day0_slice_0002" and r[1] == "stomach"
                                     else r for r in rows], "past the 72x80 image"),
     ],
-    ids=["gap", "missing-id", "wrong-grid", "extra-id", "rle-past-image"],
+    ids=["gap", "missing-id", "wrong-grid", "changed-spacing", "extra-id", "rle-past-image"],
 )
 def test_disagreeing_csvs_are_refused_naming_the_file(tmp_path, name, edit, message):
     folder = write_mask_folder(tmp_path / "m", {f"case{c}_day0": _organ_masks(8, 72, 80, c) for c in (1, 2)})

@@ -116,9 +116,11 @@ def _check_case_day(path: Path, name: str, rows: list[SliceRow]) -> None:
         gap = missing[0] if missing else numbers[-1]
         raise GitsegInputError(path, f"case-day {name} has a gap in its slice numbers (slice {gap:04d} is "
                                      f"missing between {numbers[0]:04d} and {numbers[-1]:04d})")
-    grids = {(r.height, r.width, r.spacing_y, r.spacing_x) for r in rows}
-    if len(grids) > 1:
-        odd = next(r for r in rows if (r.height, r.width, r.spacing_y, r.spacing_x) != grids.pop())
+    def grid(r: SliceRow) -> tuple:
+        return r.height, r.width, r.spacing_y, r.spacing_x
+
+    odd = next((r for r in rows if grid(r) != grid(rows[0])), None)
+    if odd is not None:
         raise GitsegInputError(path, f"line {odd.line}: case-day {name} changes its grid within the stack")
 
 
