@@ -334,8 +334,11 @@ def main() -> int:
     base = {"device": "cpu", "batch_size": 8}
     steps = [
         ("Predictor: inference_mode, fp32, full frame", {"channels_last": False, "crop_to_body": False,
-                                                         "use_gate": False, "amp": False}),
-        ("+ channels_last", {"channels_last": True, "crop_to_body": False, "use_gate": False, "amp": False}),
+                                                         "use_gate": False, "amp": False, "freeze": False}),
+        ("+ channels_last", {"channels_last": True, "crop_to_body": False, "use_gate": False, "amp": False,
+                             "freeze": False}),
+        ("+ frozen graphs (torch.jit.freeze)", {"channels_last": True, "crop_to_body": False, "use_gate": False,
+                                                "amp": False}),
         ("+ body crop", {"channels_last": True, "crop_to_body": True, "use_gate": False, "amp": False}),
         ("+ empty-slice gate = defaults (fp32 on the CPU)", {"cpu_bf16": False}),
     ]
@@ -349,6 +352,7 @@ def main() -> int:
             ("  defaults, 1 thread", {"num_threads": 1}),
             ("  defaults, flip TTA", {"tta_flips": True}),
             ("  defaults without the gate", {"use_gate": False}),
+            ("  defaults without frozen graphs (eager)", {"freeze": False}),
         ]
     variants: list[tuple[str, object]] = [("naive Kaggle loop (no_grad, fp32, bs 8, full frame)", "naive")]
     variants += [(name, Predictor([bundle_path], **{**base, **opts})) for name, opts in steps + extras]

@@ -398,3 +398,44 @@ def test_a_warm_predictor_is_loaded_once_and_reloaded_when_its_bundle_changes(bu
     assert second is not first and cached_predictor(bundle_path, "cpu") is second
     assert cached_predictor(bundle_path, "cpu", tta=True) is not second  # another setting: loaded anew
     clear_cache()
+
+
+def test_frozen_graphs_give_the_eager_answers(trained, test_case, bundle_path):
+    """Bundles run through frozen graphs on the CPU; masks equal eager's, probabilities within 1e-4."""
+    image, _ = test_case
+    frozen = Predictor([bundle_path], device="cpu", probs_dtype=np.float32)
+    eager = Predictor([bundle_path], device="cpu", probs_dtype=np.float32, freeze=False)
+    assert frozen.members[0].frozen is not None and eager.members[0].frozen is None
+    a, b = frozen.predict(image, first_slice=5), eager.predict(image, first_slice=5)
+    assert frozen.members[0].frozen.eager_reason is None  # the graphs were built and used
+    np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)
+    assert (a.masks == b.masks).all() and np.allclose(a.gate, b.gate, atol=1e-4)
+    # a model handed over in memory stays eager unless asked for (it may still be training)
+    assert Predictor([(trained, CFG)], device="cpu").members[0].frozen is None
+    assert Predictor([(trained, CFG)], device="cpu", freeze=True).members[0].frozen is not None
+
+
+def test_frozen_graph_is_per_shape_batch_free_and_falls_back_to_eager(trained):
+    from napari_gitseg.predict.frozen import FrozenModel
+
+    frozen = FrozenModel(trained)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for shape in ((4, 3, 64, 64), (1, 3, 64, 64), (2, 3, 48, 80)):  # batch sizes share a graph
+            x = torch.randn(shape)
+            seg, cls = frozen.forward(x)
+            want_seg, want_cls = trained(x)
+            assert torch.allclose(seg, want_seg, atol=1e-4) and torch.allclose(cls, want_cls, atol=1e-4)
+            features, gate = frozen.encode(x)
+            assert torch.allclose(frozen.decode(features), want_seg, atol=1e-4)
+    assert set(frozen._graphs["forward"]) == {((3, 64, 64), False), ((3, 48, 80), False)}
+    assert frozen.eager_reason is None
+
+    class Untraceable(torch.nn.Module):  # data-dependent Python control flow: the trace must not be trusted
+        def forward(self, x):
+            return x * 2 if float(x.mean()) > 0 else x * 3
+
+    odd = FrozenModel(Untraceable())
+    with torch.inference_mode():
+        assert torch.equal(odd.forward(torch.ones(1, 1, 4, 4)), torch.full((1, 1, 4, 4), 2.0))
+        assert torch.equal(odd.forward(-torch.ones(1, 1, 4, 4)), torch.full((1, 1, 4, 4), -3.0))

@@ -17,7 +17,8 @@ What happens to a stack:
 4. Order: ``first_slice`` first (alone in a small first batch), then outward from it.
 5. Per batch, per model: 2.5D windows, zero padding to the divisor, forward pass under
    ``torch.inference_mode`` (autocast fp16/bf16 on CUDA; fp32 on the CPU unless bf16 is asked
-   for, see ``amp`` and ``cpu_bf16``), sigmoid; with ``tta_flips``
+   for, see ``amp`` and ``cpu_bf16``; on the CPU in fp32 through frozen graphs, see
+   ``freeze`` and ``predict/frozen.py``), sigmoid; with ``tta_flips``
    the flipped copies run in the same batch and are flipped back and averaged. Ensemble
    members are averaged (probabilities), each with its own k/stride windows and
    normalisation.
@@ -55,6 +56,7 @@ from napari_gitseg.model.device import pick_device
 from napari_gitseg.model.factory import ModelConfig, input_divisor, pad_to_divisor
 from napari_gitseg.model.normalize import DEFAULT_NORMALIZATION, normalize_stack
 from napari_gitseg.model.windows import make_windows
+from napari_gitseg.predict.frozen import FrozenModel
 from napari_gitseg.predict.postprocess import binary_entropy, body_box, remove_small_components
 
 __all__ = [
@@ -164,6 +166,24 @@ class _Member:
     version: str
     divisor: int
     split: bool  # encoder / decoder / heads reachable separately (smp's standard forward)
+    frozen: FrozenModel | None = None  # frozen graphs (CPU, fp32); None = eager
+
+    def forward(self, x: torch.Tensor):
+        """The model's output for ``x`` (a tensor or a tuple)."""
+        return self.model(x) if self.frozen is None else self.frozen.forward(x)
+
+    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(encoder features, classification logits); ``split`` members only."""
+        if self.frozen is not None:
+            return self.frozen.encode(x)
+        features = self.model.encoder(x)
+        return features, self.model.classification_head(features[-1])
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Segmentation logits from encoder features; ``split`` members only."""
+        if self.frozen is not None:
+            return self.frozen.decode(features)
+        return self.model.segmentation_head(self.model.decoder(features))
 
 
 def _splittable(model: torch.nn.Module) -> bool:
@@ -203,6 +223,7 @@ class Predictor:
         num_threads: int | None = None,
         first_batch_size: int = 1,
         probs_dtype: np.dtype | type = np.float16,
+        freeze: bool | None = None,
     ):
         """Load the models: bundle paths / ``ModelBundle``s, or ``(model, ModelConfig | ModelBundle)`` pairs.
 
@@ -212,6 +233,9 @@ class Predictor:
         unless set to 1, see ``cpu_bf16_enabled``), so CPU results do not depend on the processor.
         ``first_batch_size``: size of the first batch when ``first_slice`` is given (small = the
         visible slice is ready sooner). ``probs_dtype``: dtype of ``Prediction.probs``.
+        ``freeze``: run the models through frozen graphs (``predict/frozen.py``; CPU and fp32
+        only, about 2x faster there); None = for the models this Predictor loads from bundles,
+        not for models handed over in memory (they may still be training); True = for all.
         """
         if isinstance(bundles, (str, os.PathLike, ModelBundle, torch.nn.Module, tuple)):
             bundles = [bundles]
@@ -247,7 +271,7 @@ class Predictor:
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         elif amp and self.device.type == "cpu" and (cpu_bf16_enabled() if cpu_bf16 is None else cpu_bf16):
             self.autocast_dtype = torch.bfloat16
-        self.members = [self._load_member(item) for item in bundles]
+        self.members = [self._load_member(item, freeze) for item in bundles]
         self.classes = self.members[0].config.classes
         for m in self.members[1:]:
             if m.config.classes != self.classes:
@@ -257,7 +281,8 @@ class Predictor:
                 )
 
     # ---- set-up -------------------------------------------------------------------------------
-    def _load_member(self, item) -> _Member:
+    def _load_member(self, item, freeze: bool | None) -> _Member:
+        owned = not isinstance(item, tuple)
         if isinstance(item, ModelBundle):
             model, bundle = load_bundle(item.json_path, device="cpu")
             config, norm, version = bundle.config, bundle.normalization, bundle.name
@@ -280,7 +305,10 @@ class Predictor:
         model = model.to(self.device).eval()
         if self.channels_last and self.device.type in ("cpu", "cuda"):
             model = model.to(memory_format=torch.channels_last)
-        return _Member(model, config, dict(norm), version, input_divisor(model), _splittable(model))
+        frozen = None
+        if (owned if freeze is None else freeze) and self.device.type == "cpu" and self.autocast_dtype is None:
+            frozen = FrozenModel(model)
+        return _Member(model, config, dict(norm), version, input_divisor(model), _splittable(model), frozen)
 
     @property
     def versions(self) -> list[str]:
@@ -509,14 +537,13 @@ class Predictor:
             gates = []
             for member, volume in zip(self.members, volumes):
                 x, restore = self._prepare(member, volume, batch)
-                model = member.model
                 if self.use_gate and member.split:
-                    features = model.encoder(x)
-                    cls = model.classification_head(features[-1]).float()
+                    features, cls = member.encode(x)
+                    cls = cls.float()
                     gates.append(torch.sigmoid(self._unflip_mean(cls, n)))
                     staged.append((member, restore, features, None))
                 else:
-                    out = model(x)
+                    out = member.forward(x)
                     seg, cls = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
                     if self.use_gate and member.config.cls_head and cls is not None:
                         gates.append(torch.sigmoid(self._unflip_mean(cls.float(), n)))
@@ -534,11 +561,11 @@ class Predictor:
                         if len(open_idx):
                             sel = torch.cat([open_idx + i * n for i in range(len(self.flips))])
                             sub = [f[sel] for f in features]
-                            logits = member.model.segmentation_head(member.model.decoder(sub))
+                            logits = member.decode(sub)
                             p = torch.sigmoid(self._unflip_mean(restore(logits).float(), len(open_idx)))
                             probs[open_idx] = p
                     else:
-                        logits = member.model.segmentation_head(member.model.decoder(features))
+                        logits = member.decode(features)
                         probs = torch.sigmoid(self._unflip_mean(restore(logits).float(), n))
                 else:
                     probs = torch.sigmoid(self._unflip_mean(restore(seg).float(), n))
