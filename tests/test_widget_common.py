@@ -1,25 +1,4 @@
-"""Helpers shared by the docks: progress bars, closed-dock guards, wrapping status lines."""
-
-from types import SimpleNamespace
-
-from napari.utils import progress
-
-
-def test_worker_progress_shows_the_true_position_and_clamps():
-    from napari_gitseg._widgets._common import set_worker_progress
-
-    pbar = progress(total=0, desc="test")
-    worker = SimpleNamespace(pbar=pbar)
-    try:
-        set_worker_progress(worker, 30, 144)
-        assert (pbar.n, pbar.total) == (30, 144)
-        set_worker_progress(worker, 12, 144)  # a position, not an increment
-        assert pbar.n == 12
-        set_worker_progress(worker, 500, 144)
-        assert pbar.n == 144
-        set_worker_progress(SimpleNamespace(), 3, 10)  # a worker without a bar is fine
-    finally:
-        pbar.close()
+"""Helpers shared by the docks: closed-dock guards, wrapping status lines."""
 
 
 def test_callbacks_after_the_dock_closed_are_dropped(qtbot):

@@ -85,3 +85,29 @@ def test_the_model_is_loaded_off_the_gui_thread_when_the_dock_opens(viewer_with_
     thread.join(timeout=120)
     assert not thread.is_alive() and is_loaded(tiny_bundle, widget._device.value)
     clear_cache()
+
+
+def test_a_second_run_reuses_the_layer_and_shows_exactly_the_masks(viewer_with_case, qtbot, tiny_bundle):
+    """The overlay is filled batch by batch; at the end it equals the prediction (no second full
+    rewrite of the layer), its metadata carries the new confidence, and the organ colours are
+    set again only when the visibility changed (a new colormap redraws the layer)."""
+    from napari_gitseg.classes import masks_to_labels
+
+    viewer, case = viewer_with_case
+    widget = make_widget(viewer, tiny_bundle)
+    widget._visible["small_bowel"].value = False
+    for _ in range(2):
+        widget.run()
+        qtbot.waitUntil(lambda: not widget.running, timeout=60000)
+    layer = widget.result_layer
+    assert [lyr.name for lyr in viewer.layers].count(f"{case.name} prediction") == 1
+    prediction = widget.last_prediction
+    assert np.array_equal(layer.data, masks_to_labels(prediction.masks))
+    assert layer.metadata["gitseg"]["confidence"] is prediction.confidence
+    assert layer.colormap.map(np.array([LABEL_VALUES["small_bowel"]]))[0][3] == 0  # still hidden
+    changes = []
+    layer.events.colormap.connect(lambda _e: changes.append(1))
+    widget._apply_visibility()
+    assert changes == []  # nothing changed: no new colormap
+    widget._visible["small_bowel"].value = True
+    assert changes and layer.colormap.map(np.array([LABEL_VALUES["small_bowel"]]))[0][3] > 0

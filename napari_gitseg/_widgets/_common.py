@@ -12,7 +12,6 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_gitseg.classes import CLASSES, label_color_dict
 
 __all__ = [
-    "set_worker_progress",
     "status_label",
     "is_alive",
     "when_alive",
@@ -26,23 +25,6 @@ __all__ = [
     "set_class_visibility",
     "ensure_labels_layer",
 ]
-
-
-def set_worker_progress(worker, done: int, total: int) -> None:
-    """Show ``done`` of ``total`` on a thread worker's napari progress bar (the activity dock).
-
-    Workers are made with ``progress={"total": 0}`` so napari does not add one step per yielded
-    value (which overflowed for the trainer's hundreds of events and never reached the end for
-    batched predictions); the dock sets the true position here instead.
-    """
-    pbar = getattr(worker, "pbar", None)
-    if pbar is None:
-        return
-    if pbar.total != total:
-        pbar.total = total
-    done = max(0, min(int(done), int(total)))
-    if done != pbar.n:
-        pbar.update(done - pbar.n)
 
 
 def status_label(value: str = "", label: str = ""):

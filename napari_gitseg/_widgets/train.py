@@ -27,7 +27,6 @@ from napari_gitseg.retrain import (
 from ._common import (
     cancel_on_destroy,
     preload_compute_modules,
-    set_worker_progress,
     show_error,
     show_info,
     status_label,
@@ -105,7 +104,7 @@ class TrainWidget(Container):
         job = round_job(project, preset=self._preset.value, keep=self._keep.value,
                         overrides={"num_threads": trainer_threads_beside_gui()})
         worker = thread_worker(
-            iter_round_events, progress={"total": 0, "desc": "Retraining"}, start_thread=False,
+            iter_round_events, start_thread=False,  # progress in the dock (see segment.py: no activity GIF)
             connect={"yielded": self.show_event, "errored": self._on_error, "finished": self._on_finished},
         )(job, self._cancel)
         self._worker = worker
@@ -131,7 +130,6 @@ class TrainWidget(Container):
             self._outcome = view.outcome
         if view.percent is not None:
             self._progress.value = view.percent
-            set_worker_progress(self._worker, view.percent, 100)
         if view.loss_point is not None:
             self.plot.add_loss(*view.loss_point)
         if view.dice_point is not None:
