@@ -401,18 +401,20 @@ def test_a_warm_predictor_is_loaded_once_and_reloaded_when_its_bundle_changes(bu
 
 
 def test_frozen_graphs_give_the_eager_answers(trained, test_case, bundle_path):
-    """Bundles run through frozen graphs on the CPU; masks equal eager's, probabilities within 1e-4."""
+    """Bundles run through frozen graphs on the CPU in fp32 (bf16 autocast, GITSEG_CPU_BF16=1, stays
+    eager); masks equal eager's, probabilities within 1e-4."""
     image, _ = test_case
-    frozen = Predictor([bundle_path], device="cpu", probs_dtype=np.float32)
-    eager = Predictor([bundle_path], device="cpu", probs_dtype=np.float32, freeze=False)
+    frozen = Predictor([bundle_path], device="cpu", probs_dtype=np.float32, cpu_bf16=False)
+    eager = Predictor([bundle_path], device="cpu", probs_dtype=np.float32, cpu_bf16=False, freeze=False)
+    assert Predictor([bundle_path], device="cpu", cpu_bf16=True).members[0].frozen is None
     assert frozen.members[0].frozen is not None and eager.members[0].frozen is None
     a, b = frozen.predict(image, first_slice=5), eager.predict(image, first_slice=5)
     assert frozen.members[0].frozen.eager_reason is None  # the graphs were built and used
     np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)
     assert (a.masks == b.masks).all() and np.allclose(a.gate, b.gate, atol=1e-4)
     # a model handed over in memory stays eager unless asked for (it may still be training)
-    assert Predictor([(trained, CFG)], device="cpu").members[0].frozen is None
-    assert Predictor([(trained, CFG)], device="cpu", freeze=True).members[0].frozen is not None
+    assert Predictor([(trained, CFG)], device="cpu", cpu_bf16=False).members[0].frozen is None
+    assert Predictor([(trained, CFG)], device="cpu", cpu_bf16=False, freeze=True).members[0].frozen is not None
 
 
 def test_frozen_graph_is_per_shape_batch_free_and_falls_back_to_eager(trained):
