@@ -21,10 +21,21 @@ from collections import OrderedDict
 
 import torch
 
-__all__ = ["FrozenModel"]
+__all__ = ["FrozenModel", "decode_eager", "encode_eager"]
 
 _MAX_GRAPHS = 4  # input shapes kept per model (a scan's crop size; resized models have one)
 _TOLERANCE = 1e-3  # max |frozen - eager| on the logits: BN folding changes them by ~2e-5
+
+
+def encode_eager(model: torch.nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(encoder features, classification logits) of an smp model with a classification head."""
+    features = model.encoder(x)
+    return features, model.classification_head(features[-1])
+
+
+def decode_eager(model: torch.nn.Module, features) -> torch.Tensor:
+    """Segmentation logits of an smp model from its encoder features (decoder + segmentation head)."""
+    return model.segmentation_head(model.decoder(list(features)))
 
 
 class _Encode(torch.nn.Module):
@@ -35,8 +46,8 @@ class _Encode(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        features = self.model.encoder(x)
-        return (*features, self.model.classification_head(features[-1]))
+        features, cls = encode_eager(self.model, x)
+        return (*features, cls)
 
 
 class _Decode(torch.nn.Module):
@@ -47,7 +58,7 @@ class _Decode(torch.nn.Module):
         self.model = model
 
     def forward(self, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return self.model.segmentation_head(self.model.decoder(list(features)))
+        return decode_eager(self.model, features)
 
 
 class FrozenModel:
@@ -56,6 +67,7 @@ class FrozenModel:
     def __init__(self, model: torch.nn.Module):
         """Wrap ``model`` (eval mode, on the CPU, fp32); graphs are built on first use of each shape."""
         self.model = model
+        self._encode, self._decode = _Encode(model), _Decode(model)
         self.eager_reason: str | None = None if hasattr(torch.jit, "freeze") else "torch.jit.freeze is missing"
         self._graphs: dict[str, OrderedDict] = {"forward": OrderedDict(), "encode": OrderedDict(),
                                                  "decode": OrderedDict()}
@@ -67,13 +79,13 @@ class FrozenModel:
 
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(encoder features, classification logits) of an smp model with a classification head."""
-        out = self._run("encode", _Encode(self.model), x, x)
+        out = self._run("encode", self._encode, x, x)
         return list(out[:-1]), out[-1]
 
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Segmentation logits from encoder features (the decoder and the segmentation head)."""
         feats = tuple(features)
-        return self._run("decode", _Decode(self.model), feats, feats[-1])
+        return self._run("decode", self._decode, feats, feats[-1])
 
     # ---- graphs --------------------------------------------------------------------------------
     def _run(self, kind: str, module: torch.nn.Module, inputs, shaped: torch.Tensor):

@@ -56,7 +56,7 @@ from napari_gitseg.model.device import pick_device
 from napari_gitseg.model.factory import ModelConfig, input_divisor, pad_to_divisor
 from napari_gitseg.model.normalize import DEFAULT_NORMALIZATION, normalize_stack
 from napari_gitseg.model.windows import make_windows
-from napari_gitseg.predict.frozen import FrozenModel
+from napari_gitseg.predict.frozen import FrozenModel, decode_eager, encode_eager
 from napari_gitseg.predict.postprocess import binary_entropy, body_box, remove_small_components
 
 __all__ = [
@@ -174,16 +174,11 @@ class _Member:
 
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(encoder features, classification logits); ``split`` members only."""
-        if self.frozen is not None:
-            return self.frozen.encode(x)
-        features = self.model.encoder(x)
-        return features, self.model.classification_head(features[-1])
+        return encode_eager(self.model, x) if self.frozen is None else self.frozen.encode(x)
 
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Segmentation logits from encoder features; ``split`` members only."""
-        if self.frozen is not None:
-            return self.frozen.decode(features)
-        return self.model.segmentation_head(self.model.decoder(features))
+        return decode_eager(self.model, features) if self.frozen is None else self.frozen.decode(features)
 
 
 def _splittable(model: torch.nn.Module) -> bool:
