@@ -247,7 +247,9 @@ class SegmentWidget(Container):
         if self.result_layer is None:
             return
         visible = {c: box.value for c, box in self._visible.items()}
-        state = (id(self.result_layer), tuple(visible.values()))
-        if state != self._visibility_state:  # a new colormap redraws the layer: only when it changes
+        # a new colormap redraws the layer: only when the layer or the boxes changed (the layer
+        # itself, not its id: a new layer may reuse a removed one's id)
+        applied_to, applied = self._visibility_state or (None, None)
+        if applied_to is not self.result_layer or applied != visible:
             set_class_visibility(self.result_layer, visible)
-            self._visibility_state = state
+            self._visibility_state = (self.result_layer, visible)
