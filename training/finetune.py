@@ -29,8 +29,9 @@ import math
 from dataclasses import dataclass
 
 from training.config import TrainConfig
+from training.loop import batches_per_pass
 
-__all__ = ["FinetuneRecipe", "RECIPE", "batches_per_pass", "finetune_config", "round_config"]
+__all__ = ["FinetuneRecipe", "RECIPE", "finetune_config", "round_config"]
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,9 @@ def finetune_config(config: TrainConfig, n_labels: int, recipe: FinetuneRecipe =
     if int(n_labels) < 1:
         raise ValueError(f"fine-tuning needs at least one labelled slice, got {n_labels}")
     steps = recipe.steps(int(n_labels))
-    # an epoch is one pass over the labels, at most steps_per_epoch steps; the loader drops the last
-    # partial batch when there is more than one batch (training.loop._make_loader): 6 labels in
-    # batches of 4 are one step an epoch, not two
-    per_epoch = max(1, min(recipe.steps_per_epoch, steps, batches_per_pass(int(n_labels), config.batch_size)))
+    # an epoch is one pass of the training loader over the labels, at most steps_per_epoch steps
+    # (the loader drops a last partial batch: 6 labels in batches of 4 are one step an epoch)
+    per_epoch = min(recipe.steps_per_epoch, steps, batches_per_pass(int(n_labels), config.batch_size))
     epochs = max(1, math.ceil(steps / per_epoch))
     return config.replace(
         epochs=epochs,
@@ -78,11 +78,6 @@ def finetune_config(config: TrainConfig, n_labels: int, recipe: FinetuneRecipe =
         patience=max(1, math.ceil(recipe.patience_steps / per_epoch)),
         augmentation=dict(recipe.augmentation),
     )
-
-
-def batches_per_pass(n_items: int, batch_size: int) -> int:
-    """Optimiser steps in one pass of the training loader over ``n_items`` (one process)."""
-    return 1 if n_items <= batch_size else n_items // batch_size
 
 
 def round_config(config: TrainConfig, init_from: str | None, n_labels: int) -> TrainConfig:

@@ -571,6 +571,16 @@ def _prepare_data(config, train_data, val_data, model_config, normalization, pro
     return train_ds, val_ds
 
 
+def drops_last_batch(n_items: int, batch_size: int) -> bool:
+    """The training loader drops a last partial batch when a pass holds more than one batch."""
+    return n_items > batch_size
+
+
+def batches_per_pass(n_items: int, batch_size: int) -> int:
+    """Optimiser steps in one pass of the training loader over ``n_items`` (one process)."""
+    return n_items // batch_size if drops_last_batch(n_items, batch_size) else 1
+
+
 def _make_loader(train_set, config: TrainConfig, generator: torch.Generator):
     """(training loader, steps per epoch): seeded random order, or a DistributedSampler under DDP."""
     world = ddp.world_size()
@@ -579,7 +589,7 @@ def _make_loader(train_set, config: TrainConfig, generator: torch.Generator):
             train_set, num_replicas=world, rank=ddp.rank(), shuffle=True, seed=int(config.seed), drop_last=False)
     else:
         sampler = torch.utils.data.RandomSampler(train_set, generator=generator)
-    drop_last = math.ceil(len(train_set) / world) > config.batch_size
+    drop_last = drops_last_batch(math.ceil(len(train_set) / world), config.batch_size)
     loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
                                          collate_fn=_collate, num_workers=0, drop_last=drop_last)
     steps = len(loader)
