@@ -172,8 +172,12 @@ def predict_cases(bundle: Path, stacks: Sequence, config) -> list[tuple]:
 
 
 # ------------------------------------------------------------------------------------------ GUI rounds
-def make_project(folder: Path, bundle: Path, clinician: Sequence) -> Path:
-    """A project whose label store holds ``clinician`` as clinician labels and whose active model is ``bundle``."""
+def make_project(folder: Path, bundle: Path, clinician: Sequence, only: dict[str, Sequence[int]] | None = None) -> Path:
+    """A project whose label store holds ``clinician`` as clinician labels and whose active model is ``bundle``.
+
+    ``only``: per stack name, the slice indices saved as clinician labels (default: all of them); the
+    stacks' other slices are in the project (images, neighbours of the 2.5D windows) but unlabelled.
+    """
     from napari_gitseg.model.bundle import load_bundle
     from napari_gitseg.model.registry import ModelRegistry
     from napari_gitseg.project import registry_folder, save_stack_snapshot
@@ -184,8 +188,9 @@ def make_project(folder: Path, bundle: Path, clinician: Sequence) -> Path:
             store.register_stack(stack.name, stack.slice_ids, stack.image.shape, stack.spacing, stack.source,
                                  stack.classes)
             save_stack_snapshot(folder, stack)
-            store.save_many([{"slice_id": sid, "masks": stack.masks[:, z], "source": "clinician"}
-                             for z, sid in enumerate(stack.slice_ids)])
+            chosen = range(len(stack.slice_ids)) if only is None else only.get(stack.name, ())
+            store.save_many([{"slice_id": stack.slice_ids[z], "masks": stack.masks[:, z], "source": "clinician"}
+                             for z in chosen])
     model, info = load_bundle(bundle)
     ModelRegistry(registry_folder(folder)).add(model, info.config, normalization=info.normalization,
                                                training=info.training, metrics=info.metrics,

@@ -118,3 +118,19 @@ def test_without_the_shared_data_the_benchmark_skips_cleanly(bench, tmp_path, mo
     assert bench.main(["--quick", "--out", str(tmp_path / "out")]) == 0
     assert "skipped" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()
+
+
+def test_a_benchmark_project_saves_only_the_chosen_slices_as_clinician_labels(bench, tiny_bundle, tmp_path):
+    from napari_gitseg.store import LabelStore
+
+    masks = np.zeros((3, 5, 8, 8), bool)
+    masks[0, :, 2:5, 2:5] = True
+    stack = Stack(image=np.arange(5 * 64, dtype=np.uint16).reshape(5, 8, 8), spacing=(3.0, 1.5, 1.5),
+                  slice_ids=[f"case9_day1_slice_{z:04d}" for z in range(1, 6)], source="x", kind="uwmgi",
+                  masks=masks)
+    every = bench.make_project(tmp_path / "all", tiny_bundle, [stack])
+    some = bench.make_project(tmp_path / "some", tiny_bundle, [stack], only={stack.name: [0, 3]})
+    with LabelStore.open(every, create=False) as store:
+        assert len(store.clinician_slices()) == 5
+    with LabelStore.open(some, create=False) as store:
+        assert sorted(store.clinician_slices()) == ["case9_day1_slice_0001", "case9_day1_slice_0004"]
