@@ -473,6 +473,108 @@ def plot_effort_curve(curve: list[dict], path: str | Path) -> Path:
     return path
 
 
+def _round_stacks(entries: list[dict], val_sets: dict[str, set[int]]) -> tuple[list, list, dict, int]:
+    """(training stacks, frozen validation stacks, provenance, pseudo-label count) of a round.
+
+    Training: each stack's clinician labels outside the frozen set, and its pseudo-labels;
+    validation: the frozen clinician slices."""
+    train_stacks, val_stacks, provenance, n_pseudo = [], [], {}, 0
+    for e in entries:
+        stack, n = e["image"], e["image"].image.shape[0]
+        clin = [z for z in e["clinician"] if z not in val_sets[e["name"]]]
+        held = sorted(val_sets[e["name"]])
+        lab = np.zeros(n, bool)
+        lab[clin] = True
+        lab[e["pseudo"]] = True
+        if lab.any():
+            prov = {z: "clinician" for z in clin}
+            prov.update({z: "pseudo" for z in e["pseudo"]})
+            n_pseudo += len(e["pseudo"])
+            provenance[e["name"]] = prov
+            train_stacks.append(dataclasses.replace(stack, masks=e["masks"], labelled=lab, classes=e["classes"]))
+        if held:
+            vlab = np.zeros(n, bool)
+            vlab[held] = True
+            val_stacks.append(dataclasses.replace(stack, masks=e["masks"], labelled=vlab, classes=e["classes"]))
+    return train_stacks, val_stacks, provenance, n_pseudo
+
+
+def _round_baseline(registry, classes: tuple, on_event) -> tuple[str | None, Path | None]:
+    """(name, bundle path) a round fine-tunes from and must beat: the project's active model, else the
+    default model when it has the project's classes, else (None, None): training from scratch."""
+    from napari_gitseg.model.bundle import BundleError, read_bundle_info
+    from napari_gitseg.resources import default_model_path
+
+    active = registry.active()
+    if active is not None:
+        return active, registry.path_of(active)
+    default = default_model_path()
+    if default is None:
+        return None, None
+    try:
+        info = read_bundle_info(default)
+    except BundleError as err:
+        _emit(on_event, ev.Log(f"ignoring the default model: {err}"))
+        return None, None
+    if tuple(info.config.classes) != tuple(classes):
+        _emit(on_event, ev.Log(f"the default model {default} has other classes; training from scratch"))
+        return None, None
+    return "default", default
+
+
+def _promote_or_reject(registry, candidate: Path, baseline: tuple, val_stacks, cfg, cancel, notes: str,
+                       on_event) -> dict:
+    """Score the candidate and the baseline on the frozen slices; register and activate the candidate
+    only if it scores higher (or there is no baseline). Returns promoted, version, dice figures."""
+    baseline_name, baseline_path = baseline
+    cand_metrics, _ = evaluate_bundle(candidate, val_stacks, cfg, cancel)
+    cand = float(cand_metrics["mean_dice"])
+    base = None
+    if baseline_path is not None:
+        base = float(evaluate_bundle(baseline_path, val_stacks, cfg, cancel)[0]["mean_dice"])
+    promoted = base is None or cand > base
+    version = registry.active()
+    if promoted:
+        version = _register(registry, candidate, cand_metrics, True, notes)
+        _emit(on_event, ev.Promoted(version=version, val_dice=cand, previous_version=baseline_name,
+                                    previous_dice=base))
+    else:
+        _emit(on_event, ev.Rejected(candidate_dice=cand, active_dice=base,
+                                    reason=f"validation Dice {_fmt(cand)} is not above {baseline_name}'s {_fmt(base)}"))
+    return {"promoted": bool(promoted), "version": version, "candidate_dice": cand, "baseline_dice": base,
+            "candidate_score": cand_metrics.get("score")}
+
+
+def _write_pseudo_labels(store, entries: list[dict], model_path: Path, model_label: str | None, cfg, keep: int,
+                         cancel) -> int:
+    """Predict the project's stacks with ``model_path``; save the ``keep`` most confident predictions of
+    unreviewed slices as pseudo-labels (the store's write path keeps clinician work); returns how many."""
+    preds = _predict_stacks(model_path, [e["image"] for e in entries], cfg, cancel)
+    cands = []
+    for e in entries:
+        masks, conf = preds[e["name"]]
+        unreviewed = set(store.unreviewed_slices(e["name"]))
+        for z, sid in enumerate(e["slice_ids"]):
+            if sid in unreviewed:
+                cands.append(((e["name"], z, sid), float(conf[z]), not masks[:, z].any()))
+    kept = select_pseudo(cands, int(keep), cfg.pseudo_max_empty)
+    items = [{"slice_id": sid, "masks": preds[name][0][:, z], "source": "pseudo", "model_version": model_label,
+              "confidence": float(preds[name][1][z])} for name, z, sid in kept]
+    return sum(1 for v in store.save_many(items) if v is not None) if items else 0
+
+
+def _open_round_store(project: Path):
+    """The project's label store (GitsegInputError naming the folder when there is none)."""
+    from napari_gitseg.store import LabelStore, StoreError
+
+    if not project.is_dir():
+        raise GitsegInputError(project, "project folder not found")
+    try:
+        return LabelStore.open(project, create=False)
+    except StoreError as err:
+        raise GitsegInputError(project, f"no usable label store: {err}") from err
+
+
 def run_round_from_store(
     project_folder: str | Path,
     config: TrainConfig | None = None,
@@ -480,22 +582,18 @@ def run_round_from_store(
     on_event: Callable | None = None,
     cancel=None,
 ) -> dict:
-    """One bootstrap round on a project folder (label store + snapshots + registry); returns a summary."""
-    from napari_gitseg.model.bundle import BundleError, read_bundle_info
+    """One bootstrap round on a project folder (label store + snapshots + registry); returns a summary.
+
+    Fine-tunes the active (or default) model on the clinician labels outside the frozen validation
+    slices and the stored pseudo-labels, promotes the candidate only if it scores higher on the frozen
+    slices, then stores the ``keep`` most confident predictions of the active model as pseudo-labels."""
     from napari_gitseg.model.registry import ModelRegistry
     from napari_gitseg.project import registry_folder
-    from napari_gitseg.resources import default_model_path
-    from napari_gitseg.store import LabelStore, StoreError
 
     t0 = time.perf_counter()
     config = config or preset("cpu")
     project = Path(project_folder)
-    if not project.is_dir():
-        raise GitsegInputError(project, "project folder not found")
-    try:
-        store = LabelStore.open(project, create=False)
-    except StoreError as err:
-        raise GitsegInputError(project, f"no usable label store: {err}") from err
+    store = _open_round_store(project)
     try:
         entries = _store_stacks(project, store)
         n_clin = sum(len(e["clinician"]) for e in entries)
@@ -504,43 +602,11 @@ def run_round_from_store(
                 project, f"{n_clin} clinician-labelled slice(s) in the label store: label at least "
                          f"{MIN_CLINICIAN_LABELS} slices first (correct them and press Accept in the Review dock)")
         val_sets = _frozen_split(entries, store, config.val_fraction, config.seed)
-        train_stacks, val_stacks, provenance = [], [], {}
-        n_pseudo = 0
-        for e in entries:
-            stack = e["image"]
-            clin = [z for z in e["clinician"] if z not in val_sets[e["name"]]]
-            held = sorted(val_sets[e["name"]])
-            lab = np.zeros(stack.image.shape[0], bool)
-            lab[clin] = True
-            lab[e["pseudo"]] = True
-            if lab.any():
-                prov = {z: "clinician" for z in clin}
-                prov.update({z: "pseudo" for z in e["pseudo"]})
-                n_pseudo += len(e["pseudo"])
-                provenance[e["name"]] = prov
-                train_stacks.append(dataclasses.replace(stack, masks=e["masks"], labelled=lab, classes=e["classes"]))
-            if held:
-                vlab = np.zeros(stack.image.shape[0], bool)
-                vlab[held] = True
-                val_stacks.append(dataclasses.replace(stack, masks=e["masks"], labelled=vlab, classes=e["classes"]))
+        train_stacks, val_stacks, provenance, n_pseudo = _round_stacks(entries, val_sets)
         n_val = sum(len(v) for v in val_sets.values())
         registry = ModelRegistry(registry_folder(project))
-        active = registry.active()
-        baseline_name, baseline_path = None, None
-        if active is not None:
-            baseline_name, baseline_path = active, registry.path_of(active)
-        else:
-            default = default_model_path()
-            if default is not None:
-                try:
-                    info = read_bundle_info(default)
-                    if tuple(info.config.classes) == tuple(entries[0]["classes"]):
-                        baseline_name, baseline_path = "default", default
-                    else:
-                        _emit(on_event, ev.Log(f"the default model {default} has other classes; training from scratch"))
-                except BundleError as err:
-                    _emit(on_event, ev.Log(f"ignoring the default model: {err}"))
-        cfg = round_config(config, None if baseline_path is None else str(baseline_path), max(1, n_clin - n_val))
+        baseline = _round_baseline(registry, tuple(entries[0]["classes"]), on_event)
+        cfg = round_config(config, None if baseline[1] is None else str(baseline[1]), max(1, n_clin - n_val))
         work = project / "jobs" / f"round-{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1e6) % 1000000:06d}"
         work.mkdir(parents=True, exist_ok=True)
         try:
@@ -551,56 +617,30 @@ def run_round_from_store(
                            provenance=provenance)
             _emit(on_event, ev.Progress(epoch=result.epochs_run, epochs=result.epochs_run, loss=None,
                                         fraction=0.82, phase="validate"))
-            images = [e["image"] for e in entries]
-            cand_metrics, _ = evaluate_bundle(result.best_path, val_stacks, cfg, cancel)
-            cand = float(cand_metrics["mean_dice"])
-            base = None
-            if baseline_path is not None:
-                base_metrics, _ = evaluate_bundle(baseline_path, val_stacks, cfg, cancel)
-                base = float(base_metrics["mean_dice"])
-            promoted = base is None or cand > base
-            version = active
-            if promoted:
-                version = _register(registry, result.best_path, cand_metrics, True,
-                                    f"retrained on {n_clin - n_val} clinician + {n_pseudo} pseudo labels")
-                _emit(on_event, ev.Promoted(version=version, val_dice=cand, previous_version=baseline_name,
-                                            previous_dice=base))
-            else:
-                _emit(on_event, ev.Rejected(candidate_dice=cand, active_dice=base,
-                                            reason=f"validation Dice {_fmt(cand)} is not above "
-                                                   f"{baseline_name}'s {_fmt(base)}"))
-            # pseudo-labels from the model that is active now
-            now_path = registry.path_of(version) if version is not None else baseline_path
+            outcome = _promote_or_reject(registry, result.best_path, baseline, val_stacks, cfg, cancel,
+                                         f"retrained on {n_clin - n_val} clinician + {n_pseudo} pseudo labels",
+                                         on_event)
+            version = outcome["version"]
+            now_path = registry.path_of(version) if version is not None else baseline[1]
             written = 0
             if now_path is not None and int(keep) > 0:
                 _emit(on_event, ev.Progress(fraction=0.9, phase="pseudo-labels"))
-                preds = _predict_stacks(now_path, images, cfg, cancel)
-                cands = []
-                for e in entries:
-                    masks, conf = preds[e["name"]]
-                    unreviewed = set(store.unreviewed_slices(e["name"]))
-                    for z, sid in enumerate(e["slice_ids"]):
-                        if sid in unreviewed:
-                            cands.append(((e["name"], z, sid), float(conf[z]), not masks[:, z].any()))
-                kept = select_pseudo(cands, int(keep), cfg.pseudo_max_empty)
-                model_label = version if version is not None else baseline_name
-                items = [{"slice_id": sid, "masks": preds[name][0][:, z], "source": "pseudo",
-                          "model_version": model_label, "confidence": float(preds[name][1][z])}
-                         for name, z, sid in kept]
-                written = sum(1 for v in store.save_many(items) if v is not None) if items else 0
+                written = _write_pseudo_labels(store, entries, now_path, version if version is not None else baseline[0],
+                                               cfg, keep, cancel)
             n_round = int(store.get_state(ROUNDS_STATE_KEY, 0) or 0) + 1
             store.set_state(ROUNDS_STATE_KEY, n_round)
-            curve = _record_effort(store, n_round, n_clin, cand if promoted else base)
+            dice_now = outcome["candidate_dice"] if outcome["promoted"] else outcome["baseline_dice"]
+            curve = _record_effort(store, n_round, n_clin, dice_now)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         summary = {
             "round": n_round,
-            "promoted": bool(promoted),
+            "promoted": outcome["promoted"],
             "active_version": version,
-            "baseline": baseline_name,
-            "baseline_dice": base,
-            "candidate_dice": cand,
-            "candidate_score": cand_metrics.get("score"),
+            "baseline": baseline[0],
+            "baseline_dice": outcome["baseline_dice"],
+            "candidate_dice": outcome["candidate_dice"],
+            "candidate_score": outcome["candidate_score"],
             "clinician_train": n_clin - n_val,
             "clinician_val": n_val,
             "pseudo_used": n_pseudo,
@@ -611,7 +651,7 @@ def run_round_from_store(
             "best_epoch": result.best_epoch,
             "seconds": round(time.perf_counter() - t0, 1),
         }
-        _emit(on_event, ev.RoundDone(round=n_round, labels_spent=n_clin, val_dice=cand if promoted else base))
+        _emit(on_event, ev.RoundDone(round=n_round, labels_spent=n_clin, val_dice=dice_now))
         return summary
     finally:
         store.close()
