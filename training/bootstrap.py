@@ -206,32 +206,15 @@ def run_bootstrap(
         raise ValueError(f"rounds and keep must be >= 0, got {rounds} and {keep}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    classes = config.model_config().classes
-    if config.init_from:
-        from napari_gitseg.model.bundle import read_bundle_info
-
-        classes = read_bundle_info(config.init_from).config.classes
-    stacks = check_stacks(list(stacks), classes)
+    stacks = check_stacks(list(stacks), _trained_classes(config))
     pool, val_stacks = split_validation(stacks, config.val_fraction, config.seed)
     chosen = choose_labelled(pool, labels)
     n_labels = sum(len(v) for v in chosen.values())
-    clinician: dict[str, Stack] = {}
-    for stack in pool:
-        lab = np.zeros(stack.image.shape[0], bool)
-        lab[chosen.get(stack.name, [])] = True
-        masks = np.zeros_like(stack.masks)
-        masks[:, lab] = stack.masks[:, lab]  # the rest of the truth stays hidden
-        clinician[stack.name] = dataclasses.replace(stack, masks=masks, labelled=lab)
+    clinician = _clinician_view(pool, chosen)
     registry = ModelRegistry(out / "models")
-    report: dict = {
-        "labels": n_labels,
-        "keep": int(keep),
-        "rounds": [],
-        "train_stacks": [s.name for s in pool],
-        "val_stacks": [s.name for s in val_stacks],
-        "n_val_slices": int(sum(_labelled(s).sum() for s in val_stacks)),
-        "config": config.to_dict(),
-    }
+    report: dict = {"labels": n_labels, "keep": int(keep), "rounds": [], "train_stacks": [s.name for s in pool],
+                    "val_stacks": [s.name for s in val_stacks],
+                    "n_val_slices": int(sum(_labelled(s).sum() for s in val_stacks)), "config": config.to_dict()}
     active: str | None = None
     active_dice: float | None = None
     active_preds: dict | None = None
@@ -245,13 +228,7 @@ def run_bootstrap(
         if r > 0:
             if active_preds is None:
                 active_preds = _predict_stacks(registry.path_of(active), pool, config, cancel)
-            cands = []
-            for stack in pool:
-                masks, conf = active_preds[stack.name]
-                lab = _labelled(clinician[stack.name])
-                for z in np.flatnonzero(~lab):
-                    cands.append(((stack.name, int(z)), float(conf[z]), not masks[:, z].any()))
-            kept = select_pseudo(cands, r * int(keep), config.pseudo_max_empty)
+            kept = _pseudo_candidates(clinician, active_preds, r * int(keep), config.pseudo_max_empty)
             n_pseudo = len(kept)
             train_stacks, provenance = _with_pseudo(clinician, active_preds, kept)
         cfg = config if r == 0 else config.replace(init_from=str(registry.path_of(active)))
@@ -265,18 +242,17 @@ def run_bootstrap(
         cand = float(frozen["mean_dice"])
         entry = {"round": r, "labels_spent": n_labels, "pseudo_labels": n_pseudo,
                  "trained_on": n_labels + n_pseudo, "candidate_dice": cand, "candidate_score": frozen.get("score"),
-                 "previous_dice": active_dice, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
-        if active is None or cand > active_dice:
+                 "previous_dice": active_dice, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                 "promoted": active is None or cand > active_dice}
+        if entry["promoted"]:
             version = _register(registry, result.best_path, frozen, True, f"bootstrap round {r}")
             _emit(on_event, ev.Promoted(version=version, val_dice=cand, previous_version=active,
                                         previous_dice=active_dice))
             active, active_dice, active_preds = version, cand, None
-            entry["promoted"] = True
         else:
             _emit(on_event, ev.Rejected(candidate_dice=cand, active_dice=active_dice,
                                         reason=f"frozen-set Dice {_fmt(cand)} is not above the active "
                                                f"{active}'s {_fmt(active_dice)}"))
-            entry["promoted"] = False
         entry.update({"active_version": active, "active_dice": active_dice,
                       "seconds": round(time.perf_counter() - t_round, 1)})
         report["rounds"].append(entry)
@@ -288,6 +264,38 @@ def run_bootstrap(
     (out / "bootstrap_report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     report["plot"] = str(plot_report(report, out / "bootstrap_report.png"))
     return report
+
+
+def _trained_classes(config: TrainConfig) -> tuple[str, ...]:
+    """The classes a run of ``config`` learns: those of the bundle it starts from, if any."""
+    if config.init_from:
+        from napari_gitseg.model.bundle import read_bundle_info
+
+        return tuple(read_bundle_info(config.init_from).config.classes)
+    return tuple(config.model_config().classes)
+
+
+def _clinician_view(pool: Sequence[Stack], chosen: dict[str, list[int]]) -> dict[str, Stack]:
+    """The pool as the simulated clinician labelled it: the chosen slices keep their truth, the rest
+    of the truth stays hidden (empty masks, unlabelled)."""
+    clinician: dict[str, Stack] = {}
+    for stack in pool:
+        lab = np.zeros(stack.image.shape[0], bool)
+        lab[chosen.get(stack.name, [])] = True
+        masks = np.zeros_like(stack.masks)
+        masks[:, lab] = stack.masks[:, lab]
+        clinician[stack.name] = dataclasses.replace(stack, masks=masks, labelled=lab)
+    return clinician
+
+
+def _pseudo_candidates(clinician: dict[str, Stack], preds: dict, k: int, max_empty_fraction: float) -> list:
+    """The ``k`` most confident predictions of unlabelled slices, as ``select_pseudo`` keeps them."""
+    cands = []
+    for name, stack in clinician.items():
+        masks, conf = preds[name]
+        for z in np.flatnonzero(~_labelled(stack)):
+            cands.append(((name, int(z)), float(conf[z]), not masks[:, z].any()))
+    return select_pseudo(cands, k, max_empty_fraction)
 
 
 def _with_pseudo(clinician: dict[str, Stack], preds: dict, kept: list) -> tuple[list[Stack], dict]:
