@@ -191,6 +191,19 @@ def _splittable(model: torch.nn.Module) -> bool:
     )
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """While active, torch uses ``n`` CPU threads (None or 0: leave the setting alone)."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(previous)
+
+
 def letterbox_geometry(h: int, w: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
     """(rows, cols, top, left) of an h x w slice scaled to fit ``size`` keeping its aspect ratio, centred."""
     scale = min(size[0] / h, size[1] / w)
@@ -374,36 +387,20 @@ class Predictor:
             yield PredictionUpdate(n_slices, n_slices, order, probs[:, order], masks[:, order])
             return result(empty=True)
 
-        # normalise once per distinct spec, exactly as in training
         t0 = time.perf_counter()
-        volumes: dict[str, np.ndarray] = {}
-        for m in self.members:
-            key = json.dumps(m.normalization, sort_keys=True)
-            if key not in volumes:
-                try:
-                    volumes[key] = normalize_stack(image, m.normalization)
-                except ValueError as err:
-                    raise GitsegInputError(source, f"cannot normalise the image: {err}") from err
+        volumes = self._normalized(image, source)
         timings["normalize"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        crop = self._crop_box(next(iter(volumes.values()))) if self.crop_to_body else None
+        crop = self._crop_box(volumes[0]) if self.crop_to_body else None
         timings["crop"] = time.perf_counter() - t0
         y0, y1, x0, x1 = crop if crop is not None else (0, image.shape[1], 0, image.shape[2])
-        member_volumes = [
-            volumes[json.dumps(m.normalization, sort_keys=True)][:, y0:y1, x0:x1] for m in self.members
-        ]
-
-        first = min(self.first_batch_size, self.batch_size) if first_slice is not None else self.batch_size
-        batches = [order[:first]] + [order[i : i + self.batch_size] for i in range(first, n_slices, self.batch_size)]
-        batches = [b for b in batches if len(b)]
+        member_volumes = [v[:, y0:y1, x0:x1] for v in volumes]
+        batches = self._batches(order, first_slice is not None)
         timings["network"] = 0.0
         timings["postprocess"] = 0.0
         done = 0
-        prev_threads = torch.get_num_threads()
-        if self.num_threads:
-            torch.set_num_threads(int(self.num_threads))
-        try:
+        with torch_threads(self.num_threads):
             for batch in batches:
                 if is_cancelled(cancel):
                     raise PredictionCancelled(f"prediction cancelled after {done} of {n_slices} slices")
@@ -413,31 +410,51 @@ class Predictor:
                 t0 = time.perf_counter()
                 if g_batch is not None:
                     gate_pc[:, batch] = g_batch
-                    closed = g_batch.max(axis=0) < self.gate_threshold
-                    m_batch[:, closed] = False
-                    conf[closed] = 1.0 - binary_entropy(g_batch.max(axis=0)[closed])
-                if self.min_component_px > 1:
-                    m_batch = remove_small_components(m_batch, self.min_component_px)
+                m_batch = self._gate_and_clean(m_batch, conf, g_batch)
                 confidence[batch] = conf
                 full_p = np.zeros((n_classes, len(batch), *image.shape[1:]), dtype=self.probs_dtype)
                 full_m = np.zeros((n_classes, len(batch), *image.shape[1:]), dtype=bool)
                 full_p[:, :, y0:y1, x0:x1] = p_batch
                 full_m[:, :, y0:y1, x0:x1] = m_batch
-                probs[:, batch] = full_p
-                masks[:, batch] = full_m
+                probs[:, batch], masks[:, batch] = full_p, full_m
                 done += len(batch)
                 timings["postprocess"] += time.perf_counter() - t0
-                if "first_slice" not in timings:
-                    timings["first_slice"] = time.perf_counter() - t_start
+                timings.setdefault("first_slice", time.perf_counter() - t_start)
                 if progress is not None:
                     progress(done, n_slices)
                 yield PredictionUpdate(done, n_slices, batch, full_p, full_m)
-        finally:
-            if self.num_threads:
-                torch.set_num_threads(prev_threads)
         return result(crop=crop)
 
     # ---- internals ----------------------------------------------------------------------------
+    def _normalized(self, image: np.ndarray, source: str | None) -> list[np.ndarray]:
+        """Each member's input volume, normalised as in its training (once per distinct spec)."""
+        volumes: dict[str, np.ndarray] = {}
+        for m in self.members:
+            key = json.dumps(m.normalization, sort_keys=True)
+            if key not in volumes:
+                try:
+                    volumes[key] = normalize_stack(image, m.normalization)
+                except ValueError as err:
+                    raise GitsegInputError(source, f"cannot normalise the image: {err}") from err
+        return [volumes[json.dumps(m.normalization, sort_keys=True)] for m in self.members]
+
+    def _batches(self, order: np.ndarray, visible_first: bool) -> list[np.ndarray]:
+        """``order`` in batches; a smaller first batch (the visible slice) when ``visible_first``."""
+        first = min(self.first_batch_size, self.batch_size) if visible_first else self.batch_size
+        batches = [order[:first]] + [order[i : i + self.batch_size] for i in range(first, len(order), self.batch_size)]
+        return [b for b in batches if len(b)]
+
+    def _gate_and_clean(self, masks: np.ndarray, conf: np.ndarray, gate: np.ndarray | None) -> np.ndarray:
+        """Masks of a batch with gated slices emptied (their confidence, in ``conf``, from the gate) and
+        components smaller than ``min_component_px`` removed."""
+        if gate is not None:
+            closed = gate.max(axis=0) < self.gate_threshold
+            masks[:, closed] = False
+            conf[closed] = 1.0 - binary_entropy(gate.max(axis=0)[closed])
+        if self.min_component_px > 1:
+            masks = remove_small_components(masks, self.min_component_px)
+        return masks
+
     @staticmethod
     def _check_input(stack_or_image) -> tuple[np.ndarray, str | None]:
         source = getattr(stack_or_image, "source", None)
