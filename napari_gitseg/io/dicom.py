@@ -204,19 +204,10 @@ def read_dicom(path: str | Path) -> Stack:
         return _read_dicom(path)
 
 
-def _read_dicom(path: Path) -> Stack:
-    if path.is_dir():
-        candidates = _files_in(path)
-        name = path.name
-    elif path.is_file():
-        candidates = [path]
-        name = stem_of(path)
-    else:
-        raise GitsegInputError(path, "does not exist")
-
-    datasets = []
-    skipped = 0
-    label_files: list[str] = []
+def _image_datasets(path: Path, candidates) -> tuple[list, int, list[str]]:
+    """(file, dataset) of the image files among ``candidates``, how many files were skipped, and the
+    DICOM label objects (RT-STRUCT/SEG) found beside them; GitsegInputError when there is no image."""
+    datasets, skipped, label_files = [], 0, []
     for file in candidates:
         ds = _dcmread(file)
         if ds is not None and str(ds.get("Modality", "")).upper() in LABEL_MODALITIES:
@@ -229,24 +220,24 @@ def _read_dicom(path: Path) -> Stack:
     if not datasets:
         what = "only DICOM label objects (RT-STRUCT/SEG) and no images" if label_files else "no DICOM images"
         raise GitsegInputError(path, f"holds {what}")
+    return datasets, skipped, label_files
 
+
+def _check_one_series(path: Path, datasets: list) -> None:
+    """GitsegInputError naming the series when the files belong to more than one."""
     by_series: dict[str, list[Path]] = {}
     for file, ds in datasets:
         by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(file)
     if len(by_series) > 1:
-        parts = "; ".join(
-            f"series {uid or '(no uid)'}: {_describe(files)}" for uid, files in by_series.items()
-        )
+        parts = "; ".join(f"series {uid or '(no uid)'}: {_describe(files)}" for uid, files in by_series.items())
         raise GitsegInputError(
             path, f"holds {len(by_series)} DICOM series ({parts}); put each series in its own folder"
         )
 
-    if len(datasets) == 1:
-        file, ds = datasets[0]
-        pixels = _pixels(file, ds)
-        if pixels.ndim == 3:
-            return _multiframe(file, ds, pixels)
 
+def _check_same_geometry(path: Path, datasets: list):
+    """The first file's direction cosines, after checking that every file has its size, frame of
+    reference and orientation (GitsegInputError naming the two files that differ)."""
     first_file, first = datasets[0]
     size = (int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0))
     cosines = _floats(first.get("ImageOrientationPatient"), 6)
@@ -269,32 +260,40 @@ def _read_dicom(path: Path) -> Stack:
             raise GitsegInputError(
                 path, f"mixes slice orientations: {first_file.name} has {cosines}, {file.name} has {its}"
             )
+    return cosines
 
-    notes: list[str] = []
+
+def _slice_order(path: Path, datasets: list, cosines, notes: list[str]) -> tuple[np.ndarray, float | None]:
+    """(file order along the slice normal, median slice gap in mm or None); InstanceNumber order when
+    positions are missing. GitsegInputError when two files share a position (echoes, phases)."""
     positions = [_floats(ds.get("ImagePositionPatient"), 3) for _, ds in datasets]
-    z_mm: float | None = None
-    if cosines is not None and all(p is not None for p in positions):
-        normal = np.cross(cosines[:3], cosines[3:])
-        proj = np.asarray(positions, dtype=float) @ normal
-        order = np.argsort(proj, kind="stable")
-        proj = proj[order]
-        gaps = np.diff(proj)
-        if len(gaps) and (gaps < _POSITION_TOL).any():
-            i = int(np.argmax(gaps < _POSITION_TOL))
-            a, b = datasets[order[i]][0], datasets[order[i + 1]][0]
-            raise GitsegInputError(
-                path,
-                f"{a.name} and {b.name} lie at the same slice position ({proj[i]:.3f} mm): "
-                "several echoes, phases or time points in one series are not supported",
-            )
-        if len(gaps):
-            z_mm = float(np.median(gaps))
-            if gaps.max() - gaps.min() > max(0.01, 0.01 * z_mm):
-                notes.append(f"uneven slice gaps {gaps.min():.3f}..{gaps.max():.3f} mm; using the median")
-    else:
-        order = np.argsort([int(ds.get("InstanceNumber", 0) or 0) for _, ds in datasets], kind="stable")
+    if cosines is None or any(p is None for p in positions):
         if len(datasets) > 1:
             notes.append("no slice positions; sorted by InstanceNumber")
+        return np.argsort([int(ds.get("InstanceNumber", 0) or 0) for _, ds in datasets], kind="stable"), None
+    normal = np.cross(cosines[:3], cosines[3:])
+    proj = np.asarray(positions, dtype=float) @ normal
+    order = np.argsort(proj, kind="stable")
+    proj = proj[order]
+    gaps = np.diff(proj)
+    if not len(gaps):
+        return order, None
+    if (gaps < _POSITION_TOL).any():
+        i = int(np.argmax(gaps < _POSITION_TOL))
+        a, b = datasets[order[i]][0], datasets[order[i + 1]][0]
+        raise GitsegInputError(
+            path,
+            f"{a.name} and {b.name} lie at the same slice position ({proj[i]:.3f} mm): "
+            "several echoes, phases or time points in one series are not supported",
+        )
+    z_mm = float(np.median(gaps))
+    if gaps.max() - gaps.min() > max(0.01, 0.01 * z_mm):
+        notes.append(f"uneven slice gaps {gaps.min():.3f}..{gaps.max():.3f} mm; using the median")
+    return order, z_mm
+
+
+def _spacing(first, z_mm: float | None, notes: list[str]) -> tuple[float, float, float]:
+    """(z, y, x) voxel size in mm: the measured slice gap, else the header's, else 1 mm (noted)."""
     if z_mm is None:
         z_mm = _float(first.get("SpacingBetweenSlices")) or _float(first.get("SliceThickness"))
     if not z_mm or z_mm <= 0:
@@ -304,6 +303,28 @@ def _read_dicom(path: Path) -> Stack:
     if spacing_yx is None or min(spacing_yx) <= 0:
         spacing_yx = [1.0, 1.0]
         notes.append("no PixelSpacing; using 1 mm")
+    return z_mm, spacing_yx[0], spacing_yx[1]
+
+
+def _read_dicom(path: Path) -> Stack:
+    if path.is_dir():
+        candidates, name = _files_in(path), path.name
+    elif path.is_file():
+        candidates, name = [path], stem_of(path)
+    else:
+        raise GitsegInputError(path, "does not exist")
+    datasets, skipped, label_files = _image_datasets(path, candidates)
+    _check_one_series(path, datasets)
+    if len(datasets) == 1:
+        file, ds = datasets[0]
+        pixels = _pixels(file, ds)
+        if pixels.ndim == 3:
+            return _multiframe(file, ds, pixels)
+    cosines = _check_same_geometry(path, datasets)
+    notes: list[str] = []
+    order, z_mm = _slice_order(path, datasets, cosines, notes)
+    first = datasets[0][1]
+    spacing = _spacing(first, z_mm, notes)
 
     slices, rescales, files, paths = [], [], [], []
     for i in order:
@@ -316,23 +337,11 @@ def _read_dicom(path: Path) -> Stack:
         files.append(file.name)
         paths.append(str(file))
     image = check_pixels(path, _apply_rescale(slices, rescales))
-    meta: dict = {
-        "modality": str(first.get("Modality", "")),
-        "series_uid": str(first.get("SeriesInstanceUID", "")),
-        "orientation": cosines,
-        "files": files,
-        "paths": paths,
-        "label_files": label_files,
-    }
+    meta: dict = {"modality": str(first.get("Modality", "")), "series_uid": str(first.get("SeriesInstanceUID", "")),
+                  "orientation": cosines, "files": files, "paths": paths, "label_files": label_files}
     if skipped:
         notes.append(f"skipped {skipped} non-image or non-DICOM files")
     if notes:
         meta["note"] = "; ".join(notes)
-    return Stack(
-        image=np.ascontiguousarray(image),
-        spacing=(z_mm, spacing_yx[0], spacing_yx[1]),
-        slice_ids=generic_slice_ids(name, image.shape[0]),
-        source=str(path),
-        kind="dicom",
-        meta=meta,
-    )
+    return Stack(image=np.ascontiguousarray(image), spacing=spacing, slice_ids=generic_slice_ids(name, image.shape[0]),
+                 source=str(path), kind="dicom", meta=meta)
