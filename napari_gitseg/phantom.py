@@ -282,9 +282,110 @@ def _unit_ball(rng: np.random.Generator) -> np.ndarray:
     return v / np.linalg.norm(v) * rng.uniform() ** (1 / 3)
 
 
+class _Draws:
+    """Random draws of one case's anatomy, in a fixed order (the phantom is deterministic per seed)."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def jit(self, x: float, sd: float = 0.025) -> float:
+        """``x`` jittered by a normal draw."""
+        return float(x + self.rng.normal(0.0, sd))
+
+    def rad(self, x: float) -> float:
+        """A radius ``x`` scaled by +-10 %."""
+        return float(x * self.rng.uniform(0.9, 1.1))
+
+    def lobes(self, n: int = 3, amp: float = 0.06) -> tuple:
+        """``n`` random surface lobes (order, amplitude, phase)."""
+        return tuple(
+            (int(k), float(self.rng.uniform(0, amp)), float(self.rng.uniform(0, 2 * np.pi))) for k in range(2, 2 + n)
+        )
+
+
+def _solid_organs(d: _Draws, z_of_s) -> dict[str, _Blob]:
+    """Liver, gallbladder, spleen, kidneys, lungs, heart, bladder and iliac bones of one case."""
+    jit, rad, lobes, rng = d.jit, d.rad, d.lobes, d.rng
+    return {
+        "liver": _Blob((jit(-0.36), jit(0.03), float(z_of_s(rng.uniform(0.95, 1.02)))),
+                       (rad(0.37), rad(0.40), rad(0.44)), angle=jit(0.3, 0.1), drift=(0.12, 0.05), lobes=lobes()),
+        "liver_left": _Blob((jit(-0.02), jit(-0.26), float(z_of_s(rng.uniform(0.97, 1.04)))),
+                            (rad(0.22), rad(0.10), rad(0.22)), angle=jit(-0.2, 0.1), lobes=lobes(2, 0.05)),
+        "gallbladder": _Blob((jit(-0.26), jit(-0.14), float(z_of_s(0.70))), (rad(0.06), rad(0.045), rad(0.12)),
+                             angle=jit(0.6, 0.2)),
+        "spleen": _Blob((jit(0.50), jit(0.30), float(z_of_s(rng.uniform(0.88, 0.95)))),
+                        (rad(0.11), rad(0.19), rad(0.28)), angle=jit(-0.6, 0.1), lobes=lobes(2, 0.05)),
+        "kidney_r": _Blob((jit(-0.29), jit(0.28), float(z_of_s(rng.uniform(0.46, 0.54)))),
+                          (rad(0.085), rad(0.125), rad(0.24)), angle=jit(-0.5, 0.1), drift=(-0.08, 0.0)),
+        "kidney_l": _Blob((jit(0.30), jit(0.28), float(z_of_s(rng.uniform(0.52, 0.60)))),
+                          (rad(0.085), rad(0.125), rad(0.24)), angle=jit(0.5, 0.1), drift=(0.08, 0.0)),
+        "lung_r": _Blob((jit(-0.40), jit(0.16), Z_EXTENT * 1.12), (rad(0.30), rad(0.36), 0.5), angle=0.2),
+        "lung_l": _Blob((jit(0.42), jit(0.18), Z_EXTENT * 1.14), (rad(0.28), rad(0.34), 0.5), angle=-0.2),
+        "heart": _Blob((jit(0.08), jit(-0.12), Z_EXTENT * 1.18), (rad(0.30), rad(0.24), 0.42), angle=-0.4),
+        "bladder": _Blob((jit(0.0), jit(-0.14), Z_EXTENT * 0.05), (rad(0.20), rad(0.15), rad(0.30)),
+                         lobes=lobes(2, 0.04)),
+        "iliac_r": _Blob((jit(-0.40), jit(0.24), Z_EXTENT * 0.22), (rad(0.055), rad(0.2), 0.30), angle=-0.7,
+                         drift=(0.25, 0.0)),
+        "iliac_l": _Blob((jit(0.40), jit(0.24), Z_EXTENT * 0.22), (rad(0.055), rad(0.2), 0.30), angle=0.7,
+                         drift=(-0.25, 0.0)),
+    }
+
+
+# large bowel: rectum -> sigmoid -> descending -> splenic flexure -> transverse -> hepatic flexure ->
+# ascending -> caecum; (u, v, s, radius)
+_COLON_PATH = [
+    (0.00, 0.08, 0.00, 0.070), (0.02, 0.08, 0.08, 0.075), (-0.06, 0.02, 0.14, 0.075), (0.08, -0.06, 0.19, 0.075),
+    (0.30, -0.04, 0.16, 0.075), (0.46, 0.10, 0.22, 0.080), (0.56, 0.14, 0.36, 0.085), (0.58, 0.14, 0.55, 0.085),
+    (0.57, 0.10, 0.74, 0.090), (0.52, -0.04, 0.84, 0.095), (0.42, -0.20, 0.74, 0.095), (0.22, -0.36, 0.58, 0.100),
+    (-0.08, -0.38, 0.53, 0.100), (-0.34, -0.30, 0.60, 0.100), (-0.52, -0.10, 0.66, 0.100),
+    (-0.57, 0.04, 0.52, 0.100), (-0.55, 0.05, 0.32, 0.105), (-0.50, 0.00, 0.16, 0.115),
+    (-0.44, -0.05, 0.08, 0.105),
+]
+_DUODENUM_PATH = [(-0.10, -0.20, 0.66, 0.055), (-0.20, -0.06, 0.60, 0.055), (-0.22, 0.06, 0.50, 0.055),
+                  (-0.10, 0.12, 0.43, 0.050), (0.06, 0.10, 0.44, 0.050), (0.14, 0.02, 0.49, 0.052)]
+_ILEUM_PATH = [(-0.12, 0.0, 0.24, 0.055), (-0.28, 0.02, 0.20, 0.055), (-0.40, -0.02, 0.17, 0.055)]
+_STOMACH_PATH = [(0.34, 0.12, 0.91, 0.12), (0.35, 0.04, 0.88, 0.15), (0.30, -0.10, 0.84, 0.14),
+                 (0.22, -0.20, 0.76, 0.12), (0.06, -0.27, 0.70, 0.09), (-0.08, -0.22, 0.67, 0.07)]
+
+
+def _colon(rng: np.random.Generator, z_of_s) -> _Tube:
+    """The large bowel along ``_COLON_PATH``, with haustra (periodic radius changes)."""
+    colon = _spline_tube(rng, _COLON_PATH, z_of_s, jitter=0.02, step=0.02)
+    haustra = rng.uniform(0.10, 0.14)
+    colon.radii = colon.radii * (1.0 + 0.13 * np.cos(2 * np.pi * colon.arc / haustra))
+    colon.period = haustra
+    return colon
+
+
+def _small_bowel(d: _Draws, z_of_s, span: float) -> list[_Tube]:
+    """Duodenal C-loop, terminal ileum and tortuous jejunal/ileal loops."""
+    duodenum = _spline_tube(d.rng, _DUODENUM_PATH, z_of_s, jitter=0.015, step=0.018)
+    duodenum.content = float(d.rng.uniform(0.55, 0.85))
+    ileum = _spline_tube(d.rng, _ILEUM_PATH, z_of_s, jitter=0.015, step=0.018)
+    ileum.content = float(d.rng.uniform(0.6, 0.9))
+    region_c = np.array([d.jit(0.0, 0.02), d.jit(-0.02, 0.02), float(z_of_s(0.33))])
+    region_r = np.array([0.44, 0.29, span * 0.25]) * d.rng.uniform(0.93, 1.07, size=3)
+    loops = _bowel_loops(d.rng, region_c, region_r, int(d.rng.integers(12, 17)), d.rad(0.054))
+    return [duodenum, ileum, *loops]
+
+
+def _liver_vessels(rng: np.random.Generator, liver: _Blob) -> list[_Blob]:
+    """4-7 tilted vessels inside the liver."""
+    vessels = []
+    for _ in range(int(rng.integers(4, 8))):
+        ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0.05, 0.25)
+        tilt = rng.uniform(0.2, 0.6)
+        center = (liver.center[0] + dist * np.cos(ang), liver.center[1] + dist * np.sin(ang),
+                  liver.center[2] - rng.uniform(0, 0.2))
+        vessels.append(_Blob(center, (0.016, 0.016, rng.uniform(0.15, 0.35)),
+                             drift=(tilt * np.cos(ang), tilt * np.sin(ang))))
+    return vessels
+
+
 def _draw_anatomy(seed: int, case: int) -> _Anatomy:
     """The anatomy of one case (shared by all its days)."""
     rng = np.random.default_rng([seed, case, 1])
+    d = _Draws(rng)
     m0, m1 = rng.uniform(0.15, 0.22, size=2)
     z_lo, z_hi = Z_EXTENT * m0, Z_EXTENT * (1.0 - m1)
     span = z_hi - z_lo
@@ -297,188 +398,23 @@ def _draw_anatomy(seed: int, case: int) -> _Anatomy:
     body_a = np.array([0.84, 0.82, 0.78, 0.77, 0.80, 0.81, 0.80]) * rng.uniform(0.96, 1.04, size=7)
     body_b = np.array([0.56, 0.56, 0.58, 0.60, 0.60, 0.58, 0.58]) * rng.uniform(0.95, 1.05, size=7)
     tissue = {k: v * float(rng.uniform(0.9, 1.1)) for k, v in _TISSUE.items()}
-
-    def jit(x, sd=0.025):
-        return float(x + rng.normal(0.0, sd))
-
-    def rad(x):
-        return float(x * rng.uniform(0.9, 1.1))
-
-    def lobes(n=3, amp=0.06):
-        return tuple(
-            (int(k), float(rng.uniform(0, amp)), float(rng.uniform(0, 2 * np.pi))) for k in range(2, 2 + n)
-        )
-
-    blobs = {
-        "liver": _Blob(
-            (jit(-0.36), jit(0.03), float(z_of_s(rng.uniform(0.95, 1.02)))),
-            (rad(0.37), rad(0.40), rad(0.44)),
-            angle=jit(0.3, 0.1),
-            drift=(0.12, 0.05),
-            lobes=lobes(),
-        ),
-        "liver_left": _Blob(
-            (jit(-0.02), jit(-0.26), float(z_of_s(rng.uniform(0.97, 1.04)))),
-            (rad(0.22), rad(0.10), rad(0.22)),
-            angle=jit(-0.2, 0.1),
-            lobes=lobes(2, 0.05),
-        ),
-        "gallbladder": _Blob(
-            (jit(-0.26), jit(-0.14), float(z_of_s(0.70))),
-            (rad(0.06), rad(0.045), rad(0.12)),
-            angle=jit(0.6, 0.2),
-        ),
-        "spleen": _Blob(
-            (jit(0.50), jit(0.30), float(z_of_s(rng.uniform(0.88, 0.95)))),
-            (rad(0.11), rad(0.19), rad(0.28)),
-            angle=jit(-0.6, 0.1),
-            lobes=lobes(2, 0.05),
-        ),
-        "kidney_r": _Blob(
-            (jit(-0.29), jit(0.28), float(z_of_s(rng.uniform(0.46, 0.54)))),
-            (rad(0.085), rad(0.125), rad(0.24)),
-            angle=jit(-0.5, 0.1),
-            drift=(-0.08, 0.0),
-        ),
-        "kidney_l": _Blob(
-            (jit(0.30), jit(0.28), float(z_of_s(rng.uniform(0.52, 0.60)))),
-            (rad(0.085), rad(0.125), rad(0.24)),
-            angle=jit(0.5, 0.1),
-            drift=(0.08, 0.0),
-        ),
-        "lung_r": _Blob((jit(-0.40), jit(0.16), Z_EXTENT * 1.12), (rad(0.30), rad(0.36), 0.5), angle=0.2),
-        "lung_l": _Blob((jit(0.42), jit(0.18), Z_EXTENT * 1.14), (rad(0.28), rad(0.34), 0.5), angle=-0.2),
-        "heart": _Blob((jit(0.08), jit(-0.12), Z_EXTENT * 1.18), (rad(0.30), rad(0.24), 0.42), angle=-0.4),
-        "bladder": _Blob(
-            (jit(0.0), jit(-0.14), Z_EXTENT * 0.05), (rad(0.20), rad(0.15), rad(0.30)), lobes=lobes(2, 0.04)
-        ),
-        "iliac_r": _Blob(
-            (jit(-0.40), jit(0.24), Z_EXTENT * 0.22),
-            (rad(0.055), rad(0.2), 0.30),
-            angle=-0.7,
-            drift=(0.25, 0.0),
-        ),
-        "iliac_l": _Blob(
-            (jit(0.40), jit(0.24), Z_EXTENT * 0.22),
-            (rad(0.055), rad(0.2), 0.30),
-            angle=0.7,
-            drift=(-0.25, 0.0),
-        ),
-    }
-
-    # large bowel: rectum -> sigmoid -> descending -> splenic flexure -> transverse -> hepatic
-    # flexure -> ascending -> caecum; (u, v, s, radius)
-    colon_ctrl = [
-        (0.00, 0.08, 0.00, 0.070),
-        (0.02, 0.08, 0.08, 0.075),
-        (-0.06, 0.02, 0.14, 0.075),
-        (0.08, -0.06, 0.19, 0.075),
-        (0.30, -0.04, 0.16, 0.075),
-        (0.46, 0.10, 0.22, 0.080),
-        (0.56, 0.14, 0.36, 0.085),
-        (0.58, 0.14, 0.55, 0.085),
-        (0.57, 0.10, 0.74, 0.090),
-        (0.52, -0.04, 0.84, 0.095),
-        (0.42, -0.20, 0.74, 0.095),
-        (0.22, -0.36, 0.58, 0.100),
-        (-0.08, -0.38, 0.53, 0.100),
-        (-0.34, -0.30, 0.60, 0.100),
-        (-0.52, -0.10, 0.66, 0.100),
-        (-0.57, 0.04, 0.52, 0.100),
-        (-0.55, 0.05, 0.32, 0.105),
-        (-0.50, 0.00, 0.16, 0.115),
-        (-0.44, -0.05, 0.08, 0.105),
-    ]
-    colon = _spline_tube(rng, colon_ctrl, z_of_s, jitter=0.02, step=0.02)
-    haustra = rng.uniform(0.10, 0.14)
-    colon.radii = colon.radii * (1.0 + 0.13 * np.cos(2 * np.pi * colon.arc / haustra))
-    colon.period = haustra
-
-    # small bowel: duodenal C-loop, terminal ileum, and tortuous jejunal/ileal loops
-    duodenum = _spline_tube(
-        rng,
-        [
-            (-0.10, -0.20, 0.66, 0.055),
-            (-0.20, -0.06, 0.60, 0.055),
-            (-0.22, 0.06, 0.50, 0.055),
-            (-0.10, 0.12, 0.43, 0.050),
-            (0.06, 0.10, 0.44, 0.050),
-            (0.14, 0.02, 0.49, 0.052),
-        ],
-        z_of_s,
-        jitter=0.015,
-        step=0.018,
-    )
-    duodenum.content = float(rng.uniform(0.55, 0.85))
-    ileum = _spline_tube(
-        rng,
-        [
-            (-0.12, 0.0, 0.24, 0.055),
-            (-0.28, 0.02, 0.20, 0.055),
-            (-0.40, -0.02, 0.17, 0.055),
-        ],
-        z_of_s,
-        jitter=0.015,
-        step=0.018,
-    )
-    ileum.content = float(rng.uniform(0.6, 0.9))
-    region_c = np.array([jit(0.0, 0.02), jit(-0.02, 0.02), float(z_of_s(0.33))])
-    region_r = np.array([0.44, 0.29, span * 0.25]) * rng.uniform(0.93, 1.07, size=3)
-    loops = _bowel_loops(rng, region_c, region_r, int(rng.integers(12, 17)), rad(0.054))
-
-    stomach = _spline_tube(
-        rng,
-        [
-            (0.34, 0.12, 0.91, 0.12),
-            (0.35, 0.04, 0.88, 0.15),
-            (0.30, -0.10, 0.84, 0.14),
-            (0.22, -0.20, 0.76, 0.12),
-            (0.06, -0.27, 0.70, 0.09),
-            (-0.08, -0.22, 0.67, 0.07),
-        ],
-        z_of_s,
-        jitter=0.02,
-        step=0.02,
-    )
-
-    lv = blobs["liver"]
-    liver_vessels = []
-    for _ in range(int(rng.integers(4, 8))):
-        ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0.05, 0.25)
-        tilt = rng.uniform(0.2, 0.6)
-        liver_vessels.append(
-            _Blob(
-                (
-                    lv.center[0] + dist * np.cos(ang),
-                    lv.center[1] + dist * np.sin(ang),
-                    lv.center[2] - rng.uniform(0, 0.2),
-                ),
-                (0.016, 0.016, rng.uniform(0.15, 0.35)),
-                drift=(tilt * np.cos(ang), tilt * np.sin(ang)),
-            )
-        )
-
+    blobs = _solid_organs(d, z_of_s)
+    colon = _colon(rng, z_of_s)
+    small_bowel = _small_bowel(d, z_of_s, span)
+    stomach = _spline_tube(rng, _STOMACH_PATH, z_of_s, jitter=0.02, step=0.02)
+    liver_vessels = _liver_vessels(rng, blobs["liver"])
     return _Anatomy(
-        z_lo=z_lo,
-        z_hi=z_hi,
-        size=size,
-        body_t=body_t,
-        body_a=body_a,
-        body_b=body_b,
+        z_lo=z_lo, z_hi=z_hi, size=size, body_t=body_t, body_a=body_a, body_b=body_b,
         fat=float(rng.uniform(0.035, 0.09)),
         fat_anterior=float(rng.uniform(0.0, 0.7)),
-        fat_lobes=lobes(2, 0.15),
+        fat_lobes=d.lobes(2, 0.15),
         power=float(rng.uniform(2.0, 2.4)),
         posterior=float(rng.uniform(0.86, 0.95)),
-        tissue=tissue,
-        blobs=blobs,
-        liver_vessels=liver_vessels,
-        colon=colon,
-        small_bowel=[duodenum, ileum, *loops],
+        tissue=tissue, blobs=blobs, liver_vessels=liver_vessels, colon=colon, small_bowel=small_bowel,
         stomach=stomach,
         disc_phase=float(rng.uniform(0, 1)),
-        shift=(jit(0.0, 0.03), jit(0.0, 0.03)),
-        angle=jit(0.0, 0.06),
+        shift=(d.jit(0.0, 0.03), d.jit(0.0, 0.03)),
+        angle=d.jit(0.0, 0.06),
         max_intensity=float(np.exp(rng.uniform(np.log(100.0), np.log(1000.0)))),
         noise=float(rng.uniform(0.004, 0.012)),
     )
