@@ -281,7 +281,7 @@ def rss_mb() -> float:
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 
 
-def main() -> int:
+def _parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--slices", type=int, default=144)
     parser.add_argument("--size", type=int, default=266)
@@ -303,63 +303,48 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
     parser.add_argument("--quick", action="store_true", help="48 slices, one repeat, no extras")
     args = parser.parse_args()
-    size = (args.size, args.size)
-    sys.path.extend(args.site)
-    if args.train_only:
-        train_fallback(Path(args.train_only), args.train_steps, args.seed, size, args.threads)
-        return 0
-    if args.memory_probe:
-        _probe(args.memory_probe, args.probe_model, args.probe_image, args.probe_visible)
-        return 0
     if args.quick:
         args.slices, args.repeats, args.no_extras = 48, 1, True
+    return args
 
-    bundle_path, model_note = get_model(args)
+
+# the Predictor's optimisations one after the other, ending with its defaults
+STEPS = [
+    ("Predictor: inference_mode, fp32, full frame", {"channels_last": False, "crop_to_body": False,
+                                                     "use_gate": False, "amp": False, "freeze": False}),
+    ("+ channels_last", {"channels_last": True, "crop_to_body": False, "use_gate": False, "amp": False,
+                         "freeze": False}),
+    ("+ frozen graphs (torch.jit.freeze)", {"channels_last": True, "crop_to_body": False, "use_gate": False,
+                                            "amp": False}),
+    ("+ body crop", {"channels_last": True, "crop_to_body": True, "use_gate": False, "amp": False}),
+    ("+ empty-slice gate = defaults (fp32 on the CPU)", {"cpu_bf16": False}),
+]
+# bf16 on the CPU is an opt-in (GITSEG_CPU_BF16=1): measured here against the fp32 defaults
+BF16_STEP = ("  defaults + bf16 autocast (GITSEG_CPU_BF16=1)", {"cpu_bf16": True})
+EXTRAS = [
+    ("  defaults, batch 4", {"batch_size": 4}),
+    ("  defaults, batch 16", {"batch_size": 16}),
+    ("  defaults, 1 thread", {"num_threads": 1}),
+    ("  defaults, flip TTA", {"tta_flips": True}),
+    ("  defaults without the gate", {"use_gate": False}),
+    ("  defaults without frozen graphs (eager)", {"freeze": False}),
+]
+
+
+def _variants(args, bundle_path, model, cfg, image) -> list[tuple[str, object]]:
+    """(name, variant) pairs: the naive loop first, then the Predictor steps, bf16 and the extras."""
     import torch
 
-    from napari_gitseg.model.bundle import load_bundle
     from napari_gitseg.predict import Predictor
-    from napari_gitseg.predict.predictor import cpu_bf16_enabled, cpu_has_native_bf16
-
-    image, truth, case_note = make_case(args.seed, args.slices, size)
-    visible = args.slices // 2
-    model, bundle = load_bundle(bundle_path)
-    cfg, spec = bundle.config, bundle.normalization
-    print(f"{case_note}: {image.shape[0]} slices of {image.shape[1]}x{image.shape[2]}; {model_note}")
-    print(f"{cfg.arch}/{cfg.encoder} k={cfg.k} stride={cfg.stride} cls_head={cfg.cls_head}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, native CPU bf16: {cpu_has_native_bf16()}, "
-          f"$GITSEG_CPU_BF16 bf16 autocast: {cpu_bf16_enabled()}")
-    print(GOALS)
 
     base = {"device": "cpu", "batch_size": 8}
-    steps = [
-        ("Predictor: inference_mode, fp32, full frame", {"channels_last": False, "crop_to_body": False,
-                                                         "use_gate": False, "amp": False, "freeze": False}),
-        ("+ channels_last", {"channels_last": True, "crop_to_body": False, "use_gate": False, "amp": False,
-                             "freeze": False}),
-        ("+ frozen graphs (torch.jit.freeze)", {"channels_last": True, "crop_to_body": False, "use_gate": False,
-                                                "amp": False}),
-        ("+ body crop", {"channels_last": True, "crop_to_body": True, "use_gate": False, "amp": False}),
-        ("+ empty-slice gate = defaults (fp32 on the CPU)", {"cpu_bf16": False}),
-    ]
-    # bf16 on the CPU is an opt-in (GITSEG_CPU_BF16=1): measured here against the fp32 defaults
-    bf16_step = ("  defaults + bf16 autocast (GITSEG_CPU_BF16=1)", {"cpu_bf16": True})
-    extras = [bf16_step]
-    if not args.no_extras:
-        extras += [
-            ("  defaults, batch 4", {"batch_size": 4}),
-            ("  defaults, batch 16", {"batch_size": 16}),
-            ("  defaults, 1 thread", {"num_threads": 1}),
-            ("  defaults, flip TTA", {"tta_flips": True}),
-            ("  defaults without the gate", {"use_gate": False}),
-            ("  defaults without frozen graphs (eager)", {"freeze": False}),
-        ]
     variants: list[tuple[str, object]] = [("naive Kaggle loop (no_grad, fp32, bs 8, full frame)", "naive")]
-    variants += [(name, Predictor([bundle_path], **{**base, **opts})) for name, opts in steps + extras]
+    variants += [(name, Predictor([bundle_path], **{**base, **opts}))
+                 for name, opts in STEPS + [BF16_STEP] + ([] if args.no_extras else EXTRAS)]
     if not args.no_extras:
         try:
-            ort_model = OrtModel(model, cfg.k, args.threads)
-            variants.append(("  naive loop on ONNX Runtime (fp32, full frame)", ("ort", ort_model)))
+            variants.append(("  naive loop on ONNX Runtime (fp32, full frame)",
+                             ("ort", OrtModel(model, cfg.k, args.threads))))
         except Exception as err:  # noqa: BLE001 - optional
             print(f"ONNX Runtime: skipped ({type(err).__name__}: {str(err)[:120]}); pip install onnxruntime onnx")
     if args.compile:
@@ -374,18 +359,26 @@ def main() -> int:
             variants.append(("  defaults + torch.compile", compiled_pred))
         except Exception as err:  # noqa: BLE001 - optional
             print(f"torch.compile: skipped ({type(err).__name__}: {str(err)[:160]})")
+    return variants
 
-    # warm-up (oneDNN builds its kernels on first use), then interleaved timed repeats
+
+def _time_variants(variants, model, cfg, spec, image, truth, visible: int, repeats: int) -> dict[str, dict]:
+    """Warm-up (oneDNN builds its kernels on first use), then interleaved timed repeats of every variant."""
     for _, v in variants:
         _run(v, model, cfg, spec, image[: min(16, len(image))], 8)
     results: dict[str, dict] = {}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for name, v in variants:
             masks, seconds, first = _run(v, model, cfg, spec, image, visible)
             r = results.setdefault(name, {"times": [], "first": []})
             r["times"].append(seconds)
             r["first"].append(first)
             r["dice"] = challenge_dice(masks, truth)
+    return results
+
+
+def _report(results: dict, variants, n_slices: int, bundle_path, image, visible: int) -> None:
+    """The table, the ratio and Dice lines, bf16, peak memory and a JSON line."""
     naive = results[variants[0][0]]
     t_naive, d_naive = min(naive["times"]), naive["dice"]
     print(f"\n{'variant':58s} {'time s':>7s} {'speed-up':>8s} {'Dice':>7s} {'dDice':>8s} {'visible s':>9s}")
@@ -393,15 +386,15 @@ def main() -> int:
         r = results[name]
         t = min(r["times"])
         print(f"{name:58s} {t:7.2f} {t_naive / t:7.2f}x {r['dice']:7.4f} {r['dice'] - d_naive:+8.4f} {min(r['first']):9.3f}")
-    best = results[steps[-1][0]]
+    best = results[STEPS[-1][0]]
     t_best = min(best["times"])
     print()
-    print(f"time (a) naive:     {t_naive:.2f} s  ({1000 * t_naive / args.slices:.0f} ms/slice)")
-    print(f"time (b) Predictor: {t_best:.2f} s  ({1000 * t_best / args.slices:.0f} ms/slice, defaults)")
+    print(f"time (a) naive:     {t_naive:.2f} s  ({1000 * t_naive / n_slices:.0f} ms/slice)")
+    print(f"time (b) Predictor: {t_best:.2f} s  ({1000 * t_best / n_slices:.0f} ms/slice, defaults)")
     print(f"ratio:              {t_naive / t_best:.2f}x")
     print(f"Dice (a) {d_naive:.4f}  (b) {best['dice']:.4f}  difference {best['dice'] - d_naive:+.4f}")
     print(f"visible slice ready after: (a) {min(naive['first']):.3f} s  (b) {min(best['first']):.3f} s")
-    bf16 = results[bf16_step[0]]
+    bf16 = results[BF16_STEP[0]]
     print(f"CPU bf16 autocast (opt-in): {min(bf16['times']):.2f} s ({t_best / min(bf16['times']):.2f}x the fp32 "
           f"defaults), Dice {bf16['dice']:.4f} vs fp32 {best['dice']:.4f} (difference {bf16['dice'] - best['dice']:+.4f}; "
           f"on by default only if within 0.005 and faster)")
@@ -416,6 +409,37 @@ def main() -> int:
                       "visible_s": round(min(best["first"]), 3),
                       "bf16_s": round(min(bf16["times"]), 3), "dice_bf16": round(bf16["dice"], 4),
                       "peak_rss_mb": round(mem["predictor"])}))
+
+
+def main() -> int:
+    args = _parse_args()
+    size = (args.size, args.size)
+    sys.path.extend(args.site)
+    if args.train_only:
+        train_fallback(Path(args.train_only), args.train_steps, args.seed, size, args.threads)
+        return 0
+    if args.memory_probe:
+        _probe(args.memory_probe, args.probe_model, args.probe_image, args.probe_visible)
+        return 0
+
+    bundle_path, model_note = get_model(args)
+    import torch
+
+    from napari_gitseg.model.bundle import load_bundle
+    from napari_gitseg.predict.predictor import cpu_bf16_enabled, cpu_has_native_bf16
+
+    image, truth, case_note = make_case(args.seed, args.slices, size)
+    visible = args.slices // 2
+    model, bundle = load_bundle(bundle_path)
+    cfg, spec = bundle.config, bundle.normalization
+    print(f"{case_note}: {image.shape[0]} slices of {image.shape[1]}x{image.shape[2]}; {model_note}")
+    print(f"{cfg.arch}/{cfg.encoder} k={cfg.k} stride={cfg.stride} cls_head={cfg.cls_head}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, native CPU bf16: {cpu_has_native_bf16()}, "
+          f"$GITSEG_CPU_BF16 bf16 autocast: {cpu_bf16_enabled()}")
+    print(GOALS)
+    variants = _variants(args, bundle_path, model, cfg, image)
+    results = _time_variants(variants, model, cfg, spec, image, truth, visible, args.repeats)
+    _report(results, variants, args.slices, bundle_path, image, visible)
     return 0
 
 
