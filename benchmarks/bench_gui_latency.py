@@ -72,6 +72,66 @@ def idle(app, seconds: float) -> None:
         time.sleep(0.001)
 
 
+def _napari_floor(app, viewer, case, kwargs, probe: StallProbe, results: dict) -> None:
+    """napari's own costs, measured before gitseg works: a first labels layer (shaders, textures: the
+    baseline of a cold Run) and one labels refresh of the slice on screen (the floor of any result)."""
+    t0 = time.perf_counter()
+    scratch = viewer.add_labels(np.zeros(case.image.shape, np.uint8), name="scratch", scale=kwargs.get("scale"))
+    app.processEvents()
+    results["napari_first_labels_layer_ms"] = 1000 * (time.perf_counter() - t0)
+    idle(app, 1.0)
+    probe.start()
+    z = int(viewer.dims.current_step[0])
+    for value in (1, 2, 3, 0, 1):
+        scratch.data[z] = value
+        scratch.refresh()
+        idle(app, 0.3)
+    results["napari_refresh"] = probe.stop()
+    viewer.layers.remove(scratch)
+    idle(app, 1.0)
+
+
+def _accept_times(app, review, segment, case, project: Path) -> list[float]:
+    """ms from Accept to the next slice shown, 5 times, after the prediction is stored for review."""
+    review.set_store_folder(str(project))
+    review._image.value = case.name
+    review.start_review()
+    wait_until(app, lambda: review.labels_layer is not None, 60)
+    segment._hub.prediction_ready.emit(case, segment.last_prediction)
+    wait_until(app, lambda: review.predictions_shown > 0, 60)  # stored and on screen
+    times = []
+    for _ in range(5):
+        z0 = review._z
+        t0 = time.perf_counter()
+        review.accept_slice()
+        wait_until(app, lambda z0=z0: review._z != z0, 30)
+        times.append(round(1000 * (time.perf_counter() - t0), 1))
+    return times
+
+
+def _print_results(results: dict, train, n_slices: int) -> None:
+    base = results["idle"]["max_ms"]
+    print(f"idle baseline: max stall {base:.1f} ms (p99 {results['idle']['p99_ms']:.1f} ms)")
+    print(f"napari alone, adding its first labels layer of this size: {results['napari_first_labels_layer_ms']:.0f} ms")
+    floor = results["napari_refresh"]
+    print(f"napari alone, redrawing a refreshed labels slice: max stall {floor['max_ms']:.1f} ms "
+          f"(p99 {floor['p99_ms']:.1f} ms): the floor of any step that shows a new result")
+    for key in ("predict_cold", "predict", "train_round"):
+        if key in results:
+            r = results[key]
+            print(f"{key}: max stall {r['max_ms']:.1f} ms (p99 {r['p99_ms']:.1f} ms), ratio to idle "
+                  f"{r['max_ms'] / max(base, 0.1):.1f}x, {r['seconds']:.1f} s, goal < 50 ms: "
+                  f"{'met' if r['max_ms'] < 50 else 'NOT met'}")
+    print(f"Accept -> next slice shown: {results['accept_to_next_ms']} ms")
+    import resource
+
+    gui = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    done = [e for e in getattr(train, "events_seen", []) if type(e).__name__ == "Done"]
+    worker = done[-1].result.get("worker_peak_rss_mb") if done else None
+    print(f"peak RSS: napari process (viewing + predicting {n_slices} slices + review + round) {gui:.0f} MB; "
+          f"the trainer's worker process {worker if worker is not None else '-'} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=144)
@@ -109,24 +169,7 @@ def main() -> None:
     probe.start()
     idle(app, 3.0)
     results["idle"] = probe.stop()
-
-    # napari's own cost of a first labels layer (shaders, textures): the baseline for a cold Run
-    t0 = time.perf_counter()
-    scratch = viewer.add_labels(np.zeros(case.image.shape, np.uint8), name="scratch", scale=kwargs.get("scale"))
-    app.processEvents()
-    results["napari_first_labels_layer_ms"] = 1000 * (time.perf_counter() - t0)
-    idle(app, 1.0)
-    # napari's own floor for showing a result: one labels refresh of the slice on screen + its redraw
-    probe.start()
-    z = int(viewer.dims.current_step[0])
-    for value in (1, 2, 3, 0, 1):
-        scratch.data[z] = value
-        scratch.refresh()
-        idle(app, 0.3)
-    results["napari_refresh"] = probe.stop()
-    viewer.layers.remove(scratch)
-    idle(app, 1.0)
-
+    _napari_floor(app, viewer, case, kwargs, probe, results)
     for key in ("predict_cold", "predict"):  # cold: first model load and first forward pass
         probe.start()
         t0 = time.perf_counter()
@@ -134,23 +177,8 @@ def main() -> None:
         wait_until(app, lambda: not segment.running, 600)
         results[key] = {**probe.stop(), "seconds": time.perf_counter() - t0}
         idle(app, 1.0)
-
     project = Path(tempfile.mkdtemp()) / "proj"
-    review.set_store_folder(str(project))
-    review._image.value = case.name
-    review.start_review()
-    wait_until(app, lambda: review.labels_layer is not None, 60)
-    segment._hub.prediction_ready.emit(case, segment.last_prediction)
-    wait_until(app, lambda: review.predictions_shown > 0, 60)  # stored and on screen
-    accept_times = []
-    for _ in range(5):
-        z0 = review._z
-        t0 = time.perf_counter()
-        review.accept_slice()
-        wait_until(app, lambda z0=z0: review._z != z0, 30)
-        accept_times.append(time.perf_counter() - t0)
-    results["accept_to_next_ms"] = [round(1000 * t, 1) for t in accept_times]
-
+    results["accept_to_next_ms"] = _accept_times(app, review, segment, case, project)
     if not args.skip_train:
         train.set_project(str(project))
         train._preset.value = "quick"
@@ -160,29 +188,9 @@ def main() -> None:
         wait_until(app, lambda: not train.running, 900)
         results["train_round"] = {**probe.stop(), "seconds": time.perf_counter() - t0,
                                   "events": len(train.events_seen)}
-
     review.close_review()
     viewer.close()
-    base = results["idle"]["max_ms"]
-    print(f"idle baseline: max stall {base:.1f} ms (p99 {results['idle']['p99_ms']:.1f} ms)")
-    print(f"napari alone, adding its first labels layer of this size: {results['napari_first_labels_layer_ms']:.0f} ms")
-    floor = results["napari_refresh"]
-    print(f"napari alone, redrawing a refreshed labels slice: max stall {floor['max_ms']:.1f} ms "
-          f"(p99 {floor['p99_ms']:.1f} ms): the floor of any step that shows a new result")
-    for key in ("predict_cold", "predict", "train_round"):
-        if key in results:
-            r = results[key]
-            print(f"{key}: max stall {r['max_ms']:.1f} ms (p99 {r['p99_ms']:.1f} ms), ratio to idle "
-                  f"{r['max_ms'] / max(base, 0.1):.1f}x, {r['seconds']:.1f} s, goal < 50 ms: "
-                  f"{'met' if r['max_ms'] < 50 else 'NOT met'}")
-    print(f"Accept -> next slice shown: {results['accept_to_next_ms']} ms")
-    import resource
-
-    gui = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    done = [e for e in getattr(train, "events_seen", []) if type(e).__name__ == "Done"]
-    worker = done[-1].result.get("worker_peak_rss_mb") if done else None
-    print(f"peak RSS: napari process (viewing + predicting {args.slices} slices + review + round) {gui:.0f} MB; "
-          f"the trainer's worker process {worker if worker is not None else '-'} MB")
+    _print_results(results, train, args.slices)
 
 
 if __name__ == "__main__":
