@@ -6,10 +6,13 @@ import functools
 import threading
 
 import numpy as np
+from magicgui.widgets import Container
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_gitseg.classes import CLASSES, label_color_dict
+
+from ._hub import hub_for
 
 __all__ = [
     "status_label",
@@ -64,6 +67,21 @@ def when_alive(method):
 def cancel_on_destroy(widget, cancel: threading.Event) -> None:
     """Set ``cancel`` when the dock's Qt widget is destroyed, so its background job stops."""
     widget.native.destroyed.connect(lambda *_args: cancel.set())
+
+
+class JobDock(Container):
+    """A dock that runs background jobs: its viewer, the viewer's hub (docks talk through it), the
+    running worker, and a cancel event set when the dock's Qt widget is destroyed. The compute stack
+    is imported here, on the GUI thread, before any worker starts."""
+
+    def __init__(self, viewer):
+        super().__init__(labels=True)
+        preload_compute_modules()
+        self._viewer = viewer
+        self._hub = hub_for(viewer)
+        self._worker = None
+        self._cancel = threading.Event()
+        cancel_on_destroy(self, self._cancel)
 
 
 def preload_compute_modules() -> None:

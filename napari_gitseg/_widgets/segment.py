@@ -28,18 +28,16 @@ from napari_gitseg.layers import labels_layer_data, stack_from_layer
 from napari_gitseg.resources import default_model_path
 
 from ._common import (
-    cancel_on_destroy,
+    JobDock,
     ensure_labels_layer,
     find_layer,
     image_layer_names,
-    preload_compute_modules,
     set_class_visibility,
     show_error,
     show_info,
     status_label,
     when_alive,
 )
-from ._hub import hub_for
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 _log = logging.getLogger(__name__)
@@ -64,17 +62,11 @@ def warm_up_quietly(model_path: str, device: str) -> None:
         _log.info("model warm-up of %s failed: %s", model_path, err)
 
 
-class SegmentWidget(Container):
+class SegmentWidget(JobDock):
     """Run the segmentation model on an image layer and overlay the three organs."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
-        preload_compute_modules()
-        self._viewer = viewer
-        self._hub = hub_for(viewer)
-        self._worker = None
-        self._cancel = threading.Event()
-        cancel_on_destroy(self, self._cancel)
+        super().__init__(viewer)
         default = default_model_path()
 
         self._image = ComboBox(label="Image", choices=lambda _w: image_layer_names(viewer))

@@ -8,8 +8,6 @@ The logic is ``napari_gitseg.retrain`` (no Qt).
 
 from __future__ import annotations
 
-import threading
-
 import napari
 from magicgui.widgets import ComboBox, Container, FileEdit, ProgressBar, PushButton, SpinBox
 from napari.qt.threading import thread_worker
@@ -25,30 +23,22 @@ from napari_gitseg.retrain import (
 )
 
 from ._common import (
-    cancel_on_destroy,
-    preload_compute_modules,
+    JobDock,
     show_error,
     show_info,
     status_label,
     when_alive,
 )
-from ._hub import hub_for
 from ._plot import LossDicePlot
 
 PRESETS = ("quick", "cpu", "gpu")
 
 
-class TrainWidget(Container):
+class TrainWidget(JobDock):
     """Retrain the model on the project's clinician labels + kept pseudo-labels."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
-        preload_compute_modules()
-        self._viewer = viewer
-        self._hub = hub_for(viewer)
-        self._worker = None
-        self._cancel = threading.Event()
-        cancel_on_destroy(self, self._cancel)
+        super().__init__(viewer)
         self._stack_names: list[str] = []
 
         self._project = FileEdit(label="Project folder", mode="d", value="")

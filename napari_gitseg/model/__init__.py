@@ -6,7 +6,7 @@ The names below are imported lazily (PEP 562), so ``napari_gitseg.model.normaliz
 
 from __future__ import annotations
 
-import importlib
+from napari_gitseg._lazy import lazy_getattr
 
 _EXPORTS = {
     "ModelConfig": "factory",
@@ -26,9 +26,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    """Import the submodule that defines ``name`` on first use."""
-    if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

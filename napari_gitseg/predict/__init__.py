@@ -6,7 +6,7 @@ does not pull in torch until a prediction is actually made.
 
 from __future__ import annotations
 
-import importlib
+from napari_gitseg._lazy import lazy_getattr
 
 _EXPORTS = {
     "Prediction": "predictor",
@@ -22,9 +22,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    """Import the submodule that defines ``name`` on first use."""
-    if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
