@@ -326,3 +326,63 @@ def test_fine_tuning_keeps_the_models_own_input_size(cases, tmp_path):
                   on_event=events.append)
     assert read_bundle_info(tuned.best_path).config.input_size == (64, 64)
     assert any(isinstance(e, ev.Log) and "model's input size [64, 64]" in e.text for e in events)
+
+
+def _bundle_state(path) -> dict:
+    model, _info = load_bundle(path)
+    return model.state_dict()
+
+
+def test_average_last_writes_the_mean_weights_of_the_last_epochs(cases, tmp_path, monkeypatch):
+    import copy
+
+    import training.loop as loop
+
+    seen: dict[int, dict] = {}
+    real_save = loop._save_resume_state
+
+    def save_and_record(run):  # called once per epoch, after the epoch's weights are final
+        seen[run.epoch] = copy.deepcopy(loop._unwrap(run.net).state_dict())
+        real_save(run)
+
+    monkeypatch.setattr(loop, "_save_resume_state", save_and_record)
+    cfg = _tiny(epochs=3, max_steps_per_epoch=2, average_last=2)
+    result = train(cfg, cases[:1], cases[1:2], tmp_path / "avg")
+    assert sorted(seen) == [1, 2, 3]
+    saved = _bundle_state(result.best_path)
+    for key, value in saved.items():
+        if value.is_floating_point():
+            mean = (seen[2][key].double() + seen[3][key].double()) / 2
+            assert torch.allclose(value.double(), mean, atol=1e-6), key
+            if not torch.equal(seen[2][key], seen[3][key]):
+                assert not torch.allclose(value, seen[3][key], atol=1e-9), key  # not just the last epoch
+        else:
+            assert torch.equal(value, seen[3][key]), key  # batch counters: the last epoch's
+    info = read_bundle_info(result.best_path)
+    assert info.training["averaged_epochs"] == [2, 3]
+    model, _ = load_bundle(result.best_path)
+    val_ds = build_dataset(cases[1:2], cfg, cfg.model_config(), what="validation")
+    dice = validate(model, val_ds, torch.device("cpu"), cfg.model_config().classes)["mean_dice"]
+    assert info.metrics["val_dice"] == pytest.approx(dice, abs=1e-6) and result.best_dice == pytest.approx(dice)
+
+
+def test_an_interrupted_averaging_run_resumes_to_the_same_average(cases, tmp_path):
+    cfg = _tiny(epochs=3, max_steps_per_epoch=2, average_last=2)
+    full = train(cfg, cases[:1], cases[1:2], tmp_path / "full")
+    stop = threading.Event()
+
+    def on_event(e):
+        if isinstance(e, ev.Metrics) and e.epoch == 2:  # epoch 2 (in the average) ends, then stop
+            stop.set()
+
+    with pytest.raises(TrainingCancelled):
+        train(cfg, cases[:1], cases[1:2], tmp_path / "part", on_event=on_event, cancel=stop)
+    resumed = train(cfg, cases[:1], cases[1:2], tmp_path / "part", resume=True)
+    a, b = _bundle_state(full.best_path), _bundle_state(resumed.best_path)
+    assert all(torch.allclose(a[k].double(), b[k].double(), atol=1e-7) for k in a)
+    assert read_bundle_info(resumed.best_path).training["averaged_epochs"] == [2, 3]
+
+
+def test_average_last_must_be_a_count():
+    with pytest.raises(ValueError, match="average_last"):
+        preset("quick", average_last=-1)

@@ -58,6 +58,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     patience: int = 6  # epochs without improvement before stopping (0: never stop early)
+    average_last: int = 0  # > 0: the bundle holds the mean weights of the run's last N epochs (0: the best epoch's)
     min_delta: float = 1e-4
     ignore_ambiguous: bool = False
     amp: bool = True  # mixed precision, used on CUDA only
@@ -94,6 +95,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
         _check_int("seed", self.seed, 0)
+        _check_int("average_last", self.average_last, 0)
         for name in ("lr", "weight_decay", "min_delta", "pseudo_weight", "finetune_lr_factor"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

@@ -40,6 +40,7 @@ DDP runs compared with single-process runs (different batches per step).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import errno
 import json
@@ -525,6 +526,8 @@ class _Run:
     history: list[dict] = field(default_factory=list)
     done_steps: int = 0
     n_nonfinite: int = 0
+    weight_sum: dict | None = None  # config.average_last: float64 sums of the weights of the averaged epochs
+    averaged_epochs: list[int] = field(default_factory=list)
 
     @property
     def json_path(self) -> Path:
@@ -704,6 +707,8 @@ def _resume(run: _Run) -> None:
     run.best_epoch = int(state["best_epoch"])
     run.bad_epochs = int(state["bad_epochs"])
     run.history = json.loads(state["history"])
+    run.weight_sum = dict(state.get("weight_sum") or {}) or None
+    run.averaged_epochs = json.loads(state.get("averaged_epochs", "[]"))
     if run.best_epoch and run.json_path.is_file():
         run.result.best_path = run.json_path
     run.emit(ev.Log(f"resuming from {run.state_path} after epoch {state['epoch']}"))
@@ -725,6 +730,8 @@ def _save_resume_state(run: _Run) -> None:
         "bad_epochs": run.bad_epochs,
         "history": json.dumps(run.history),
         "config": json.dumps(run.config.to_dict()),
+        "weight_sum": run.weight_sum or {},
+        "averaged_epochs": json.dumps(run.averaged_epochs),
     })
 
 
@@ -737,12 +744,61 @@ def _run_epochs(run: _Run) -> TrainResult:
         run.epoch = epoch
         losses = _train_epoch(run)
         metrics = _validate_epoch(run, losses)
+        _add_to_average(run)
         _checkpoint(run, metrics)
         if run.config.patience and run.bad_epochs >= int(run.config.patience) and epoch < run.epochs:
+            _write_average(run)
             _end(run)
             return _finish(run, stopped_early=True)
+    _write_average(run)
     _end(run)
     return _finish(run)
+
+
+# ---- weight averaging (config.average_last) ----------------------------------------------------------
+def _add_to_average(run: _Run) -> None:
+    """Add this epoch's weights to the average when it is one of the run's last ``average_last`` epochs."""
+    n = int(run.config.average_last)
+    if not n or run.epoch <= run.epochs - n:
+        return
+    state = _unwrap(run.net).state_dict()
+    if run.weight_sum is None:
+        run.weight_sum = {k: v.detach().to("cpu", torch.float64, copy=True) for k, v in state.items()
+                          if v.is_floating_point()}
+    else:
+        for k, total in run.weight_sum.items():
+            total += state[k].detach().to("cpu", torch.float64)
+    run.averaged_epochs.append(run.epoch)
+
+
+def averaged_state(weight_sum: dict, count: int, like: dict) -> dict:
+    """The state dict of ``like`` with its floating-point tensors replaced by ``weight_sum / count``
+    (in their own dtypes); integer buffers (BatchNorm's batch counters) keep ``like``'s values."""
+    return {k: (weight_sum[k] / count).to(v.dtype) if k in weight_sum else v for k, v in like.items()}
+
+
+def _write_average(run: _Run) -> None:
+    """Validate the averaged weights and write them as the run's bundle (instead of the best epoch's).
+
+    Stochastic weight averaging over the end of the schedule (Izmailov et al. 2018); BatchNorm
+    statistics are averaged like the weights (the epochs averaged are close, at a low learning rate)."""
+    if not run.averaged_epochs:
+        return
+    model = copy.deepcopy(_unwrap(run.net))
+    model.load_state_dict(averaged_state(run.weight_sum, len(run.averaged_epochs), model.state_dict()))
+    metrics = validate(model, run.val_set, run.device, run.model_config.classes, run.config.val_batch_size,
+                       run.autocast)
+    first, last = run.averaged_epochs[0], run.averaged_epochs[-1]
+    run.emit(ev.Log(f"weights averaged over epochs {first}-{last}: validation Dice {float(metrics['mean_dice']):.4f} "
+                    f"(best single epoch {run.best_epoch}: {run.best_dice})"))
+    run.best_dice, run.best_epoch = float(metrics["mean_dice"]), last
+    run.result.best_metrics = metrics
+    if ddp.is_main():
+        meta = _checkpoint_meta(run, metrics)
+        meta["training"]["averaged_epochs"] = list(run.averaged_epochs)
+        _write_best_bundle(model, run.model_config, run.out_stem, **meta)
+        run.result.best_path = run.json_path
+        run.emit(ev.Checkpoint(path=str(run.json_path), epoch=last, val_dice=run.best_dice, best=True))
 
 
 def _train_epoch(run: _Run) -> list[float]:
