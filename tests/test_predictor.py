@@ -441,3 +441,25 @@ def test_frozen_graph_is_per_shape_batch_free_and_falls_back_to_eager(trained):
     with torch.inference_mode():
         assert torch.equal(odd.forward(torch.ones(1, 1, 4, 4)), torch.full((1, 1, 4, 4), 2.0))
         assert torch.equal(odd.forward(-torch.ones(1, 1, 4, 4)), torch.full((1, 1, 4, 4), -3.0))
+
+
+def test_network_input_equals_resized_windows_at_the_stacks_edges():
+    """The Predictor resizes each needed slice once and stacks the windows from them: the same input,
+    bit for bit, as stacking the windows first and resizing each (the naive way), edges included."""
+    import torch.nn.functional as F
+
+    from napari_gitseg.predict.predictor import letterbox_geometry
+
+    config = ModelConfig(arch="Unet", encoder="tu-test_byobnet", k=3, stride=2, input_size=(64, 64),
+                         arch_kwargs={"encoder_depth": 4, "decoder_channels": [32, 16, 16, 8]})
+    torch.manual_seed(0)
+    predictor = Predictor([(build_model(config).eval(), config)], device="cpu", channels_last=False, freeze=False)
+    volume = np.random.default_rng(0).random((7, 90, 70)).astype(np.float32)
+    batch = np.array([6, 0, 3, 5])  # both edges (windows clamp) and the middle, out of order
+    x, _restore = predictor._prepare(predictor.members[0], volume, batch)
+    ref = torch.from_numpy(make_windows(volume, batch, 3, 2))
+    nh, nw, top, left = letterbox_geometry(90, 70, (64, 64))
+    ref = F.interpolate(ref, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    ref = F.pad(ref, (left, 64 - nw - left, top, 64 - nh - top))
+    assert x.shape == ref.shape == (4, 3, 64, 64)
+    assert torch.equal(x, ref)

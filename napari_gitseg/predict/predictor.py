@@ -55,7 +55,7 @@ from napari_gitseg.model.bundle import ModelBundle, load_bundle
 from napari_gitseg.model.device import pick_device
 from napari_gitseg.model.factory import ModelConfig, input_divisor, pad_to_divisor
 from napari_gitseg.model.normalize import DEFAULT_NORMALIZATION, normalize_stack
-from napari_gitseg.model.windows import make_windows
+from napari_gitseg.model.windows import window_indices
 from napari_gitseg.predict.frozen import FrozenModel, decode_eager, encode_eager
 from napari_gitseg.predict.postprocess import binary_entropy, body_box, remove_small_components
 
@@ -496,14 +496,18 @@ class Predictor:
 
     def _prepare(self, member: _Member, volume: np.ndarray, batch: np.ndarray) -> tuple[torch.Tensor, Callable]:
         """Network input (n * flips, k, H', W') and a function mapping its logits back to (n, C, h, w)."""
-        windows = make_windows(volume, batch, member.config.k, member.config.stride)
-        x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device, non_blocking=True)
-        h, w = x.shape[-2:]
+        # each slice the windows need is resized once (a slice is in up to k windows), then stacked
+        idx = window_indices(volume.shape[0], member.config.k, member.config.stride)[np.asarray(batch)]
+        needed, where = np.unique(idx, return_inverse=True)
+        planes = torch.from_numpy(np.ascontiguousarray(volume[needed], dtype=np.float32))[:, None]
+        planes = planes.to(self.device, non_blocking=True)
+        h, w = planes.shape[-2:]
         size = member.config.input_size
         if size is not None:
             nh, nw, top, left = letterbox_geometry(h, w, size)
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=(nh < h))
-            x = F.pad(x, (left, size[1] - nw - left, top, size[0] - nh - top))
+            planes = F.interpolate(planes, size=(nh, nw), mode="bilinear", align_corners=False, antialias=(nh < h))
+            planes = F.pad(planes, (left, size[1] - nw - left, top, size[0] - nh - top))
+        x = planes[:, 0][torch.from_numpy(where.reshape(idx.shape)).to(planes.device)]
         x, pads = pad_to_divisor(x, member.divisor)
         if len(self.flips) > 1:
             x = torch.cat([x if not dims else torch.flip(x, dims) for dims in self.flips])
