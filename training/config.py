@@ -21,9 +21,9 @@ same. With ``fit="crop"`` slices keep their pixel size (cropped to the body and 
 Which weights a run keeps. By default the epoch with the best validation Dice. With
 ``average_last = N`` the bundle holds the mean weights of the run's last N epochs (stochastic weight
 averaging; BatchNorm statistics averaged too), validated once more; the default model's third stage
-uses it (measured there: the average scored 0.302 zero-shot on the real slices where the 8 single
-epochs scored 0.293-0.320, so it smooths the epoch-to-epoch swings rather than beating the best of
-them).
+uses it (measured there, zero-shot on the real slices: the average 0.302, the 8 single epochs
+0.293-0.320, the epoch with the best synthetic validation Dice 0.269; it smooths the epoch-to-epoch
+swings rather than beating the best late epochs).
 """
 
 from __future__ import annotations
