@@ -60,7 +60,7 @@ from napari_gitseg.cancel import Cancel, is_cancelled
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.io.stack import Stack
 from napari_gitseg.model.bundle import BundleError, atomic_write_bytes, bundle_paths, load_bundle, save_bundle
-from napari_gitseg.model.device import pick_device
+from napari_gitseg.model.device import pick_device, torch_threads
 from napari_gitseg.model.factory import ModelConfig, build_model, forward_logits
 from napari_gitseg.model.normalize import DEFAULT_NORMALIZATION
 from training import ddp
@@ -475,17 +475,15 @@ def train(
     if main:
         out_stem.parent.mkdir(parents=True, exist_ok=True)
     device = pick_device(config.device) if not ddp.is_active() else ddp.device_for_rank(config.device)
-    prev_threads = torch.get_num_threads()
+    threads = None
     if config.num_threads and device.type == "cpu":
-        torch.set_num_threads(max(1, int(config.num_threads) // max(1, ddp.local_world_size())))
-    try:
+        threads = max(1, int(config.num_threads) // max(1, ddp.local_world_size()))
+    with torch_threads(threads):
         run = _set_up(config, train_data, val_data, out_stem, emit, cancel, device, provenance, t_start)
         run.meta = _bundle_meta(run, data_description, command, notes)
         if resume:
             _resume(run)
         return _run_epochs(run)
-    finally:
-        torch.set_num_threads(prev_threads)
 
 
 @dataclass
@@ -747,10 +745,8 @@ def _run_epochs(run: _Run) -> TrainResult:
         _add_to_average(run)
         _checkpoint(run, metrics)
         if run.config.patience and run.bad_epochs >= int(run.config.patience) and epoch < run.epochs:
-            _write_average(run)
             _end(run)
             return _finish(run, stopped_early=True)
-    _write_average(run)
     _end(run)
     return _finish(run)
 
@@ -928,7 +924,9 @@ def _checkpoint_meta(run: _Run, metrics: dict) -> dict:
 
 
 def _end(run: _Run) -> None:
-    """A run that completed (or stopped early) needs no resume state."""
+    """A run that completed (or stopped early): its averaged weights (``average_last``) become its
+    bundle, and it needs no resume state."""
+    _write_average(run)
     if ddp.is_main():
         run.state_path.unlink(missing_ok=True)
     if ddp.is_active():

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 
-__all__ = ["ENV_VAR", "pick_device"]
+__all__ = ["ENV_VAR", "pick_device", "torch_threads"]
 
 ENV_VAR = "GITSEG_DEVICE"
 
@@ -49,3 +50,16 @@ def pick_device(preferred: str | torch.device | None = None) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"unsupported device {preferred!r} (from {source}); use cpu, cuda, cuda:N, mps or auto")
     return device
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """While active, torch uses ``n`` CPU threads (None or 0: leave the setting alone)."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(previous)

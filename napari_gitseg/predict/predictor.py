@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from napari_gitseg.cancel import Cancel, is_cancelled
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.model.bundle import ModelBundle, load_bundle
-from napari_gitseg.model.device import pick_device
+from napari_gitseg.model.device import pick_device, torch_threads
 from napari_gitseg.model.factory import ModelConfig, input_divisor, pad_to_divisor
 from napari_gitseg.model.normalize import DEFAULT_NORMALIZATION, normalize_stack
 from napari_gitseg.model.windows import window_indices
@@ -189,19 +189,6 @@ def _splittable(model: torch.nn.Module) -> bool:
         and type(model).forward is SegmentationModel.forward
         and getattr(model, "classification_head", None) is not None
     )
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """While active, torch uses ``n`` CPU threads (None or 0: leave the setting alone)."""
-    previous = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        if n:
-            torch.set_num_threads(previous)
 
 
 def letterbox_geometry(h: int, w: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
