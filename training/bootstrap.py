@@ -242,17 +242,12 @@ def run_bootstrap(
         cand = float(frozen["mean_dice"])
         entry = {"round": r, "labels_spent": n_labels, "pseudo_labels": n_pseudo,
                  "trained_on": n_labels + n_pseudo, "candidate_dice": cand, "candidate_score": frozen.get("score"),
-                 "previous_dice": active_dice, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-                 "promoted": active is None or cand > active_dice}
-        if entry["promoted"]:
-            version = _register(registry, result.best_path, frozen, True, f"bootstrap round {r}")
-            _emit(on_event, ev.Promoted(version=version, val_dice=cand, previous_version=active,
-                                        previous_dice=active_dice))
+                 "previous_dice": active_dice, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
+        version = _promote_if_better(registry, result.best_path, frozen, (active, active_dice),
+                                     f"bootstrap round {r}", on_event)
+        entry["promoted"] = version is not None
+        if version is not None:
             active, active_dice, active_preds = version, cand, None
-        else:
-            _emit(on_event, ev.Rejected(candidate_dice=cand, active_dice=active_dice,
-                                        reason=f"frozen-set Dice {_fmt(cand)} is not above the active "
-                                               f"{active}'s {_fmt(active_dice)}"))
         entry.update({"active_version": active, "active_dice": active_dice,
                       "seconds": round(time.perf_counter() - t_round, 1)})
         report["rounds"].append(entry)
@@ -536,21 +531,28 @@ def _promote_or_reject(registry, candidate: Path, baseline: tuple, val_stacks, c
     only if it scores higher (or there is no baseline). Returns promoted, version, dice figures."""
     baseline_name, baseline_path = baseline
     cand_metrics, _ = evaluate_bundle(candidate, val_stacks, cfg, cancel)
-    cand = float(cand_metrics["mean_dice"])
     base = None
     if baseline_path is not None:
         base = float(evaluate_bundle(baseline_path, val_stacks, cfg, cancel)[0]["mean_dice"])
-    promoted = base is None or cand > base
-    version = registry.active()
-    if promoted:
-        version = _register(registry, candidate, cand_metrics, True, notes)
-        _emit(on_event, ev.Promoted(version=version, val_dice=cand, previous_version=baseline_name,
-                                    previous_dice=base))
-    else:
-        _emit(on_event, ev.Rejected(candidate_dice=cand, active_dice=base,
-                                    reason=f"validation Dice {_fmt(cand)} is not above {baseline_name}'s {_fmt(base)}"))
-    return {"promoted": bool(promoted), "version": version, "candidate_dice": cand, "baseline_dice": base,
+    new = _promote_if_better(registry, candidate, cand_metrics, (baseline_name, base), notes, on_event)
+    return {"promoted": new is not None, "version": new if new is not None else registry.active(),
+            "candidate_dice": float(cand_metrics["mean_dice"]), "baseline_dice": base,
             "candidate_score": cand_metrics.get("score")}
+
+
+def _promote_if_better(registry, candidate: Path, metrics: dict, baseline: tuple, notes: str, on_event) -> str | None:
+    """Register and activate ``candidate`` when its frozen-set Dice (``metrics``) is above the
+    baseline's (``baseline`` = (name, Dice); no Dice: nothing to beat); emit Promoted or Rejected.
+    Returns the new version, or None when the candidate was rejected."""
+    baseline_name, base = baseline
+    cand = float(metrics["mean_dice"])
+    if base is not None and not cand > base:
+        _emit(on_event, ev.Rejected(candidate_dice=cand, active_dice=base,
+                                    reason=f"frozen-set Dice {_fmt(cand)} is not above {baseline_name}'s {_fmt(base)}"))
+        return None
+    version = _register(registry, candidate, metrics, True, notes)
+    _emit(on_event, ev.Promoted(version=version, val_dice=cand, previous_version=baseline_name, previous_dice=base))
+    return version
 
 
 def _write_pseudo_labels(store, entries: list[dict], model_path: Path, model_label: str | None, cfg, keep: int,
