@@ -8,7 +8,15 @@ floor of any step that shows a result: with software OpenGL one redraw of the wi
 tens of ms) and the time from Accept to the next slice shown.
 Goal: stall < 50 ms for (a) and (b).
 
-Run under a display: ``xvfb-run -a .venv/bin/python benchmarks/bench_gui_latency.py``.
+Run under a display: ``xvfb-run -a .venv/bin/python benchmarks/bench_gui_latency.py``
+(``--why`` also prints the GUI thread's Python stacks sampled during each longest stall).
+
+What the stalls are (2-core AMD EPYC Zen 3, software OpenGL under Xvfb): one redraw of the
+canvas after a labels refresh costs 45-52 ms here whatever gitseg does (the "napari alone" line),
+so a step that shows a new result cannot stay under 50 ms on this machine. After a promoted round
+the new model is loaded and its frozen graphs built on a background thread; ``torch.jit.trace`` /
+``torch.jit.freeze`` hold the GIL for up to ~150 ms at a time (measured with a 5 ms ticker beside a
+thread building the default model: load + trace + freeze), which is the round's longest stall.
 """
 
 from __future__ import annotations
@@ -36,11 +44,20 @@ class StallProbe:
     def reset(self) -> None:
         self.last = time.perf_counter()
         self.gaps: list[float] = []
+        self.ends: list[float] = []  # when each gap ended (to find what ran during the longest)
 
     def _tick(self) -> None:
         now = time.perf_counter()
         self.gaps.append(now - self.last)
+        self.ends.append(now)
         self.last = now
+
+    def longest(self) -> tuple[float, float]:
+        """(start, end) of the longest gap between ticks."""
+        if len(self.gaps) < 2:
+            return (0.0, 0.0)
+        i = 1 + int(np.argmax(self.gaps[1:]))
+        return self.ends[i] - self.gaps[i], self.ends[i]
 
     def start(self) -> None:
         self.reset()
@@ -52,6 +69,43 @@ class StallProbe:
         stall = np.maximum(gaps - self.interval, 0)
         return {"max_ms": 1000 * float(stall.max()), "p99_ms": 1000 * float(np.percentile(stall, 99)),
                 "ticks": len(gaps)}
+
+
+class StackSampler:
+    """``--why``: samples the GUI thread's Python stack every 2 ms from another thread, so the
+    frames that ran during the longest stall can be printed (C code shows as its Python caller)."""
+
+    def __init__(self, interval_s: float = 0.002, depth: int = 14):
+        import threading
+
+        self.gui_thread = threading.get_ident()
+        self.interval, self.depth = interval_s, depth
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stall-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import sys
+
+        while not self._stop.wait(self.interval):
+            frame = sys._current_frames().get(self.gui_thread)
+            names = []
+            while frame is not None and len(names) < self.depth:
+                code = frame.f_code
+                names.append(f"{Path(code.co_filename).name}:{code.co_name}:{frame.f_lineno}")
+                frame = frame.f_back
+            self.samples.append((time.perf_counter(), tuple(names)))
+
+    def report(self, window: tuple[float, float], top: int = 3) -> list[str]:
+        """The most frequent stacks sampled inside ``window`` (innermost frame first), with their counts."""
+        from collections import Counter
+
+        counts = Counter(stack for t, stack in self.samples if window[0] <= t <= window[1])
+        return [f"{n} x " + " < ".join(stack) for stack, n in counts.most_common(top)]
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def wait_until(app, predicate, timeout: float) -> float:
@@ -122,6 +176,8 @@ def _print_results(results: dict, train, n_slices: int) -> None:
             print(f"{key}: max stall {r['max_ms']:.1f} ms (p99 {r['p99_ms']:.1f} ms), ratio to idle "
                   f"{r['max_ms'] / max(base, 0.1):.1f}x, {r['seconds']:.1f} s, goal < 50 ms: "
                   f"{'met' if r['max_ms'] < 50 else 'NOT met'}")
+            for line in r.get("why", []):
+                print(f"    during the longest stall: {line}")
     print(f"Accept -> next slice shown: {results['accept_to_next_ms']} ms")
     import resource
 
@@ -137,6 +193,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=144)
     parser.add_argument("--size", type=int, default=266)
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--why", action="store_true", help="print the GUI thread's stacks during each longest stall")
     args = parser.parse_args()
 
     import napari
@@ -163,6 +220,7 @@ def main() -> None:
         raise SystemExit("no default model in resources/models: run benchmarks/train_default_model.sh first")
     segment.set_model_path(model)
     probe = StallProbe()
+    sampler = StackSampler() if args.why else None
     results = {}
 
     idle(app, 2.0)  # the window's first draws
@@ -176,6 +234,8 @@ def main() -> None:
         segment.run()
         wait_until(app, lambda: not segment.running, 600)
         results[key] = {**probe.stop(), "seconds": time.perf_counter() - t0}
+        if sampler:
+            results[key]["why"] = sampler.report(probe.longest())
         idle(app, 1.0)
     project = Path(tempfile.mkdtemp()) / "proj"
     results["accept_to_next_ms"] = _accept_times(app, review, segment, case, project)
@@ -188,6 +248,8 @@ def main() -> None:
         wait_until(app, lambda: not train.running, 900)
         results["train_round"] = {**probe.stop(), "seconds": time.perf_counter() - t0,
                                   "events": len(train.events_seen)}
+        if sampler:
+            results["train_round"]["why"] = sampler.report(probe.longest())
     review.close_review()
     viewer.close()
     _print_results(results, train, args.slices)
