@@ -12,11 +12,14 @@ Run under a display: ``xvfb-run -a .venv/bin/python benchmarks/bench_gui_latency
 (``--why`` also prints the GUI thread's Python stacks sampled during each longest stall).
 
 What the stalls are (2-core AMD EPYC Zen 3, software OpenGL under Xvfb): one redraw of the
-canvas after a labels refresh costs 45-52 ms here whatever gitseg does (the "napari alone" line),
-so a step that shows a new result cannot stay under 50 ms on this machine. After a promoted round
-the new model is loaded and its frozen graphs built on a background thread; ``torch.jit.trace`` /
-``torch.jit.freeze`` hold the GIL for up to ~150 ms at a time (measured with a 5 ms ticker beside a
-thread building the default model: load + trace + freeze), which is the round's longest stall.
+canvas after a labels refresh costs 45-57 ms here whatever gitseg does (the "napari alone" line),
+so a step that shows a new result cannot stay under 50 ms on this machine; what remains in the
+docks' own handlers is 2-4 ms per event. ``QProgressBar.setValue`` used to repaint synchronously
+(31-44 ms of window composition inside each progress event, found with ``--why`` and cProfile);
+the docks now set progress through ``_common.set_progress``, painted with the next ordinary
+update. Not measured in these phases: after a *promoted* round the new model is loaded and its
+frozen graphs built on a background thread, and ``torch.jit.trace`` / ``torch.jit.freeze`` hold
+the GIL for up to ~150 ms at a time (a 5 ms ticker beside a thread building the default model).
 """
 
 from __future__ import annotations

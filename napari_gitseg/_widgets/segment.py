@@ -33,6 +33,7 @@ from ._common import (
     find_layer,
     image_layer_names,
     set_class_visibility,
+    set_progress,
     show_error,
     show_info,
     status_label,
@@ -159,7 +160,7 @@ class SegmentWidget(JobDock):
     def _on_update(self, update) -> None:
         if self.result_layer is None:
             return
-        self._progress.value = int(100 * update.done / max(update.total, 1))
+        set_progress(self._progress, 100 * update.done // max(update.total, 1))
         slices = np.asarray(update.slices)
         self.result_layer.data[slices] = masks_to_labels(update.masks)
         # redraw only when the slice on screen changed: a full labels refresh per batch cost
@@ -191,7 +192,7 @@ class SegmentWidget(JobDock):
                     self._viewer.layers.remove(old)
                 self._viewer.add_image(uncertainty, name=name, scale=stack.spacing, colormap="magma",
                                        blending="additive", opacity=0.6, contrast_limits=(0, 1))
-        self._progress.value = 100
+        set_progress(self._progress, 100)
         secs = getattr(prediction, "seconds", None)
         self._status.value = f"Done: {stack.shape[0]} slices" + (f" in {secs:.1f} s" if secs else "")
         self._hub.prediction_ready.emit(stack, prediction)

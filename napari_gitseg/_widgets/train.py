@@ -24,6 +24,7 @@ from napari_gitseg.retrain import (
 
 from ._common import (
     JobDock,
+    set_progress,
     show_error,
     show_info,
     status_label,
@@ -119,7 +120,7 @@ class TrainWidget(JobDock):
         if view.outcome is not None:
             self._outcome = view.outcome
         if view.percent is not None:
-            self._progress.value = view.percent
+            set_progress(self._progress, view.percent)
         if view.loss_point is not None:
             self.plot.add_loss(*view.loss_point)
         if view.dice_point is not None:
