@@ -253,6 +253,8 @@ def main() -> None:
                                   "events": len(train.events_seen)}
         if sampler:
             results["train_round"]["why"] = sampler.report(probe.longest())
+    if sampler:
+        sampler.stop()
     review.close_review()
     viewer.close()
     _print_results(results, train, args.slices)
