@@ -40,6 +40,14 @@ def test_recipe_settings():
     assert few.init_from == "model.json" and few.model == preset("cpu").model
 
 
+def test_learning_rate_shrinks_below_the_full_label_count():
+    rates = [RECIPE.learning_rate(n) for n in (1, 2, 3, RECIPE.lr_full_from, 12, 100)]
+    assert rates == sorted(rates) and rates[2] == pytest.approx(RECIPE.lr * 3 / RECIPE.lr_full_from)
+    assert rates[3:] == [RECIPE.lr] * 3
+    cpu = preset("cpu", init_from="model.json")
+    assert finetune_config(cpu, 3).lr == RECIPE.learning_rate(3) < finetune_config(cpu, 12).lr == RECIPE.lr
+
+
 def test_recipe_refuses_training_from_scratch_and_no_labels():
     with pytest.raises(ValueError, match="init_from"):
         finetune_config(preset("cpu"), 10)
