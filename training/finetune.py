@@ -9,7 +9,7 @@ for ``n`` labelled slices:
   epochs of one pass over the labels (at most ``steps_per_epoch`` steps), so that early stopping on
   the frozen validation slices can act;
 * **learning rate** ``lr`` (lower than training from scratch: the features are already there),
-  scaled down in proportion below ``lr_full_from`` labels (3 labels: half of it);
+  scaled down in proportion below ``lr_full_from`` training slices (2 slices: a third of it);
 * **which layers train**: BatchNorm statistics stay frozen below ``bn_free_from`` labels (a batch of a
   few near-identical slices gives statistics that do not describe the next scan);
 * **augmentation**: the default geometric and intensity steps without left-right flips (the
@@ -33,17 +33,19 @@ the measured winner from 10 labels on (216 steps for 12) and as the old one up t
 fine-tuning longer on so few slices did worse. Early stopping ended the long rounds after 86-180
 steps; a round on 12 labels takes about 3 min instead of 1 on 2 CPU cores.
 
-Learning rate for very few labels (same five rounds, n chosen slices, the length above; the 60-step
-floor at 3 labels is 20 steps per label, and at 5e-4 it pulled the model away from what it knew -
-candidates 0.146-0.158, below zero-shot; a run-to-run spread of about 0.03 between repeats):
+Learning rate for very few labels. A round counts the slices it trains on: its clinician slices
+less the frozen validation ones (here 3 chosen slices train on 2, 6 on 5, 12 on 6-10). Same five
+rounds, the length above; with 3 slices the 60-step floor is 30 steps per training slice, and at 5e-4
+it pulled the model away from what it knew (its candidates scored below zero-shot). Repeats of the
+same setting differ by about 0.03:
 
-    3 chosen slices, lr       5e-4 (two runs)   2.5e-4   1.5e-4   5e-5
-    active model after it     0.265 / 0.300     0.342    0.323    0.323
-    the round's candidate     0.146 / 0.158     0.342    0.323    0.323
+    3 chosen slices, lr       5e-4 (two runs)   1.7e-4 (this rule)   1.5e-4   5e-5
+    active model after it     0.265 / 0.300     0.342                0.323    0.323
+    the round's candidate     0.146 / 0.158     0.342                0.323    0.323
     6 chosen slices, lr       5e-4              1.5e-4
     active model after it     0.362             0.350
 
-So the rate is ``lr`` from 6 labels on and ``lr * n / 6`` below (2.5e-4 at 3 labels).
+So the rate is ``lr`` from 6 training slices on and ``lr * n / 6`` below (1.7e-4 for 2, 4.2e-4 for 5).
 """
 
 from __future__ import annotations
