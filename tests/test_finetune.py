@@ -33,6 +33,7 @@ def test_recipe_settings():
     many = finetune_config(preset("cpu", init_from="model.json"), 80)
     assert few.freeze_bn and not many.freeze_bn
     assert few.lr == RECIPE.lr and few.finetune_lr_factor == 1.0
+    assert few.keep_start == many.keep_start == RECIPE.keep_start > 0  # mixed with the start (WiSE-FT)
     assert few.finetune_epochs == few.epochs and few.max_steps_per_epoch == 1  # 6 slices: one batch an epoch
     assert few.patience * few.max_steps_per_epoch >= RECIPE.patience_steps  # early stopping counts steps
     assert many.max_steps_per_epoch == 10 and _steps(many, 80) >= RECIPE.steps(80)
@@ -62,7 +63,7 @@ def test_round_config_applies_the_recipe_only_when_fine_tuning_and_asked():
     assert tuned.init_from == "active.json" and tuned.freeze_bn and tuned.lr == RECIPE.lr
     quick = preset("quick")
     kept = round_config(quick, "active.json", 10)  # the quick preset keeps its own tiny schedule
-    assert kept.init_from == "active.json" and kept.epochs == quick.epochs and kept.lr == quick.lr
+    assert kept.init_from == "active.json" and kept.epochs == quick.epochs and kept.lr == quick.lr and kept.keep_start == 0
 
 
 def _blob_stack(seed: int, blob_value: int, n: int = 16, size: int = 64):

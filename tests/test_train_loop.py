@@ -386,3 +386,28 @@ def test_an_interrupted_averaging_run_resumes_to_the_same_average(cases, tmp_pat
 def test_average_last_must_be_a_count():
     with pytest.raises(ValueError, match="average_last"):
         preset("quick", average_last=-1)
+
+
+def test_keep_start_mixes_the_fine_tuned_weights_with_the_starting_ones(cases, tmp_path):
+    start = train(_tiny(), cases[:1], cases[1:2], tmp_path / "start")
+    tune = _tiny(init_from=str(start.best_path), max_steps_per_epoch=3)
+    alone = train(tune, cases[1:2], cases[:1], tmp_path / "alone")
+    mixed = train(tune.replace(keep_start=0.25), cases[1:2], cases[:1], tmp_path / "mixed")
+    s, a, m = (_bundle_state(r.best_path) for r in (start, alone, mixed))
+    changed = [k for k in s if s[k].is_floating_point() and not torch.equal(s[k], a[k])]
+    assert changed  # the fine-tuning moved the weights, so the mix is not trivially the start
+    for key in s:
+        want = 0.75 * a[key].double() + 0.25 * s[key].double() if s[key].is_floating_point() else a[key].double()
+        assert torch.allclose(m[key].double(), want, atol=1e-6), key
+    info = read_bundle_info(mixed.best_path)
+    assert info.training["kept_start"] == 0.25 and info.training["init_from"] == str(start.best_path)
+    model, _ = load_bundle(mixed.best_path)
+    val_ds = build_dataset(cases[:1], tune, tune.model_config(), what="validation")
+    dice = validate(model, val_ds, torch.device("cpu"), tune.model_config().classes)["mean_dice"]
+    assert info.metrics["val_dice"] == pytest.approx(dice, abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, True, "half"])
+def test_keep_start_must_be_a_share_below_one(bad):
+    with pytest.raises(ValueError, match="keep_start"):
+        preset("quick", keep_start=bad)

@@ -23,7 +23,9 @@ Which weights a run keeps. By default the epoch with the best validation Dice. W
 averaging; BatchNorm statistics averaged too), validated once more; the default model's third stage
 uses it (measured there, zero-shot on the real slices: the average 0.302, the 8 single epochs
 0.293-0.320, the epoch with the best synthetic validation Dice 0.269; it smooths the epoch-to-epoch
-swings rather than beating the best late epochs).
+swings rather than beating the best late epochs). When fine-tuning, ``keep_start = a`` mixes the
+result with the weights it started from: ``(1 - a) * fine-tuned + a * start`` (WiSE-FT, Wortsman et al.
+2022: the fine-tuned model keeps more of what the start knew about other scans), validated once more.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     patience: int = 6  # epochs without improvement before stopping (0: never stop early)
     average_last: int = 0  # > 0: the bundle holds the mean weights of the run's last N epochs (0: the best epoch's)
+    keep_start: float = 0.0  # fine-tuning: share of the starting bundle's weights mixed into the result (WiSE-FT)
     min_delta: float = 1e-4
     ignore_ambiguous: bool = False
     amp: bool = True  # mixed precision, used on CUDA only
@@ -110,6 +113,10 @@ class TrainConfig:
             setattr(self, name, float(value))
         if not 0.0 < float(self.val_fraction) < 1.0:
             raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
+        if isinstance(self.keep_start, bool) or not isinstance(self.keep_start, (int, float)) \
+                or not 0.0 <= self.keep_start < 1.0:
+            raise ValueError(f"keep_start must be a number in [0, 1), got {self.keep_start!r}")
+        self.keep_start = float(self.keep_start)
         if not 0.0 <= float(self.pseudo_max_empty) <= 1.0:
             raise ValueError(f"pseudo_max_empty must be in [0, 1], got {self.pseudo_max_empty!r}")
         if self.optimizer not in ("adam", "adamw"):

@@ -782,19 +782,42 @@ def _write_average(run: _Run) -> None:
         return
     model = copy.deepcopy(_unwrap(run.net))
     model.load_state_dict(averaged_state(run.weight_sum, len(run.averaged_epochs), model.state_dict()))
+    first, last = run.averaged_epochs[0], run.averaged_epochs[-1]
+    _install_weights(run, model, last, f"weights averaged over epochs {first}-{last}",
+                     averaged_epochs=list(run.averaged_epochs))
+
+
+def _write_blend(run: _Run) -> None:
+    """Fine-tuning with ``keep_start = a``: the bundle becomes ``(1 - a) * its weights + a * the starting
+    bundle's`` (WiSE-FT, Wortsman et al. 2022), validated once more."""
+    share = float(run.config.keep_start)
+    if not share or not run.init_path or not run.json_path.is_file():
+        return
+    model, _bundle = load_bundle(run.json_path, device="cpu")
+    start, _ = load_bundle(run.init_path, device="cpu")
+    start_state = start.state_dict()
+    model.load_state_dict({k: (v * (1 - share) + start_state[k] * share).to(v.dtype) if v.is_floating_point() else v
+                           for k, v in model.state_dict().items()})
+    extra = {"averaged_epochs": list(run.averaged_epochs)} if run.averaged_epochs else {}
+    _install_weights(run, model.to(run.device), run.best_epoch,
+                     f"weights mixed with the starting model ({share:.0%} of it)", kept_start=share, **extra)
+
+
+def _install_weights(run: _Run, model: torch.nn.Module, epoch: int, what: str, **training: object) -> None:
+    """Validate ``model`` (weights made from the run's epochs) and write it as the run's bundle, ``training``
+    added to the bundle's training record."""
     metrics = validate(model, run.val_set, run.device, run.model_config.classes, run.config.val_batch_size,
                        run.autocast)
-    first, last = run.averaged_epochs[0], run.averaged_epochs[-1]
-    run.emit(ev.Log(f"weights averaged over epochs {first}-{last}: validation Dice {float(metrics['mean_dice']):.4f} "
-                    f"(best single epoch {run.best_epoch}: {run.best_dice})"))
-    run.best_dice, run.best_epoch = float(metrics["mean_dice"]), last
+    run.emit(ev.Log(f"{what}: validation Dice {float(metrics['mean_dice']):.4f} "
+                    f"(before: {run.best_dice}, epoch {run.best_epoch})"))
+    run.best_dice, run.best_epoch = float(metrics["mean_dice"]), epoch
     run.result.best_metrics = metrics
     if ddp.is_main():
         meta = _checkpoint_meta(run, metrics)
-        meta["training"]["averaged_epochs"] = list(run.averaged_epochs)
+        meta["training"].update(training)
         _write_best_bundle(model, run.model_config, run.out_stem, **meta)
         run.result.best_path = run.json_path
-        run.emit(ev.Checkpoint(path=str(run.json_path), epoch=last, val_dice=run.best_dice, best=True))
+        run.emit(ev.Checkpoint(path=str(run.json_path), epoch=epoch, val_dice=run.best_dice, best=True))
 
 
 def _train_epoch(run: _Run) -> list[float]:
@@ -925,8 +948,9 @@ def _checkpoint_meta(run: _Run, metrics: dict) -> dict:
 
 def _end(run: _Run) -> None:
     """A run that completed (or stopped early): its averaged weights (``average_last``) become its
-    bundle, and it needs no resume state."""
+    bundle, mixed with the starting weights when asked (``keep_start``), and it needs no resume state."""
     _write_average(run)
+    _write_blend(run)
     if ddp.is_main():
         run.state_path.unlink(missing_ok=True)
     if ddp.is_active():
