@@ -783,8 +783,7 @@ def _write_average(run: _Run) -> None:
     model = copy.deepcopy(_unwrap(run.net))
     model.load_state_dict(averaged_state(run.weight_sum, len(run.averaged_epochs), model.state_dict()))
     first, last = run.averaged_epochs[0], run.averaged_epochs[-1]
-    _install_weights(run, model, last, f"weights averaged over epochs {first}-{last}",
-                     averaged_epochs=list(run.averaged_epochs))
+    _install_weights(run, model, last, f"weights averaged over epochs {first}-{last}")
 
 
 def _write_blend(run: _Run) -> None:
@@ -798,14 +797,13 @@ def _write_blend(run: _Run) -> None:
     start_state = start.state_dict()
     model.load_state_dict({k: (v * (1 - share) + start_state[k] * share).to(v.dtype) if v.is_floating_point() else v
                            for k, v in model.state_dict().items()})
-    extra = {"averaged_epochs": list(run.averaged_epochs)} if run.averaged_epochs else {}
     _install_weights(run, model.to(run.device), run.best_epoch,
-                     f"weights mixed with the starting model ({share:.0%} of it)", kept_start=share, **extra)
+                     f"weights mixed with the starting model ({share:.0%} of it)", kept_start=share)
 
 
 def _install_weights(run: _Run, model: torch.nn.Module, epoch: int, what: str, **training: object) -> None:
     """Validate ``model`` (weights made from the run's epochs) and write it as the run's bundle, ``training``
-    added to the bundle's training record."""
+    added to the bundle's training record (with the averaged epochs, when there are any)."""
     metrics = validate(model, run.val_set, run.device, run.model_config.classes, run.config.val_batch_size,
                        run.autocast)
     run.emit(ev.Log(f"{what}: validation Dice {float(metrics['mean_dice']):.4f} "
@@ -815,6 +813,8 @@ def _install_weights(run: _Run, model: torch.nn.Module, epoch: int, what: str, *
     if ddp.is_main():
         meta = _checkpoint_meta(run, metrics)
         meta["training"].update(training)
+        if run.averaged_epochs:
+            meta["training"]["averaged_epochs"] = list(run.averaged_epochs)
         _write_best_bundle(model, run.model_config, run.out_stem, **meta)
         run.result.best_path = run.json_path
         run.emit(ev.Checkpoint(path=str(run.json_path), epoch=epoch, val_dice=run.best_dice, best=True))
