@@ -24,13 +24,13 @@ def test_length_grows_with_the_labels_within_bounds():
     assert targets == sorted(targets) and targets[0] == RECIPE.min_steps and targets[-1] == RECIPE.max_steps
     assert targets[2] > targets[1] and targets[4] > targets[3]
     for n, target in zip((1, 5, 12, 30, 100, 1000), targets):
-        config = finetune_config(base, n)
+        config = finetune_config(base, n, cls_head=False)
         assert target <= _steps(config, n) < target + config.max_steps_per_epoch  # whole epochs
 
 
 def test_recipe_settings():
-    few = finetune_config(preset("cpu", init_from="model.json"), 6)
-    many = finetune_config(preset("cpu", init_from="model.json"), 80)
+    few = finetune_config(preset("cpu", init_from="model.json"), 6, cls_head=False)
+    many = finetune_config(preset("cpu", init_from="model.json"), 80, cls_head=False)
     assert few.freeze_bn and not many.freeze_bn
     assert few.lr == RECIPE.lr and few.finetune_lr_factor == 1.0
     assert few.keep_start == many.keep_start == RECIPE.keep_start > 0  # mixed with the start (WiSE-FT)
@@ -46,7 +46,27 @@ def test_learning_rate_shrinks_below_the_full_label_count():
     assert rates == sorted(rates) and rates[2] == pytest.approx(RECIPE.lr * 3 / RECIPE.lr_full_from)
     assert rates[3:] == [RECIPE.lr] * 3
     cpu = preset("cpu", init_from="model.json")
-    assert finetune_config(cpu, 3).lr == RECIPE.learning_rate(3) < finetune_config(cpu, 12).lr == RECIPE.lr
+    assert finetune_config(cpu, 3, cls_head=False).lr == RECIPE.learning_rate(3) < finetune_config(cpu, 12, cls_head=False).lr == RECIPE.lr
+
+
+def test_the_loss_is_bce_and_dice_plus_the_head_term_when_the_start_has_a_head(tiny_bundle, tmp_path):
+    """The recipe's loss replaces the preset's (which weighs false positives more); the classification
+    head's term is there exactly when the start model has a head, read from its bundle when not told."""
+    from napari_gitseg.model.bundle import BundleError, read_bundle_info
+    from napari_gitseg.resources import default_model_path
+
+    cpu = preset("cpu", init_from="model.json")
+    assert cpu.loss != dict(RECIPE.loss)  # the preset's own loss would be used without the recipe
+    assert finetune_config(cpu, 12, cls_head=False).loss == dict(RECIPE.loss)
+    assert finetune_config(cpu, 12, cls_head=True).loss == {**dict(RECIPE.loss), "cls": RECIPE.cls_weight}
+    default = default_model_path()
+    assert read_bundle_info(default).config.cls_head  # the shipped model has the gate's head
+    assert "cls" in finetune_config(preset("cpu", init_from=str(default)), 12).loss
+    assert "cls" in round_config(preset("cpu"), str(default), 12).loss
+    assert not read_bundle_info(tiny_bundle).config.cls_head
+    assert "cls" not in finetune_config(preset("cpu", init_from=str(tiny_bundle)), 12).loss
+    with pytest.raises(BundleError, match="missing.json"):
+        finetune_config(preset("cpu", init_from=str(tmp_path / "missing.json")), 12)
 
 
 def test_recipe_refuses_training_from_scratch_and_no_labels():
@@ -59,7 +79,7 @@ def test_recipe_refuses_training_from_scratch_and_no_labels():
 def test_round_config_applies_the_recipe_only_when_fine_tuning_and_asked():
     cpu = preset("cpu")
     assert round_config(cpu, None, 10) == cpu  # no model to start from: train from scratch as configured
-    tuned = round_config(cpu, "active.json", 10)
+    tuned = round_config(cpu, "active.json", 10, cls_head=False)
     assert tuned.init_from == "active.json" and tuned.freeze_bn and tuned.lr == RECIPE.lr
     quick = preset("quick")
     kept = round_config(quick, "active.json", 10)  # the quick preset keeps its own tiny schedule
