@@ -17,8 +17,9 @@ for ``n`` labelled slices:
 * **early stopping** after ``patience_steps`` steps (whole epochs) without a gain on the frozen set.
 * **loss**: BCE + Dice, plus the classification head's BCE (weight 0.2) when the start model has one
   (the default model's own training loss); the preset's loss (BCE + Tversky weighted against false
-  positives) is for training from scratch, and the classification head, which the empty-slice gate
-  reads, otherwise gets no gradient while the encoder under it changes;
+  positives) is for training from scratch; without its term the classification head (the empty-slice
+  gate) gets no gradient while the encoder under it changes (on the real slices below the gate changed
+  no result with either loss: the candidates score the same with the gate off);
 * **mixing with the start**: the round's model is ``keep_start`` (a quarter) of the weights it started
   from plus three quarters of the fine-tuned ones (WiSE-FT, Wortsman et al. 2022), so it keeps more of
   what the start knew about other patients' scans.
