@@ -90,6 +90,8 @@ TARGET_DICE = 0.95
 MAX_STROKES = 40
 _EIGHT = np.ones((3, 3), dtype=bool)
 REAL = REPO.parent / "shared" / "data" / "uwmgi-real-slices"
+TOTALSEG_MR = tuple(REPO.parent / "shared" / "data" / "totalsegmentator-examples" / f
+                    for f in ("example_mr_sm.nii.gz", "example_seg_mr.nii.gz"))  # a real contiguous MR volume
 
 
 def slice_dice(labels: np.ndarray, truth: np.ndarray) -> float:
@@ -228,6 +230,27 @@ def assisted(pred: np.ndarray, truth: np.ndarray, probs: np.ndarray, radius: int
     return arm
 
 
+def learned(pred, truth, probs, image, radius: int, every: int) -> ArmResult:
+    """Arm (d): key slices as in (b); then Learn from corrections (``napari_gitseg.adapt``: a per-scan
+    corrector fitted on the key slices as the clinician left them); the slices between start from its
+    output (the model's, when its held-out check fails) and are corrected with brush + refine."""
+    from napari_gitseg.adapt import learn_from_corrections
+
+    t0 = time.perf_counter()
+    keys = key_slices(len(pred), every)
+    results, done = correct_keys(pred, truth, probs, radius, keys)
+    between = [z for z in range(len(pred)) if z not in done]
+    t_learn = time.perf_counter()
+    starts, check = learn_from_corrections(image, probs, pred, done, between)
+    arm = ArmResult(round_s=time.perf_counter() - t_learn, promoted=check.passed,
+                    round_summary={"candidate_dice": check.corrector_dice, "baseline_dice": check.model_dice})
+    for z in between:
+        results[z] = correct(starts.get(z, pred[z]), truth[z], radius, probs[:, z])[0]
+    arm.slices = [results[z] for z in sorted(results)]
+    arm.seconds = time.perf_counter() - t0
+    return arm
+
+
 def retrained(stack, pred, truth, probs, radius: int, every: int, bundle: Path, work: Path, threads: int) -> ArmResult:
     """Arm (c): key slices as in (b); one Retrain round on them, started as the Train dock starts it
     (``bench_real.gui_round``: the few-label recipe, promotion on the frozen slices); the slices between
@@ -273,8 +296,8 @@ def predict_all(predictor, stacks) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 
 
 def run_case(name: str, stacks, predictor, radius: int, every: int | None, retrain: dict | None = None) -> list[dict]:
-    """Arms (a) and (b) on the slices of ``stacks`` (and (c) when ``retrain`` gives the bundle, work
-    folder and threads; one stack only); returns their table rows."""
+    """Arms (a) and (b) on the slices of ``stacks``, (d) when they are one contiguous stack (``every``
+    given), and (c) when ``retrain`` gives the bundle, work folder and threads; returns their table rows."""
     pred, truth, probs, t_pred = predict_all(predictor, stacks)
     a = brush_only(pred, truth, radius).row()
     b = assisted(pred, truth, probs, radius, every).row()
@@ -286,6 +309,10 @@ def run_case(name: str, stacks, predictor, radius: int, every: int | None, retra
         c = retrained(stack, pred, truth, probs, radius, every, **retrain).row()
         rows.append(dict(case=name, arm="c brush + refine + retrain", predict_s=round(t_pred, 1), **c,
                          strokes_vs_a=c["strokes"] / max(1, a["strokes"])))
+    if every and len(stacks) == 1:
+        d = learned(pred, truth, probs, stacks[0].image, radius, every).row()
+        rows.append(dict(case=name, arm="d brush + refine + learn", predict_s=round(t_pred, 1), **d,
+                         strokes_vs_a=d["strokes"] / max(1, a["strokes"])))
     return rows
 
 
@@ -329,6 +356,11 @@ def main(argv=None) -> int:
                                                  "threads": args.threads}
         rows = run_case(f"phantom ({args.slices} sl)", [make_phantom_case(args.seed, n_slices=args.slices)], predictor,
                         args.brush, args.every, retrain)
+    if not args.no_real and TOTALSEG_MR[0].is_file():
+        from bench_real import read_totalseg_mr
+
+        volume = read_totalseg_mr(*TOTALSEG_MR)
+        rows += run_case(f"TotalSeg MR ({len(volume.slice_ids)} sl)", [volume], predictor, args.brush, args.every)
     if not args.no_real and REAL.is_dir():
         from napari_gitseg.io import read_stacks
 
@@ -341,7 +373,11 @@ def main(argv=None) -> int:
           f"arms b and c correct every {args.every}th phantom slice first")
     print_table(rows)
     for r in rows:
-        if "round_s" in r:
+        if "round_s" in r and r["arm"].startswith("d"):
+            print(f"{r['case']}, arm d: Learn from corrections {r['round_s']:.0f} s, held-out check "
+                  f"{'passed' if r['promoted'] else 'FAILED (slices between kept the model output)'}: Dice "
+                  f"{r['candidate_dice']} learned vs {r['baseline_dice']} model")
+        elif "round_s" in r:
             print(f"arm c: Retrain round {r['round_s']:.0f} s ({r['epochs_run']} epochs), its model "
                   f"{'promoted' if r['promoted'] else 'NOT promoted'} (frozen-slice Dice {r['candidate_dice']} "
                   f"vs {r['baseline_dice']})")

@@ -28,6 +28,17 @@ class FillResult:
     undo: list[tuple[str, int, int]] = field(default_factory=list)  # (slice id, version before, version written)
 
 
+@dataclass
+class LearnResult:
+    """What one Learn from corrections did: the corrected slices it learned from, the slices relabelled,
+    the held-out check (``napari_gitseg.adapt.CorrectorCheck``) and how to undo it."""
+
+    corrected: int
+    check: object
+    relabelled: list[int] = field(default_factory=list)
+    undo: list[tuple[str, int, int]] = field(default_factory=list)  # as FillResult.undo
+
+
 class ReviewSession:
     """One stack under review, backed by a LabelStore."""
 
@@ -182,24 +193,45 @@ class ReviewSession:
         z0, z1 = sorted((int(z), partner))
         c = classes.index(organ)
         organ_masks = fill_between(self.masks[c, z0], self.masks[c, z1], z1 - z0 - 1, method=method)
-        items, before = [], {}
+        items = []
         for k, zb in enumerate(range(z0 + 1, z1)):
             masks = self.masks[:, zb].copy()
             masks[c] = organ_masks[k]
-            sid = self.stack.slice_ids[zb]
-            before[sid] = int(self.versions[zb])
-            items.append({"slice_id": sid, "masks": masks, "source": "interpolated",
+            items.append({"slice_id": self.stack.slice_ids[zb], "masks": masks, "source": "interpolated",
                           "note": f"{organ} filled between z{z0} and z{z1}"})
-        filled = self._store_many(items)
-        undo = [(self.stack.slice_ids[zb], before[self.stack.slice_ids[zb]], int(self.versions[zb]))
-                for zb in filled if before[self.stack.slice_ids[zb]] > 0]
+        filled, undo = self._store_undoable(items)
         return FillResult(organ, z0, z1, filled, undo)
 
-    def undo_fill(self, fill: FillResult) -> list[int]:
-        """Put back the versions a fill replaced, on slices nobody changed since; returns their z."""
-        done = self.store.restore_many(fill.undo, note="undo fill")
+    def _store_undoable(self, items: list[dict]) -> tuple[list[int], list[tuple[str, int, int]]]:
+        """``_store_many`` that also returns the undo entries (slice id, version before, version written)."""
+        before = {item["slice_id"]: int(self.versions[self.index[item["slice_id"]]]) for item in items}
+        written = self._store_many(items)
+        undo = [(self.stack.slice_ids[z], before[self.stack.slice_ids[z]], int(self.versions[z]))
+                for z in written if before[self.stack.slice_ids[z]] > 0]
+        return written, undo
+
+    def undo_fill(self, fill: FillResult | LearnResult) -> list[int]:
+        """Put back the versions a fill (or a Learn from corrections) replaced, on slices nobody changed since;
+        returns their z."""
+        done = self.store.restore_many(fill.undo, note="undo fill" if isinstance(fill, FillResult) else "undo learn")
         restored = [sid for (sid, _old, _new), v in zip(fill.undo, done) if v is not None]
         return self._load(restored) if restored else []
+
+    def corrected_labels(self) -> dict[int, np.ndarray]:
+        """{z: labels} of this stack's clinician-labelled slices (what Learn from corrections learns from)."""
+        return {self.index[sid]: self.labels_of(self.index[sid])
+                for sid in self.store.clinician_slices(self.name) if sid in self.index}
+
+    def store_learned(self, labels_by_z: dict[int, np.ndarray], corrected: int, check) -> LearnResult:
+        """Save the slices Learn from corrections relabelled, as model output (protected ones skipped)."""
+        from napari_gitseg.classes import labels_to_masks
+
+        classes = tuple(self.stack.classes)
+        items = [{"slice_id": self.stack.slice_ids[z], "masks": labels_to_masks(labels, classes), "source": "model",
+                  "model_version": "learned", "note": f"learned from {corrected} corrected slice(s) of this scan"}
+                 for z, labels in sorted(labels_by_z.items())]
+        written, undo = self._store_undoable(items)
+        return LearnResult(corrected, check, written, undo)
 
     def store_refined(self, labels_by_z: dict[int, np.ndarray], centre: int) -> list[int]:
         """Save neighbour slices refined from the strokes on ``centre`` (as model output; protected ones skipped)."""

@@ -160,3 +160,39 @@ def test_shortcuts_undo_across_saves_and_effort_counters(make_napari_viewer, qtb
     assert by_z[1]["strokes"] == "2" and int(by_z[1]["painted_px"]) > 0 and by_z[1]["accepted_unedited"] == "0"
     assert sum(r["accepted_unedited"] == "1" for r in rows) == 1
     widget.close_review()
+
+
+def test_learn_from_corrections_relabels_unreviewed_slices_only_and_undoes(make_napari_viewer, qtbot, case, tmp_path,
+                                                                         tiny_bundle):
+    from napari_gitseg.classes import masks_to_labels
+
+    viewer, widget = open_review(make_napari_viewer, qtbot, case, tmp_path / "proj")
+    widget._hub.model_changed.emit(str(tiny_bundle))
+    predict(widget, qtbot, case)
+    layer = widget.labels_layer
+    viewer.layers.selection.active = layer
+    assert "[Shift+L]" in widget._learn.tooltip
+    truth = masks_to_labels(case.masks)
+    for z in range(2, 8):  # the clinician corrects the six slices with organs to the truth
+        goto(viewer, z)
+        idx = np.nonzero(layer.data[z] != truth[z])
+        layer.data_setitem((np.full(idx[0].shape, z), *idx), truth[z][idx])
+        widget.accept_slice()
+    goto(viewer, 8)
+    press(viewer, "Shift-L")
+    qtbot.waitUntil(lambda: widget._learning is not None and widget._learning.done(), timeout=180000)
+    result = widget._learning.result()
+    qtbot.waitUntil(lambda: "relabelled" in widget._unsaved.value or "Nothing changed" in widget._unsaved.value,
+                    timeout=10000)
+    store = LabelStore.open(tmp_path / "proj")
+    assert result.check.held_out == [5] and result.check.passed, result.check
+    assert result.relabelled == [0, 1, 8, 9]
+    for z in range(2, 8):
+        assert store.latest(case.slice_ids[z]).source == "clinician" and np.array_equal(layer.data[z], truth[z])
+    for z in result.relabelled:
+        rec = store.latest(case.slice_ids[z])
+        assert rec.model_version == "learned" and not rec.reviewed
+        assert np.array_equal(layer.data[z], masks_to_labels(rec.masks))  # shown, the slice on screen too
+    press(viewer, "Shift-I")
+    qtbot.waitUntil(lambda: store.latest(case.slice_ids[1]).model_version == "v1", timeout=10000)
+    widget.close_review()

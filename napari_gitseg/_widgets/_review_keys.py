@@ -16,7 +16,8 @@ SHORTCUTS: dict[str, tuple[str, str]] = {
     "previous": ("Shift-N", "Previous slice (before the last jump)"),
     "revert": ("Shift-R", "Revert the slice to the chosen version"),
     "fill": ("I", "Fill between: interpolate the selected organ from the nearest corrected slice"),
-    "undo_fill": ("Shift-I", "Undo the last fill between"),
+    "undo_fill": ("Shift-I", "Undo the last fill between or learn from corrections"),
+    "learn": ("Shift-L", "Learn from corrections: relabel this scan's unreviewed slices the way you corrected others"),
     "refine": ("R", "Refine the slice with the model, keeping your strokes"),
     **{f"organ_{i + 1}": (str(i + 1), f"Paint {name.replace('_', ' ')}") for i, name in enumerate(CLASSES)},
 }

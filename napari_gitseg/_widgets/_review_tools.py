@@ -1,12 +1,14 @@
-"""The Review dock's correction tools: Fill between, Refine, organ keys, versions saved by others, effort.
+"""The Review dock's correction tools: Fill between, Refine, Learn from corrections, organ keys, versions
+saved by others, effort.
 
 A mixin of ``ReviewWidget`` (napari_gitseg/_widgets/review.py): it uses the dock's state (session,
 layer, current slice, store thread) and stays thin; the work is in ``napari_gitseg.review``,
-``interpolate``, ``refine`` and ``effort``.
+``interpolate``, ``refine``, ``adapt`` and ``effort``.
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 
 import numpy as np
@@ -27,7 +29,7 @@ class CorrectionTools:
     def _key_actions(self) -> dict:
         actions = {"accept": self.accept_slice, "next": self.next_slice, "previous": self.previous_slice,
                    "revert": self.revert_slice, "fill": self.fill_between, "undo_fill": self.undo_fill,
-                   "refine": self.refine_slice}
+                   "refine": self.refine_slice, "learn": self.learn_from_corrections}
         for i, organ in enumerate(CLASSES):
             actions[f"organ_{i + 1}"] = lambda organ=organ: self.select_organ(organ)
         return actions
@@ -88,10 +90,82 @@ class CorrectionTools:
     @when_alive
     def _fill_undone(self, fut: Future) -> None:
         if fut.exception() is not None:
-            show_error(f"Review: undo fill failed: {fut.exception()}")
+            show_error(f"Review: undo failed: {fut.exception()}")
             return
         self._show_changed(fut.result())
-        self._unsaved.value = f"✓ fill undone on {len(fut.result())} slice(s)"
+        self._unsaved.value = f"✓ undone on {len(fut.result())} slice(s)"
+        self._refresh_status()
+
+    # ---- learn from corrections ------------------------------------------------------------------------
+    def learn_from_corrections(self) -> Future | None:
+        """Fit a corrector on this scan's corrected slices and relabel its other slices (a background job).
+
+        Slices a clinician labelled, reviewed or that wait as filled are never changed (the store
+        refuses them); the slice on screen keeps unsaved strokes. Undo fill takes it back.
+        """
+        if self._session is None:
+            return None
+        if self._learning is not None and not self._learning.done():
+            show_info("Review: already learning from corrections.")
+            return None
+        self._save_current(wait=True)  # this slice's correction counts
+        from ._common import preload_compute_modules
+
+        preload_compute_modules()  # torch on the GUI thread, before the worker uses it
+        self._learn_cancel = threading.Event()
+        self._unsaved.value = "Learning from your corrections…"
+        self._learning = self._compute.submit(self._learn_job, self._session, self._learn_cancel)
+        self._learning.add_done_callback(self._learned)
+        return self._learning
+
+    def _learn_job(self, session, cancel: threading.Event):
+        from napari_gitseg.adapt import learn_from_corrections
+        from napari_gitseg.classes import masks_to_labels
+
+        corrected = self._io.submit(session.corrected_labels).result()
+        if not corrected:
+            raise ValueError("correct or accept some slices of this scan first; learning starts from them")
+        self._show_learn_progress("predicting", 0, 1)
+        prediction = self._load_predictor().predict(
+            session.stack, cancel=cancel, progress=lambda done, total: self._show_learn_progress("predicting", done, total))
+        model_labels = masks_to_labels(prediction.masks, tuple(session.stack.classes))
+        targets = [z for z in range(len(session.stack.slice_ids)) if z not in corrected]
+        new, check = learn_from_corrections(session.stack.image, prediction.probs, model_labels, corrected, targets,
+                                            progress=self._show_learn_progress, cancel=cancel)
+        return self._io.submit(session.store_learned, new, len(corrected), check).result()
+
+    @ensure_main_thread
+    @when_alive
+    def _show_learn_progress(self, stage: str, done: int, total: int) -> None:
+        words = {"predicting": "running the model", "check": "checking on held-out corrected slices",
+                 "fit": "learning", "apply": "relabelling"}
+        self._unsaved.value = f"Learning from your corrections: {words.get(stage, stage)} {done}/{total}…"
+
+    @ensure_main_thread
+    @when_alive
+    def _learned(self, fut: Future) -> None:
+        from napari_gitseg.adapt import AdaptCancelled
+        from napari_gitseg.predict import PredictionCancelled
+
+        error = fut.exception()
+        if error is not None:
+            self._unsaved.value = ""
+            if not isinstance(error, (AdaptCancelled, PredictionCancelled)):
+                show_error(f"Review: learn from corrections: {error}")
+            return
+        result = fut.result()
+        check = result.check
+        scored = ("" if check.model_dice is None else
+                  f" (held-out corrected slices: Dice {check.model_dice:.2f} model, {check.corrector_dice:.2f} learned)")
+        if not result.relabelled and not check.passed:
+            self._unsaved.value = f"Nothing changed: learning from your corrections did not beat the model{scored}"
+            return
+        self._fills.append(result)
+        self._show_changed(result.relabelled)
+        for z in result.relabelled:
+            self.effort.assisted(z)
+        self._unsaved.value = (f"✓ {len(result.relabelled)} slice(s) relabelled from {result.corrected} corrected "
+                               f"slice(s){scored}: review them (Undo fill takes it back)")
         self._refresh_status()
 
     def _show_changed(self, slices: list[int]) -> None:

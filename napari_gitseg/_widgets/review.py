@@ -98,7 +98,9 @@ class ReviewWidget(CorrectionTools, Container):
         self._compute = _StoreThread()  # the model for Refine runs here, never on the store thread
         self._predictor = None
         self._model_path: str | None = None
-        self._fills: list = []  # FillResults, newest last (Undo fill)
+        self._fills: list = []  # FillResults and LearnResults, newest last (Undo fill)
+        self._learning: Future | None = None  # the running Learn from corrections
+        self._learn_cancel = None  # its threading.Event
         self._seen: np.ndarray | None = None  # current slice's labels after the last stroke we booked
         self._stale: set[int] = set()  # slices whose newer stored version waits until the clinician leaves them
         self._applying = False  # True while the dock itself writes into the layer (not a stroke)
@@ -119,6 +121,7 @@ class ReviewWidget(CorrectionTools, Container):
                                                        for i, c in enumerate(CLASSES)], value="stomach")
         self._fill = PushButton(text=f"Fill between ({shortcut_text('fill')})")
         self._undo_fill = PushButton(text=f"Undo fill ({shortcut_text('undo_fill')})")
+        self._learn = PushButton(text=f"Learn from corrections ({shortcut_text('learn')})")
         self._refine = PushButton(text=f"Refine with model ({shortcut_text('refine')})")
         self._refine_neighbours = CheckBox(text="refine neighbours too", value=False)
         self._effort_status = status_label(value="")
@@ -131,11 +134,11 @@ class ReviewWidget(CorrectionTools, Container):
         fill = Container(widgets=[self._fill, self._undo_fill], layout="horizontal", labels=False)
         refine = Container(widgets=[self._refine, self._refine_neighbours], layout="horizontal", labels=False)
         self.extend([self._image, self._folder, self._open, self._status, self._unsaved, nav, self._accept,
-                     self._organ, fill, refine, self._effort_status, self._versions, self._revert, vis,
+                     self._organ, fill, refine, self._learn, self._effort_status, self._versions, self._revert, vis,
                      self._export_path, self._export_format, self._export])
         for action, button in (("previous", self._prev), ("next", self._next), ("accept", self._accept),
                                ("revert", self._revert), ("fill", self._fill), ("undo_fill", self._undo_fill),
-                               ("refine", self._refine)):
+                               ("refine", self._refine), ("learn", self._learn)):
             button.tooltip = tooltip(action)
         self._organ.tooltip = "The organ you paint, fill and refine [1 / 2 / 3]"
         self._set_enabled(False)
@@ -149,6 +152,7 @@ class ReviewWidget(CorrectionTools, Container):
         self._fill.changed.connect(self.fill_between)
         self._undo_fill.changed.connect(self.undo_fill)
         self._refine.changed.connect(self.refine_slice)
+        self._learn.changed.connect(self.learn_from_corrections)
         self._organ.changed.connect(self._organ_chosen)
         self._hub.model_changed.connect(self._on_model_changed)
         close_on_destroy(self)  # Qt never calls a magicgui Container's closeEvent
@@ -491,7 +495,7 @@ class ReviewWidget(CorrectionTools, Container):
 
     def _set_enabled(self, on: bool) -> None:
         for w in (self._prev, self._next, self._accept, self._revert, self._versions, self._export, self._fill,
-                  self._undo_fill, self._refine):
+                  self._undo_fill, self._refine, self._learn):
             w.enabled = on
 
     def _on_layer_removed(self, event) -> None:
@@ -514,6 +518,8 @@ class ReviewWidget(CorrectionTools, Container):
         and from the app; a second call does nothing more.
         """
         session = self._session
+        if self._learn_cancel is not None:
+            self._learn_cancel.set()  # a running Learn from corrections stops at its next step
         if self._timer is not None and is_alive(self):
             self._timer.stop()
         try:

@@ -1,0 +1,237 @@
+"""Learn from corrections: a per-scan pixel classifier that carries a clinician's corrections to the other slices.
+
+The model's mistakes on one scan repeat from slice to slice (a wall it always takes into the
+organ, a tissue it calls bowel), so after a clinician has corrected some slices of a scan, the
+others can be corrected the same way. ``fit_corrector`` learns, on the corrected slices only,
+which label each pixel near the model's organs should get, from:
+
+- the model's per-class probabilities (raw and smoothed),
+- the image (smoothed at several scales, gradient, Laplacian, local contrast, the neighbouring
+  slices),
+- each organ's signed distance to the model's outline (clipped to ``band`` px);
+
+a small multilayer perceptron (one per scan, trained in seconds on the CPU). ``Corrector.apply``
+relabels the pixels within ``band`` px of the model's organs (or where the model is unsure) on
+the other slices; pixels far from any organ keep the model's label.
+
+The corrector is checked before it is offered: when there are at least ``MIN_HELD_OUT_SLICES``
++ 1 corrected slices, every fourth is held out, a corrector fitted on the rest must score a
+higher Dice on them than the model, and only then is it refitted on all of them. Its output
+is a prediction, never a clinician label. No Qt and no store here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from napari_gitseg.cancel import Cancel, is_cancelled
+
+__all__ = ["AdaptConfig", "AdaptCancelled", "Corrector", "CorrectorCheck", "fit_corrector", "learn_from_corrections",
+           "normalize_image", "pixel_features", "mean_dice"]
+
+MIN_HELD_OUT_SLICES = 1  # a check needs this many held-out slices (so at least 2 corrected slices)
+
+
+class AdaptCancelled(Exception):
+    """Learning from corrections was cancelled."""
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """How the per-scan corrector is fitted (the defaults were chosen on the phantom; see bench_correction)."""
+
+    steps: int = 800  # optimiser steps of 8192 pixels
+    batch: int = 8192
+    hidden: tuple[int, ...] = (128, 64)
+    lr: float = 3e-3
+    band: int = 8  # pixels around the model's organs that may change
+    unsure: float = 0.05  # ... and wherever some class has at least this probability
+    seed: int = 0
+    changed_weight: float = 1.0  # loss weight of the pixels the clinician changed (others: 1)
+
+
+@dataclass
+class CorrectorCheck:
+    """The held-out check: mean slice Dice of the model and of the corrector on corrected slices it did not see."""
+
+    held_out: list[int] = field(default_factory=list)
+    model_dice: float | None = None
+    corrector_dice: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        """True when the corrector beat the model on the held-out slices (or there were too few to check)."""
+        return self.model_dice is None or self.corrector_dice > self.model_dice
+
+
+def normalize_image(image: np.ndarray) -> np.ndarray:
+    """The stack scaled so that its 1st / 99th intensity percentiles are 0 / 1 (float32)."""
+    image = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(image, [1, 99])
+    return (image - lo) / max(float(hi - lo), 1e-6)
+
+
+def _signed_distance(mask: np.ndarray, clip: int) -> np.ndarray:
+    """Distance to the outline of ``mask`` (negative inside), clipped to ``clip`` and scaled to -1..1."""
+    if not mask.any():
+        return np.ones(mask.shape, np.float32)
+    sd = ndimage.distance_transform_edt(~mask) - ndimage.distance_transform_edt(mask)
+    return (np.clip(sd, -clip, clip) / clip).astype(np.float32)
+
+
+def pixel_features(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, z: int, band: int = 8) -> np.ndarray:
+    """Features (F, Y, X) of slice ``z``: probabilities, image filters, neighbouring slices, organ distances.
+
+    ``image``: the normalised stack (Z, Y, X); ``probs``: the model's probabilities (C, Z, Y, X);
+    ``labels``: the model's labels of slice ``z`` (Y, X; 0 = background, organ i = i + 1).
+    """
+    x = image[z]
+    f = [probs[:, z].astype(np.float32)]
+    f += [ndimage.gaussian_filter(probs[:, z].astype(np.float32), (0, s, s)) for s in (2, 4)]
+    f += [x[None]] + [ndimage.gaussian_filter(x, s)[None] for s in (1, 2, 4, 8)]
+    f += [ndimage.gaussian_gradient_magnitude(x, s)[None] for s in (1, 3)]
+    f += [ndimage.gaussian_laplace(x, s)[None] for s in (1.5, 3)]
+    local_var = ndimage.gaussian_filter(x * x, 2) - ndimage.gaussian_filter(x, 2) ** 2
+    f.append(np.sqrt(np.maximum(local_var, 0))[None])
+    n_z = image.shape[0]
+    f += [ndimage.gaussian_filter(image[min(max(z + dz, 0), n_z - 1)], 1)[None] for dz in (-2, -1, 1, 2)]
+    f += [_signed_distance(labels == v, band)[None] for v in range(1, probs.shape[0] + 1)]
+    return np.concatenate(f).astype(np.float32)
+
+
+def changeable(probs_z: np.ndarray, labels_z: np.ndarray, config: AdaptConfig) -> np.ndarray:
+    """The pixels of one slice the corrector may relabel: near the model's organs or where it is unsure."""
+    near = ndimage.binary_dilation(labels_z > 0, iterations=config.band) if labels_z.any() else labels_z > 0
+    return near | (probs_z.max(0) >= config.unsure)
+
+
+def mean_dice(labels: np.ndarray, truth: np.ndarray, n_classes: int) -> float:
+    """Mean Dice over the organs present in ``truth`` or ``labels`` (1.0 when neither has any)."""
+    scores = []
+    for v in range(1, n_classes + 1):
+        a, b = labels == v, truth == v
+        total = int(a.sum() + b.sum())
+        if total:
+            scores.append(2.0 * (a & b).sum() / total)
+    return float(np.mean(scores)) if scores else 1.0
+
+
+@dataclass
+class Corrector:
+    """A fitted per-scan corrector: the network and the feature scaling; ``apply`` relabels one slice."""
+
+    net: object
+    mean: np.ndarray
+    scale: np.ndarray
+    config: AdaptConfig
+    check: CorrectorCheck = field(default_factory=CorrectorCheck)
+
+    def apply(self, image: np.ndarray, probs: np.ndarray, labels: np.ndarray, z: int) -> np.ndarray:
+        """Corrected labels (Y, X) of slice ``z`` (``labels``: the model's labels of that slice)."""
+        import torch
+
+        where = changeable(probs[:, z], labels, self.config)
+        out = np.array(labels, copy=True)
+        if not where.any():
+            return out
+        feats = pixel_features(image, probs, labels, z, self.config.band)[:, where].T
+        with torch.no_grad():
+            logits = self.net(torch.from_numpy((feats - self.mean) / self.scale))
+        out[where] = logits.argmax(1).numpy().astype(out.dtype)
+        return out
+
+
+def _training_pixels(image, probs, model_labels, corrected: dict[int, np.ndarray], config: AdaptConfig):
+    """(features (P, F), targets (P,)) of the changeable pixels of the corrected slices."""
+    xs, ys, ws = [], [], []
+    for z, target in sorted(corrected.items()):
+        where = changeable(probs[:, z], model_labels[z], config)
+        xs.append(pixel_features(image, probs, model_labels[z], z, config.band)[:, where].T)
+        ys.append(np.asarray(target)[where].astype(np.int64))
+        ws.append(np.where(ys[-1] != model_labels[z][where], config.changed_weight, 1.0).astype(np.float32))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
+
+
+def fit_corrector(image: np.ndarray, probs: np.ndarray, model_labels: np.ndarray, corrected: dict[int, np.ndarray],
+                  config: AdaptConfig = AdaptConfig(), progress: Callable[[int, int], None] | None = None,
+                  cancel: Cancel = None) -> Corrector:
+    """Fit a corrector on the ``corrected`` slices ({z: the clinician's labels}) of one scan.
+
+    ``image``: normalised (``normalize_image``); ``probs`` (C, Z, Y, X) and ``model_labels`` (Z, Y, X):
+    the model's output. Deterministic for a given ``config.seed`` on a given CPU.
+    """
+    import torch
+
+    if not corrected:
+        raise ValueError("learning from corrections needs at least one corrected slice of this scan")
+    x, y, w = _training_pixels(image, probs, model_labels, corrected, config)
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    gen = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    sizes = (x.shape[1], *config.hidden)
+    layers = [m for a, b in zip(sizes, sizes[1:]) for m in (torch.nn.Linear(a, b), torch.nn.ReLU())]
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-1], probs.shape[0] + 1))
+    opt = torch.optim.Adam(net.parameters(), config.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.steps)
+    xt, yt, wt = torch.from_numpy((x - mean) / scale), torch.from_numpy(y), torch.from_numpy(w)
+    for step in range(config.steps):
+        if is_cancelled(cancel):
+            raise AdaptCancelled("learning from corrections was cancelled")
+        idx = torch.randint(0, len(xt), (min(config.batch, len(xt)),), generator=gen)
+        loss = (torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx], reduction="none") * wt[idx]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None and (step + 1) % 50 == 0:
+            progress(step + 1, config.steps)
+    net.eval()
+    return Corrector(net, mean, scale, config)
+
+
+def _check(image, probs, model_labels, corrected, config, progress, cancel) -> CorrectorCheck:
+    """Fit on three quarters of the corrected slices and score the rest (model vs corrector)."""
+    zs = sorted(corrected)
+    held = zs[3::4] if len(zs) >= 4 else zs[-MIN_HELD_OUT_SLICES:]
+    if len(zs) - len(held) < 1 or len(held) < MIN_HELD_OUT_SLICES:
+        return CorrectorCheck()
+    trial = fit_corrector(image, probs, model_labels, {z: corrected[z] for z in zs if z not in held}, config,
+                          progress, cancel)
+    n = probs.shape[0]
+    model = [mean_dice(model_labels[z], corrected[z], n) for z in held]
+    fitted = [mean_dice(trial.apply(image, probs, model_labels[z], z), corrected[z], n) for z in held]
+    return CorrectorCheck(held, float(np.mean(model)), float(np.mean(fitted)))
+
+
+def learn_from_corrections(image: np.ndarray, probs: np.ndarray, model_labels: np.ndarray,
+                           corrected: dict[int, np.ndarray], targets: list[int], config: AdaptConfig = AdaptConfig(),
+                           progress: Callable[[str, int, int], None] | None = None,
+                           cancel: Cancel = None) -> tuple[dict[int, np.ndarray], CorrectorCheck]:
+    """Carry the corrections of one scan to its ``targets`` slices: ({z: new labels}, the held-out check).
+
+    ``image``: the raw stack (Z, Y, X); ``probs`` / ``model_labels``: the model's output for it;
+    ``corrected``: {z: the clinician's labels}. When the held-out check fails, nothing is
+    relabelled (the dict is empty) and the check says why.
+    """
+    image = normalize_image(image)
+
+    def stage(name):
+        return None if progress is None else (lambda done, total: progress(name, done, total))
+
+    check = _check(image, probs, model_labels, corrected, config, stage("check"), cancel)
+    if not check.passed:
+        return {}, check
+    corrector = fit_corrector(image, probs, model_labels, corrected, config, stage("fit"), cancel)
+    corrector.check = check
+    out = {}
+    for i, z in enumerate(targets):
+        if is_cancelled(cancel):
+            raise AdaptCancelled("learning from corrections was cancelled")
+        out[z] = corrector.apply(image, probs, model_labels[z], z)
+        if progress is not None:
+            progress("apply", i + 1, len(targets))
+    return out, check

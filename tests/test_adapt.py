@@ -1,0 +1,96 @@
+"""Learn from corrections (adapt.py): a per-scan corrector fitted on the clinician's slices, without Qt."""
+
+import threading
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_gitseg.adapt import AdaptCancelled, AdaptConfig, learn_from_corrections, mean_dice
+from napari_gitseg.classes import LABEL_VALUES, labels_to_masks
+from napari_gitseg.review import ReviewSession
+from napari_gitseg.store import LabelStore
+
+FAST = AdaptConfig(steps=300)
+
+
+def scan_with_a_systematic_error(n=12, size=64, seed=0):
+    """(image, probs, model labels, truth): organs are bright disks; the model takes a 3-px rim into each."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    image = rng.normal(100, 5, (n, size, size)).astype(np.float32)
+    truth = np.zeros((n, size, size), np.uint8)
+    for z in range(n):
+        for v, (cy, cx) in zip((1, 2, 3), ((20, 20), (44, 24), (30, 46))):
+            r = 6 + (z + 2 * v) % 5
+            disk = (yy - cy - z % 3) ** 2 + (xx - cx) ** 2 <= r**2
+            truth[z][disk] = v
+            image[z][disk] += 60 * v
+    model = np.stack([ndimage.grey_dilation(t, size=(7, 7)) for t in truth])  # every organ 3 px too wide
+    probs = np.stack([ndimage.gaussian_filter((model == v).astype(np.float32), (0, 1, 1)) for v in (1, 2, 3)])
+    return image, probs, model, truth
+
+
+def test_the_corrector_carries_a_systematic_correction_to_the_other_slices():
+    image, probs, model, truth = scan_with_a_systematic_error()
+    corrected = {z: truth[z] for z in (0, 4, 8, 11)}
+    targets = [z for z in range(len(truth)) if z not in corrected]
+    new, check = learn_from_corrections(image, probs, model, corrected, targets, FAST)
+    assert sorted(new) == targets
+    before = np.mean([mean_dice(model[z], truth[z], 3) for z in targets])
+    after = np.mean([mean_dice(new[z], truth[z], 3) for z in targets])
+    assert before < 0.85 and after > before + 0.08, (before, after)
+    assert check.passed and check.held_out == [11] and check.corrector_dice > check.model_dice
+
+
+def test_the_corrector_is_deterministic_and_leaves_far_pixels_alone():
+    image, probs, model, truth = scan_with_a_systematic_error()
+    corrected = {z: truth[z] for z in (0, 6)}
+    a, _ = learn_from_corrections(image, probs, model, corrected, [3], FAST)
+    b, _ = learn_from_corrections(image, probs, model, corrected, [3], FAST)
+    assert np.array_equal(a[3], b[3])
+    far = ~ndimage.binary_dilation(model[3] > 0, iterations=FAST.band) & (probs[:, 3].max(0) < FAST.unsure)
+    assert far.any() and np.array_equal(a[3][far], model[3][far])
+
+
+def test_a_corrector_that_does_not_beat_the_model_on_held_out_slices_changes_nothing():
+    image, probs, model, truth = scan_with_a_systematic_error()
+    corrected = {0: truth[0], 4: truth[4], 8: truth[8], 11: model[11]}  # the held-out slice was accepted as predicted
+    new, check = learn_from_corrections(image, probs, model, corrected, [1, 2], FAST)
+    assert check.held_out == [11] and check.model_dice == 1.0 and check.corrector_dice < 1.0
+    assert new == {} and not check.passed
+
+
+def test_learning_needs_a_corrected_slice_and_can_be_cancelled():
+    image, probs, model, truth = scan_with_a_systematic_error()
+    with pytest.raises(ValueError, match="at least one corrected slice"):
+        learn_from_corrections(image, probs, model, {}, [1], FAST)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(AdaptCancelled):
+        learn_from_corrections(image, probs, model, {0: truth[0]}, [1], FAST, cancel=stop)
+
+
+def test_session_stores_learned_slices_as_predictions_never_over_clinician_work_and_undoes(tmp_path):
+    from napari_gitseg.phantom import make_phantom_case
+
+    image, probs, model, truth = scan_with_a_systematic_error()
+    case = make_phantom_case(seed=3, n_slices=len(image), size=image.shape[1:])
+    session = ReviewSession(LabelStore.open(tmp_path / "proj", user="dr_f"), case)
+    session.apply_prediction(labels_to_masks(model), None, "v1")
+    for z in (0, 4, 8, 11):
+        session.save_edit(z, session.labels_of(z), truth[z])
+    corrected = session.corrected_labels()
+    assert sorted(corrected) == [0, 4, 8, 11] and np.array_equal(corrected[4], truth[4])
+    new, check = learn_from_corrections(image, probs, model, corrected, list(range(len(image))), FAST)
+    result = session.store_learned(new, len(corrected), check)
+    assert result.relabelled == [z for z in range(len(image)) if z not in corrected]  # clinician slices refused
+    for z in (0, 4, 8, 11):
+        rec = session.store.latest(case.slice_ids[z])
+        assert rec.source == "clinician" and np.array_equal(session.labels_of(z), truth[z])
+    rec = session.store.latest(case.slice_ids[5])
+    assert rec.source == "model" and rec.model_version == "learned" and not rec.reviewed
+    assert case.slice_ids[5] not in session.store.clinician_slices()
+    assert np.array_equal(session.labels_of(5), new[5])
+    assert session.undo_fill(result) == result.relabelled
+    assert np.array_equal(session.labels_of(5), model[5]) and session.store.latest(case.slice_ids[5]).model_version == "v1"
