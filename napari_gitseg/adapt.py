@@ -51,7 +51,7 @@ class AdaptConfig:
     band: int = 8  # pixels around the model's organs that may change
     unsure: float = 0.05  # ... and wherever some class has at least this probability
     seed: int = 0
-    changed_weight: float = 1.0  # loss weight of the pixels the clinician changed (others: 1)
+    max_pixels: int = 400_000  # training pixels at most (an even subsample beyond: memory stays ~50 MB)
 
 
 @dataclass
@@ -146,14 +146,21 @@ class Corrector:
 
 
 def _training_pixels(image, probs, model_labels, corrected: dict[int, np.ndarray], config: AdaptConfig):
-    """(features (P, F), targets (P,)) of the changeable pixels of the corrected slices."""
-    xs, ys, ws = [], [], []
-    for z, target in sorted(corrected.items()):
-        where = changeable(probs[:, z], model_labels[z], config)
+    """(features (P, F), targets (P,)) of the changeable pixels of the corrected slices.
+
+    Beyond ``config.max_pixels`` in all, every slice keeps the same share of its pixels (a fixed,
+    seeded subsample), so a scan of 512 x 512 slices does not need gigabytes.
+    """
+    wheres = {z: changeable(probs[:, z], model_labels[z], config) for z in sorted(corrected)}
+    share = min(1.0, config.max_pixels / max(1, sum(int(w.sum()) for w in wheres.values())))
+    rng = np.random.default_rng(config.seed)
+    xs, ys = [], []
+    for z, where in wheres.items():
+        if share < 1.0:
+            where = where & (rng.random(where.shape) < share)
         xs.append(pixel_features(image, probs, model_labels[z], z, config.band)[:, where].T)
-        ys.append(np.asarray(target)[where].astype(np.int64))
-        ws.append(np.where(ys[-1] != model_labels[z][where], config.changed_weight, 1.0).astype(np.float32))
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
+        ys.append(np.asarray(corrected[z])[where].astype(np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def fit_corrector(image: np.ndarray, probs: np.ndarray, model_labels: np.ndarray, corrected: dict[int, np.ndarray],
@@ -168,7 +175,7 @@ def fit_corrector(image: np.ndarray, probs: np.ndarray, model_labels: np.ndarray
 
     if not corrected:
         raise ValueError("learning from corrections needs at least one corrected slice of this scan")
-    x, y, w = _training_pixels(image, probs, model_labels, corrected, config)
+    x, y = _training_pixels(image, probs, model_labels, corrected, config)
     mean, scale = x.mean(0), x.std(0) + 1e-6
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
@@ -177,12 +184,12 @@ def fit_corrector(image: np.ndarray, probs: np.ndarray, model_labels: np.ndarray
     net = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-1], probs.shape[0] + 1))
     opt = torch.optim.Adam(net.parameters(), config.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.steps)
-    xt, yt, wt = torch.from_numpy((x - mean) / scale), torch.from_numpy(y), torch.from_numpy(w)
+    xt, yt = torch.from_numpy((x - mean) / scale), torch.from_numpy(y)
     for step in range(config.steps):
         if is_cancelled(cancel):
             raise AdaptCancelled("learning from corrections was cancelled")
         idx = torch.randint(0, len(xt), (min(config.batch, len(xt)),), generator=gen)
-        loss = (torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx], reduction="none") * wt[idx]).mean()
+        loss = torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
