@@ -109,6 +109,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))  # bench_real: the GUI round of arm (c)
 
+from napari_gitseg.adapt import mean_dice  # noqa: E402
 from napari_gitseg.classes import CLASSES, LABEL_VALUES, masks_to_labels  # noqa: E402
 from napari_gitseg.interpolate import fill_between  # noqa: E402
 from napari_gitseg.refine import refine_labels  # noqa: E402
@@ -123,13 +124,7 @@ TOTALSEG_MR = tuple(REPO.parent / "shared" / "data" / "totalsegmentator-examples
 
 def slice_dice(labels: np.ndarray, truth: np.ndarray) -> float:
     """Mean Dice over the organs present in ``truth`` or ``labels`` (1.0 when neither has any)."""
-    scores = []
-    for v in LABEL_VALUES.values():
-        a, b = labels == v, truth == v
-        total = a.sum() + b.sum()
-        if total:
-            scores.append(2.0 * (a & b).sum() / total)
-    return float(np.mean(scores)) if scores else 1.0
+    return mean_dice(labels, truth, len(LABEL_VALUES))
 
 
 def next_stroke(labels: np.ndarray, truth: np.ndarray, radius: int) -> tuple[np.ndarray, int]:

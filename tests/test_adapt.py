@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from napari_gitseg.adapt import AdaptCancelled, AdaptConfig, learn_from_corrections, mean_dice
-from napari_gitseg.classes import LABEL_VALUES, labels_to_masks
+from napari_gitseg.classes import labels_to_masks
 from napari_gitseg.review import ReviewSession
 from napari_gitseg.store import LabelStore
 

@@ -196,3 +196,25 @@ def test_learn_from_corrections_relabels_unreviewed_slices_only_and_undoes(make_
     press(viewer, "Shift-I")
     qtbot.waitUntil(lambda: store.latest(case.slice_ids[1]).model_version == "v1", timeout=10000)
     widget.close_review()
+
+
+def test_closing_the_review_cancels_a_running_learn_and_stores_nothing(make_napari_viewer, qtbot, case, tmp_path,
+                                                                      tiny_bundle):
+    from napari_gitseg.adapt import AdaptCancelled
+    from napari_gitseg.classes import masks_to_labels
+    from napari_gitseg.predict import PredictionCancelled
+
+    viewer, widget = open_review(make_napari_viewer, qtbot, case, tmp_path / "proj")
+    widget._hub.model_changed.emit(str(tiny_bundle))
+    layer = widget.labels_layer
+    truth = masks_to_labels(case.masks)
+    for z in (3, 5):
+        goto(viewer, z)
+        idx = np.nonzero(layer.data[z] != truth[z])
+        layer.data_setitem((np.full(idx[0].shape, z), *idx), truth[z][idx])
+        widget.accept_slice()
+    fut = widget.learn_from_corrections()
+    widget.close_review()  # waits for the job, which stops at its next step
+    assert fut.done() and isinstance(fut.exception(), (AdaptCancelled, PredictionCancelled))
+    store = LabelStore.open(tmp_path / "proj")
+    assert all(store.latest(sid) is None or store.latest(sid).model_version != "learned" for sid in case.slice_ids)

@@ -119,7 +119,7 @@ class CorrectionTools:
         return self._learning
 
     def _learn_job(self, session, cancel: threading.Event):
-        from napari_gitseg.adapt import learn_from_corrections
+        from napari_gitseg.adapt import AdaptCancelled, learn_from_corrections
         from napari_gitseg.classes import masks_to_labels
 
         corrected = self._io.submit(session.corrected_labels).result()
@@ -132,6 +132,8 @@ class CorrectionTools:
         targets = [z for z in range(len(session.stack.slice_ids)) if z not in corrected]
         new, check = learn_from_corrections(session.stack.image, prediction.probs, model_labels, corrected, targets,
                                             progress=self._show_learn_progress, cancel=cancel)
+        if cancel.is_set():  # the review closed meanwhile: store nothing
+            raise AdaptCancelled("learning from corrections was cancelled")
         return self._io.submit(session.store_learned, new, len(corrected), check).result()
 
     @ensure_main_thread

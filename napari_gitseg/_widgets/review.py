@@ -531,10 +531,10 @@ class ReviewWidget(CorrectionTools, Container):
                 rows = self.effort.rows(list(session.stack.slice_ids))
                 self._io.submit(session.store.save_effort, self.effort.session_id, rows)
             self._session, self._layer, self._z, self._snapshot = None, None, None, None
+            self._compute.close()  # a cancelled Learn from corrections ends before the store closes
             if session is not None:
                 self._io.submit(session.store.close)
             self._io.close()
-            self._compute.close()
         if is_alive(self):
             self._set_enabled(False)
             self._status.value = "Review closed; saved work is in the store. Start review to reopen."
