@@ -100,8 +100,9 @@ class CorrectionTools:
     def learn_from_corrections(self) -> Future | None:
         """Fit a corrector on this scan's corrected slices and relabel its other slices (a background job).
 
-        Slices a clinician labelled, reviewed or that wait as filled are never changed (the store
-        refuses them); the slice on screen keeps unsaved strokes. Undo fill takes it back.
+        Strokes on the slice on screen are saved first (they count as a correction). Slices a
+        clinician labelled, reviewed or that wait as filled are never changed (the store refuses
+        them). Undo fill / learn (Shift+I) takes it back; closing the review cancels it.
         """
         if self._session is None:
             return None
@@ -167,7 +168,7 @@ class CorrectionTools:
         for z in result.relabelled:
             self.effort.assisted(z)
         self._unsaved.value = (f"✓ {len(result.relabelled)} slice(s) relabelled from {result.corrected} corrected "
-                               f"slice(s){scored}: review them (Undo fill takes it back)")
+                               f"slice(s){scored}: review them (Shift+I undoes it)")
         self._refresh_status()
 
     def _show_changed(self, slices: list[int]) -> None:

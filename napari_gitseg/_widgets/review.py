@@ -120,7 +120,7 @@ class ReviewWidget(CorrectionTools, Container):
         self._organ = ComboBox(label="Organ", choices=[(f"{c.replace('_', ' ')} ({i + 1})", c)
                                                        for i, c in enumerate(CLASSES)], value="stomach")
         self._fill = PushButton(text=f"Fill between ({shortcut_text('fill')})")
-        self._undo_fill = PushButton(text=f"Undo fill ({shortcut_text('undo_fill')})")
+        self._undo_fill = PushButton(text=f"Undo fill / learn ({shortcut_text('undo_fill')})")
         self._learn = PushButton(text=f"Learn from corrections ({shortcut_text('learn')})")
         self._refine = PushButton(text=f"Refine with model ({shortcut_text('refine')})")
         self._refine_neighbours = CheckBox(text="refine neighbours too", value=False)

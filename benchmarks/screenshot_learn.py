@@ -1,0 +1,88 @@
+"""Screenshot of Learn from corrections in a real napari window, on the real TotalSegmentator MR volume.
+
+Run:  xvfb-run -a .venv/bin/python benchmarks/screenshot_learn.py --out out/screenshots
+
+Needs ../shared/data/totalsegmentator-examples (the picture shows real data: it is written under
+``--out``, not into the repository). The volume is segmented with the bundled model; in the Review
+dock every 4th slice is corrected to TotalSegmentator's labels (painted with the layer's own paint
+path) and accepted, then **Learn from corrections** (Shift+L) relabels the other slices. The window
+is captured on a slice between two corrected ones, with the dock's report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from screenshot_fill_between import wait  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="out/screenshots")
+    parser.add_argument("--every", type=int, default=4)
+    args = parser.parse_args(argv)
+    from bench_correction import TOTALSEG_MR
+    from bench_real import read_totalseg_mr
+
+    if not TOTALSEG_MR[0].is_file():
+        raise SystemExit(f"needs {TOTALSEG_MR[0]} (../shared is not here)")
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_gitseg._widgets.review import ReviewWidget
+    from napari_gitseg.classes import masks_to_labels
+    from napari_gitseg.layers import image_layer_data
+    from napari_gitseg.predict import Predictor
+    from napari_gitseg.resources import default_model_path
+
+    volume = read_totalseg_mr(*TOTALSEG_MR)
+    prediction = Predictor([default_model_path()]).predict(volume)
+    viewer = napari.Viewer(title="napari-gitseg: Learn from corrections")
+    viewer.window._qt_window.resize(1500, 950)
+    data, kwargs, _ = image_layer_data(volume)
+    viewer.add_image(data, **kwargs)
+    widget = ReviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Review and correct", area="right")
+    widget.set_store_folder(tempfile.mkdtemp(prefix="gitseg-shot-"))
+    widget._image.value = volume.name
+    widget.start_review()
+    app = QApplication.instance()
+    wait(app, lambda: widget.labels_layer is not None)
+    shown = widget.predictions_shown
+    widget._hub.prediction_ready.emit(widget.session.stack, prediction)
+    wait(app, lambda: widget.predictions_shown > shown)
+    truth, layer = masks_to_labels(volume.masks, tuple(volume.classes)), widget.labels_layer
+    for z in range(0, len(truth), args.every):
+        viewer.dims.current_step = (z, *viewer.dims.current_step[1:])
+        wait(app, lambda z=z: widget._z == z)
+        idx = np.nonzero(layer.data[z] != truth[z])
+        layer.data_setitem((np.full(idx[0].shape, z), *idx), truth[z][idx])  # the clinician's correction
+        widget.accept_slice()
+    shown_z = 2 + args.every * (len(truth) // (2 * args.every))
+    viewer.dims.current_step = (shown_z, *viewer.dims.current_step[1:])
+    wait(app, lambda: widget._z == shown_z)
+    widget.learn_from_corrections().result(timeout=600)
+    wait(app, lambda: "relabelled" in widget._unsaved.value or "Nothing" in widget._unsaved.value)
+    for _ in range(20):
+        app.processEvents()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "learn_from_corrections.png"
+    viewer.screenshot(str(path), canvas_only=False)
+    print(f"slice {shown_z}: {widget._unsaved.value}\nsaved {path}")
+    widget.close_review()
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
