@@ -222,13 +222,19 @@ class ReviewSession:
         return {self.index[sid]: self.labels_of(self.index[sid])
                 for sid in self.store.clinician_slices(self.name) if sid in self.index}
 
-    def store_learned(self, labels_by_z: dict[int, np.ndarray], corrected: int, check) -> LearnResult:
-        """Save the slices Learn from corrections relabelled, as model output (protected ones skipped)."""
+    def store_learned(self, labels_by_z: dict[int, np.ndarray], corrected: int, check,
+                      confidence: np.ndarray | None = None) -> LearnResult:
+        """Save the slices Learn from corrections relabelled, as model output (protected ones skipped).
+
+        ``confidence``: the model's per-slice confidence (Z,), kept so that the review queue still
+        offers the least confident slices first.
+        """
         from napari_gitseg.classes import labels_to_masks
 
         classes = tuple(self.stack.classes)
         items = [{"slice_id": self.stack.slice_ids[z], "masks": labels_to_masks(labels, classes), "source": "model",
-                  "model_version": "learned", "note": f"learned from {corrected} corrected slice(s) of this scan"}
+                  "model_version": "learned", "note": f"learned from {corrected} corrected slice(s) of this scan",
+                  "confidence": None if confidence is None else float(confidence[z])}
                  for z, labels in sorted(labels_by_z.items())]
         written, undo = self._store_undoable(items)
         return LearnResult(corrected, check, written, undo)

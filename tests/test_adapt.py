@@ -83,7 +83,8 @@ def test_session_stores_learned_slices_as_predictions_never_over_clinician_work_
     corrected = session.corrected_labels()
     assert sorted(corrected) == [0, 4, 8, 11] and np.array_equal(corrected[4], truth[4])
     new, check = learn_from_corrections(image, probs, model, corrected, list(range(len(image))), FAST)
-    result = session.store_learned(new, len(corrected), check)
+    confidence = np.linspace(0.9, 0.1, len(image))  # the model's: the last slices least confident
+    result = session.store_learned(new, len(corrected), check, confidence)
     assert result.relabelled == [z for z in range(len(image)) if z not in corrected]  # clinician slices refused
     for z in (0, 4, 8, 11):
         rec = session.store.latest(case.slice_ids[z])
@@ -92,5 +93,6 @@ def test_session_stores_learned_slices_as_predictions_never_over_clinician_work_
     assert rec.source == "model" and rec.model_version == "learned" and not rec.reviewed
     assert case.slice_ids[5] not in session.store.clinician_slices()
     assert np.array_equal(session.labels_of(5), new[5])
+    assert session.queue() == [10, 9, 7, 6, 5, 3, 2, 1]  # still least confident first
     assert session.undo_fill(result) == result.relabelled
     assert np.array_equal(session.labels_of(5), model[5]) and session.store.latest(case.slice_ids[5]).model_version == "v1"

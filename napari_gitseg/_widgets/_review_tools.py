@@ -135,7 +135,7 @@ class CorrectionTools:
                                             progress=self._show_learn_progress, cancel=cancel)
         if cancel.is_set():  # the review closed meanwhile: store nothing
             raise AdaptCancelled("learning from corrections was cancelled")
-        return self._io.submit(session.store_learned, new, len(corrected), check).result()
+        return self._io.submit(session.store_learned, new, len(corrected), check, prediction.confidence).result()
 
     @ensure_main_thread
     @when_alive
