@@ -176,6 +176,9 @@ def fit_corrector(image: np.ndarray, probs: np.ndarray, model_labels: np.ndarray
     if not corrected:
         raise ValueError("learning from corrections needs at least one corrected slice of this scan")
     x, y = _training_pixels(image, probs, model_labels, corrected, config)
+    if len(x) == 0:
+        raise ValueError("nothing to learn from: the model found no organ on or near the corrected slices "
+                         f"({sorted(corrected)}); correct slices where it drew something")
     mean, scale = x.mean(0), x.std(0) + 1e-6
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)

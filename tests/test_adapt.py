@@ -65,6 +65,9 @@ def test_learning_needs_a_corrected_slice_and_can_be_cancelled():
     image, probs, model, truth = scan_with_a_systematic_error()
     with pytest.raises(ValueError, match="at least one corrected slice"):
         learn_from_corrections(image, probs, model, {}, [1], FAST)
+    nothing = np.zeros_like(probs)
+    with pytest.raises(ValueError, match="nothing to learn from"):  # the model drew nothing near slice 0
+        learn_from_corrections(image, nothing, np.zeros_like(model), {0: truth[0]}, [1], FAST)
     stop = threading.Event()
     stop.set()
     with pytest.raises(AdaptCancelled):
