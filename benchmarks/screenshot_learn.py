@@ -1,12 +1,14 @@
-"""Screenshot of Learn from corrections in a real napari window, on the real TotalSegmentator MR volume.
+"""Screenshot of Learn from corrections in a real napari window (the real MR volume, or the phantom).
 
 Run:  xvfb-run -a .venv/bin/python benchmarks/screenshot_learn.py --out out/screenshots
+      xvfb-run -a .venv/bin/python benchmarks/screenshot_learn.py --phantom --out resources/screenshots
 
-Needs ../shared/data/totalsegmentator-examples (the picture shows real data: it is written under
-``--out``, not into the repository). The volume is segmented with the bundled model; in the Review
-dock every 4th slice is corrected to TotalSegmentator's labels (painted with the layer's own paint
-path) and accepted, then **Learn from corrections** (Shift+L) relabels the other slices. The window
-is captured on a slice between two corrected ones, with the dock's report.
+Without ``--phantom`` it needs ../shared/data/totalsegmentator-examples (the picture shows real
+data: keep it under ``out/``, not in the repository). The volume (or a 144-slice phantom case) is
+segmented with the bundled model; in the Review dock every 4th slice is corrected to the truth
+(painted with the layer's own paint path) and accepted, then **Learn from corrections** (Shift+L)
+relabels the other slices. The window is captured on a slice between two corrected ones, with the
+dock's report.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +32,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="out/screenshots")
     parser.add_argument("--every", type=int, default=4)
+    parser.add_argument("--phantom", action="store_true", help="a phantom case instead of the real MR volume")
     args = parser.parse_args(argv)
     from bench_correction import TOTALSEG_MR
     from bench_real import read_totalseg_mr
 
-    if not TOTALSEG_MR[0].is_file():
-        raise SystemExit(f"needs {TOTALSEG_MR[0]} (../shared is not here)")
+    from napari_gitseg.phantom import make_phantom_case
+
+    if not args.phantom and not TOTALSEG_MR[0].is_file():
+        raise SystemExit(f"needs {TOTALSEG_MR[0]} (../shared is not here); or pass --phantom")
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -44,7 +50,7 @@ def main(argv=None) -> int:
     from napari_gitseg.predict import Predictor
     from napari_gitseg.resources import default_model_path
 
-    volume = read_totalseg_mr(*TOTALSEG_MR)
+    volume = make_phantom_case(7, n_slices=144) if args.phantom else read_totalseg_mr(*TOTALSEG_MR)
     prediction = Predictor([default_model_path()]).predict(volume)
     viewer = napari.Viewer(title="napari-gitseg: Learn from corrections")
     viewer.window._qt_window.resize(1500, 950)
@@ -67,6 +73,11 @@ def main(argv=None) -> int:
         idx = np.nonzero(layer.data[z] != truth[z])
         layer.data_setitem((np.full(idx[0].shape, z), *idx), truth[z][idx])  # the clinician's correction
         widget.accept_slice()
+    widget.flush()  # the accepts are stored ...
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:  # ... and their jumps to the next least confident slice have landed
+        app.processEvents()
+        time.sleep(0.02)
     shown_z = 2 + args.every * (len(truth) // (2 * args.every))
     viewer.dims.current_step = (shown_z, *viewer.dims.current_step[1:])
     wait(app, lambda: widget._z == shown_z)
@@ -76,9 +87,9 @@ def main(argv=None) -> int:
         app.processEvents()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "learn_from_corrections.png"
+    path = out / ("walkthrough_2c_learn.png" if args.phantom else "learn_from_corrections.png")
     viewer.screenshot(str(path), canvas_only=False)
-    print(f"slice {shown_z}: {widget._unsaved.value}\nsaved {path}")
+    print(f"slice {widget._z}: {widget._unsaved.value}\nsaved {path}")
     widget.close_review()
     viewer.close()
     return 0

@@ -16,6 +16,9 @@ import numpy as np
 from napari_gitseg.classes import masks_to_labels, merge_label_edit
 from napari_gitseg.io.stack import Stack
 
+#: model versions of the slices the correction tools relabel (shown in the dock's version list)
+REFINED, LEARNED = "refine", "learned"
+
 
 @dataclass
 class FillResult:
@@ -233,7 +236,7 @@ class ReviewSession:
 
         classes = tuple(self.stack.classes)
         items = [{"slice_id": self.stack.slice_ids[z], "masks": labels_to_masks(labels, classes), "source": "model",
-                  "model_version": "learned", "note": f"learned from {corrected} corrected slice(s) of this scan",
+                  "model_version": LEARNED, "note": f"learned from {corrected} corrected slice(s) of this scan",
                   "confidence": None if confidence is None else float(confidence[z])}
                  for z, labels in sorted(labels_by_z.items())]
         written, undo = self._store_undoable(items)
@@ -245,7 +248,7 @@ class ReviewSession:
 
         classes = tuple(self.stack.classes)
         items = [{"slice_id": self.stack.slice_ids[z], "masks": labels_to_masks(labels, classes), "source": "model",
-                  "model_version": "refine", "note": f"refined from the strokes on z{centre}"}
+                  "model_version": REFINED, "note": f"refined from the strokes on z{centre}"}
                  for z, labels in labels_by_z.items()]
         return self._store_many(items)
 

@@ -193,6 +193,7 @@ def test_learn_from_corrections_relabels_unreviewed_slices_only_and_undoes(make_
         rec = store.latest(case.slice_ids[z])
         assert rec.model_version == "learned" and not rec.reviewed
         assert np.array_equal(layer.data[z], masks_to_labels(rec.masks))  # shown, the slice on screen too
+    qtbot.waitUntil(lambda: str(widget._versions.current_choice).endswith("model (learned)"), timeout=10000)
     press(viewer, "Shift-I")
     qtbot.waitUntil(lambda: store.latest(case.slice_ids[1]).model_version == "v1", timeout=10000)
     widget.close_review()

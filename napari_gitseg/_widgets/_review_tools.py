@@ -177,6 +177,8 @@ class CorrectionTools:
             self._show_slice(z, refresh=False)
         if slices and self._layer is not None:
             self._layer.refresh()
+        if self._z in slices:
+            self._refresh_versions()  # the version list names the slice's new version
 
     def _on_model_changed(self, path) -> None:
         self._model_path = None if path is None else str(path)

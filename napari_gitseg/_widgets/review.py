@@ -24,6 +24,7 @@ from napari_gitseg.classes import CLASSES
 from napari_gitseg.effort import EffortLog
 from napari_gitseg.layers import labels_layer_data, stack_from_layer
 from napari_gitseg.project import default_project_folder
+from napari_gitseg.review import LEARNED, REFINED
 
 from ._common import (
     ensure_labels_layer,
@@ -41,6 +42,12 @@ from ._review_keys import bind_review_keys, shortcut_text, tooltip
 from ._review_tools import CorrectionTools
 
 EXPORT_CHOICES = [("by file extension", None), ("DICOM RT-STRUCT (.dcm)", "rtstruct"), ("DICOM SEG (.dcm)", "seg")]
+
+
+def version_label(record) -> str:
+    """``v3 · model (learned) · reviewed``-style entry of the version list."""
+    tool = f" ({record.model_version})" if record.model_version in (REFINED, LEARNED) else ""
+    return f"v{record.version} · {record.source}{tool}{' · reviewed' if record.reviewed else ''}"
 
 
 class _StoreThread:
@@ -483,8 +490,7 @@ class ReviewWidget(CorrectionTools, Container):
     def _show_versions(self, fut: Future) -> None:
         if fut.exception() is not None:
             return
-        versions = [(f"v{h.version} · {h.source}{' · reviewed' if h.reviewed else ''}", h.version)
-                    for h in reversed(fut.result())]
+        versions = [(version_label(h), h.version) for h in reversed(fut.result())]
         self._versions.choices = versions
         if versions:
             self._versions.value = versions[0][1]  # the newest version is the one on screen
