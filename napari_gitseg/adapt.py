@@ -14,10 +14,10 @@ a small multilayer perceptron (one per scan, trained in seconds on the CPU). ``C
 relabels the pixels within ``band`` px of the model's organs (or where the model is unsure) on
 the other slices; pixels far from any organ keep the model's label.
 
-The corrector is checked before it is offered: when there are at least ``MIN_HELD_OUT_SLICES``
-+ 1 corrected slices, every fourth is held out, a corrector fitted on the rest must score a
-higher Dice on them than the model, and only then is it refitted on all of them. Its output
-is a prediction, never a clinician label. No Qt and no store here.
+The corrector is checked before it is offered, so it needs ``MIN_CORRECTED`` corrected slices:
+every fourth of them (the last one, with fewer than four) is held out, a corrector fitted on the
+rest must score a higher Dice on them than the model, and only then is it refitted on all of them.
+Its output is a prediction, never a clinician label. No Qt and no store here.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from scipy import ndimage
 
 from napari_gitseg.cancel import Cancel, is_cancelled
 
-__all__ = ["AdaptConfig", "AdaptCancelled", "Corrector", "CorrectorCheck", "fit_corrector", "learn_from_corrections",
+__all__ = ["MIN_CORRECTED", "AdaptConfig", "AdaptCancelled", "Corrector", "CorrectorCheck", "fit_corrector", "learn_from_corrections",
            "normalize_image", "pixel_features", "mean_dice"]
 
-MIN_HELD_OUT_SLICES = 1  # a check needs this many held-out slices (so at least 2 corrected slices)
+MIN_CORRECTED = 2  # corrected slices learn_from_corrections needs: one at least is held out for the check
 
 
 class AdaptCancelled(Exception):
@@ -204,11 +204,9 @@ def fit_corrector(image: np.ndarray, probs: np.ndarray, model_labels: np.ndarray
 
 
 def _check(image, probs, model_labels, corrected, config, progress, cancel) -> CorrectorCheck:
-    """Fit on three quarters of the corrected slices and score the rest (model vs corrector)."""
+    """Fit on three quarters of the corrected slices (2 or 3: all but the last) and score the rest."""
     zs = sorted(corrected)
-    held = zs[3::4] if len(zs) >= 4 else zs[-MIN_HELD_OUT_SLICES:]
-    if len(zs) - len(held) < 1 or len(held) < MIN_HELD_OUT_SLICES:
-        return CorrectorCheck()
+    held = zs[3::4] if len(zs) >= 4 else zs[-1:]
     trial = fit_corrector(image, probs, model_labels, {z: corrected[z] for z in zs if z not in held}, config,
                           progress, cancel)
     n = probs.shape[0]
@@ -227,6 +225,9 @@ def learn_from_corrections(image: np.ndarray, probs: np.ndarray, model_labels: n
     ``corrected``: {z: the clinician's labels}. When the held-out check fails, nothing is
     relabelled (the dict is empty) and the check says why.
     """
+    if len(corrected) < MIN_CORRECTED:
+        raise ValueError(f"learning from corrections needs at least {MIN_CORRECTED} corrected slices of this scan "
+                         f"(one is held out to check the result); {len(corrected)} given")
     image = normalize_image(image)
 
     def stage(name):

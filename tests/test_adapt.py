@@ -61,17 +61,19 @@ def test_a_corrector_that_does_not_beat_the_model_on_held_out_slices_changes_not
     assert new == {} and not check.passed
 
 
-def test_learning_needs_a_corrected_slice_and_can_be_cancelled():
+def test_learning_needs_two_corrected_slices_something_to_learn_and_can_be_cancelled():
     image, probs, model, truth = scan_with_a_systematic_error()
-    with pytest.raises(ValueError, match="at least one corrected slice"):
-        learn_from_corrections(image, probs, model, {}, [1], FAST)
+    for corrected in ({}, {0: truth[0]}):  # one is held out for the check
+        with pytest.raises(ValueError, match="at least 2 corrected slices"):
+            learn_from_corrections(image, probs, model, corrected, [1], FAST)
+    two = {0: truth[0], 4: truth[4]}
     nothing = np.zeros_like(probs)
-    with pytest.raises(ValueError, match="nothing to learn from"):  # the model drew nothing near slice 0
-        learn_from_corrections(image, nothing, np.zeros_like(model), {0: truth[0]}, [1], FAST)
+    with pytest.raises(ValueError, match="nothing to learn from"):  # the model drew nothing near slices 0, 4
+        learn_from_corrections(image, nothing, np.zeros_like(model), two, [1], FAST)
     stop = threading.Event()
     stop.set()
     with pytest.raises(AdaptCancelled):
-        learn_from_corrections(image, probs, model, {0: truth[0]}, [1], FAST, cancel=stop)
+        learn_from_corrections(image, probs, model, two, [1], FAST, cancel=stop)
 
 
 def test_session_stores_learned_slices_as_predictions_never_over_clinician_work_and_undoes(tmp_path):

@@ -199,7 +199,7 @@ def test_learn_from_corrections_relabels_unreviewed_slices_only_and_undoes(make_
     widget.close_review()
 
 
-def test_closing_the_review_cancels_a_running_learn_and_stores_nothing(make_napari_viewer, qtbot, case, tmp_path,
+def test_learn_needs_two_corrected_slices_and_closing_the_review_cancels_it(make_napari_viewer, qtbot, case, tmp_path,
                                                                       tiny_bundle):
     from napari_gitseg.adapt import AdaptCancelled
     from napari_gitseg.classes import masks_to_labels
@@ -214,6 +214,9 @@ def test_closing_the_review_cancels_a_running_learn_and_stores_nothing(make_napa
         idx = np.nonzero(layer.data[z] != truth[z])
         layer.data_setitem((np.full(idx[0].shape, z), *idx), truth[z][idx])
         widget.accept_slice()
+        if z == 3:  # one corrected slice is not enough: one is held out to check the result
+            with pytest.raises(ValueError, match="at least 2 slices"):
+                widget.learn_from_corrections().result(timeout=60)
     fut = widget.learn_from_corrections()
     widget.close_review()  # waits for the job, which stops at its next step
     assert fut.done() and isinstance(fut.exception(), (AdaptCancelled, PredictionCancelled))

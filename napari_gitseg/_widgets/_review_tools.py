@@ -120,12 +120,13 @@ class CorrectionTools:
         return self._learning
 
     def _learn_job(self, session, cancel: threading.Event):
-        from napari_gitseg.adapt import AdaptCancelled, learn_from_corrections
+        from napari_gitseg.adapt import MIN_CORRECTED, AdaptCancelled, learn_from_corrections
         from napari_gitseg.classes import masks_to_labels
 
         corrected = self._io.submit(session.corrected_labels).result()
-        if not corrected:
-            raise ValueError("correct or accept some slices of this scan first; learning starts from them")
+        if len(corrected) < MIN_CORRECTED:
+            raise ValueError(f"correct or accept at least {MIN_CORRECTED} slices of this scan first "
+                             f"({len(corrected)} so far): learning starts from them, one is held out to check it")
         self._show_learn_progress("predicting", 0, 1)
         prediction = self._load_predictor().predict(
             session.stack, cancel=cancel, progress=lambda done, total: self._show_learn_progress("predicting", done, total))
