@@ -30,8 +30,8 @@ from scipy import ndimage
 
 from napari_gitseg.cancel import Cancel, is_cancelled
 
-__all__ = ["MIN_CORRECTED", "AdaptConfig", "AdaptCancelled", "Corrector", "CorrectorCheck", "fit_corrector", "learn_from_corrections",
-           "normalize_image", "pixel_features", "mean_dice"]
+__all__ = ["MIN_CORRECTED", "AdaptConfig", "AdaptCancelled", "Corrector", "CorrectorCheck", "fit_corrector",
+           "learn_from_corrections", "normalize_image", "pixel_features", "mean_dice"]
 
 MIN_CORRECTED = 2  # corrected slices learn_from_corrections needs: one at least is held out for the check
 
@@ -42,7 +42,8 @@ class AdaptCancelled(Exception):
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    """How the per-scan corrector is fitted (the defaults were chosen on the phantom; see bench_correction)."""
+    """How the per-scan corrector is fitted (defaults chosen on the phantom, the band checked on the real MR
+    volume too; see benchmarks/bench_correction.py)."""
 
     steps: int = 800  # optimiser steps of 8192 pixels
     batch: int = 8192
@@ -51,7 +52,7 @@ class AdaptConfig:
     band: int = 8  # pixels around the model's organs that may change
     unsure: float = 0.05  # ... and wherever some class has at least this probability
     seed: int = 0
-    max_pixels: int = 400_000  # training pixels at most (an even subsample beyond: memory stays ~50 MB)
+    max_pixels: int = 400_000  # training pixels at most (an even subsample beyond: features stay ~100 MB)
 
 
 @dataclass
@@ -64,7 +65,7 @@ class CorrectorCheck:
 
     @property
     def passed(self) -> bool:
-        """True when the corrector beat the model on the held-out slices (or there were too few to check)."""
+        """True when the corrector beat the model on the held-out slices (or was never checked: fitted directly)."""
         return self.model_dice is None or self.corrector_dice > self.model_dice
 
 
