@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from screenshot_fill_between import wait  # noqa: E402
+from screenshot_fill_between import goto_slice, review_window, save_shot, wait  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -41,35 +40,13 @@ def main(argv=None) -> int:
 
     if not args.phantom and not TOTALSEG_MR[0].is_file():
         raise SystemExit(f"needs {TOTALSEG_MR[0]} (../shared is not here); or pass --phantom")
-    import napari
-    from qtpy.QtWidgets import QApplication
-
-    from napari_gitseg._widgets.review import ReviewWidget
     from napari_gitseg.classes import masks_to_labels
-    from napari_gitseg.layers import image_layer_data
-    from napari_gitseg.predict import Predictor
-    from napari_gitseg.resources import default_model_path
 
     volume = make_phantom_case(7, n_slices=144) if args.phantom else read_totalseg_mr(*TOTALSEG_MR)
-    prediction = Predictor([default_model_path()]).predict(volume)
-    viewer = napari.Viewer(title="napari-gitseg: Learn from corrections")
-    viewer.window._qt_window.resize(1500, 950)
-    data, kwargs, _ = image_layer_data(volume)
-    viewer.add_image(data, **kwargs)
-    widget = ReviewWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Review and correct", area="right")
-    widget.set_store_folder(tempfile.mkdtemp(prefix="gitseg-shot-"))
-    widget._image.value = volume.name
-    widget.start_review()
-    app = QApplication.instance()
-    wait(app, lambda: widget.labels_layer is not None)
-    shown = widget.predictions_shown
-    widget._hub.prediction_ready.emit(widget.session.stack, prediction)
-    wait(app, lambda: widget.predictions_shown > shown)
+    app, viewer, widget = review_window(volume, "napari-gitseg: Learn from corrections")
     truth, layer = masks_to_labels(volume.masks, tuple(volume.classes)), widget.labels_layer
     for z in range(0, len(truth), args.every):
-        viewer.dims.current_step = (z, *viewer.dims.current_step[1:])
-        wait(app, lambda z=z: widget._z == z)
+        goto_slice(app, viewer, widget, z)
         idx = np.nonzero(layer.data[z] != truth[z])
         layer.data_setitem((np.full(idx[0].shape, z), *idx), truth[z][idx])  # the clinician's correction
         widget.accept_slice()
@@ -78,20 +55,13 @@ def main(argv=None) -> int:
     while time.monotonic() < end:  # ... and their jumps to the next least confident slice have landed
         app.processEvents()
         time.sleep(0.02)
-    shown_z = 2 + args.every * (len(truth) // (2 * args.every))
-    viewer.dims.current_step = (shown_z, *viewer.dims.current_step[1:])
-    wait(app, lambda: widget._z == shown_z)
+    goto_slice(app, viewer, widget, 2 + args.every * (len(truth) // (2 * args.every)))
     widget.learn_from_corrections().result(timeout=600)
     wait(app, lambda: "relabelled" in widget._unsaved.value or "Nothing" in widget._unsaved.value)
-    for _ in range(20):
-        app.processEvents()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / ("walkthrough_2c_learn.png" if args.phantom else "learn_from_corrections.png")
-    viewer.screenshot(str(path), canvas_only=False)
-    print(f"slice {widget._z}: {widget._unsaved.value}\nsaved {path}")
-    widget.close_review()
-    viewer.close()
+    report = f"slice {widget._z}: {widget._unsaved.value}"
+    path = save_shot(app, viewer, widget, args.out,
+                     "walkthrough_2c_learn.png" if args.phantom else "learn_from_corrections.png")
+    print(f"{report}\nsaved {path}")
     return 0
 
 

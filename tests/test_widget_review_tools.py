@@ -67,6 +67,22 @@ def test_pseudo_labels_of_the_trainer_show_on_unedited_slices_only(make_napari_v
     widget.close_review()
 
 
+def open_with_model(make_napari_viewer, qtbot, case, tmp_path, bundle):
+    """A review of ``case`` in ``tmp_path / "proj"`` whose Refine / Learn use the model ``bundle``."""
+    viewer, widget = open_review(make_napari_viewer, qtbot, case, tmp_path / "proj")
+    widget._hub.model_changed.emit(str(bundle))
+    return viewer, widget
+
+
+def correct_and_accept(viewer, widget, z, labels):
+    """Go to slice ``z``, paint it to ``labels`` (one layer edit) and accept it."""
+    goto(viewer, z)
+    layer = widget.labels_layer
+    idx = np.nonzero(layer.data[z] != labels)
+    layer.data_setitem((np.full(idx[0].shape, z), *idx), labels[idx])
+    widget.accept_slice()
+
+
 def disk_paint(layer, z, centre, radius, value):
     layer.brush_size = 2 * radius
     layer.paint((z, *centre), value)
@@ -100,8 +116,7 @@ def test_fill_between_with_keys_and_undo(make_napari_viewer, qtbot, case, tmp_pa
 
 def test_refine_never_changes_painted_pixels_and_ctrl_z_takes_it_back(make_napari_viewer, qtbot, case, tmp_path,
                                                                         tiny_bundle):
-    viewer, widget = open_review(make_napari_viewer, qtbot, case, tmp_path / "proj")
-    widget._hub.model_changed.emit(str(tiny_bundle))
+    viewer, widget = open_with_model(make_napari_viewer, qtbot, case, tmp_path, tiny_bundle)
     layer = widget.labels_layer
     goto(viewer, 4)
     disk_paint(layer, 4, (40, 40), 4, LABEL_VALUES["small_bowel"])
@@ -166,18 +181,14 @@ def test_learn_from_corrections_relabels_unreviewed_slices_only_and_undoes(make_
                                                                          tiny_bundle):
     from napari_gitseg.classes import masks_to_labels
 
-    viewer, widget = open_review(make_napari_viewer, qtbot, case, tmp_path / "proj")
-    widget._hub.model_changed.emit(str(tiny_bundle))
+    viewer, widget = open_with_model(make_napari_viewer, qtbot, case, tmp_path, tiny_bundle)
     predict(widget, qtbot, case)
     layer = widget.labels_layer
     viewer.layers.selection.active = layer
     assert "[Shift+L]" in widget._learn.tooltip
     truth = masks_to_labels(case.masks)
     for z in range(2, 8):  # the clinician corrects the six slices with organs to the truth
-        goto(viewer, z)
-        idx = np.nonzero(layer.data[z] != truth[z])
-        layer.data_setitem((np.full(idx[0].shape, z), *idx), truth[z][idx])
-        widget.accept_slice()
+        correct_and_accept(viewer, widget, z, truth[z])
     goto(viewer, 8)
     press(viewer, "Shift-L")
     qtbot.waitUntil(lambda: widget._learning is not None and widget._learning.done(), timeout=180000)
@@ -205,15 +216,10 @@ def test_learn_needs_two_corrected_slices_and_closing_the_review_cancels_it(make
     from napari_gitseg.classes import masks_to_labels
     from napari_gitseg.predict import PredictionCancelled
 
-    viewer, widget = open_review(make_napari_viewer, qtbot, case, tmp_path / "proj")
-    widget._hub.model_changed.emit(str(tiny_bundle))
-    layer = widget.labels_layer
+    viewer, widget = open_with_model(make_napari_viewer, qtbot, case, tmp_path, tiny_bundle)
     truth = masks_to_labels(case.masks)
     for z in (3, 5):
-        goto(viewer, z)
-        idx = np.nonzero(layer.data[z] != truth[z])
-        layer.data_setitem((np.full(idx[0].shape, z), *idx), truth[z][idx])
-        widget.accept_slice()
+        correct_and_accept(viewer, widget, z, truth[z])
         if z == 3:  # one corrected slice is not enough: one is held out to check the result
             with pytest.raises(ValueError, match="at least 2 slices"):
                 widget.learn_from_corrections().result(timeout=60)
