@@ -2,7 +2,7 @@
 
 The model's mistakes on one scan repeat from slice to slice (a wall it always takes into the
 organ, a tissue it calls bowel), so after a clinician has corrected some slices of a scan, the
-others can be corrected the same way. ``fit_corrector`` learns, on the corrected slices only,
+others can be corrected the same way. ``learn_from_corrections`` learns, on the corrected slices only,
 which label each pixel near the model's organs should get, from:
 
 - the model's per-class probabilities (raw and smoothed),
@@ -23,15 +23,18 @@ Its output is a prediction, never a clinician label. No Qt and no store here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from napari_gitseg.cancel import Cancel, is_cancelled
+from napari_gitseg.model.normalize import normalize_stack
 
-__all__ = ["MIN_CORRECTED", "AdaptConfig", "AdaptCancelled", "Corrector", "CorrectorCheck", "fit_corrector",
-           "learn_from_corrections", "normalize_image", "pixel_features", "mean_dice"]
+NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.0}  # the image features' scale
+
+__all__ = ["MIN_CORRECTED", "AdaptConfig", "AdaptCancelled", "Corrector", "CorrectorCheck",
+           "learn_from_corrections", "pixel_features", "mean_dice"]
 
 MIN_CORRECTED = 2  # corrected slices learn_from_corrections needs: one at least is held out for the check
 
@@ -59,21 +62,14 @@ class AdaptConfig:
 class CorrectorCheck:
     """The held-out check: mean slice Dice of the model and of the corrector on corrected slices it did not see."""
 
-    held_out: list[int] = field(default_factory=list)
-    model_dice: float | None = None
-    corrector_dice: float | None = None
+    held_out: list[int]
+    model_dice: float
+    corrector_dice: float
 
     @property
     def passed(self) -> bool:
-        """True when the corrector beat the model on the held-out slices (or was never checked: fitted directly)."""
-        return self.model_dice is None or self.corrector_dice > self.model_dice
-
-
-def normalize_image(image: np.ndarray) -> np.ndarray:
-    """The stack scaled so that its 1st / 99th intensity percentiles are 0 / 1 (float32)."""
-    image = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(image, [1, 99])
-    return (image - lo) / max(float(hi - lo), 1e-6)
+        """True when the corrector beat the model on the held-out slices."""
+        return self.corrector_dice > self.model_dice
 
 
 def _signed_distance(mask: np.ndarray, clip: int) -> np.ndarray:
@@ -112,13 +108,11 @@ def changeable(probs_z: np.ndarray, labels_z: np.ndarray, config: AdaptConfig) -
 
 def mean_dice(labels: np.ndarray, truth: np.ndarray, n_classes: int) -> float:
     """Mean Dice over the organs present in ``truth`` or ``labels`` (1.0 when neither has any)."""
-    scores = []
-    for v in range(1, n_classes + 1):
-        a, b = labels == v, truth == v
-        total = int(a.sum() + b.sum())
-        if total:
-            scores.append(2.0 * (a & b).sum() / total)
-    return float(np.mean(scores)) if scores else 1.0
+    from training.metrics import dice_per_slice
+
+    values = np.arange(1, n_classes + 1)[:, None, None]
+    dice = dice_per_slice(labels[None] == values, truth[None] == values, empty_dice=np.nan)
+    return float(np.nanmean(dice)) if np.isfinite(dice).any() else 1.0
 
 
 @dataclass
@@ -129,7 +123,6 @@ class Corrector:
     mean: np.ndarray
     scale: np.ndarray
     config: AdaptConfig
-    check: CorrectorCheck = field(default_factory=CorrectorCheck)
 
     def apply(self, image: np.ndarray, probs: np.ndarray, labels: np.ndarray, z: int) -> np.ndarray:
         """Corrected labels (Y, X) of slice ``z`` (``labels``: the model's labels of that slice)."""
@@ -146,8 +139,9 @@ class Corrector:
         return out
 
 
-def _training_pixels(image, probs, model_labels, corrected: dict[int, np.ndarray], config: AdaptConfig):
-    """(features (P, F), targets (P,)) of the changeable pixels of the corrected slices.
+def _training_pixels(image, probs, model_labels, corrected: dict[int, np.ndarray],
+                     config: AdaptConfig) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{z: (features (P, F), targets (P,))} of the changeable pixels of each corrected slice.
 
     Beyond ``config.max_pixels`` in all, every slice keeps the same share of its pixels (a fixed,
     seeded subsample), so a scan of 512 x 512 slices does not need gigabytes.
@@ -155,37 +149,36 @@ def _training_pixels(image, probs, model_labels, corrected: dict[int, np.ndarray
     wheres = {z: changeable(probs[:, z], model_labels[z], config) for z in sorted(corrected)}
     share = min(1.0, config.max_pixels / max(1, sum(int(w.sum()) for w in wheres.values())))
     rng = np.random.default_rng(config.seed)
-    xs, ys = [], []
+    pixels = {}
     for z, where in wheres.items():
         if share < 1.0:
             where = where & (rng.random(where.shape) < share)
-        xs.append(pixel_features(image, probs, model_labels[z], z, config.band)[:, where].T)
-        ys.append(np.asarray(corrected[z])[where].astype(np.int64))
-    return np.concatenate(xs), np.concatenate(ys)
+        pixels[z] = (pixel_features(image, probs, model_labels[z], z, config.band)[:, where].T,
+                     np.asarray(corrected[z])[where].astype(np.int64))
+    return pixels
 
 
-def fit_corrector(image: np.ndarray, probs: np.ndarray, model_labels: np.ndarray, corrected: dict[int, np.ndarray],
-                  config: AdaptConfig = AdaptConfig(), progress: Callable[[int, int], None] | None = None,
-                  cancel: Cancel = None) -> Corrector:
-    """Fit a corrector on the ``corrected`` slices ({z: the clinician's labels}) of one scan.
+def _stacked(pixels: dict, zs) -> tuple[np.ndarray, np.ndarray]:
+    """The training pixels of slices ``zs`` as one (features, targets) pair."""
+    return np.concatenate([pixels[z][0] for z in zs]), np.concatenate([pixels[z][1] for z in zs])
 
-    ``image``: normalised (``normalize_image``); ``probs`` (C, Z, Y, X) and ``model_labels`` (Z, Y, X):
-    the model's output. Deterministic for a given ``config.seed`` on a given CPU.
+
+def _fit(x: np.ndarray, y: np.ndarray, n_out: int, config: AdaptConfig, progress, cancel) -> Corrector:
+    """The corrector trained on pixel features ``x`` (P, F) and labels ``y`` (P,) with ``n_out`` classes.
+
+    Deterministic for a given ``config.seed`` on a given CPU.
     """
     import torch
 
-    if not corrected:
-        raise ValueError("learning from corrections needs at least one corrected slice of this scan")
-    x, y = _training_pixels(image, probs, model_labels, corrected, config)
     if len(x) == 0:
-        raise ValueError("nothing to learn from: the model found no organ on or near the corrected slices "
-                         f"({sorted(corrected)}); correct slices where it drew something")
+        raise ValueError("nothing to learn from: the model found no organ on or near the corrected slices; "
+                         "correct slices where it drew something")
     mean, scale = x.mean(0), x.std(0) + 1e-6
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     sizes = (x.shape[1], *config.hidden)
     layers = [m for a, b in zip(sizes, sizes[1:]) for m in (torch.nn.Linear(a, b), torch.nn.ReLU())]
-    net = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-1], probs.shape[0] + 1))
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-1], n_out))
     opt = torch.optim.Adam(net.parameters(), config.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=config.steps)
     xt, yt = torch.from_numpy((x - mean) / scale), torch.from_numpy(y)
@@ -204,13 +197,12 @@ def fit_corrector(image: np.ndarray, probs: np.ndarray, model_labels: np.ndarray
     return Corrector(net, mean, scale, config)
 
 
-def _check(image, probs, model_labels, corrected, config, progress, cancel) -> CorrectorCheck:
+def _check(image, probs, model_labels, corrected, pixels, config, progress, cancel) -> CorrectorCheck:
     """Fit on three quarters of the corrected slices (2 or 3: all but the last) and score the rest."""
     zs = sorted(corrected)
     held = zs[3::4] if len(zs) >= 4 else zs[-1:]
-    trial = fit_corrector(image, probs, model_labels, {z: corrected[z] for z in zs if z not in held}, config,
-                          progress, cancel)
     n = probs.shape[0]
+    trial = _fit(*_stacked(pixels, [z for z in zs if z not in held]), n + 1, config, progress, cancel)
     model = [mean_dice(model_labels[z], corrected[z], n) for z in held]
     fitted = [mean_dice(trial.apply(image, probs, model_labels[z], z), corrected[z], n) for z in held]
     return CorrectorCheck(held, float(np.mean(model)), float(np.mean(fitted)))
@@ -229,16 +221,16 @@ def learn_from_corrections(image: np.ndarray, probs: np.ndarray, model_labels: n
     if len(corrected) < MIN_CORRECTED:
         raise ValueError(f"learning from corrections needs at least {MIN_CORRECTED} corrected slices of this scan "
                          f"(one is held out to check the result); {len(corrected)} given")
-    image = normalize_image(image)
+    image = normalize_stack(image, NORMALIZATION)
 
     def stage(name):
         return None if progress is None else (lambda done, total: progress(name, done, total))
 
-    check = _check(image, probs, model_labels, corrected, config, stage("check"), cancel)
+    pixels = _training_pixels(image, probs, model_labels, corrected, config)  # once, for the check and the fit
+    check = _check(image, probs, model_labels, corrected, pixels, config, stage("check"), cancel)
     if not check.passed:
         return {}, check
-    corrector = fit_corrector(image, probs, model_labels, corrected, config, stage("fit"), cancel)
-    corrector.check = check
+    corrector = _fit(*_stacked(pixels, sorted(corrected)), probs.shape[0] + 1, config, stage("fit"), cancel)
     out = {}
     for i, z in enumerate(targets):
         if is_cancelled(cancel):

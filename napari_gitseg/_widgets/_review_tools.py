@@ -159,8 +159,7 @@ class CorrectionTools:
             return
         result = fut.result()
         check = result.check
-        scored = ("" if check.model_dice is None else
-                  f" (held-out corrected slices: Dice {check.model_dice:.2f} model, {check.corrector_dice:.2f} learned)")
+        scored = f" (held-out corrected slices: Dice {check.model_dice:.2f} model, {check.corrector_dice:.2f} learned)"
         if not result.relabelled and not check.passed:
             self._unsaved.value = f"Nothing changed: learning from your corrections did not beat the model{scored}"
             return
