@@ -110,6 +110,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))  # bench_real: the GUI round of arm (c)
 
+from bench_real import REAL_SLICES as REAL  # noqa: E402
+from bench_real import TOTALSEG_MR  # noqa: E402  (a real contiguous MR volume)
+
 from napari_gitseg.adapt import mean_dice  # noqa: E402
 from napari_gitseg.classes import CLASSES, LABEL_VALUES, masks_to_labels  # noqa: E402
 from napari_gitseg.interpolate import fill_between  # noqa: E402
@@ -118,9 +121,6 @@ from napari_gitseg.refine import refine_labels  # noqa: E402
 TARGET_DICE = 0.95
 MAX_STROKES = 40
 _EIGHT = np.ones((3, 3), dtype=bool)
-REAL = REPO.parent / "shared" / "data" / "uwmgi-real-slices"
-TOTALSEG_MR = tuple(REPO.parent / "shared" / "data" / "totalsegmentator-examples" / f
-                    for f in ("example_mr_sm.nii.gz", "example_seg_mr.nii.gz"))  # a real contiguous MR volume
 
 
 def slice_dice(labels: np.ndarray, truth: np.ndarray) -> float:
@@ -253,8 +253,8 @@ def assisted(pred: np.ndarray, truth: np.ndarray, probs: np.ndarray, radius: int
     return arm
 
 
-def _rounded(x) -> float | None:
-    return None if x is None else round(float(x), 3)
+def _rounded(x) -> float:
+    return round(float(x), 3)
 
 
 def learned(pred, truth, probs, image, radius: int, every: int) -> ArmResult:

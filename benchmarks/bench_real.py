@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 REAL_SLICES = DATA / "uwmgi-real-slices"
 TOTALSEG = DATA / "totalsegmentator-examples"
+TOTALSEG_MR = (TOTALSEG / "example_mr_sm.nii.gz", TOTALSEG / "example_seg_mr.nii.gz")  # image, labels
 OLD_REV = "30df64f"  # the last commit whose resources/models/default.* is the phantom-trained model
 DEFAULT_MODEL = ROOT / "resources" / "models" / "default.json"
 
@@ -393,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     new = Path(args.new)
     t0 = time.perf_counter()
     slices = read_real_slices()
-    image, labels = TOTALSEG / "example_mr_sm.nii.gz", TOTALSEG / "example_seg_mr.nii.gz"
+    image, labels = TOTALSEG_MR
     volume = read_totalseg_mr(image, labels) if image.is_file() and labels.is_file() else None
     folds = patient_folds(slices)[: args.folds] if args.folds else patient_folds(slices)
     _say(f"real slices: {len(slices)} of {len(patient_folds(slices))} patients; {len(folds)} leave-one-patient-out "

@@ -33,8 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=int, default=4)
     parser.add_argument("--phantom", action="store_true", help="a phantom case instead of the real MR volume")
     args = parser.parse_args(argv)
-    from bench_correction import TOTALSEG_MR
-    from bench_real import read_totalseg_mr
+    from bench_real import TOTALSEG_MR, read_totalseg_mr
 
     from napari_gitseg.phantom import make_phantom_case
 
