@@ -401,13 +401,13 @@ def test_a_warm_predictor_is_loaded_once_and_reloaded_when_its_bundle_changes(bu
 
 
 def test_frozen_graphs_give_the_eager_answers(trained, test_case, bundle_path):
-    """Bundles run through frozen graphs on the CPU in fp32 (bf16 autocast, GITSEG_CPU_BF16=1, stays
-    eager); masks equal eager's, probabilities within 1e-4."""
+    """Bundles run through frozen graphs on the CPU in fp32 (bf16 ones under GITSEG_CPU_BF16=1, see
+    the next test); masks equal eager's, probabilities within 1e-4."""
     image, _ = test_case
     frozen = Predictor([bundle_path], device="cpu", probs_dtype=np.float32, cpu_bf16=False)
     eager = Predictor([bundle_path], device="cpu", probs_dtype=np.float32, cpu_bf16=False, freeze=False)
-    assert Predictor([bundle_path], device="cpu", cpu_bf16=True).members[0].frozen is None
     assert frozen.members[0].frozen is not None and eager.members[0].frozen is None
+    assert frozen.members[0].frozen.dtype == torch.float32
     a, b = frozen.predict(image, first_slice=5), eager.predict(image, first_slice=5)
     assert frozen.members[0].frozen.eager_reason is None  # the graphs were built and used
     np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)
@@ -415,6 +415,49 @@ def test_frozen_graphs_give_the_eager_answers(trained, test_case, bundle_path):
     # a model handed over in memory stays eager unless asked for (it may still be training)
     assert Predictor([(trained, CFG)], device="cpu", cpu_bf16=False).members[0].frozen is None
     assert Predictor([(trained, CFG)], device="cpu", cpu_bf16=False, freeze=True).members[0].frozen is not None
+
+
+def test_batchnorm_folds_into_the_convolutions_without_changing_the_outputs(trained):
+    import copy
+
+    from napari_gitseg.predict.frozen import fold_batchnorms
+
+    x = torch.randn(2, 3, 64, 64)
+    folded = copy.deepcopy(trained).eval()
+    n = fold_batchnorms(folded, x)
+    norms = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    identity = [m for m in norms if bool((m.running_mean == 0).all() and (m.weight == 1).all())]
+    assert 0 < n == len(identity) <= len(norms)
+    with torch.inference_mode():
+        (seg, cls), (want_seg, want_cls) = folded(x), trained.eval()(x)
+    assert torch.allclose(seg, want_seg, atol=1e-4) and torch.allclose(cls, want_cls, atol=1e-4)
+
+
+def test_bf16_opt_in_runs_checked_bf16_graphs_that_keep_the_masks(trained, test_case, bundle_path):
+    """GITSEG_CPU_BF16=1 on a bundle: frozen graphs of a bf16 copy (BatchNorm folded in fp32), checked
+    against the fp32 model with a bf16 tolerance that a wrong graph cannot meet."""
+    from napari_gitseg.predict.frozen import FrozenModel
+
+    image, truth = test_case
+    fp32 = Predictor([bundle_path], device="cpu", cpu_bf16=False, use_gate=False).predict(image)
+    predictor = Predictor([bundle_path], device="cpu", cpu_bf16=True, use_gate=False)
+    bf16 = predictor.predict(image)
+    frozen = predictor.members[0].frozen
+    assert frozen.dtype == torch.bfloat16 and frozen.eager_reason is None and frozen._graphs["forward"]
+    assert bf16.probs.dtype == np.float16 and np.isfinite(bf16.probs).all()
+    # as in test_cpu_bf16_is_an_opt_in_that_keeps_the_masks: the same organ, the same quality
+    assert dice(bf16.masks[STOMACH], fp32.masks[STOMACH]) >= 0.95
+    assert abs(dice(bf16.masks[STOMACH], truth[STOMACH]) - dice(fp32.masks[STOMACH], truth[STOMACH])) < 0.02
+    gated = Predictor([bundle_path], device="cpu", cpu_bf16=True)  # encoder and decoder graphs
+    gated_masks = gated.predict(image).masks
+    assert gated.members[0].frozen._graphs["encode"] and gated.members[0].frozen._graphs["decode"]
+    assert dice(gated_masks[STOMACH], bf16.masks[STOMACH]) >= 0.95
+    want = torch.randn(4, 3, 32, 32)
+    check = FrozenModel(trained, dtype=torch.bfloat16)
+    assert check._agrees(want.to(torch.bfloat16), want)  # bf16 rounding passes
+    assert not check._agrees(want * 1.5, want) and not check._agrees(want[:, :2], want)  # a wrong graph does not
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        FrozenModel(trained, dtype=torch.float16)
 
 
 def test_frozen_graph_is_per_shape_batch_free_and_falls_back_to_eager(trained):

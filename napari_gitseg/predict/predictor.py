@@ -140,7 +140,8 @@ CPU_BF16_ENV = "GITSEG_CPU_BF16"
 
 
 def cpu_bf16_enabled() -> bool:
-    """True when ``$GITSEG_CPU_BF16`` asks for bf16 autocast on the CPU (``1``/``true``/``yes``/``on``).
+    """True when ``$GITSEG_CPU_BF16`` asks for bf16 on the CPU (``1``/``true``/``yes``/``on``): frozen bf16
+    graphs for bundles (``predict/frozen.py``), bf16 autocast for models handed over in memory.
 
     Off by default on every CPU, so a stack gets the same probabilities on any processor
     (fp32). bf16 was measured with ``benchmarks/bench_predict.py`` on the default model (see
@@ -166,7 +167,7 @@ class _Member:
     version: str
     divisor: int
     split: bool  # encoder / decoder / heads reachable separately (smp's standard forward)
-    frozen: FrozenModel | None = None  # frozen graphs (CPU, fp32); None = eager
+    frozen: FrozenModel | None = None  # frozen graphs (CPU; fp32, or bf16 when asked for); None = eager
 
     def forward(self, x: torch.Tensor):
         """The model's output for ``x`` (a tensor or a tuple)."""
@@ -228,8 +229,8 @@ class Predictor:
         unless set to 1, see ``cpu_bf16_enabled``), so CPU results do not depend on the processor.
         ``first_batch_size``: size of the first batch when ``first_slice`` is given (small = the
         visible slice is ready sooner). ``probs_dtype``: dtype of ``Prediction.probs``.
-        ``freeze``: run the models through frozen graphs (``predict/frozen.py``; CPU and fp32
-        only, about 2x faster there); None = for the models this Predictor loads from bundles,
+        ``freeze``: run the models through frozen graphs (``predict/frozen.py``; CPU only, in the
+        precision chosen above, about 2x faster there); None = for the models this Predictor loads from bundles,
         not for models handed over in memory (they may still be training); True = for all.
         """
         if isinstance(bundles, (str, os.PathLike, ModelBundle, torch.nn.Module, tuple)):
@@ -301,8 +302,8 @@ class Predictor:
         if self.channels_last and self.device.type in ("cpu", "cuda"):
             model = model.to(memory_format=torch.channels_last)
         frozen = None
-        if (owned if freeze is None else freeze) and self.device.type == "cpu" and self.autocast_dtype is None:
-            frozen = FrozenModel(model)
+        if (owned if freeze is None else freeze) and self.device.type == "cpu":
+            frozen = FrozenModel(model, dtype=self.autocast_dtype or torch.float32)
         return _Member(model, config, dict(norm), version, input_divisor(model), _splittable(model), frozen)
 
     @property
@@ -529,9 +530,9 @@ class Predictor:
         """One batch: probabilities (C, n, h, w) in ``probs_dtype``, masks (C, n, h, w) before gating and
         post-processing, confidence (n,), gate probabilities (C, n) or None."""
         n = len(batch)
-        autocast = (
+        autocast = (  # frozen members run their own precision (predict/frozen.py)
             torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
+            if self.autocast_dtype is not None and any(m.frozen is None for m in self.members)
             else contextlib.nullcontext()
         )
         with autocast:
