@@ -60,6 +60,11 @@ def test_pseudo_labels_of_the_trainer_show_on_unedited_slices_only(make_napari_v
     qtbot.waitUntil(lambda: layer.data[5, 55, 55] == LABEL_VALUES["small_bowel"], timeout=10000)
     assert layer.data[5, 8, 8] == 0  # the whole slice is the pseudo-label now
     assert layer.data[2, 40, 40] == LABEL_VALUES["large_bowel"] and layer.data[2, 55, 55] == 0  # untouched
+    shown = np.asarray(layer._slice.image.raw)  # what napari draws: slice 2, still the clinician's edit
+    assert shown[40, 40] == LABEL_VALUES["large_bowel"] and shown[55, 55] == 0
+    goto(viewer, 5)  # slice 5 was not on screen (no redraw then): going there draws the pseudo-label
+    assert np.asarray(layer._slice.image.raw)[55, 55] == LABEL_VALUES["small_bowel"]
+    goto(viewer, 2)
     widget.accept_slice()  # the clinician accepts what they see on slice 2, never the unseen pseudo-label
     widget.flush()
     rec = LabelStore.open(tmp_path / "proj").latest(case.slice_ids[2])
