@@ -17,8 +17,8 @@ says which).
     ``input_size`` as in training), torch's default threads.
 (b) the Predictor, step by step (each line adds one thing to the line above it), then bf16
     on the CPU (the ``GITSEG_CPU_BF16=1`` opt-in: frozen graphs of a bf16 copy of the model; the
-    defaults are fp32 on every CPU; among the extras also eager bf16 autocast) and some alternatives (batch size, threads, TTA, ONNX Runtime, torch.compile) measured the
-    same way.
+    defaults are fp32 on every CPU; among the extras also eager bf16 autocast) and some alternatives
+    (batch size, threads, TTA, ONNX Runtime, torch.compile) measured the same way.
 
 Timings are noisy on a shared machine: variants are interleaved and each is repeated; the
 table shows the fastest repeat. Dice is the challenge's: per slice and class, empty-vs-empty

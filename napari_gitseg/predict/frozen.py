@@ -29,9 +29,11 @@ from collections import OrderedDict
 from copy import deepcopy
 
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 __all__ = ["FrozenModel", "decode_eager", "encode_eager", "fold_batchnorms"]
 
+_KINDS = ("forward", "encode", "decode")  # the entry points, by index (the modules' order)
 _MAX_GRAPHS = 4  # input shapes kept per model (a scan's crop size; resized models have one)
 _TOLERANCE = 1e-3  # max |frozen - eager| on the logits: BN folding changes them by ~2e-5
 # bf16 graphs against the fp32 model, mean |difference| relative to the output's mean magnitude:
@@ -103,14 +105,8 @@ def fold_batchnorms(model: torch.nn.Module, example: torch.Tensor) -> int:
 
 @torch.no_grad()
 def _fold_pair(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> None:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    new_bias = (bias - bn.running_mean) * scale + bn.bias
-    conv.weight.mul_(scale.view(-1, 1, 1, 1))
-    if conv.bias is None:
-        conv.bias = torch.nn.Parameter(new_bias)
-    else:
-        conv.bias.copy_(new_bias)
+    conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                  bn.eps, bn.weight, bn.bias)
     bn.weight.fill_(1.0)
     bn.bias.zero_()
     bn.running_mean.zero_()
@@ -141,36 +137,33 @@ class FrozenModel:
             raise ValueError(f"frozen graphs run in float32 or bfloat16, not {dtype}")
         self.model = model
         self.dtype = dtype
-        self._encode, self._decode = _Encode(model), _Decode(model)
-        self._traced: tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module] | None = None
+        self._modules = (model, _Encode(model), _Decode(model))  # eager, fp32: the reference (see _KINDS)
+        # what graphs are traced from: the model itself, or (bf16) its folded copy made on first use
+        self._traced = self._modules if dtype == torch.float32 else None
         self.eager_reason: str | None = None if hasattr(torch.jit, "freeze") else "torch.jit.freeze is missing"
-        self._graphs: dict[str, OrderedDict] = {"forward": OrderedDict(), "encode": OrderedDict(),
-                                                 "decode": OrderedDict()}
+        self._graphs: dict[str, OrderedDict] = {kind: OrderedDict() for kind in _KINDS}
 
     # ---- the three entry points ----------------------------------------------------------------
     def forward(self, x: torch.Tensor):
         """``model(x)`` (a tensor or a tuple, as the model returns it; logits in fp32)."""
         self._prepare_traced(x)
-        return self._run("forward", 0, x, x)
+        return self._run(0, x, x)
 
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(encoder features, classification logits) of an smp model with a classification head."""
         self._prepare_traced(x)
-        out = self._run("encode", 1, x, x)
+        out = self._run(1, x, x)
         return list(out[:-1]), out[-1]
 
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Segmentation logits from encoder features (the decoder and the segmentation head)."""
         feats = tuple(features)
-        return self._run("decode", 2, feats, feats[-1])
+        return self._run(2, feats, feats[-1])
 
     # ---- graphs --------------------------------------------------------------------------------
     def _prepare_traced(self, example: torch.Tensor) -> None:
-        """The modules graphs are traced from: the model itself (fp32), or its folded bf16 copy."""
+        """The bf16 copy graphs are traced from, folded on the network input ``example`` (once)."""
         if self._traced is not None:
-            return
-        if self.dtype == torch.float32:
-            self._traced = (self.model, self._encode, self._decode)
             return
         copy = deepcopy(self.model)
         fold_batchnorms(copy, example.float())
@@ -178,7 +171,7 @@ class FrozenModel:
         self._traced = (copy, _Encode(copy), _Decode(copy))
 
     def _eager(self, which: int, inputs):
-        module = (self.model, self._encode, self._decode)[which]
+        module = self._modules[which]
         if self.dtype == torch.float32:
             return module(inputs)
         with torch.autocast("cpu", dtype=self.dtype):
@@ -192,11 +185,11 @@ class FrozenModel:
             return tuple(t.float() for t in out)
         return (*out[:-1], out[-1].float())
 
-    def _run(self, kind: str, which: int, inputs, shaped: torch.Tensor):
+    def _run(self, which: int, inputs, shaped: torch.Tensor):
         if self.eager_reason is not None:
             return self._eager(which, inputs)
         key = (tuple(shaped.shape[1:]), shaped.is_contiguous(memory_format=torch.channels_last))
-        cache = self._graphs[kind]
+        cache = self._graphs[_KINDS[which]]
         graph = cache.get(key)
         if graph is None:
             graph = self._build(which, inputs)
@@ -218,7 +211,7 @@ class FrozenModel:
                 warnings.simplefilter("always")  # recorded, not shown: torch.jit's FutureWarnings
                 graph = torch.jit.freeze(torch.jit.trace(module.eval(), (cast,), check_trace=False))
                 got = _as_tuple(graph(cast))
-            want = _as_tuple((self.model, self._encode, self._decode)[which](_cast(inputs, torch.float32)))
+            want = _as_tuple(self._modules[which](_cast(inputs, torch.float32)))
         except Exception as err:  # noqa: BLE001 - any tracing failure means: stay eager
             self.eager_reason = f"tracing failed ({type(err).__name__}: {str(err)[:200]})"
             return None
