@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # what the build reads: the project files plus the default bundle (copied, so the build's
 # build/ and *.egg-info never land in the checkout)
-SOURCES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "constraints.txt", "napari_gitseg", "training",
+SOURCES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "constraints.txt", "napari_gitseg",
+           "training",
            "resources/models/default.json", "resources/models/default.safetensors"]
 
 
@@ -40,6 +41,12 @@ def test_wheel_carries_the_manifest_and_the_default_model(tmp_path):
                    "napari_gitseg/default_model/default.safetensors"):
         assert member in names, f"{member} is not in {wheel.name}"
     assert not any(n.startswith(("resources/", "tests/")) for n in names)
+    # the licence as an SPDX expression (metadata 2.4; the TOML-table form stops building in 2027) and its text
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    headers = zipfile.ZipFile(wheel).read(metadata).decode().split("\n\n", 1)[0].splitlines()
+    assert "License-Expression: BSD-3-Clause" in headers
+    assert "License-File: LICENSE" in headers
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
