@@ -14,8 +14,7 @@ from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.io.rle import rle_encode
 from napari_gitseg.phantom import _draw_anatomy, render_body_background
 from training.real_masks import RealMaskFolder, read_case_days, split_patients
-from training.synthesis import (_LB, _SB, _loop_cells, _organ_looks, _paint_organs, build_scene, letterbox_masks,
-                                render_window)
+from training.synthesis import _organ_looks, _paint_organs, build_scene, letterbox_masks, render_window
 from training.synthetic_dataset import SyntheticDataset, synthetic_datasets
 
 REAL_MASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "uwmgi-train-masks"
@@ -154,28 +153,6 @@ def test_render_window_is_deterministic_per_seed_and_varies_between_seeds():
     assert a.shape == (3, 64, 64) and a.dtype == np.float32 and np.isfinite(a).all() and a.min() >= 0
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
-
-
-def test_bowel_loops_are_walled_cells_inside_the_bowel_masks_only():
-    cells = _loop_cells(np.random.default_rng(3), (64, 64), 4.0)
-    ids = cells.cells
-    assert ids.min() >= 1 and len(np.unique(ids)) > 20  # every pixel in a cell, about one per disc of radius 4
-    # an edge pixel is exactly one whose left or upper neighbour lies in another cell
-    changes = np.zeros_like(cells.edge)
-    changes[:, 1:] |= ids[:, 1:] != ids[:, :-1]
-    changes[1:, :] |= ids[1:, :] != ids[:-1, :]
-    np.testing.assert_array_equal(cells.edge, changes)
-    masks = _organ_masks(10, 64, 64, 1)[:, 3]  # all three organs
-    looks = _organ_looks(np.random.default_rng(0))
-    tex = np.zeros((64, 64), np.float32)
-    plain, walled = np.full((64, 64), -1.0, np.float32), np.full((64, 64), -1.0, np.float32)
-    _paint_organs(plain, masks, looks, tex, np.random.default_rng(0))
-    _paint_organs(walled, masks, looks, tex, np.random.default_rng(0), {_SB: cells, _LB: cells})
-    np.testing.assert_array_equal(walled != -1.0, masks.any(axis=0))  # still exactly the organs
-    bowel = (masks[_SB] | masks[_LB]) & ~masks[CLASSES.index("stomach")]
-    assert not np.array_equal(plain[bowel], walled[bowel])  # the loops change the bowel's look ...
-    stomach = masks[CLASSES.index("stomach")]
-    np.testing.assert_array_equal(plain[stomach], walled[stomach])  # ... and nothing else
 
 
 def test_looks_differ_in_tissue_contrast_between_samples():

@@ -11,10 +11,7 @@ abdominal wall). :func:`render_window` then draws a new look for every sample:
    T2);
 2. **organs**: each real organ gets a wall (1-3 px at its border) and contents of random intensity:
    small bowel fluid per loop with feathery folds, large bowel mottled stool with air bubbles,
-   stomach fluid with debris and (sometimes) an air-fluid level on its anterior side; in most
-   samples the bowel masks are also split into packed loops (small bowel) or haustra (large
-   bowel): cells of a random size, each with its own content, separated by thin walls, the same
-   cells on the neighbouring slices (a real bowel mask outlines a cluster of loops, not one lumen);
+   stomach fluid with debris and (sometimes) an air-fluid level on its anterior side;
 3. **distractors**: random unlabelled blobs (pancreas, duodenum, uterus, cysts...) so that "any blob
    in the belly" is not an organ;
 4. **acquisition**: partial-volume mixing of the 3 mm neighbours, in-plane blur, a lower acquired
@@ -102,7 +99,7 @@ def build_scene(name: str, masks: np.ndarray, size: tuple[int, int] | None, seed
 
 # ------------------------------------------------------------------------------------------ render
 def render_window(scene: Scene, zs: list[int], rng: np.random.Generator, p_t2: float = 0.3,
-                  p_isolated: float = 0.15, p_loops: float = 0.7) -> np.ndarray:
+                  p_isolated: float = 0.15) -> np.ndarray:
     """A new MR-like look of the slices ``zs`` of ``scene``: float32 (len(zs), H, W), positive."""
     n_z = scene.n_slices
     zs = [int(np.clip(z, 0, n_z - 1)) for z in zs]
@@ -111,12 +108,11 @@ def render_window(scene: Scene, zs: list[int], rng: np.random.Generator, p_t2: f
     looks = _organ_looks(rng)
     blobs = _distractors(rng, scene)
     texture = _texture(rng, scene.background.shape[-2:])
-    loops = _bowel_loops(rng, scene.background.shape[-2:], p_loops)
     sharp = {}
     for z in need:
         img = np.interp(scene.background[z].astype(np.float32), lut_x, lut_y).astype(np.float32)
         _paint_distractors(img, blobs, scene.masks[:, z].any(axis=0), scene.background[z] > 0.02, texture)
-        _paint_organs(img, scene.masks[:, z], looks, texture, rng, loops)
+        _paint_organs(img, scene.masks[:, z], looks, texture, rng)
         sharp[z] = img
     w = float(rng.uniform(0.0, 0.25))  # partial volume of the 3 mm neighbours
     out = np.stack([(1 - 2 * w) * sharp[z] + w * sharp[max(0, z - 1)] + w * sharp[min(n_z - 1, z + 1)]
@@ -173,42 +169,8 @@ def _texture(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return tex / (tex.std() + 1e-6)
 
 
-@dataclass
-class _Loops:
-    """Packed cells over the whole frame (a Voronoi partition): which cell each pixel is in, the pixels
-    next to another cell, and each cell's content offset (unit normal)."""
-
-    cells: np.ndarray
-    edge: np.ndarray
-    offset: np.ndarray
-    spread: float
-
-
-_LOOP_RADIUS = {_SB: (2.5, 6.0), _LB: (4.0, 9.0)}  # cell radius in training-grid pixels (160 px: ~2.5 mm each)
-
-
-def _loop_cells(rng: np.random.Generator, shape: tuple[int, int], radius: float) -> _Loops:
-    """Voronoi cells of random seeds, about one per disc of ``radius`` pixels."""
-    h, w = shape
-    n = max(1, int(h * w / (np.pi * radius * radius)))
-    ids = np.zeros(shape, np.int32)
-    ids[rng.integers(0, h, n), rng.integers(0, w, n)] = np.arange(1, n + 1)
-    _dist, (iy, ix) = ndimage.distance_transform_edt(ids == 0, return_indices=True)
-    cells = ids[iy, ix]
-    edge = np.zeros(shape, bool)
-    edge[:, 1:] |= cells[:, 1:] != cells[:, :-1]
-    edge[1:, :] |= cells[1:, :] != cells[:-1, :]
-    return _Loops(cells, edge, rng.standard_normal(n + 1).astype(np.float32), float(rng.uniform(0.1, 0.6)))
-
-
-def _bowel_loops(rng: np.random.Generator, shape: tuple[int, int], p_loops: float) -> dict[int, _Loops]:
-    """Per bowel class, the loop cells of one sample (shared by its slices), each drawn with ``p_loops``."""
-    return {c: _loop_cells(rng, shape, float(rng.uniform(*radius)))
-            for c, radius in _LOOP_RADIUS.items() if rng.random() < p_loops}
-
-
 def _paint_organs(img: np.ndarray, masks: np.ndarray, looks: list[_OrganLook], tex: np.ndarray,
-                  rng: np.random.Generator, loops: dict[int, _Loops] | None = None) -> None:
+                  rng: np.random.Generator) -> None:
     """Paint walls and contents of the organs of one slice (large bowel, small bowel, stomach on top)."""
     for c in (_LB, _SB, _ST):
         mask = masks[c]
@@ -219,10 +181,6 @@ def _paint_organs(img: np.ndarray, masks: np.ndarray, looks: list[_OrganLook], t
         comp, n = ndimage.label(mask)
         factor = 1.0 + look.spread * np.sin(np.arange(n + 1) * 2.399 + look.content * 10.0)
         value = look.content * factor[comp] * (1.0 + look.texture * tex)
-        cells = (loops or {}).get(c)
-        if cells is not None:  # packed loops / haustra: a content per cell, thin walls between cells
-            value = np.clip(value * (1.0 + cells.spread * cells.offset[cells.cells]), 0.0, None)
-            value = np.where(cells.edge, look.wall * (1.0 + 0.1 * tex), value)
         if c == _SB:  # feathery folds reaching in from the wall
             value = np.where((depth < 3.5) & (tex > 0.6), look.wall, value)
         elif c == _LB:  # mottled stool with air bubbles
