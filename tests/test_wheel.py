@@ -16,8 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 # what the build reads: the project files plus the default bundle (copied, so the build's
 # build/ and *.egg-info never land in the checkout)
 SOURCES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "constraints.txt", "napari_gitseg",
-           "training",
-           "resources/models/default.json", "resources/models/default.safetensors"]
+           "training", "resources/models/default.json", "resources/models/default.safetensors"]
 
 
 @pytest.mark.slow
@@ -36,14 +35,15 @@ def test_wheel_carries_the_manifest_and_the_default_model(tmp_path):
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)], check=True)
     (wheel,) = dist.glob("napari_gitseg-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
+    with zipfile.ZipFile(wheel) as archive:  # read once: the member names and the METADATA headers
+        names = set(archive.namelist())
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        headers = archive.read(metadata).decode().split("\n\n", 1)[0].splitlines()
     for member in ("napari_gitseg/napari.yaml", "napari_gitseg/default_model/default.json",
                    "napari_gitseg/default_model/default.safetensors"):
         assert member in names, f"{member} is not in {wheel.name}"
     assert not any(n.startswith(("resources/", "tests/")) for n in names)
     # the licence as an SPDX expression (metadata 2.4; the TOML-table form stops building in 2027) and its text
-    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
-    headers = zipfile.ZipFile(wheel).read(metadata).decode().split("\n\n", 1)[0].splitlines()
     assert "License-Expression: BSD-3-Clause" in headers
     assert "License-File: LICENSE" in headers
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
