@@ -150,7 +150,10 @@ class ReviewWidget(CorrectionTools, Container):
         self._organ.tooltip = "The organ you paint, fill and refine [1 / 2 / 3]"
         self._set_enabled(False)
         self._history: list[int] = []
+        self._connect_signals(viewer)
 
+    def _connect_signals(self, viewer) -> None:
+        """The buttons' actions, and what the dock follows in the viewer and the hub."""
         self._open.changed.connect(self.start_review)
         self._next.changed.connect(self.next_slice)
         self._prev.changed.connect(self.previous_slice)

@@ -400,10 +400,7 @@ class Predictor:
                     gate_pc[:, batch] = g_batch
                 m_batch = self._gate_and_clean(m_batch, conf, g_batch)
                 confidence[batch] = conf
-                full_p = np.zeros((n_classes, len(batch), *image.shape[1:]), dtype=self.probs_dtype)
-                full_m = np.zeros((n_classes, len(batch), *image.shape[1:]), dtype=bool)
-                full_p[:, :, y0:y1, x0:x1] = p_batch
-                full_m[:, :, y0:y1, x0:x1] = m_batch
+                full_p, full_m = self._uncrop(p_batch, m_batch, image.shape[1:], (y0, y1, x0, x1))
                 probs[:, batch], masks[:, batch] = full_p, full_m
                 done += len(batch)
                 timings["postprocess"] += time.perf_counter() - t0
@@ -414,6 +411,16 @@ class Predictor:
         return result(crop=crop)
 
     # ---- internals ----------------------------------------------------------------------------
+    def _uncrop(self, probs: np.ndarray, masks: np.ndarray, shape: tuple, box: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """A batch's (C, B, h, w) probabilities and masks put back at ``box`` (y0, y1, x0, x1) of the
+        full slice ``shape``."""
+        y0, y1, x0, x1 = box
+        full_p = np.zeros((*probs.shape[:2], *shape), dtype=self.probs_dtype)
+        full_m = np.zeros((*masks.shape[:2], *shape), dtype=bool)
+        full_p[:, :, y0:y1, x0:x1] = probs
+        full_m[:, :, y0:y1, x0:x1] = masks
+        return full_p, full_m
+
     def _normalized(self, image: np.ndarray, source: str | None) -> list[np.ndarray]:
         """Each member's input volume, normalised as in its training (once per distinct spec)."""
         volumes: dict[str, np.ndarray] = {}
