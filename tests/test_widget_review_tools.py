@@ -212,7 +212,26 @@ def test_learn_from_corrections_relabels_unreviewed_slices_only_and_undoes(make_
     qtbot.waitUntil(lambda: str(widget._versions.current_choice).endswith("model (learned)"), timeout=10000)
     press(viewer, "Shift-I")
     qtbot.waitUntil(lambda: store.latest(case.slice_ids[1]).model_version == "v1", timeout=10000)
+
+    # Learn again: the model's prediction of the scan is reused (same scan, same model) ...
+    calls = []
+    predict_once = widget._predictor.predict
+    widget._predictor.predict = lambda *a, **k: calls.append(1) or predict_once(*a, **k)
+    widget._unsaved.value = ""
+    again = widget.learn_from_corrections()
+    assert again.result(timeout=180).relabelled == result.relabelled and calls == []
+    qtbot.waitUntil(lambda: "relabelled" in widget._unsaved.value, timeout=10000)
+    assert len(widget._fills) == 1
+    # ... until the model changes
+    widget._hub.model_changed.emit(str(tiny_bundle))
+    widget._predictor = SimpleNamespace(predict=lambda *a, **k: calls.append(1) or predict_once(*a, **k))
+    widget.learn_from_corrections().result(timeout=180)
+    assert calls == [1]
+    # the review closes before the finished job's report reaches the dock: nothing breaks, and the
+    # closed review's undo history goes with it
     widget.close_review()
+    qtbot.wait(100)
+    assert widget._fills == [] and widget.labels_layer is None
 
 
 def test_learn_needs_two_corrected_slices_and_closing_the_review_cancels_it(make_napari_viewer, qtbot, case, tmp_path,

@@ -68,6 +68,8 @@ class CorrectionTools:
             self._unsaved.value = ""
             return
         result = fut.result()
+        if self._session is None:  # the review closed after the job ended: the filled slices wait in the store
+            return
         self._fills.append(result)
         self._show_changed(result.filled)
         for z in result.filled:
@@ -127,9 +129,7 @@ class CorrectionTools:
         if len(corrected) < MIN_CORRECTED:
             raise ValueError(f"correct or accept at least {MIN_CORRECTED} slices of this scan first "
                              f"({len(corrected)} so far): learning starts from them, one is held out to check it")
-        self._show_learn_progress("predicting", 0, 1)
-        prediction = self._load_predictor().predict(
-            session.stack, cancel=cancel, progress=lambda done, total: self._show_learn_progress("predicting", done, total))
+        prediction = self._model_prediction(session, cancel)
         model_labels = masks_to_labels(prediction.masks, tuple(session.stack.classes))
         targets = [z for z in range(len(session.stack.slice_ids)) if z not in corrected]
         new, check = learn_from_corrections(session.stack.image, prediction.probs, model_labels, corrected, targets,
@@ -137,6 +137,20 @@ class CorrectionTools:
         if cancel.is_set():  # the review closed meanwhile: store nothing
             raise AdaptCancelled("learning from corrections was cancelled")
         return self._io.submit(session.store_learned, new, len(corrected), check, prediction.confidence).result()
+
+    def _model_prediction(self, session, cancel: threading.Event):
+        """The model's prediction of the review's whole scan: run once per scan and model, so a second
+        Learn from corrections (more slices corrected) starts at once. Runs on the compute thread."""
+        key = (session, self._model_path)
+        cached = self._learn_prediction
+        if cached is not None and cached[0][0] is key[0] and cached[0][1] == key[1]:
+            return cached[1]
+        self._show_learn_progress("predicting", 0, 1)
+        prediction = self._load_predictor().predict(
+            session.stack, cancel=cancel, progress=lambda done, total: self._show_learn_progress("predicting", done, total))
+        if self._session is session and self._model_path == key[1]:  # still the scan and model it was run for
+            self._learn_prediction = (key, prediction)
+        return prediction
 
     @ensure_main_thread
     @when_alive
@@ -158,6 +172,8 @@ class CorrectionTools:
                 show_error(f"Review: learn from corrections: {error}")
             return
         result = fut.result()
+        if self._session is None:  # the review closed after the job ended: its versions wait in the store
+            return
         check = result.check
         scored = f" (held-out corrected slices: Dice {check.model_dice:.2f} model, {check.corrector_dice:.2f} learned)"
         if not result.relabelled and not check.passed:
@@ -183,6 +199,7 @@ class CorrectionTools:
     def _on_model_changed(self, path) -> None:
         self._model_path = None if path is None else str(path)
         self._predictor = None
+        self._learn_prediction = None
 
     def _load_predictor(self):
         """The model for Refine (the active model of the Segment / Train docks, else the bundled default)."""

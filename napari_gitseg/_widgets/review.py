@@ -108,6 +108,7 @@ class ReviewWidget(CorrectionTools, Container):
         self._fills: list = []  # FillResults and LearnResults, newest last (Undo fill)
         self._learning: Future | None = None  # the running Learn from corrections
         self._learn_cancel = None  # its threading.Event
+        self._learn_prediction = None  # ((session, model path), the model's Prediction of that scan) for Learn
         self._seen: np.ndarray | None = None  # current slice's labels after the last stroke we booked
         self._stale: set[int] = set()  # slices whose newer stored version waits until the clinician leaves them
         self._applying = False  # True while the dock itself writes into the layer (not a stroke)
@@ -391,6 +392,8 @@ class ReviewWidget(CorrectionTools, Container):
     def _show_slice(self, z: int, refresh: bool = True) -> None:
         from napari_gitseg.classes import masks_to_labels
 
+        if self._session is None or self._layer is None:  # the review closed while a job ran
+            return
         labels = masks_to_labels(self._session.masks[:, z])
         if z == self._z and self._snapshot is not None and not np.array_equal(self._layer.data[z], self._snapshot):
             # the clinician is editing this slice: never replace their unsaved edit; the next save
@@ -540,6 +543,8 @@ class ReviewWidget(CorrectionTools, Container):
                 rows = self.effort.rows(list(session.stack.slice_ids))
                 self._io.submit(session.store.save_effort, self.effort.session_id, rows)
             self._session, self._layer, self._z, self._snapshot = None, None, None, None
+            self._learn_prediction = None
+            self._fills.clear()  # Undo fill / learn belongs to the review it was done in
             self._compute.close()  # a cancelled Learn from corrections ends before the store closes
             if session is not None:
                 self._io.submit(session.store.close)
