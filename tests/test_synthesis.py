@@ -14,7 +14,9 @@ from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.io.rle import rle_encode
 from napari_gitseg.phantom import _draw_anatomy, render_body_background
 from training.real_masks import RealMaskFolder, read_case_days, split_patients
-from training.synthesis import _organ_looks, _paint_organs, build_scene, letterbox_masks, render_window
+from training.config import TrainConfig
+from training.synthesis import (_FAT_LEVELS, _LB, _SB, RenderOptions, _bright_fat, _india_ink, _loop_cells,
+                                _organ_cells, _organ_looks, _paint_organs, build_scene, letterbox_masks, render_window)
 from training.synthetic_dataset import SyntheticDataset, synthetic_datasets
 
 REAL_MASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "uwmgi-train-masks"
@@ -155,13 +157,92 @@ def test_render_window_is_deterministic_per_seed_and_varies_between_seeds():
     assert not np.allclose(a, c)
 
 
+def test_bowel_loops_are_walled_cells_inside_the_bowel_masks_only():
+    cells = _loop_cells(np.random.default_rng(3), (64, 64), 4.0)
+    ids = cells.cells
+    assert ids.min() >= 1 and len(np.unique(ids)) > 20  # every pixel in a cell, about one per disc of radius 4
+    # an edge pixel is exactly one whose left or upper neighbour lies in another cell
+    changes = np.zeros_like(cells.edge)
+    changes[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    changes[1:, :] |= ids[1:, :] != ids[:-1, :]
+    np.testing.assert_array_equal(cells.edge, changes)
+    masks = _organ_masks(10, 64, 64, 1)[:, 3]  # all three organs
+    looks = _organ_looks(np.random.default_rng(0))
+    tex = np.zeros((64, 64), np.float32)
+    plain, walled = np.full((64, 64), -1.0, np.float32), np.full((64, 64), -1.0, np.float32)
+    _paint_organs(plain, masks, looks, tex, np.random.default_rng(0))
+    _paint_organs(walled, masks, looks, tex, np.random.default_rng(0), {_SB: cells, _LB: cells})
+    np.testing.assert_array_equal(walled != -1.0, masks.any(axis=0))  # still exactly the organs
+    bowel = (masks[_SB] | masks[_LB]) & ~masks[CLASSES.index("stomach")]
+    assert not np.array_equal(plain[bowel], walled[bowel])  # the loops change the bowel's look ...
+    stomach = masks[CLASSES.index("stomach")]
+    np.testing.assert_array_equal(plain[stomach], walled[stomach])  # ... and nothing else
+
+
+def test_optional_steps_at_zero_draw_nothing_and_each_one_changes_the_look():
+    scene = build_scene("case1_day0", _organ_masks(10, 64, 64, 1), None, seed=0)
+    default = render_window(scene, [3, 5, 7], np.random.default_rng(11))
+    zeros = RenderOptions(p_loops=0.0, p_stomach_cells=0.0, p_ink=0.0, p_bright_fat=0.0)
+    np.testing.assert_array_equal(default, render_window(scene, [3, 5, 7], np.random.default_rng(11), zeros))
+    assert _organ_cells(np.random.default_rng(0), (64, 64), zeros) == {}
+    for option in ("p_loops", "p_stomach_cells", "p_ink", "p_bright_fat"):
+        look = render_window(scene, [3, 5, 7], np.random.default_rng(11), RenderOptions(**{option: 1.0}))
+        assert look.shape == default.shape and np.isfinite(look).all() and look.min() >= 0
+        assert not np.allclose(look, default), option
+    cells = _organ_cells(np.random.default_rng(0), (64, 64), RenderOptions(p_loops=1.0, p_stomach_cells=1.0))
+    assert sorted(cells) == sorted(range(len(CLASSES)))
+
+
+def test_india_ink_darkens_exactly_the_interfaces():
+    background = np.full((32, 32), 0.3, np.float32)
+    background[:, 16:] = 0.8  # two tissues meet between columns 15 and 16
+    organ = np.zeros((32, 32), bool)
+    organ[5:10, 3:8] = True
+    img = np.ones((32, 32), np.float32)
+    _india_ink(img, background, [organ], 0.25)
+    dark = img < 1.0
+    border = organ & ~np.pad(organ[1:-1, 1:-1] & organ[:-2, 1:-1] & organ[2:, 1:-1] & organ[1:-1, :-2]
+                             & organ[1:-1, 2:], 1)
+    expected = border.copy()
+    expected[:, 16] = True  # the step, marked on the pixel right of it
+    np.testing.assert_array_equal(dark, expected)
+    assert np.allclose(img[dark], 0.25)
+
+
+def test_bright_fat_maps_both_fats_and_their_texture_to_one_bright_value():
+    x = np.linspace(0.0, 1.2, 9)
+    y = np.random.default_rng(1).uniform(0.0, 1.0, 9).astype(np.float32)
+    knots, values = _bright_fat(x, y, np.random.default_rng(2))
+    assert np.all(np.diff(knots) > 0)
+    fats = np.interp(np.r_[[f + d for f in _FAT_LEVELS for d in (-0.04, -0.02, 0.0, 0.03)]], knots, values)
+    assert np.allclose(fats, fats[0]) and 0.6 <= fats[0] <= 1.0
+    far = np.array([0.0, 0.15, 1.05, 1.2])  # tissues far from fat keep their random intensity
+    np.testing.assert_allclose(np.interp(far, knots, values), np.interp(far, x, y))
+
+
+def test_render_options_are_checked_and_travel_from_the_config(mask_folder):
+    with pytest.raises(ValueError, match="unknown option.*'p_inc'"):
+        RenderOptions.from_dict({"p_inc": 0.5})
+    with pytest.raises(ValueError, match="p_ink must be a share between 0 and 1"):
+        RenderOptions.from_dict({"p_ink": 1.5})
+    with pytest.raises(ValueError, match="blur must be"):
+        RenderOptions.from_dict({"blur": [1.0, 0.2]})
+    with pytest.raises(ValueError, match="x.json: synthesis: p_loops must be"):
+        TrainConfig.from_dict({"synthesis": {"p_loops": True}}, source="x.json")
+    config = TrainConfig.from_dict({"synthesis": {"p_ink": 0.5, "blur": [0.0, 0.8]}})
+    train, val, description = synthetic_datasets(mask_folder, (64, 64), 3, 2, synthesis=config.synthesis)
+    assert train.render == val.render == RenderOptions(p_ink=0.5, blur=(0.0, 0.8))
+    assert description["render_options"]["p_ink"] == 0.5 and description["render_options"]["blur"] == [0.0, 0.8]
+    assert synthetic_datasets(mask_folder, (64, 64), 3, 2)[0].render == RenderOptions()
+
+
 def test_looks_differ_in_tissue_contrast_between_samples():
     scene = build_scene("case1_day0", _organ_masks(10, 64, 64, 1), None, seed=0)
     organ = scene.masks[:, 5].any(axis=0)
     body = (scene.background[5] > 0.05) & ~organ  # the body around the organs
     ratios = []
     for seed in range(24):
-        img = render_window(scene, [5], np.random.default_rng(seed), p_isolated=0.0)[0]
+        img = render_window(scene, [5], np.random.default_rng(seed), RenderOptions(p_isolated=0.0))[0]
         ratios.append(img[organ].mean() / max(img[body].mean(), 1e-6))
     # organs are sometimes brighter and sometimes darker than their surroundings
     assert min(ratios) < 0.8 and max(ratios) > 1.05, ratios

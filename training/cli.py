@@ -215,7 +215,8 @@ def _training_data(args, config):
 
         model = config.model_config()
         return synthetic_datasets(args.real_masks, tuple(config.size), model.k, model.stride, config.seed,
-                                  config.val_fraction, args.val_items, args.phantom_share)
+                                  config.val_fraction, args.val_items, args.phantom_share,
+                                  synthesis=config.synthesis)
     stacks = read_stacks(args.data)
     val = read_stacks(args.val) if args.val else None
     return stacks, val, {"data": str(args.data), "val_data": args.val}

@@ -61,6 +61,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | plateau | none
     loss: Any = field(default_factory=lambda: {"bce": 0.5, "tversky": 0.5, "tversky_alpha": 0.7, "tversky_beta": 0.3})
     augmentation: Any = "default"
+    synthesis: dict = field(default_factory=dict)  # training.synthesis.RenderOptions (images rendered from real masks)
     size: list | None = field(default_factory=lambda: [160, 160])
     fit: str = "resize"  # resize | crop
     crop_to_body: bool = False
@@ -119,6 +120,15 @@ class TrainConfig:
         self.keep_start = float(self.keep_start)
         if not 0.0 <= float(self.pseudo_max_empty) <= 1.0:
             raise ValueError(f"pseudo_max_empty must be in [0, 1], got {self.pseudo_max_empty!r}")
+        if not isinstance(self.synthesis, dict):
+            raise ValueError(f"synthesis must be an object of renderer options, got {self.synthesis!r}")
+        if self.synthesis:  # checked here so that a typo fails before a long run starts
+            from training.synthesis import RenderOptions
+
+            try:
+                RenderOptions.from_dict(self.synthesis)
+            except ValueError as err:
+                raise ValueError(f"synthesis: {err}") from err
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "plateau", "none"):

@@ -18,12 +18,19 @@ abdominal wall). :func:`render_window` then draws a new look for every sample:
    resolution now and then, a smooth coil bias field, intensity scale, Rician noise, gamma;
 5. now and then the neighbours are replaced by the centre slice (isolated slices, as in exports).
 
+Optional steps (:class:`RenderOptions`, off by default; ``TrainConfig.synthesis`` turns them on):
+bowel masks split into packed loops / haustra (walled cells of a random size, each with its own
+content, the same cells on the neighbouring slices: a real bowel mask outlines a cluster of loops),
+the stomach split into cells too, bSSFP's dark "India-ink" lines at tissue interfaces, and both fats
+mapped to one bright value.
+
 The masks are never changed: the organs of the image are exactly the given masks. Every draw comes
 from the ``numpy.random.Generator`` passed in, so a seed gives the same image.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -98,29 +105,111 @@ def build_scene(name: str, masks: np.ndarray, size: tuple[int, int] | None, seed
 
 
 # ------------------------------------------------------------------------------------------ render
-def render_window(scene: Scene, zs: list[int], rng: np.random.Generator, p_t2: float = 0.3,
-                  p_isolated: float = 0.15) -> np.ndarray:
+@dataclass(frozen=True)
+class RenderOptions:
+    """How :func:`render_window` draws a look; the defaults are the renderer of the bundled model.
+
+    The ``p_*`` settings are shares of samples; at 0 (the default) a step draws nothing from the
+    generator, so the defaults give the same images as before the step existed. ``TrainConfig.synthesis``
+    sets them (``gitseg train --config``). Measured on stage 1 of the default model's command (README):
+    none of the optional steps beat the defaults on the real UW-Madison slices yet.
+    """
+
+    p_t2: float = 0.3  # tissue contrast kept close to the phantom's T2 levels
+    p_isolated: float = 0.15  # neighbours replaced by the centre slice (isolated slices, as in exports)
+    blur: tuple[float, float] = (0.3, 1.1)  # in-plane blur sigma in pixels, drawn per sample
+    p_loops: float = 0.0  # bowel masks split into packed loops / haustra (walled cells)
+    p_stomach_cells: float = 0.0  # the stomach split into cells too (rugal folds, food)
+    p_ink: float = 0.0  # a dark line at tissue interfaces (balanced SSFP's India-ink artefact)
+    p_bright_fat: float = 0.0  # both fats one bright tissue (T1, bSSFP, T2 FSE without fat saturation)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> RenderOptions:
+        """Options from a JSON object; ValueError naming an unknown key or a value out of range."""
+        data = dict(data or {})
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+        if "blur" in data:
+            blur = data["blur"]
+            if not (isinstance(blur, (list, tuple)) and len(blur) == 2 and all(
+                    isinstance(b, (int, float)) and not isinstance(b, bool) for b in blur) and 0 <= blur[0] <= blur[1]):
+                raise ValueError(f"blur must be [low, high] sigmas with 0 <= low <= high, got {blur!r}")
+            data["blur"] = (float(blur[0]), float(blur[1]))
+        for key, value in data.items():
+            if key != "blur" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+                raise ValueError(f"{key} must be a share between 0 and 1, got {value!r}")
+        return cls(**{k: (v if k == "blur" else float(v)) for k, v in data.items()})
+
+    def to_dict(self) -> dict:
+        """JSON-ready (recorded in the bundle)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+DEFAULT_RENDER = RenderOptions()
+
+
+def render_window(scene: Scene, zs: list[int], rng: np.random.Generator,
+                  options: RenderOptions = DEFAULT_RENDER) -> np.ndarray:
     """A new MR-like look of the slices ``zs`` of ``scene``: float32 (len(zs), H, W), positive."""
     n_z = scene.n_slices
     zs = [int(np.clip(z, 0, n_z - 1)) for z in zs]
     need = sorted({int(np.clip(z + d, 0, n_z - 1)) for z in zs for d in (-1, 0, 1)})
-    lut_x, lut_y = _tissue_curve(rng, p_t2)
+    lut_x, lut_y = _tissue_curve(rng, options.p_t2)
+    if options.p_bright_fat > 0 and rng.random() < options.p_bright_fat:
+        lut_x, lut_y = _bright_fat(lut_x, lut_y, rng)
     looks = _organ_looks(rng)
     blobs = _distractors(rng, scene)
     texture = _texture(rng, scene.background.shape[-2:])
+    loops = _organ_cells(rng, scene.background.shape[-2:], options)
+    ink = float(rng.uniform(0.0, 0.4)) if options.p_ink > 0 and rng.random() < options.p_ink else None
     sharp = {}
     for z in need:
         img = np.interp(scene.background[z].astype(np.float32), lut_x, lut_y).astype(np.float32)
-        _paint_distractors(img, blobs, scene.masks[:, z].any(axis=0), scene.background[z] > 0.02, texture)
-        _paint_organs(img, scene.masks[:, z], looks, texture, rng)
+        organs = scene.masks[:, z].any(axis=0)
+        _paint_distractors(img, blobs, organs, scene.background[z] > 0.02, texture)
+        _paint_organs(img, scene.masks[:, z], looks, texture, rng, loops)
+        if ink is not None:
+            _india_ink(img, scene.background[z], [*scene.masks[:, z], *(e & ~organs for e, _v in blobs)], ink)
         sharp[z] = img
     w = float(rng.uniform(0.0, 0.25))  # partial volume of the 3 mm neighbours
     out = np.stack([(1 - 2 * w) * sharp[z] + w * sharp[max(0, z - 1)] + w * sharp[min(n_z - 1, z + 1)]
                     for z in zs])
-    out = _acquire(out, rng)
-    if len(zs) > 1 and rng.random() < p_isolated:
+    out = _acquire(out, rng, options.blur)
+    if len(zs) > 1 and rng.random() < options.p_isolated:
         out[:] = out[len(zs) // 2]
     return out
+
+
+def _india_ink(img: np.ndarray, background: np.ndarray, masks: list, darkness: float) -> None:
+    """Darken (times ``darkness``) a 1-px line where the tissue changes: the background's level steps and
+    the borders of ``masks`` (organs, distractors), as fat-water interfaces cancel in balanced SSFP (the
+    UW-Madison MR-Linac scans)."""
+    level = background.astype(np.float32)
+    step = np.zeros(img.shape, bool)
+    step[:, 1:] |= np.abs(level[:, 1:] - level[:, :-1]) > 0.08
+    step[1:, :] |= np.abs(level[1:, :] - level[:-1, :]) > 0.08
+    inside = background > 0.02
+    for mask in masks:
+        step |= mask & inside & ~ndimage.binary_erosion(mask)
+    img[step] *= darkness
+
+
+_FAT_LEVELS = (0.44, 0.80)  # the phantom's visceral and subcutaneous fat levels (phantom._TISSUE)
+
+
+def _bright_fat(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The lookup curve with both fats mapped to one bright value: fat is one tissue, and the mesenteric
+    fat between bowel loops looks like the subcutaneous fat in most abdominal sequences."""
+    bright = float(rng.uniform(0.6, 1.0))
+    fat = np.array(_FAT_LEVELS, dtype=np.float32)
+    flat = (fat[:, None] + np.array([-0.04, 0.0, 0.04], dtype=np.float32)).ravel()  # the fats' texture stays fat
+    keep = x[np.abs(x[:, None] - fat[None]).min(axis=1) > 0.07]
+    knots = np.sort(np.r_[keep, flat])
+    values = np.interp(knots, x, y).astype(np.float32)
+    values[np.isin(knots, flat)] = bright
+    return knots, values
 
 
 def _tissue_curve(rng: np.random.Generator, p_t2: float) -> tuple[np.ndarray, np.ndarray]:
@@ -169,8 +258,44 @@ def _texture(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return tex / (tex.std() + 1e-6)
 
 
+@dataclass
+class _Loops:
+    """Packed cells over the whole frame (a Voronoi partition): which cell each pixel is in, the pixels
+    next to another cell, and each cell's content offset (unit normal)."""
+
+    cells: np.ndarray
+    edge: np.ndarray
+    offset: np.ndarray
+    spread: float
+
+
+_LOOP_RADIUS = {_SB: (2.5, 6.0), _LB: (4.0, 9.0), _ST: (4.0, 10.0)}  # cell radius in training-grid pixels (160 px: ~2.5 mm each)
+
+
+def _loop_cells(rng: np.random.Generator, shape: tuple[int, int], radius: float) -> _Loops:
+    """Voronoi cells of random seeds, about one per disc of ``radius`` pixels."""
+    h, w = shape
+    n = max(1, int(h * w / (np.pi * radius * radius)))
+    ids = np.zeros(shape, np.int32)
+    ids[rng.integers(0, h, n), rng.integers(0, w, n)] = np.arange(1, n + 1)
+    _dist, (iy, ix) = ndimage.distance_transform_edt(ids == 0, return_indices=True)
+    cells = ids[iy, ix]
+    edge = np.zeros(shape, bool)
+    edge[:, 1:] |= cells[:, 1:] != cells[:, :-1]
+    edge[1:, :] |= cells[1:, :] != cells[:-1, :]
+    return _Loops(cells, edge, rng.standard_normal(n + 1).astype(np.float32), float(rng.uniform(0.1, 0.6)))
+
+
+def _organ_cells(rng: np.random.Generator, shape: tuple[int, int], options: RenderOptions) -> dict[int, _Loops]:
+    """Per organ, the cells of one sample (shared by its slices): each bowel with ``p_loops``, the stomach
+    with ``p_stomach_cells``; nothing is drawn for an option at 0."""
+    shares = {_SB: options.p_loops, _LB: options.p_loops, _ST: options.p_stomach_cells}
+    return {c: _loop_cells(rng, shape, float(rng.uniform(*radius)))
+            for c, radius in _LOOP_RADIUS.items() if shares[c] > 0 and rng.random() < shares[c]}
+
+
 def _paint_organs(img: np.ndarray, masks: np.ndarray, looks: list[_OrganLook], tex: np.ndarray,
-                  rng: np.random.Generator) -> None:
+                  rng: np.random.Generator, loops: dict[int, _Loops] | None = None) -> None:
     """Paint walls and contents of the organs of one slice (large bowel, small bowel, stomach on top)."""
     for c in (_LB, _SB, _ST):
         mask = masks[c]
@@ -181,6 +306,10 @@ def _paint_organs(img: np.ndarray, masks: np.ndarray, looks: list[_OrganLook], t
         comp, n = ndimage.label(mask)
         factor = 1.0 + look.spread * np.sin(np.arange(n + 1) * 2.399 + look.content * 10.0)
         value = look.content * factor[comp] * (1.0 + look.texture * tex)
+        cells = (loops or {}).get(c)
+        if cells is not None:  # packed loops / haustra: a content per cell, thin walls between cells
+            value = np.clip(value * (1.0 + cells.spread * cells.offset[cells.cells]), 0.0, None)
+            value = np.where(cells.edge, look.wall * (1.0 + 0.1 * tex), value)
         if c == _SB:  # feathery folds reaching in from the wall
             value = np.where((depth < 3.5) & (tex > 0.6), look.wall, value)
         elif c == _LB:  # mottled stool with air bubbles
@@ -219,10 +348,10 @@ def _paint_distractors(img: np.ndarray, blobs: list[tuple[np.ndarray, float]], o
         img[inside] = value * (1.0 + 0.1 * tex[inside])
 
 
-def _acquire(out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _acquire(out: np.ndarray, rng: np.random.Generator, blur: tuple[float, float] = (0.3, 1.1)) -> np.ndarray:
     """Blur, lower resolution, bias field, scale, Rician noise and gamma of a (n, H, W) window."""
     n, h, w = out.shape
-    sigma = float(rng.uniform(0.3, 1.1))
+    sigma = float(rng.uniform(*blur))
     out = ndimage.gaussian_filter(out, (0, sigma, sigma))
     if rng.random() < 0.3:  # acquired at a lower resolution
         f = float(rng.uniform(1.3, 2.5))

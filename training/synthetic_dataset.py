@@ -23,7 +23,7 @@ from napari_gitseg.classes import CLASSES
 from napari_gitseg.model.normalize import normalize_stack
 from napari_gitseg.model.windows import window_indices
 from training.real_masks import RealMaskFolder
-from training.synthesis import Scene, build_scene, render_window
+from training.synthesis import DEFAULT_RENDER, RenderOptions, Scene, build_scene, render_window
 
 
 class SyntheticDataset(Dataset):
@@ -31,14 +31,15 @@ class SyntheticDataset(Dataset):
 
     def __init__(self, source: RealMaskFolder, names: Sequence[str], k: int = 3, stride: int = 2,
                  size: tuple[int, int] = (160, 160), seed: int = 0, length: int = 1_000_000,
-                 on_the_fly: bool = True, organ_share: float = 0.8, normalization: dict | None = None):
+                 on_the_fly: bool = True, organ_share: float = 0.8, normalization: dict | None = None,
+                 render: RenderOptions = DEFAULT_RENDER):
         window_indices(1, k, stride)  # validates k and stride
         if not names:
             raise ValueError("a synthetic dataset needs at least one case-day")
         self.source, self.names = source, list(names)
         self.k, self.stride, self.size = int(k), int(stride), (int(size[0]), int(size[1]))
         self.seed, self.length, self.on_the_fly = int(seed), int(length), bool(on_the_fly)
-        self.organ_share, self.normalization = float(organ_share), normalization
+        self.organ_share, self.normalization, self.render = float(organ_share), normalization, render
         self.classes = tuple(CLASSES)
         self._scenes: dict[str, Scene] = {}
 
@@ -70,7 +71,7 @@ class SyntheticDataset(Dataset):
         name, z, rng = self.pick(index)
         scene = self.scene(name)
         zs = window_indices(scene.n_slices, self.k, self.stride)[z]
-        image = normalize_stack(render_window(scene, list(zs), rng), self.normalization)
+        image = normalize_stack(render_window(scene, list(zs), rng, self.render), self.normalization)
         masks = torch.from_numpy(scene.masks[:, z].astype(np.float32))
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
@@ -121,15 +122,18 @@ def phantom_slices(size: tuple[int, int], k: int, stride: int, n_cases: int = 6,
 
 def synthetic_datasets(folder, size: tuple[int, int], k: int, stride: int, seed: int = 0,
                        val_fraction: float = 0.15, val_items: int = 128, phantom_share: float = 0.0,
-                       normalization: dict | None = None) -> tuple[Dataset, SyntheticDataset, dict]:
+                       normalization: dict | None = None, synthesis: dict | None = None,
+                       ) -> tuple[Dataset, SyntheticDataset, dict]:
     """(training, validation, description) datasets rendered around the real masks in ``folder``,
     split by patient; the description (recorded in the bundle) names the case-days of each side.
-    With ``phantom_share`` > 0 that share of the training items are phantom slices."""
+    With ``phantom_share`` > 0 that share of the training items are phantom slices. ``synthesis``:
+    the renderer's options (``training.synthesis.RenderOptions``; both sides use them)."""
     from training.real_masks import split_patients
 
     source = RealMaskFolder(folder)
     train_names, val_names = split_patients(source.names, val_fraction, seed)
-    common = {"k": k, "stride": stride, "size": tuple(size), "normalization": normalization}
+    render = RenderOptions.from_dict(synthesis)
+    common = {"k": k, "stride": stride, "size": tuple(size), "normalization": normalization, "render": render}
     train = SyntheticDataset(source, train_names, seed=seed, on_the_fly=True, **common)
     val = SyntheticDataset(source, val_names, seed=seed + 10_000, length=val_items, on_the_fly=False, **common)
     if phantom_share > 0:
@@ -137,6 +141,7 @@ def synthetic_datasets(folder, size: tuple[int, int], k: int, stride: int, seed:
     description = {
         "data": f"synthetic images rendered around the real masks of {folder}",
         "generator": "training.synthesis (domain randomisation around real masks, phantom body)",
+        "render_options": render.to_dict(),
         "train_case_days": train_names,
         "val_case_days": val_names,
         "train_patients": sorted({n.split('_')[0] for n in train_names}),
