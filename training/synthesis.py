@@ -114,8 +114,9 @@ class RenderOptions:
     sets them (``gitseg train --config``). Measured on stage 1 of the default model's command (README
     table; zero-shot mean Dice, 18 real UW-Madison slices / TotalSegmentator MR volume; defaults
     0.238 / 0.167, another seed 0.258 / 0.189): loops 0.172 / 0.267, loops + stomach cells
-    0.222 / 0.210, India ink + sharper blur 0.206 / 0.205, bright fat 0.254 / 0.258 (the only one
-    not worse on the real slices). The bundled model was trained with the defaults.
+    0.222 / 0.210, India ink + sharper blur 0.206 / 0.205, bright fat 0.254 / 0.258 and with seed 1
+    0.252 / 0.177 (level on the real slices; its MR gain did not repeat). None is a clear gain; the
+    bundled model was trained with the defaults.
     """
 
     p_t2: float = 0.3  # tissue contrast kept close to the phantom's T2 levels
