@@ -190,10 +190,7 @@ def _india_ink(img: np.ndarray, background: np.ndarray, masks: list, darkness: f
     """Darken (times ``darkness``) a 1-px line where the tissue changes: the background's level steps and
     the borders of ``masks`` (organs, distractors), as fat-water interfaces cancel in balanced SSFP (the
     UW-Madison MR-Linac scans)."""
-    level = background.astype(np.float32)
-    step = np.zeros(img.shape, bool)
-    step[:, 1:] |= np.abs(level[:, 1:] - level[:, :-1]) > 0.08
-    step[1:, :] |= np.abs(level[1:, :] - level[:-1, :]) > 0.08
+    step = _steps(background.astype(np.float32), 0.08)
     inside = background > 0.02
     for mask in masks:
         step |= mask & inside & ~ndimage.binary_erosion(mask)
@@ -214,6 +211,14 @@ def _bright_fat(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple
     values = np.interp(knots, x, y).astype(np.float32)
     values[np.isin(knots, flat)] = bright
     return knots, values
+
+
+def _steps(values: np.ndarray, tol: float = 0.0) -> np.ndarray:
+    """Pixels whose left or upper neighbour differs from them by more than ``tol`` (H, W) bool."""
+    step = np.zeros(values.shape, bool)
+    step[:, 1:] |= np.abs(values[:, 1:] - values[:, :-1]) > tol
+    step[1:, :] |= np.abs(values[1:, :] - values[:-1, :]) > tol
+    return step
 
 
 def _tissue_curve(rng: np.random.Generator, p_t2: float) -> tuple[np.ndarray, np.ndarray]:
@@ -284,10 +289,7 @@ def _loop_cells(rng: np.random.Generator, shape: tuple[int, int], radius: float)
     ids[rng.integers(0, h, n), rng.integers(0, w, n)] = np.arange(1, n + 1)
     _dist, (iy, ix) = ndimage.distance_transform_edt(ids == 0, return_indices=True)
     cells = ids[iy, ix]
-    edge = np.zeros(shape, bool)
-    edge[:, 1:] |= cells[:, 1:] != cells[:, :-1]
-    edge[1:, :] |= cells[1:, :] != cells[:-1, :]
-    return _Loops(cells, edge, rng.standard_normal(n + 1).astype(np.float32), float(rng.uniform(0.1, 0.6)))
+    return _Loops(cells, _steps(cells), rng.standard_normal(n + 1).astype(np.float32), float(rng.uniform(0.1, 0.6)))
 
 
 def _organ_cells(rng: np.random.Generator, shape: tuple[int, int], options: RenderOptions) -> dict[int, _Loops]:
@@ -352,7 +354,7 @@ def _paint_distractors(img: np.ndarray, blobs: list[tuple[np.ndarray, float]], o
         img[inside] = value * (1.0 + 0.1 * tex[inside])
 
 
-def _acquire(out: np.ndarray, rng: np.random.Generator, blur: tuple[float, float] = (0.3, 1.1)) -> np.ndarray:
+def _acquire(out: np.ndarray, rng: np.random.Generator, blur: tuple[float, float]) -> np.ndarray:
     """Blur, lower resolution, bias field, scale, Rician noise and gamma of a (n, H, W) window."""
     n, h, w = out.shape
     sigma = float(rng.uniform(*blur))

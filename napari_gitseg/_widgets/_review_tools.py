@@ -141,15 +141,15 @@ class CorrectionTools:
     def _model_prediction(self, session, cancel: threading.Event):
         """The model's prediction of the review's whole scan: run once per scan and model, so a second
         Learn from corrections (more slices corrected) starts at once. Runs on the compute thread."""
-        key = (session, self._model_path)
+        model = self._model_path
         cached = self._learn_prediction
-        if cached is not None and cached[0][0] is key[0] and cached[0][1] == key[1]:
-            return cached[1]
+        if cached is not None and cached[0] is session and cached[1] == model:
+            return cached[2]
         self._show_learn_progress("predicting", 0, 1)
         prediction = self._load_predictor().predict(
             session.stack, cancel=cancel, progress=lambda done, total: self._show_learn_progress("predicting", done, total))
-        if self._session is session and self._model_path == key[1]:  # still the scan and model it was run for
-            self._learn_prediction = (key, prediction)
+        if self._session is session and self._model_path == model:  # still the scan and model it was run for
+            self._learn_prediction = (session, model, prediction)
         return prediction
 
     @ensure_main_thread

@@ -108,7 +108,7 @@ class ReviewWidget(CorrectionTools, Container):
         self._fills: list = []  # FillResults and LearnResults, newest last (Undo fill)
         self._learning: Future | None = None  # the running Learn from corrections
         self._learn_cancel = None  # its threading.Event
-        self._learn_prediction = None  # ((session, model path), the model's Prediction of that scan) for Learn
+        self._learn_prediction = None  # (session, model path, the model's Prediction of that scan) for Learn
         self._seen: np.ndarray | None = None  # current slice's labels after the last stroke we booked
         self._stale: set[int] = set()  # slices whose newer stored version waits until the clinician leaves them
         self._applying = False  # True while the dock itself writes into the layer (not a stroke)
