@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from napari_gitseg.classes import CLASSES
 from napari_gitseg.io.errors import GitsegInputError
@@ -15,8 +16,9 @@ from napari_gitseg.io.rle import rle_encode
 from napari_gitseg.phantom import _draw_anatomy, render_body_background
 from training.real_masks import RealMaskFolder, read_case_days, split_patients
 from training.config import TrainConfig
-from training.synthesis import (_FAT_LEVELS, _LB, _SB, RenderOptions, _bright_fat, _india_ink, _loop_cells,
-                                _organ_cells, _organ_looks, _paint_organs, build_scene, letterbox_masks, render_window)
+from training.synthesis import (_FAT_LEVELS, _LB, _SB, RenderOptions, _bright_fat, _clutter, _india_ink, _loop_cells,
+                                _organ_cells, _organ_looks, _paint_distractors, _paint_organs, build_scene,
+                                letterbox_masks, render_window)
 from training.synthetic_dataset import SyntheticDataset, synthetic_datasets
 
 REAL_MASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "uwmgi-train-masks"
@@ -182,15 +184,29 @@ def test_bowel_loops_are_walled_cells_inside_the_bowel_masks_only():
 def test_optional_steps_at_zero_draw_nothing_and_each_one_changes_the_look():
     scene = build_scene("case1_day0", _organ_masks(10, 64, 64, 1), None, seed=0)
     default = render_window(scene, [3, 5, 7], np.random.default_rng(11))
-    zeros = RenderOptions(p_loops=0.0, p_stomach_cells=0.0, p_ink=0.0, p_bright_fat=0.0)
+    zeros = RenderOptions(p_loops=0.0, p_stomach_cells=0.0, p_ink=0.0, p_bright_fat=0.0, p_clutter=0.0)
     np.testing.assert_array_equal(default, render_window(scene, [3, 5, 7], np.random.default_rng(11), zeros))
     assert _organ_cells(np.random.default_rng(0), (64, 64), zeros) == {}
-    for option in ("p_loops", "p_stomach_cells", "p_ink", "p_bright_fat"):
+    for option in ("p_loops", "p_stomach_cells", "p_ink", "p_bright_fat", "p_clutter"):
         look = render_window(scene, [3, 5, 7], np.random.default_rng(11), RenderOptions(**{option: 1.0}))
         assert look.shape == default.shape and np.isfinite(look).all() and look.min() >= 0
         assert not np.allclose(look, default), option
     cells = _organ_cells(np.random.default_rng(0), (64, 64), RenderOptions(p_loops=1.0, p_stomach_cells=1.0))
     assert sorted(cells) == sorted(range(len(CLASSES)))
+
+
+def test_clutter_lies_near_the_organs_outside_them_and_drifts_from_slice_to_slice():
+    scene = build_scene("case1_day0", _organ_masks(10, 64, 64, 1), None, seed=0)
+    zs = [3, 4, 5, 6, 7]
+    clutter = _clutter(np.random.default_rng(5), scene, zs)
+    assert sorted(clutter) == zs and len(clutter[5]) >= 15  # every structure is on the centre slice
+    near = ndimage.binary_dilation(scene.masks[:, 5].any(axis=0), iterations=64 // 12)
+    assert all(near[np.nonzero(inside)].any() for inside, _value in clutter[5])
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(clutter[4], clutter[5]))  # they move along z
+    img = np.full((64, 64), -1.0, np.float32)
+    organs = scene.masks[:, 5].any(axis=0)
+    _paint_distractors(img, clutter[5], organs, scene.background[5] > 0.02, np.zeros((64, 64), np.float32))
+    assert (img[organs] == -1.0).all() and (img[~organs] != -1.0).any()  # the organs stay exactly the masks
 
 
 def test_india_ink_darkens_exactly_the_interfaces():

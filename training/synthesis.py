@@ -21,8 +21,9 @@ abdominal wall). :func:`render_window` then draws a new look for every sample:
 Optional steps (:class:`RenderOptions`, off by default; ``TrainConfig.synthesis`` turns them on):
 bowel masks split into packed loops / haustra (walled cells of a random size, each with its own
 content, the same cells on the neighbouring slices: a real bowel mask outlines a cluster of loops),
-the stomach split into cells too, bSSFP's dark "India-ink" lines at tissue interfaces, and both fats
-mapped to one bright value.
+the stomach split into cells too, bSSFP's dark "India-ink" lines at tissue interfaces, both fats
+mapped to one bright value, and clutter: many small unlabelled structures around the organs that
+drift from slice to slice (mesenteric vessels, nodes).
 
 The masks are never changed: the organs of the image are exactly the given masks. Every draw comes
 from the ``numpy.random.Generator`` passed in, so a seed gives the same image.
@@ -126,6 +127,7 @@ class RenderOptions:
     p_stomach_cells: float = 0.0  # the stomach split into cells too (rugal folds, food)
     p_ink: float = 0.0  # a dark line at tissue interfaces (balanced SSFP's India-ink artefact)
     p_bright_fat: float = 0.0  # both fats one bright tissue (T1, bSSFP, T2 FSE without fat saturation)
+    p_clutter: float = 0.0  # many small unlabelled structures around the organs (mesenteric vessels, nodes)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> RenderOptions:
@@ -165,6 +167,7 @@ def render_window(scene: Scene, zs: list[int], rng: np.random.Generator,
         lut_x, lut_y = _bright_fat(lut_x, lut_y, rng)
     looks = _organ_looks(rng)
     blobs = _distractors(rng, scene)
+    clutter = _clutter(rng, scene, need) if options.p_clutter > 0 and rng.random() < options.p_clutter else {}
     texture = _texture(rng, scene.background.shape[-2:])
     loops = _organ_cells(rng, scene.background.shape[-2:], options)
     ink = float(rng.uniform(0.0, 0.4)) if options.p_ink > 0 and rng.random() < options.p_ink else None
@@ -173,6 +176,8 @@ def render_window(scene: Scene, zs: list[int], rng: np.random.Generator,
         img = np.interp(scene.background[z].astype(np.float32), lut_x, lut_y).astype(np.float32)
         organs = scene.masks[:, z].any(axis=0)
         _paint_distractors(img, blobs, organs, scene.background[z] > 0.02, texture)
+        if z in clutter:
+            _paint_distractors(img, clutter[z], organs, scene.background[z] > 0.02, texture)
         _paint_organs(img, scene.masks[:, z], looks, texture, rng, loops)
         if ink is not None:
             _india_ink(img, scene.background[z], [*scene.masks[:, z], *(e & ~organs for e, _v in blobs)], ink)
@@ -345,6 +350,36 @@ def _distractors(rng: np.random.Generator, scene: Scene) -> list[tuple[np.ndarra
         b = (-sa * (rows - cy) + ca * (cols - cx)) / ry
         blobs.append((a * a + b * b < 1.0, value))
     return blobs
+
+
+def _clutter(rng: np.random.Generator, scene: Scene, zs: list[int]) -> dict[int, list[tuple[np.ndarray, float]]]:
+    """Many small unlabelled structures near the organs of one sample (mesenteric vessels, lymph nodes,
+    unlabelled loops cut across): per slice of ``zs``, (inside (H, W) bool, intensity). Each one lives
+    on a few neighbouring slices and drifts from slice to slice, as real structures cross the 3 mm
+    slices (unlike the distractors, which stay put and so could be told apart by the 2.5D input)."""
+    h, w = scene.background.shape[-2:]
+    centre = zs[len(zs) // 2]
+    near = ndimage.binary_dilation(scene.masks[:, centre].any(axis=0), iterations=max(2, h // 12))
+    near &= scene.background[centre] > 0.02
+    ys, xs = np.nonzero(near)
+    if ys.size == 0:
+        return {}
+    n = int(rng.integers(15, 60))
+    pick = rng.integers(0, ys.size, n)
+    dark = rng.random() < 0.5  # vessels dark (flow voids, bSSFP edges) or bright (fluid, contrast) in this look
+    values = rng.uniform(0.0, 0.2, n) if dark else rng.uniform(0.6, 1.0, n)
+    radius = rng.uniform(0.006, 0.022, (n, 2)) * h
+    drift = rng.normal(0.0, 0.006 * h, (n, 2))
+    span = rng.integers(0, 3, n)
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    out: dict[int, list[tuple[np.ndarray, float]]] = {}
+    for z in zs:
+        dz = z - centre
+        live = np.flatnonzero(np.abs(dz) <= span)
+        out[z] = [(((rows - ys[pick[i]] - dz * drift[i, 0]) / radius[i, 0]) ** 2
+                   + ((cols - xs[pick[i]] - dz * drift[i, 1]) / radius[i, 1]) ** 2 < 1.0, float(values[i]))
+                  for i in live]
+    return out
 
 
 def _paint_distractors(img: np.ndarray, blobs: list[tuple[np.ndarray, float]], organs: np.ndarray,
