@@ -752,7 +752,6 @@ def _render_background(anatomy: _Anatomy, visit: _Visit, fr: _Frame):
 
 def _render_hollow_organs(anatomy: _Anatomy, visit: _Visit, fr: _Frame, img, tex, inner, keep_out):
     """Paint stomach, large and small bowel into ``img``; their exact masks and organ slice range."""
-    tis = anatomy.tissue
     shape = img.shape
     # hollow organs: signed distance fields in pixels
     px = fr.scale / 133.0  # pixels per pixel of the reference 266-pixel grid
@@ -764,7 +763,6 @@ def _render_hollow_organs(anatomy: _Anatomy, visit: _Visit, fr: _Frame, img, tex
     allowed = inner[slab] & ~keep_out[slab]
     del keep_out
     img_s, tex_s = img[slab], tex[slab]
-    slab_shape = img_s.shape
 
     def distance_field(tubes, grow=1.0):
         sd, arc, tid = _splat(fr, slab, tubes, visit, margin, grow)
@@ -779,48 +777,11 @@ def _render_hollow_organs(anatomy: _Anatomy, visit: _Visit, fr: _Frame, img, tex
     sd_sb_c = np.maximum(np.maximum(sd_sb, -sd_st), -sd_lb_c)
     in_st, in_lb, in_sb = sd_st < 0, sd_lb_c < 0, sd_sb_c < 0
 
-    # large bowel: thin wall, dark mottled content with air bubbles, haustral folds
     wall = np.float32(1.6 * px)
-    idx = np.nonzero(in_lb)
-    d, t = sd_lb[idx], tex_s[idx]
-    fold = (np.cos(2 * np.pi * arc_lb[idx] / anatomy.colon.period) < -0.8) & (d > -6.0 * px)
-    vals = np.float32(tis["lb_content"]) * (1.0 + 0.35 * t)
-    vals = np.where(t > 1.7, np.float32(tis["air"]), vals)
-    vals = np.where(fold, np.float32(tis["lb_fold"]), vals)
-    vals = np.where(d > -wall, np.float32(tis["lb_wall"]), vals)
-    img_s[idx] = vals
-
-    # small bowel: bright fluid (per loop), feathery folds, darker wall
-    idx = np.nonzero(in_sb)
-    d, t = sd_sb[idx], tex_s[idx]
-    content = np.array([tb.content for tb in anatomy.small_bowel], dtype=np.float32)
-    vals = content[tid_sb[idx]] * (1.0 + 0.1 * t)
-    period = np.array([tb.period for tb in anatomy.small_bowel], dtype=np.float32)[tid_sb[idx]]
-    fold = (np.cos(2 * np.pi * arc_sb[idx] / period) > 0.55) & (d > -3.5 * px)
-    vals = np.where(fold, np.float32(tis["sb_fold"]), vals)
-    # walls where two loops touch (their union has no boundary of its own)
-    seam = np.zeros(slab_shape, dtype=bool)
-    for axis in (1, 2):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-        differ = tid_sb[tuple(lo)] != tid_sb[tuple(hi)]
-        seam[tuple(lo)] |= differ
-        seam[tuple(hi)] |= differ
-    vals = np.where((d > -wall) | seam[idx], np.float32(tis["sb_wall"]), vals)
-    img_s[idx] = vals
-    del arc_lb, arc_sb, tid_sb, seam
-
-    # stomach: thick wall, fluid with debris, air above a horizontal air-fluid level
-    idx = np.nonzero(in_st)
-    if idx[0].size:
-        d, t = sd_st[idx], tex_s[idx]
-        vals = np.where(t > 1.0, np.float32(tis["st_debris"]), np.float32(tis["st_fluid"]) * (1.0 + 0.03 * t))
-        top = idx[1].min()
-        air_row = top + visit.air_depth * fr.scale
-        vals = np.where((idx[1] < air_row) & (d < -3.0 * px), np.float32(tis["air"]), vals)
-        vals = np.where(d > -2.6 * px, np.float32(tis["st_wall"]) * (1.0 + 0.1 * t), vals)
-        img_s[idx] = vals
+    _paint_large_bowel(img_s, tex_s, np.nonzero(in_lb), sd_lb, arc_lb, anatomy, px, wall)
+    _paint_small_bowel(img_s, tex_s, np.nonzero(in_sb), sd_sb, arc_sb, tid_sb, anatomy, px, wall)
+    del arc_lb, arc_sb, tid_sb
+    _paint_stomach(img_s, tex_s, np.nonzero(in_st), sd_st, anatomy, visit, fr, px)
 
     # ground truth: exact masks, with a thin annotator overlap at some touching boundaries
     band = np.float32(1.5 * px)
@@ -831,6 +792,53 @@ def _render_hollow_organs(anatomy: _Anatomy, visit: _Visit, fr: _Frame, img, tex
     masks[_SB, slab] = in_sb | ((sd_sb < band) & (in_lb | in_st) & gate)
     masks[:, slab] &= allowed[None]
     return masks, (int(k_lo), int(k_hi))
+
+
+def _paint_large_bowel(img_s, tex_s, idx, sd_lb, arc_lb, anatomy: _Anatomy, px: float, wall) -> None:
+    """Large bowel at ``idx``: thin wall, dark mottled content with air bubbles, haustral folds."""
+    tis = anatomy.tissue
+    d, t = sd_lb[idx], tex_s[idx]
+    fold = (np.cos(2 * np.pi * arc_lb[idx] / anatomy.colon.period) < -0.8) & (d > -6.0 * px)
+    vals = np.float32(tis["lb_content"]) * (1.0 + 0.35 * t)
+    vals = np.where(t > 1.7, np.float32(tis["air"]), vals)
+    vals = np.where(fold, np.float32(tis["lb_fold"]), vals)
+    vals = np.where(d > -wall, np.float32(tis["lb_wall"]), vals)
+    img_s[idx] = vals
+
+
+def _paint_small_bowel(img_s, tex_s, idx, sd_sb, arc_sb, tid_sb, anatomy: _Anatomy, px: float, wall) -> None:
+    """Small bowel at ``idx``: bright fluid (per loop), feathery folds, darker wall (also where loops touch)."""
+    tis = anatomy.tissue
+    d, t = sd_sb[idx], tex_s[idx]
+    content = np.array([tb.content for tb in anatomy.small_bowel], dtype=np.float32)
+    vals = content[tid_sb[idx]] * (1.0 + 0.1 * t)
+    period = np.array([tb.period for tb in anatomy.small_bowel], dtype=np.float32)[tid_sb[idx]]
+    fold = (np.cos(2 * np.pi * arc_sb[idx] / period) > 0.55) & (d > -3.5 * px)
+    vals = np.where(fold, np.float32(tis["sb_fold"]), vals)
+    # walls where two loops touch (their union has no boundary of its own)
+    seam = np.zeros(img_s.shape, dtype=bool)
+    for axis in (1, 2):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        differ = tid_sb[tuple(lo)] != tid_sb[tuple(hi)]
+        seam[tuple(lo)] |= differ
+        seam[tuple(hi)] |= differ
+    img_s[idx] = np.where((d > -wall) | seam[idx], np.float32(tis["sb_wall"]), vals)
+
+
+def _paint_stomach(img_s, tex_s, idx, sd_st, anatomy: _Anatomy, visit: _Visit, fr: _Frame, px: float) -> None:
+    """Stomach at ``idx``: thick wall, fluid with debris, air above a horizontal air-fluid level."""
+    if not idx[0].size:
+        return
+    tis = anatomy.tissue
+    d, t = sd_st[idx], tex_s[idx]
+    vals = np.where(t > 1.0, np.float32(tis["st_debris"]), np.float32(tis["st_fluid"]) * (1.0 + 0.03 * t))
+    top = idx[1].min()
+    air_row = top + visit.air_depth * fr.scale
+    vals = np.where((idx[1] < air_row) & (d < -3.0 * px), np.float32(tis["air"]), vals)
+    vals = np.where(d > -2.6 * px, np.float32(tis["st_wall"]) * (1.0 + 0.1 * t), vals)
+    img_s[idx] = vals
 
 
 def _acquire(img: np.ndarray, anatomy: _Anatomy, visit: _Visit, fr: _Frame, noise_rng: np.random.Generator):

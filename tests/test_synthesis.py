@@ -14,11 +14,25 @@ from napari_gitseg.classes import CLASSES
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.io.rle import rle_encode
 from napari_gitseg.phantom import _draw_anatomy, render_body_background
-from training.real_masks import RealMaskFolder, read_case_days, split_patients
 from training.config import TrainConfig
-from training.synthesis import (_FAT_LEVELS, _LB, _SB, RenderOptions, _bright_fat, _clutter, _india_ink, _loop_cells,
-                                _organ_cells, _organ_looks, _paint_distractors, _paint_organs, build_scene,
-                                letterbox_masks, render_window)
+from training.real_masks import RealMaskFolder, read_case_days, split_patients
+from training.synthesis import (
+    _FAT_LEVELS,
+    _LB,
+    _SB,
+    RenderOptions,
+    _bright_fat,
+    _clutter,
+    _india_ink,
+    _loop_cells,
+    _organ_cells,
+    _organ_looks,
+    _paint_distractors,
+    _paint_organs,
+    build_scene,
+    letterbox_masks,
+    render_window,
+)
 from training.synthetic_dataset import SyntheticDataset, synthetic_datasets
 
 REAL_MASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "uwmgi-train-masks"
