@@ -177,7 +177,8 @@ class CorrectionTools:
         check = result.check
         scored = f" (held-out corrected slices: Dice {check.model_dice:.2f} model, {check.corrector_dice:.2f} learned)"
         if not result.relabelled and not check.passed:
-            self._unsaved.value = f"Nothing changed: learning from your corrections did not beat the model{scored}"
+            self._unsaved.value = (f"Nothing changed: learning from your corrections did not beat the model "
+                                   f"(by {check.min_gain:g} Dice at least){scored}")
             return
         self._fills.append(result)
         self._show_changed(result.relabelled)
