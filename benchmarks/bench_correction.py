@@ -271,6 +271,8 @@ def assisted(pred: np.ndarray, truth: np.ndarray, probs: np.ndarray, radius: int
     arm = ArmResult()
     for z0, z1 in zip(keys, keys[1:]):
         starts = pred[z0 + 1:z1].copy()
+        gap_truth = truth[z0 + 1:z1]
+        current = gap_dice(starts, gap_truth)
         for organ in CLASSES:
             v = LABEL_VALUES[organ]
             if z1 - z0 < 2 or not ((done[z0] == v).any() or (done[z1] == v).any()):
@@ -280,8 +282,9 @@ def assisted(pred: np.ndarray, truth: np.ndarray, probs: np.ndarray, radius: int
             trial = starts.copy()
             trial[trial == v] = 0
             trial[filled & (trial == 0)] = v
-            if gap_dice(trial, truth[z0 + 1:z1]) >= gap_dice(starts, truth[z0 + 1:z1]):
-                starts = trial
+            trial_dice = gap_dice(trial, gap_truth)
+            if trial_dice >= current:
+                starts, current = trial, trial_dice
             else:  # the clinician looks over the gap and presses Undo fill (Shift+I)
                 arm.fills_undone += 1
         for k, z in enumerate(range(z0 + 1, z1)):
