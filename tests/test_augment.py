@@ -60,7 +60,7 @@ def test_flips_are_exact(step, flip_dim):
     assert torch.equal(out_masks, masks.flip(flip_dim))
 
 
-@pytest.mark.parametrize("step", ["dropout", "brightness_contrast"])
+@pytest.mark.parametrize("step", ["dropout", "brightness_contrast", "gamma", "noise", "blur"])
 def test_intensity_steps_touch_the_image_only(step):
     image, masks = _blobs()
     out_img, out_masks = build_augmentation({"base": "none", step: 1.0}, seed=0)(image, masks)
@@ -69,6 +69,24 @@ def test_intensity_steps_touch_the_image_only(step):
     if step == "dropout":  # erased holes are 0 in the image, organ pixels among them stay in the masks
         erased = (out_img == 0) & (image > 0)
         assert erased.any()
+
+
+def test_gamma_noise_and_blur_do_what_they_say():
+    image, masks = _blobs()
+    mid = (image > 0.2) & (image < 0.8)
+    darker, _ = build_augmentation({"base": "none", "gamma": {"p": 1.0, "gamma": (2.0, 2.0)}}, seed=0)(image, masks)
+    assert torch.allclose(darker, image**2, atol=1e-5) and (darker[mid] < image[mid]).all()
+    noisy, _ = build_augmentation({"base": "none", "noise": {"p": 1.0, "std": 0.05}}, seed=0)(image, masks)
+    assert abs(float((noisy - image).std()) - 0.05) < 0.005
+    speckle = torch.rand(image.shape, generator=torch.Generator().manual_seed(0))
+    blurred, _ = build_augmentation({"base": "none", "blur": {"p": 1.0, "sigma": (1.0, 1.0)}}, seed=0)(speckle, masks)
+    assert float(blurred.std()) < 0.5 * float(speckle.std())  # pixel noise averaged out
+    inner = (..., slice(8, -8), slice(8, -8))  # away from the border's padding
+    assert abs(float(blurred[inner].mean() - speckle[inner].mean())) < 0.01  # a blur, not a darkening
+
+
+def test_the_optional_intensity_steps_are_off_by_default():
+    assert all(DEFAULT_AUGMENTATION[step]["p"] == 0.0 for step in ("gamma", "noise", "blur"))
 
 
 def test_default_pipeline_keeps_shapes_and_dtype():

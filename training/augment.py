@@ -16,6 +16,9 @@ elastic             RandomElasticTransform                       image (bilinear
 grid                RandomThinPlateSpline (grid distortion)      image and masks in one warp; binary
                                                                  masks re-thresholded at 0.5
 brightness_contrast RandomBrightness + RandomContrast            image only
+gamma               RandomGamma (``gamma`` range)                image only (off by default)
+noise               RandomGaussianNoise (``std``)                image only (off by default)
+blur                RandomGaussianBlur (``sigma`` range)         image only (off by default)
 dropout             RandomErasing × ``holes`` (coarse dropout)   image only (masks keep the organ)
 mixup               same λ ~ Beta(α, α) for image and masks      both; masks become soft
 ==================  ===========================================  ======================================
@@ -33,6 +36,7 @@ fixes that call alone. Geometric steps pad with 0 (the normalised background).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +54,10 @@ DEFAULT_AUGMENTATION: dict[str, Any] = {
     "elastic": {"p": 0.0, "sigma": 16.0, "alpha": 4.0},
     "grid": {"p": 0.25, "scale": 0.05},
     "brightness_contrast": {"p": 0.5, "brightness": 0.1, "contrast": 0.15},
+    # off by default (the shipped model's training did not use them); nnU-Net's intensity steps
+    "gamma": {"p": 0.0, "gamma": (0.7, 1.5)},
+    "noise": {"p": 0.0, "std": 0.03},
+    "blur": {"p": 0.0, "sigma": (0.5, 1.0)},
     "dropout": {"p": 0.3, "holes": 4, "scale": (0.005, 0.02), "ratio": (0.5, 2.0)},
     "mixup": {"p": 0.0, "alpha": 0.4},
 }
@@ -164,6 +172,7 @@ class Augmentation:
             db, dc = float(b["brightness"]), float(b["contrast"])
             intensity.append(K.RandomBrightness(brightness=(1.0 - db, 1.0 + db), p=b["p"]))
             intensity.append(K.RandomContrast(contrast=(max(0.0, 1.0 - dc), 1.0 + dc), p=b["p"]))
+        intensity += _gamma_noise_blur(s)
         if s["dropout"]["p"] > 0:
             d = s["dropout"]
             for _ in range(int(d["holes"])):
@@ -258,6 +267,20 @@ class Augmentation:
             shape = (-1,) + (1,) * (ig.dim() - 1)
             ignore = ig | (ig[perm.to(ig.device)] & mixed.reshape(shape))
         return image, masks, ignore
+
+
+def _gamma_noise_blur(s: dict[str, dict]) -> list:
+    """The optional intensity steps gamma, Gaussian noise and Gaussian blur of a resolved spec (those on)."""
+    steps: list = []
+    if s["gamma"]["p"] > 0:
+        steps.append(K.RandomGamma(gamma=tuple(float(g) for g in s["gamma"]["gamma"]), p=s["gamma"]["p"]))
+    if s["noise"]["p"] > 0:
+        steps.append(K.RandomGaussianNoise(mean=0.0, std=float(s["noise"]["std"]), p=s["noise"]["p"]))
+    if s["blur"]["p"] > 0:
+        sigma = tuple(float(v) for v in s["blur"]["sigma"])
+        size = 2 * math.ceil(2 * sigma[1]) + 1  # odd, +-2 sigma of the widest
+        steps.append(K.RandomGaussianBlur(kernel_size=(size, size), sigma=sigma, p=s["blur"]["p"]))
+    return steps
 
 
 def build_augmentation(spec: str | Mapping | None = None, seed: int | None = None) -> Augmentation:
