@@ -20,10 +20,11 @@ def _steps(config, n: int) -> int:
 
 def test_length_grows_with_the_labels_within_bounds():
     base = preset("cpu", init_from="model.json")
-    targets = [RECIPE.steps(n) for n in (1, 5, 12, 30, 100, 1000)]
+    counts = (1, 3, 5, 12, 100, 1000)
+    targets = [RECIPE.steps(n) for n in counts]
     assert targets == sorted(targets) and targets[0] == RECIPE.min_steps and targets[-1] == RECIPE.max_steps
-    assert targets[2] > targets[1] and targets[4] > targets[3]
-    for n, target in zip((1, 5, 12, 30, 100, 1000), targets):
+    assert targets[1] < targets[2] < targets[3] < RECIPE.max_steps  # a dozen slices is under the ceiling
+    for n, target in zip(counts, targets):
         config = finetune_config(base, n, cls_head=False)
         assert target <= _steps(config, n) < target + config.max_steps_per_epoch  # whole epochs
 
