@@ -27,8 +27,9 @@ torch.set_num_threads(2)
 
 TINY = {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4, "size": [64, 64], "val_batch_size": 8,
         "finetune_lr_factor": 1.0}
-# fine-tuning that cannot change the model: lr 0 and BatchNorm statistics frozen
-FROZEN = {"finetune_lr_factor": 0.0, "freeze_bn": True}
+# fine-tuning that cannot change the model: lr 0 and BatchNorm statistics frozen (as configured here,
+# not the few-label recipe's rate)
+FROZEN = {"finetune_lr_factor": 0.0, "freeze_bn": True, "few_label_recipe": False}
 
 
 @pytest.fixture(scope="module")

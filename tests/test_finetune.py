@@ -82,9 +82,26 @@ def test_round_config_applies_the_recipe_only_when_fine_tuning_and_asked():
     assert round_config(cpu, None, 10) == cpu  # no model to start from: train from scratch as configured
     tuned = round_config(cpu, "active.json", 10, cls_head=False)
     assert tuned.init_from == "active.json" and tuned.freeze_bn and tuned.lr == RECIPE.lr
+    own = round_config(preset("cpu", few_label_recipe=False), "active.json", 10)  # asked not to: as configured
+    assert own.init_from == "active.json" and own.epochs == cpu.epochs and own.lr == cpu.lr and own.keep_start == 0
+
+
+@pytest.mark.parametrize("n_labels", [1, 3, 12, 100])
+def test_the_quick_preset_fine_tunes_with_the_recipe_cut_to_its_step_cap(n_labels):
+    """A quick round from a model follows the recipe (its learning rate, mixing, augmentation), for
+    at most ``finetune_max_steps`` steps, not the quick preset's own from-scratch schedule (lr 5e-3,
+    which took the default model below where it started on real slices)."""
     quick = preset("quick")
-    kept = round_config(quick, "active.json", 10)  # the quick preset keeps its own tiny schedule
-    assert kept.init_from == "active.json" and kept.epochs == quick.epochs and kept.lr == quick.lr and kept.keep_start == 0
+    tuned = round_config(quick, "active.json", n_labels, cls_head=False)
+    full = round_config(preset("cpu"), "active.json", n_labels, cls_head=False)
+    cap = quick.finetune_max_steps
+    assert tuned.lr == full.lr == RECIPE.learning_rate(n_labels) < quick.lr
+    assert tuned.keep_start == RECIPE.keep_start and tuned.augmentation == full.augmentation
+    steps = tuned.epochs * tuned.max_steps_per_epoch
+    assert min(cap, RECIPE.steps(n_labels)) <= steps < min(cap, RECIPE.steps(n_labels)) + tuned.max_steps_per_epoch
+    assert steps < full.epochs * full.max_steps_per_epoch  # shorter than the full recipe
+    with pytest.raises(ValueError, match="finetune_max_steps"):
+        preset("quick", finetune_max_steps=0)
 
 
 def _blob_stack(seed: int, blob_value: int, n: int = 16, size: int = 64):
@@ -132,7 +149,7 @@ def test_the_recipe_adapts_a_model_to_a_tiny_labelled_set(tmp_path):
     labelled[[3, 5, 7, 9, 11, 12]] = True
     tune, held_out = (dataclasses.replace(new, labelled=m) for m in (labelled, ~labelled))
 
-    config = finetune_config(preset("quick", init_from=str(base.best_path), few_label_recipe=True, **small), 6)
+    config = finetune_config(preset("quick", init_from=str(base.best_path), finetune_max_steps=None, **small), 6)
     tuned = train(config, [tune], [tune], tmp_path / "tuned")
 
     assert tuned.steps == RECIPE.steps(6) or (tuned.stopped_early and 0 < tuned.steps < RECIPE.steps(6))

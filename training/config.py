@@ -8,6 +8,11 @@ Presets (``preset(name, **overrides)``):
 
 * ``quick``: a small network (U-Net, MobileNetV3-small) at 96 px for 40 steps: tests and the GUI
   demo (well under a minute; it learns the background and the coarse organs, not fine detail).
+  When it fine-tunes a model (a round after the first, or a project that starts from the default
+  model) it follows the few-label recipe cut to 40 steps: on the real slices, five
+  leave-one-patient-out rounds on all of the other patients' slices, the held-out patient's mean
+  Dice 0.413 in 2.6 minutes for the five (the full recipe: 0.447 in ~14; the quick preset's own
+  schedule at lr 5e-3, used before: 0.281, below the start's 0.302).
 * ``cpu`` (the default): one bootstrap round on ~100 labelled slices in at most ~5 minutes on two
   CPU cores: a U-Net with a MobileNetV3 encoder and a slim decoder, 2.5D k=3 stride=2, slices
   letterboxed to 160 px.
@@ -84,6 +89,7 @@ class TrainConfig:
     pseudo_max_empty: float = 0.25  # at most this share of kept pseudo-labels may be empty slices
     val_batch_size: int = 16
     few_label_recipe: bool = True  # fine-tuning (init_from) with few labels follows training.finetune.RECIPE
+    finetune_max_steps: int | None = None  # the recipe's steps capped at this (None: the recipe's own length)
     preset: str | None = "cpu"  # name of the preset this config started from (informational)
 
     # ---- validation -----------------------------------------------------------------------------
@@ -102,7 +108,7 @@ class TrainConfig:
             raise ValueError(f"model: {err}") from err
         for name in ("epochs", "batch_size", "patience", "val_batch_size"):
             _check_int(name, getattr(self, name), 1 if name != "patience" else 0)
-        for name in ("max_steps_per_epoch", "finetune_epochs", "num_threads"):
+        for name in ("max_steps_per_epoch", "finetune_epochs", "num_threads", "finetune_max_steps"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
         _check_int("seed", self.seed, 0)
@@ -216,7 +222,7 @@ PRESETS: dict[str, dict] = {
         "max_steps_per_epoch": 10,
         "patience": 0,
         "augmentation": {"base": "none", "hflip": 0.5},
-        "few_label_recipe": False,  # its own tiny schedule, for tests and demos
+        "finetune_max_steps": 40,  # fine-tuning a model: the few-label recipe, cut to 40 steps
         "preset": "quick",
     },
     "cpu": {"preset": "cpu"},

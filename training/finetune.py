@@ -170,7 +170,8 @@ def finetune_config(config: TrainConfig, n_labels: int, recipe: FinetuneRecipe =
     """``config`` (which must fine-tune: ``init_from`` set) with the recipe for ``n_labels`` slices.
 
     ``cls_head``: whether the start model has a classification head (its loss term needs one);
-    None reads it from the ``init_from`` bundle's JSON.
+    None reads it from the ``init_from`` bundle's JSON. ``config.finetune_max_steps`` caps the
+    recipe's length (the quick preset: 40 steps).
     """
     if not config.init_from:
         raise ValueError("finetune_config is for fine-tuning: set init_from to the bundle to start from")
@@ -182,6 +183,8 @@ def finetune_config(config: TrainConfig, n_labels: int, recipe: FinetuneRecipe =
         cls_head = bool(read_bundle_info(config.init_from).config.cls_head)
     loss = dict(recipe.loss) | ({"cls": recipe.cls_weight} if cls_head and recipe.cls_weight > 0 else {})
     steps = recipe.steps(int(n_labels))
+    if config.finetune_max_steps is not None:  # a shorter round (the quick preset)
+        steps = min(steps, config.finetune_max_steps)
     # an epoch is one pass of the training loader over the labels, at most steps_per_epoch steps
     # (the loader drops a last partial batch: 6 labels in batches of 4 are one step an epoch)
     per_epoch = min(recipe.steps_per_epoch, steps, batches_per_pass(int(n_labels), config.batch_size))
