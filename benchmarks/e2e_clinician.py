@@ -164,6 +164,9 @@ def _retrain(flow: _Flow, preset: str, chosen: list[int], corrected: dict) -> No
     flow.report["promoted"] = promoted = "Promoted" in kinds
     if "Error" in kinds:
         raise RuntimeError(f"retrain failed: {[e for e in train.events_seen if type(e).__name__ == 'Error']}")
+    app.processEvents()
+    verdict = train._status.native  # the round's verdict: every wrapped line shows (none cut off)
+    flow.report["verdict_lines_shown"] = verdict.height() >= verdict.heightForWidth(verdict.width())
     flow.step("retrained")
     _show_dock(segment)
     if promoted:  # the Segment dock re-predicts; the Review dock keeps the corrected slices

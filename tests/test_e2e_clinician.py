@@ -37,6 +37,7 @@ def test_open_segment_correct_accept_retrain_export_reopen(tmp_path, monkeypatch
         png = tmp_path / f"{i:02d}_{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["dice_before"] > 0.5  # the default model segments the phantom
+    assert report["verdict_lines_shown"]  # the Train dock's wrapped verdict is not cut off
     assert len(report["corrected_slices"]) == 3
     # the three accepted corrections are what was exported, and what a reopened review shows
     assert report["exported_slices"] == report["corrected_slices"]

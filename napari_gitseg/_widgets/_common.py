@@ -35,8 +35,15 @@ def status_label(value: str = "", label: str = ""):
     """A read-only text line that wraps instead of widening the dock (long messages stay readable)."""
     from magicgui.widgets import Label
 
+    from qtpy.QtWidgets import QSizePolicy
+
     widget = Label(label=label, value=value)
     widget.native.setWordWrap(True)
+    # a wrapped label's height follows its width; without a growing policy the form gives it the
+    # height of its first layout and later lines are cut off
+    policy = QSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
+    policy.setHeightForWidth(True)
+    widget.native.setSizePolicy(policy)
     return widget
 
 
