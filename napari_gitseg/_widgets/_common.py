@@ -34,7 +34,6 @@ __all__ = [
 def status_label(value: str = "", label: str = ""):
     """A read-only text line that wraps instead of widening the dock (long messages stay readable)."""
     from magicgui.widgets import Label
-
     from qtpy.QtWidgets import QSizePolicy
 
     widget = Label(label=label, value=value)
