@@ -38,8 +38,8 @@ def status_label(value: str = "", label: str = ""):
 
     widget = Label(label=label, value=value)
     widget.native.setWordWrap(True)
-    # a wrapped label's height follows its width; without a growing policy the form gives it the
-    # height of its first layout and later lines are cut off
+    # a wrapped label's height follows its width; with the default (Preferred) policy the dock could
+    # squeeze it below that and cut off its last line; Minimum never goes below all of its lines
     policy = QSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
     policy.setHeightForWidth(True)
     widget.native.setSizePolicy(policy)
