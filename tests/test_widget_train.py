@@ -126,3 +126,14 @@ def test_a_gui_round_leaves_one_core_to_napari():
 
     assert [trainer_threads_beside_gui(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
     assert trainer_threads_beside_gui() >= 1
+
+
+def test_every_control_says_what_it_does(make_napari_viewer):
+    """Hovering a control of the Train dock explains it; the preset's tooltip names every preset."""
+    from napari_gitseg._widgets.train import PRESETS, TOOLTIPS, TrainWidget
+
+    dock = TrainWidget(make_napari_viewer())
+    for name, text in TOOLTIPS.items():
+        assert getattr(dock, f"_{name}").native.toolTip() == text and text
+    assert all(f"{p}:" in TOOLTIPS["preset"] for p in PRESETS)
+    assert set(dock._preset.choices) == set(PRESETS)

@@ -33,6 +33,20 @@ from ._common import (
 from ._plot import LossDicePlot
 
 PRESETS = ("quick", "cpu", "gpu")
+TOOLTIPS = {
+    "preset": ("How long a round trains.\n"
+               "quick: 40 steps (about half a minute); from a model, the few-label recipe cut short.\n"
+               "cpu: the full few-label recipe (a dozen slices: about 6 minutes on 2 cores).\n"
+               "gpu: as cpu, in larger batches with mixed precision (needs a CUDA GPU)."),
+    "keep": "How many of the new model's most confident predictions of unreviewed slices are saved as\n"
+            "pseudo-labels for the next round (never over a clinician's slice).",
+    "retrain": "Train a candidate on the accepted slices in the background; it replaces the active model\n"
+               "only if it scores higher on the clinician's held-out slices.",
+    "cancel_btn": "Stop the round at its next step; the active model and the labels stay as they were.",
+    "versions": "The project's model versions (validation Dice); the active one predicts.",
+    "activate": "Make the chosen version the active model (re-predicts the unreviewed slices).",
+    "rollback": "Re-activate the version that was active before this one.",
+}
 
 
 class TrainWidget(JobDock):
@@ -53,6 +67,8 @@ class TrainWidget(JobDock):
         self._activate = PushButton(text="Activate")
         self._rollback = PushButton(text="Roll back")
         self._version_info = status_label(label="", value="")
+        for name in TOOLTIPS:
+            getattr(self, f"_{name}").tooltip = TOOLTIPS[name]
         buttons = Container(widgets=[self._retrain, self._cancel_btn], layout="horizontal", labels=False)
         vbuttons = Container(widgets=[self._activate, self._rollback], layout="horizontal", labels=False)
         self.extend([self._project, self._preset, self._keep, buttons, self._progress, self._status])
