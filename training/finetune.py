@@ -71,6 +71,17 @@ same setting differ by about 0.03:
 
 So the rate is ``lr`` from 6 training slices on and ``lr * n / 6`` below (1.7e-4 for 2, 4.2e-4 for 5).
 
+The rate with more labels, at 36 steps per label (a later session, 2-core Xeon, same five rounds;
+the 5e-4 rows are the length table's above; repeats of one setting differ by up to 0.1 per fold):
+
+    lr                     5e-4 (shipped)                         1e-3                               2e-3
+    all (~14)              0.447 / 0.452                          0.477 (0.289 0.494 0.441 0.583 0.184)  0.372
+    12 chosen              0.459                                  0.394 (0.359 0.332 0.455 0.439 0.200)  -
+
+A higher rate gains with all slices in one run and loses more with a dozen, and 2e-3 loses, so
+``lr`` stays 5e-4. A larger share of the start (``keep_start`` 0.4 instead of 0.25) gave 0.410 with
+all slices (0.447 / 0.452).
+
 Mixing with the start (``keep_start``), measured without retraining: the same five rounds' fine-tuned
 models, each mixed with the bundle it started from, on the held-out patient (paired, so the spread
 between repeats does not enter; the start alone: 0.302):
