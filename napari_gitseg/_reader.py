@@ -20,8 +20,10 @@ def get_reader(path: str | list[str]) -> Callable | None:
 def read_layers(path: str | list[str]) -> list[tuple]:
     """Read every stack at ``path``: an image layer each, plus organ labels when ground truth is found.
 
-    Bad input raises ``GitsegInputError`` naming the file; napari shows the message and
-    keeps running.
+    Only the first stack's layers are visible: the case-days of a patient folder are different scans,
+    and drawn together their organ layers would lie over another scan's image (the eye in the
+    layer list, or Segment / Start review on a stack, shows another). Bad input raises
+    ``GitsegInputError`` naming the file; napari shows the message and keeps running.
     """
     paths = [path] if isinstance(path, str | Path) else list(path)
     layers: list[tuple] = []
@@ -30,5 +32,5 @@ def read_layers(path: str | list[str]) -> list[tuple]:
         if not stacks:
             raise GitsegInputError(p, "no image stack found")
         for stack in stacks:
-            layers.extend(stack_layer_data(stack))
+            layers.extend(stack_layer_data(stack, visible=not layers))
     return layers

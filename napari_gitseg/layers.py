@@ -62,11 +62,13 @@ def labels_layer_data(
     return (masks_to_labels(masks, tuple(stack.classes)), kwargs, "labels")
 
 
-def stack_layer_data(stack: Stack) -> list[LayerDataTuple]:
-    """Image layer plus, when the stack has ground truth, its organ labels layer."""
+def stack_layer_data(stack: Stack, visible: bool = True) -> list[LayerDataTuple]:
+    """Image layer plus, when the stack has ground truth, its organ labels layer (hidden unless ``visible``)."""
     layers = [image_layer_data(stack)]
     if stack.masks is not None:
         layers.append(labels_layer_data(stack, stack.masks, role="truth"))
+    for _, kwargs, _ in layers:
+        kwargs["visible"] = bool(visible)
     return layers
 
 

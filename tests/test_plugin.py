@@ -78,3 +78,16 @@ def _phantom_case_folder(tmp_path):
     root = tmp_path / "like"
     write_phantom_dataset(root, n_cases=1, seed=0, n_slices=144, size=(266, 266))
     return root / "train" / "case1"
+
+
+def test_a_folder_of_several_scans_opens_with_only_the_first_on_screen(make_napari_viewer, tmp_path):
+    """Two case folders opened at once: both are read, but only the first scan's image and organs
+    are visible (drawn together, one scan's organs would lie over the other's image)."""
+    write_phantom_dataset(tmp_path, n_cases=2, seed=1, n_slices=6, size=(48, 48))
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "train"), plugin="napari-gitseg")
+    names = {layer.name: layer.visible for layer in viewer.layers}
+    assert len(names) == 4, names  # image + organs of each scan
+    first = viewer.layers[0].metadata["gitseg"]["name"]
+    for layer in viewer.layers:
+        assert layer.visible == (layer.metadata["gitseg"]["name"] == first), names

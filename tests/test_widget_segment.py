@@ -111,3 +111,24 @@ def test_a_second_run_reuses_the_layer_and_shows_exactly_the_masks(viewer_with_c
     assert changes == []  # nothing changed: no new colormap
     widget._visible["small_bowel"].value = True
     assert changes and layer.colormap.map(np.array([LABEL_VALUES["small_bowel"]]))[0][3] > 0
+
+
+def test_segmenting_another_scan_shows_it_and_hides_the_others(make_napari_viewer, qtbot, tiny_bundle):
+    """With two scans open, Run on the hidden one shows it and hides the other scan's image and
+    organs, so the prediction lies over its own image; the stack's own hidden layers stay hidden."""
+    from napari_gitseg.layers import stack_layer_data
+
+    viewer = make_napari_viewer()
+    cases = [make_phantom_case(seed=4, case=c, n_slices=8, size=(64, 64)) for c in (1, 2)]
+    for i, case in enumerate(cases):
+        for data, kwargs, kind in stack_layer_data(case, visible=i == 0):
+            getattr(viewer, f"add_{kind}")(data, **kwargs)
+    first, second = cases
+    widget = make_widget(viewer, tiny_bundle)
+    widget._image.value = second.name
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60000)
+    visible = {layer.name: layer.visible for layer in viewer.layers}
+    assert visible[second.name] and visible[f"{second.name} prediction"]
+    assert not visible[first.name] and not visible[f"{first.name} organs"]
+    assert not visible[f"{second.name} organs"]  # hidden before, still hidden
