@@ -97,9 +97,9 @@ def test_the_quick_preset_fine_tunes_with_the_recipe_cut_to_its_step_cap(n_label
     cap = quick.finetune_max_steps
     assert tuned.lr == full.lr == RECIPE.learning_rate(n_labels) < quick.lr
     assert tuned.keep_start == RECIPE.keep_start and tuned.augmentation == full.augmentation
-    steps = tuned.epochs * tuned.max_steps_per_epoch
+    steps = _steps(tuned, n_labels)
     assert min(cap, RECIPE.steps(n_labels)) <= steps < min(cap, RECIPE.steps(n_labels)) + tuned.max_steps_per_epoch
-    assert steps < full.epochs * full.max_steps_per_epoch  # shorter than the full recipe
+    assert steps < _steps(full, n_labels)  # shorter than the full recipe
     with pytest.raises(ValueError, match="finetune_max_steps"):
         preset("quick", finetune_max_steps=0)
 

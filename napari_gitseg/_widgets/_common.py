@@ -145,12 +145,11 @@ def find_layer(viewer, name: str | None):
         return None
 
 
-def show_only_stack(viewer, image_layer) -> None:
-    """Show ``image_layer`` and hide the layers of every other scan, so that the organ layers on
-    screen are the ones of the image under them (several case-days open at once). The stack's own
-    layers (metadata ``gitseg`` name, or a name starting with the stack's) keep their visibility;
-    layers that are neither images nor the plugin's (points, shapes) are left alone."""
-    own = ((image_layer.metadata or {}).get("gitseg") or {}).get("name", image_layer.name)
+def show_only_stack(viewer, image_layer, own: str) -> None:
+    """Show ``image_layer`` (the stack named ``own``) and hide the layers of every other scan, so that
+    the organ layers on screen are the ones of the image under them (several case-days open at once).
+    The stack's own layers (metadata ``gitseg`` name, or a name starting with the stack's) keep their
+    visibility; layers that are neither images nor the plugin's (points, shapes) are left alone."""
     image_layer.visible = True
     for layer in viewer.layers:
         meta = (getattr(layer, "metadata", None) or {}).get("gitseg")

@@ -207,7 +207,7 @@ class ReviewWidget(CorrectionTools, Container):
             return
         self.flush() if self._session else None
         stack = stack_from_layer(layer)
-        show_only_stack(self._viewer, layer)  # the review layer lies over this image, not another scan
+        show_only_stack(self._viewer, layer, stack.name)  # the review layer lies over this image, not another scan
         folder = str(self._folder.value) if self._project_override or str(self._folder.value) not in ("", ".") \
             else str(default_project_folder(stack.source, stack.name))
         self._folder.value = folder

@@ -129,7 +129,7 @@ class SegmentWidget(JobDock):
         except ValueError as err:
             show_error(f"Segment: {err}")
             return
-        show_only_stack(self._viewer, layer)  # its prediction will lie over this image, not another scan
+        show_only_stack(self._viewer, layer, stack.name)  # its prediction will lie over this image, not another scan
         z = int(self._viewer.dims.current_step[0]) if stack.shape[0] > 1 else 0
         z = min(max(z, 0), stack.shape[0] - 1)
         self._stack = stack
