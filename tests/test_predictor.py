@@ -486,6 +486,31 @@ def test_frozen_graph_is_per_shape_batch_free_and_falls_back_to_eager(trained):
         assert torch.equal(odd.forward(-torch.ones(1, 1, 4, 4)), torch.full((1, 1, 4, 4), -3.0))
 
 
+def test_torch_jit_deprecation_never_reaches_a_warning_hook_installed_mid_build(trained, monkeypatch):
+    """napari installs its warning hook (a toast) when its window opens, possibly while the Segment
+    dock's warm-up thread is building a graph: torch.jit's deprecation notice must not reach it (a
+    user saw "`torch.jit.freeze` is deprecated" at every start); a TracerWarning still sends the
+    model to eager, as without the hook."""
+    import warnings
+
+    from napari_gitseg.predict.frozen import FrozenModel
+
+    shown = []
+    freeze = torch.jit.freeze
+
+    def freeze_as_napari_opens(*args, **kwargs):  # the hook arrives while the graph is being built
+        warnings.showwarning = lambda message, category, *rest, **kw: shown.append((category, str(message)))
+        warnings.warn("`torch.jit.freeze` is deprecated. Please use `torch.compile` instead.", FutureWarning)
+        return freeze(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "freeze", freeze_as_napari_opens)
+    frozen = FrozenModel(trained)
+    with torch.inference_mode():
+        frozen.forward(torch.randn(1, 3, 64, 64))
+    assert frozen.eager_reason is None and frozen._graphs["forward"]
+    assert not [m for c, m in shown if "torch.jit" in m], shown
+
+
 def test_network_input_equals_resized_windows_at_the_stacks_edges():
     """The Predictor resizes each needed slice once and stacks the windows from them: the same input,
     bit for bit, as stacking the windows first and resizing each (the naive way), edges included."""

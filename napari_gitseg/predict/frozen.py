@@ -35,6 +35,8 @@ __all__ = ["FrozenModel", "decode_eager", "encode_eager", "fold_batchnorms"]
 
 _KINDS = ("forward", "encode", "decode")  # the entry points, by index (the modules' order)
 _MAX_GRAPHS = 4  # input shapes kept per model (a scan's crop size; resized models have one)
+# torch.jit.trace / freeze announce their deprecation on every call (the fallback above covers it)
+_JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
 _TOLERANCE = 1e-3  # max |frozen - eager| on the logits: BN folding changes them by ~2e-5
 # bf16 graphs against the fp32 model, mean |difference| relative to the output's mean magnitude:
 # 8 significant bits through ~60 layers move the default model's features by 0.3-3.5 % and its
@@ -208,7 +210,12 @@ class FrozenModel:
         cast = _cast(inputs, self.dtype)
         try:
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")  # recorded, not shown: torch.jit's FutureWarnings
+                warnings.simplefilter("always")  # recorded, not shown
+                # torch.jit's own deprecation notices are dropped outright, not only recorded: napari
+                # installs its warning hook (a toast) when its window opens, possibly while a warm-up
+                # thread is in here, and a hook set then bypasses the recording (catch_warnings is
+                # not thread-safe); a filter still applies
+                warnings.filterwarnings("ignore", message=_JIT_DEPRECATED, category=FutureWarning)
                 graph = torch.jit.freeze(torch.jit.trace(module.eval(), (cast,), check_trace=False))
                 got = _as_tuple(graph(cast))
             want = _as_tuple(self._modules[which](_cast(inputs, torch.float32)))
