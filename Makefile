@@ -1,6 +1,9 @@
 # Two entry points for a fresh machine: `make run` and `make test` (see README.md).
 PYTHON ?= python3.11
 VENV   ?= .venv
+QT_EXTRA ?= pyqt6
+# qtpy (napari's Qt layer) takes this binding even where a venv also holds the other one
+export QT_API ?= $(QT_EXTRA)
 PY     := $(VENV)/bin/python
 # pytest runs under a virtual X server when there is no display (napari's canvas needs OpenGL)
 XRUN   := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1600x1000x24")
@@ -10,11 +13,11 @@ export OMP_WAIT_POLICY ?= PASSIVE
 .PHONY: install run test lint bench clean
 
 # constraints.txt pins the exact torch build this project is tested with (pyproject.toml keeps ranges);
-# the pyqt5 extra is the default Qt binding
+# the pyqt6 extra is the default Qt binding (QT_EXTRA=pyqt5 for PyQt5)
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,pyqt5]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,$(QT_EXTRA)]"
 	touch $@
 
 install: $(VENV)/.installed
