@@ -75,6 +75,18 @@ def test_round_trip_gives_identical_outputs(saved, tmp_path):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+def test_summary_names_the_network_input_date_dice_and_notes(tmp_path):
+    long_note = "trained on rendered slices; " * 20
+    bundle = save_bundle(_model(), CFG, tmp_path / "v0007", metrics={"val_dice": 0.8123}, notes=long_note)
+    lines = bundle.summary().splitlines()
+    assert lines[0] == "v0007: Unet with tu-test_byobnet, 3 slices in (2.5D, stride 2), native resolution"
+    assert lines[1] == "organs: large bowel, small bowel, stomach"
+    assert lines[2] == f"created {bundle.created[:10]}; Dice 0.812 on its validation slices"
+    assert lines[3].startswith("trained on rendered slices;") and lines[3].endswith("...") and len(lines[3]) <= 160
+    plain = save_bundle(_model(), CFG, tmp_path / "plain", metrics={"val_dice": "n/a"})  # no number, no notes
+    assert plain.summary().splitlines()[2] == f"created {plain.created[:10]}" and len(plain.summary().splitlines()) == 3
+
+
 def test_tensor_mismatches_are_refused(saved):
     _, bundle = saved
     good = load_file(str(bundle.weights_path))

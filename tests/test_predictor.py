@@ -500,7 +500,8 @@ def test_torch_jit_deprecation_never_reaches_a_warning_hook_installed_mid_build(
 
     def freeze_as_napari_opens(*args, **kwargs):  # the hook arrives while the graph is being built
         warnings.showwarning = lambda message, category, *rest, **kw: shown.append((category, str(message)))
-        warnings.warn("`torch.jit.freeze` is deprecated. Please use `torch.compile` instead.", FutureWarning)
+        warnings.warn("`torch.jit.freeze` is deprecated. Please use `torch.compile` instead.", FutureWarning,
+                      stacklevel=2)
         return freeze(*args, **kwargs)
 
     monkeypatch.setattr(torch.jit, "freeze", freeze_as_napari_opens)

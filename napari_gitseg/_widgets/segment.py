@@ -44,6 +44,33 @@ from ._common import (
 DEVICES = ("auto", "cpu", "cuda", "mps")
 _log = logging.getLogger(__name__)
 
+#: what each control does, as its tooltip (the Model field's is the chosen bundle's summary)
+TOOLTIPS = {
+    "image": "The image layer (scan) to segment; its organs open as a labels layer over it",
+    "device": "auto: the GPU when PyTorch finds one (CUDA or Apple MPS), else the CPU; "
+              "the masks are the same on every CPU",
+    "tta": "Also run the model on the left-right mirrored scan and average the two: about twice the time",
+    "uncertainty": "Add a layer showing where the model hesitates (entropy of its probabilities, 0-1): "
+                   "the places to check first",
+    "run": "Segment the whole scan in the background: the slice on screen first, then outward; "
+           "napari stays usable",
+    "cancel": "Stop the run; its partial prediction layer is removed",
+    "show": "Show or hide one organ in the prediction layer",
+}
+
+
+def model_tooltip(path: str) -> str:
+    """The Model field's tooltip: the bundle's full path and summary, or why it cannot be read."""
+    if not path:
+        return "No model chosen: Select file picks a model bundle (a .json beside its .safetensors)"
+    from napari_gitseg.model.bundle import BundleError, read_bundle_info  # torch: imported on the GUI thread
+
+    try:
+        summary = read_bundle_info(path).summary()
+    except (BundleError, OSError, ValueError) as err:
+        return f"{path}\ncannot be read as a model bundle: {err}"
+    return f"{path}\n\n{summary}"
+
 
 def run_prediction(model_path: str, stack, first_slice: int, device: str, tta: bool, cancel: threading.Event):
     """Generator run off the GUI thread: yields progress updates, returns the Prediction."""
@@ -85,6 +112,13 @@ class SegmentWidget(JobDock):
         vis = Container(widgets=list(self._visible.values()), layout="horizontal", labels=False, label="Show")
         self.extend([self._image, self._model, self._device, self._tta, self._uncertainty, buttons,
                      self._progress, self._status, vis])
+        for key, widget in (("image", self._image), ("device", self._device), ("tta", self._tta),
+                            ("uncertainty", self._uncertainty), ("run", self._run), ("cancel", self._cancel_btn)):
+            widget.tooltip = TOOLTIPS[key]
+        for box in self._visible.values():
+            box.tooltip = TOOLTIPS["show"]
+        self._model.tooltip = model_tooltip(str(self._model.value or ""))
+        self._model.changed.connect(lambda value: setattr(self._model, "tooltip", model_tooltip(str(value or ""))))
 
         self._run.changed.connect(self.run)
         self._cancel_btn.changed.connect(self.cancel)

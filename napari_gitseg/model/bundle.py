@@ -109,6 +109,20 @@ class ModelBundle:
         """(h, w) the model was trained at, or None for native resolution."""
         return self.config.input_size
 
+    def summary(self) -> str:
+        """A few lines for a person choosing a model: name, network, input, date, validation Dice, notes."""
+        c = self.config
+        size = "native resolution" if self.input_size is None else "{}x{} px".format(*self.input_size)
+        lines = [f"{self.name}: {c.arch} with {c.encoder}, {c.k} slices in (2.5D, stride {c.stride}), {size}",
+                 "organs: " + ", ".join(name.replace("_", " ") for name in self.classes)]
+        made = self.created[:10] if self.created else "date unknown"
+        dice = self.metrics.get("val_dice")
+        known = isinstance(dice, (int, float)) and not isinstance(dice, bool)
+        lines.append(f"created {made}" + (f"; Dice {float(dice):.3f} on its validation slices" if known else ""))
+        if self.notes:
+            lines.append(self.notes if len(self.notes) <= 160 else self.notes[:157].rstrip() + "...")
+        return "\n".join(lines)
+
     def to_json(self) -> dict:
         """The JSON document describing this bundle."""
         return {
