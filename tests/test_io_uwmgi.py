@@ -156,6 +156,17 @@ def test_non_png_file_is_refused(one_slice):
     _assert_names(err, file)
 
 
+def test_a_png_without_the_challenge_name_is_refused_saying_how_to_fix_it(one_slice, tmp_path):
+    """A renamed slice (say slice_0001.png, as a PNG exported by another tool) has no pixel spacing."""
+    _folder, file = one_slice
+    renamed = tmp_path / "slice_0001.png"
+    renamed.write_bytes(file.read_bytes())
+    with pytest.raises(GitsegInputError) as err:
+        read_stack(renamed)
+    _assert_names(err, renamed)
+    assert "slice_NNNN_W_H_SX_SY.png" in str(err.value) and "TIFF, NIfTI or DICOM" in str(err.value)
+
+
 def test_other_image_format_with_png_name_is_refused(one_slice):
     folder, file = one_slice
     Image.fromarray(np.zeros((24, 32), np.uint16)).save(file, format="TIFF")

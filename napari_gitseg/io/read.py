@@ -60,7 +60,10 @@ def _unreadable(path: Path) -> GitsegInputError:
         )
     if format_of(path) == "png":
         return GitsegInputError(
-            path, "is not a UW-Madison slice: PNG files must be named slice_NNNN_W_H_SX_SY.png"
+            path,
+            "is not a UW-Madison slice: PNG slices must be named slice_NNNN_W_H_SX_SY.png (slice number, "
+            "width, height, pixel spacing in mm), which is where their spacing comes from; a PNG named "
+            "otherwise has none: rename it so, or save the scan as TIFF, NIfTI or DICOM with its spacing",
         )
     return GitsegInputError(path, "is not a supported format (.png slices, .tif/.tiff, .nii/.nii.gz, DICOM)")
 
