@@ -295,7 +295,10 @@ def assisted(pred: np.ndarray, truth: np.ndarray, probs: np.ndarray, radius: int
 
 
 def gap_dice(labels: np.ndarray, truth: np.ndarray) -> float:
-    """Mean slice Dice over the slices of a gap (what the clinician judges a fill by)."""
+    """Mean slice Dice over the slices of a gap (what the clinician judges a fill by); 1 for no slices
+    (adjacent key slices: nothing to fill)."""
+    if len(labels) == 0:
+        return 1.0
     return float(np.mean([slice_dice(a, b) for a, b in zip(labels, truth)]))
 
 
