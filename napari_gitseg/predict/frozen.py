@@ -35,7 +35,8 @@ __all__ = ["FrozenModel", "decode_eager", "encode_eager", "fold_batchnorms"]
 
 _KINDS = ("forward", "encode", "decode")  # the entry points, by index (the modules' order)
 _MAX_GRAPHS = 4  # input shapes kept per model (a scan's crop size; resized models have one)
-# torch.jit.trace / freeze announce their deprecation on every call (the fallback above covers it)
+# torch.jit.trace / freeze announce their deprecation on every call; where torch.jit is gone, the
+# eager fallback of the module docstring takes over
 _JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
 _TOLERANCE = 1e-3  # max |frozen - eager| on the logits: BN folding changes them by ~2e-5
 # bf16 graphs against the fp32 model, mean |difference| relative to the output's mean magnitude:
