@@ -210,13 +210,25 @@ def _training_data(args, config):
 
     if bool(args.data) == bool(args.real_masks):
         raise GitsegInputError(None, "give either DATA (labelled scans) or --real-masks FOLDER, not both or neither")
+    if (args.real_images or args.leave_out) and not args.real_masks:
+        raise GitsegInputError(None, "--real-images and --leave-out go with --real-masks (real scans are mixed "
+                                     "into the images rendered around real masks); to train on scans alone, give DATA")
     if args.real_masks:
+        from training.real_images import read_labelled_scans
         from training.synthetic_dataset import synthetic_datasets
 
+        if args.real_share > 0 and not args.real_images:
+            raise GitsegInputError(None, "--real-share needs --real-images FOLDER")
+        leave_out = [p.strip() for p in (args.leave_out or "").split(",") if p.strip()]
+        scans = read_labelled_scans(args.real_images, leave_out) if args.real_images else []
         model = config.model_config()
-        return synthetic_datasets(args.real_masks, tuple(config.size), model.k, model.stride, config.seed,
-                                  config.val_fraction, args.val_items, args.phantom_share,
-                                  synthesis=config.synthesis)
+        train, val, description = synthetic_datasets(
+            args.real_masks, tuple(config.size), model.k, model.stride, config.seed, config.val_fraction,
+            args.val_items, args.phantom_share, normalization=config.normalization, synthesis=config.synthesis,
+            real_scans=scans, real_share=args.real_share if scans else 0.0)
+        description["real_image_folders"] = [str(f) for f in args.real_images or []]
+        description["left_out_patients"] = leave_out
+        return train, val, description
     stacks = read_stacks(args.data)
     val = read_stacks(args.val) if args.val else None
     return stacks, val, {"data": str(args.data), "val_data": args.val}
@@ -295,6 +307,14 @@ def add_commands(sub) -> None:
                    help="with --real-masks: rendered validation samples from the held-out patients (default 128)")
     p.add_argument("--phantom-share", type=float, default=0.0,
                    help="with --real-masks: share of training items taken from phantom scans (default 0)")
+    p.add_argument("--real-images", metavar="FOLDER", action="append",
+                   help="with --real-masks: real labelled scans (UW-Madison layout + train.csv) mixed into the "
+                        "training items; repeat for several folders")
+    p.add_argument("--real-share", type=float, default=0.0,
+                   help="with --real-images: share of training items taken from the real scans (default 0)")
+    p.add_argument("--leave-out", metavar="PATIENTS",
+                   help="with --real-images: patients (caseN, comma-separated) kept out of training, for "
+                        "leave-patient-out figures")
     p.add_argument("--out", required=True, help="output folder for the bundle")
     p.add_argument("--name", default="model", help="bundle name inside OUT (default: model)")
     p.add_argument("--val", help="validation data (default: cases held out of DATA)")

@@ -67,6 +67,9 @@ class TrainConfig:
     loss: Any = field(default_factory=lambda: {"bce": 0.5, "tversky": 0.5, "tversky_alpha": 0.7, "tversky_beta": 0.3})
     augmentation: Any = "default"
     synthesis: dict = field(default_factory=dict)  # training.synthesis.RenderOptions (images rendered from real masks)
+    # intensity normalisation of a fresh model (napari_gitseg.model.normalize; None: the default); a
+    # fine-tuned model keeps its bundle's
+    normalization: dict | None = None
     size: list | None = field(default_factory=lambda: [160, 160])
     fit: str = "resize"  # resize | crop
     crop_to_body: bool = False
@@ -135,6 +138,13 @@ class TrainConfig:
                 RenderOptions.from_dict(self.synthesis)
             except ValueError as err:
                 raise ValueError(f"synthesis: {err}") from err
+        if self.normalization is not None:
+            from napari_gitseg.model.normalize import check_normalization
+
+            try:
+                check_normalization(self.normalization)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"normalization: {err}") from err
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "plateau", "none"):

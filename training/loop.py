@@ -328,7 +328,8 @@ def _init_model(config: TrainConfig, device: torch.device) -> tuple[torch.nn.Mod
         return model.to(device), bundle.config, dict(bundle.normalization), str(bundle.json_path)
     torch.manual_seed(int(config.seed))
     model_config = config.model_config()
-    return build_model(model_config).to(device), model_config, dict(DEFAULT_NORMALIZATION), None
+    normalization = dict(DEFAULT_NORMALIZATION if config.normalization is None else config.normalization)
+    return build_model(model_config).to(device), model_config, normalization, None
 
 
 def _set_bn_eval(model: torch.nn.Module) -> None:

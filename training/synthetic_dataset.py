@@ -87,47 +87,69 @@ class SyntheticDataset(Dataset):
 
 
 class MixedDataset(Dataset):
-    """On-the-fly mixture: item ``i`` is a phantom slice with probability ``share`` (drawn from
-    ``(seed, i)``), else item ``i`` of ``synthetic``; keeps a model trained on real anatomy good on
-    the bundled phantom sample too."""
+    """On-the-fly mixture: item ``i`` is a phantom slice with probability ``share``, a slice of a real
+    labelled scan with probability ``real_share`` (both drawn from ``(seed, i)``), else item ``i`` of
+    ``synthetic``. The phantom keeps a model trained on real anatomy good on the bundled sample; the
+    real scans show it real contrast, texture and neighbours."""
 
     on_the_fly = True
 
-    def __init__(self, synthetic: SyntheticDataset, phantom: Dataset, share: float, seed: int = 0):
-        if not 0.0 <= float(share) <= 1.0:
-            raise ValueError(f"the phantom share must be in [0, 1], got {share}")
+    def __init__(self, synthetic: SyntheticDataset, phantom: Dataset | None, share: float, seed: int = 0,
+                 real: Dataset | None = None, real_share: float = 0.0):
+        for name, value, part in (("phantom", share, phantom), ("real", real_share, real)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"the {name} share must be in [0, 1], got {value}")
+            if float(value) > 0 and (part is None or len(part) == 0):
+                raise ValueError(f"a {name} share of {value} needs a {name} dataset with items")
+        if float(share) + float(real_share) > 1.0:
+            raise ValueError(f"the phantom and real shares add up to more than 1 ({share} + {real_share})")
         self.synthetic, self.phantom, self.share, self.seed = synthetic, phantom, float(share), int(seed)
-        self.names = list(synthetic.names) + list(getattr(phantom, "names", []))
+        self.real, self.real_share = real, float(real_share)
+        self.names = [*synthetic.names, *getattr(phantom, "names", []), *getattr(real, "names", [])]
 
     def __len__(self) -> int:
         return len(self.synthetic)
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, int(index), 7])
-        if rng.random() < self.share:
-            item = dict(self.phantom[int(rng.integers(len(self.phantom)))])
-            item["provenance"] = "phantom"
-            return item
+        draw = rng.random()
+        for part, lo, hi, kind in ((self.phantom, 0.0, self.share, "phantom"),
+                                   (self.real, self.share, self.share + self.real_share, "real")):
+            if lo <= draw < hi:
+                item = dict(part[int(rng.integers(len(part)))])
+                item["provenance"] = kind
+                return item
         return self.synthetic[index]
 
 
-def phantom_slices(size: tuple[int, int], k: int, stride: int, n_cases: int = 6, seed: int = 7) -> Dataset:
+def phantom_slices(size: tuple[int, int], k: int, stride: int, n_cases: int = 6, seed: int = 7,
+                   normalization: dict | None = None) -> Dataset:
     """Every slice of ``n_cases`` phantom scans (144 x 266 x 266), letterboxed to ``size``."""
     from napari_gitseg.phantom import make_phantom_cases
     from training.datasets import SliceDataset
 
     stacks = make_phantom_cases(n_cases, seed)
-    return SliceDataset(stacks, k=k, stride=stride, size=tuple(size), fit="resize")
+    return SliceDataset(stacks, k=k, stride=stride, size=tuple(size), fit="resize", normalization=normalization)
+
+
+def real_scan_slices(stacks, size: tuple[int, int], k: int, stride: int, normalization: dict | None = None) -> Dataset:
+    """Every labelled slice of real scans (``training.real_images``), letterboxed to ``size``."""
+    from training.datasets import SliceDataset
+
+    return SliceDataset(list(stacks), k=k, stride=stride, size=tuple(size), fit="resize", normalization=normalization)
 
 
 def synthetic_datasets(folder, size: tuple[int, int], k: int, stride: int, seed: int = 0,
                        val_fraction: float = 0.15, val_items: int = 128, phantom_share: float = 0.0,
                        normalization: dict | None = None, synthesis: dict | None = None,
-                       ) -> tuple[Dataset, SyntheticDataset, dict]:
+                       real_scans=(), real_share: float = 0.0) -> tuple[Dataset, SyntheticDataset, dict]:
     """(training, validation, description) datasets rendered around the real masks in ``folder``,
     split by patient; the description (recorded in the bundle) names the case-days of each side.
-    With ``phantom_share`` > 0 that share of the training items are phantom slices. ``synthesis``:
-    the renderer's options (``training.synthesis.RenderOptions``; both sides use them)."""
+    With ``phantom_share`` > 0 that share of the training items are phantom slices, with
+    ``real_share`` > 0 that share are slices of ``real_scans`` (labelled stacks of real images; the
+    description lists their patients). ``synthesis``: the renderer's options
+    (``training.synthesis.RenderOptions``; both sides use them)."""
+    from training.real_images import labelled_slices, patients_of
     from training.real_masks import split_patients
 
     source = RealMaskFolder(folder)
@@ -136,8 +158,13 @@ def synthetic_datasets(folder, size: tuple[int, int], k: int, stride: int, seed:
     common = {"k": k, "stride": stride, "size": tuple(size), "normalization": normalization, "render": render}
     train = SyntheticDataset(source, train_names, seed=seed, on_the_fly=True, **common)
     val = SyntheticDataset(source, val_names, seed=seed + 10_000, length=val_items, on_the_fly=False, **common)
-    if phantom_share > 0:
-        train = MixedDataset(train, phantom_slices(size, k, stride), phantom_share, seed)
+    real_scans = list(real_scans)
+    if real_share > 0 and not real_scans:
+        raise ValueError(f"a real share of {real_share} needs real labelled scans")
+    if phantom_share > 0 or real_share > 0:
+        phantom = phantom_slices(size, k, stride, normalization=normalization) if phantom_share > 0 else None
+        real = real_scan_slices(real_scans, size, k, stride, normalization) if real_share > 0 else None
+        train = MixedDataset(train, phantom, phantom_share, seed, real=real, real_share=real_share)
     description = {
         "data": f"synthetic images rendered around the real masks of {folder}",
         "generator": "training.synthesis (domain randomisation around real masks, phantom body)",
@@ -149,5 +176,9 @@ def synthetic_datasets(folder, size: tuple[int, int], k: int, stride: int, seed:
         "val_items": val_items,
         "phantom_share": phantom_share,
         "phantom": "gitseg phantom --cases 6 --seed 7 (144 slices, 266 px)" if phantom_share > 0 else None,
+        "real_share": real_share,
+        "real_image_patients": patients_of(real_scans) if real_share > 0 else [],
+        "real_image_stacks": [s.name for s in real_scans] if real_share > 0 else [],
+        "real_image_slices": labelled_slices(real_scans) if real_share > 0 else 0,
     }
     return train, val, description

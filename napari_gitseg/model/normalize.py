@@ -2,8 +2,9 @@
 
 MRI intensities have no absolute scale, so each stack is scaled by its own robust range:
 ``(x - p_low) / (p_high - p_low)`` clipped to [0, 1], with the percentiles taken over the
-whole stack (the 3-D volume), as most challenge pipelines did per image. The method and
-its parameters are recorded in every model bundle.
+whole stack (the 3-D volume); with ``per_slice`` each slice is scaled by its own range, as
+many challenge pipelines did per image: robust to exports that scaled every slice on its own
+(8-bit renderings, screenshots). The method and its parameters are recorded in every model bundle.
 """
 
 from __future__ import annotations
@@ -13,16 +14,39 @@ import numpy as np
 DEFAULT_NORMALIZATION: dict = {"method": "percentile", "low": 0.5, "high": 99.5}
 
 
+def check_normalization(spec: dict) -> dict:
+    """``spec`` if it names a known method with sensible settings; ValueError saying what is wrong."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"normalization must be an object, got {spec!r}")
+    method = spec.get("method", "percentile")
+    if method not in ("percentile", "minmax"):
+        raise ValueError(f"unknown normalisation method {method!r} (expected 'percentile' or 'minmax')")
+    if method == "percentile" and not 0 <= float(spec.get("low", 0.5)) < float(spec.get("high", 99.5)) <= 100:
+        raise ValueError(f"normalisation percentiles need 0 <= low < high <= 100, got {spec}")
+    if not isinstance(spec.get("per_slice", False), bool):
+        raise ValueError(f"normalization.per_slice must be true or false, got {spec.get('per_slice')!r}")
+    return spec
+
+
 def normalize_stack(image: np.ndarray, spec: dict | None = None) -> np.ndarray:
     """Scale a (Z, Y, X) stack to float32 in [0, 1] as described by ``spec``.
 
-    Raises ValueError for NaN/inf values. A constant stack maps to all zeros.
+    Raises ValueError for NaN/inf values. A constant stack (or slice, with ``per_slice``) maps to zeros.
     """
     spec = dict(DEFAULT_NORMALIZATION if spec is None else spec)
     image = np.asarray(image)
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise ValueError("image contains NaN or infinite values")
     data = image.astype(np.float32, copy=False)
+    if spec.get("per_slice") and data.ndim == 3:
+        whole = {k: v for k, v in spec.items() if k != "per_slice"}
+        return np.stack([_scale(data[z], whole) for z in range(data.shape[0])]) if data.shape[0] else \
+            np.zeros_like(data, dtype=np.float32)
+    return _scale(data, spec)
+
+
+def _scale(data: np.ndarray, spec: dict) -> np.ndarray:
+    """``data`` (float32) scaled by its own range as ``spec`` says, clipped to [0, 1]."""
     method = spec.get("method", "percentile")
     if method == "percentile":
         # subsample for speed on big stacks; percentiles of a strided subset are stable
