@@ -128,7 +128,7 @@ def test_review_queue_is_least_confident_first_and_counts(store):
     store.save(IDS[0], mask(8), source="model", confidence=0.05)  # a newer prediction: its confidence counts
     assert store.review_queue(NAME) == [IDS[0], IDS[2], IDS[4], IDS[5]]
     assert store.counts(NAME) == {"total": 6, "reviewed": 1, "clinician": 2, "pseudo": 1, "predicted": 2,
-                                  "interpolated": 0}
+                                  "interpolated": 0, "propagated": 0}
     assert store.clinician_slices(NAME) == [IDS[1], IDS[3]] == store.clinician_slices()
     assert store.pseudo_slices(NAME) == [IDS[5]]
     assert store.unreviewed_slices(NAME) == [IDS[0], IDS[2], IDS[4], IDS[5]]

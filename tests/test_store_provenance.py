@@ -1,5 +1,5 @@
-"""LabelStore provenance added for review: ``interpolated`` slices, accept-as-shown, undo of automatic
-saves, the schema 1 -> 2 migration, and the clinician effort table."""
+"""LabelStore provenance added for review: ``interpolated`` and ``propagated`` slices, accept-as-shown, undo
+of automatic saves, the schema migrations (1 -> 2, 3 -> 4), and the clinician effort table."""
 
 import sqlite3
 
@@ -25,33 +25,36 @@ def store(tmp_path):
     s.close()
 
 
-def test_interpolated_is_no_clinician_label_until_accepted(store):
+@pytest.mark.parametrize("source", ["interpolated", "propagated"])
+def test_assisted_slice_is_no_clinician_label_until_accepted(store, source):
     store.save(IDS[0], mask(0), source="clinician")
     store.save(IDS[2], mask(2), source="clinician")
-    v = store.save(IDS[1], mask(1), source="interpolated", note="between z0 and z2")
-    assert v == 1 and store.latest(IDS[1]).source == "interpolated"
+    v = store.save(IDS[1], mask(1), source=source, note="between z0 and z2")
+    assert v == 1 and store.latest(IDS[1]).source == source
     assert IDS[1] not in store.clinician_slices(NAME)  # training never sees it as a clinician label
+    assert IDS[1] not in store.pseudo_slices(NAME)
     assert IDS[1] in store.unreviewed_slices(NAME) and IDS[1] in store.review_queue(NAME)
     _ids, masks, prov = store.export_masks(NAME)
     assert not masks[:, 1].any() and prov[1]["status"] == "not reviewed"
-    assert store.counts(NAME)["interpolated"] == 1
+    assert store.counts(NAME)[source] == 1 and store.counts(NAME)["clinician"] == 2
     store.accept(IDS[1], mask(1), seen_version=1)
     rec = store.latest(IDS[1])
-    assert rec.reviewed and rec.source == "interpolated" and rec.version == 2  # provenance kept, now reviewed
-    assert IDS[1] in store.clinician_slices(NAME) and store.counts(NAME)["interpolated"] == 0
+    assert rec.reviewed and rec.source == source and rec.version == 2  # provenance kept, now reviewed
+    assert IDS[1] in store.clinician_slices(NAME) and store.counts(NAME)[source] == 0
 
 
-def test_interpolated_is_kept_from_predictions_and_never_replaces_clinician_work(store):
+@pytest.mark.parametrize("source", ["interpolated", "propagated"])
+def test_assisted_slice_is_kept_from_predictions_and_never_replaces_clinician_work(store, source):
     store.save(IDS[0], mask(0), source="clinician")
-    assert store.save(IDS[0], mask(5), source="interpolated") is None
+    assert store.save(IDS[0], mask(5), source=source) is None
     store.save(IDS[1], mask(1), source="model", confidence=0.2)
-    assert store.save(IDS[1], mask(6), source="interpolated") == 2  # a fill replaces a prediction
+    assert store.save(IDS[1], mask(6), source=source) == 2  # a fill / propagation replaces a prediction
     assert store.save_many([{"slice_id": IDS[1], "masks": mask(7), "source": "pseudo"},
                             {"slice_id": IDS[1], "masks": mask(8), "source": "model"}]) == [None, None]
-    assert store.save(IDS[1], mask(9), source="interpolated") == 3  # filling again is allowed
+    assert store.save(IDS[1], mask(9), source=source) == 3  # doing it again is allowed
     assert store.save(IDS[1], mask(3), source="clinician") == 4  # and the clinician always may
     store.save(IDS[3], mask(3), source="imported", note="plan.dcm")  # a department's contours: a clinician label
-    assert store.save(IDS[3], mask(13), source="interpolated") is None
+    assert store.save(IDS[3], mask(13), source=source) is None
 
 
 def test_accept_marks_only_the_version_seen_with_the_masks_seen(store):
@@ -83,6 +86,25 @@ def test_restore_many_undoes_only_unchanged_slices(store):
     assert store.latest(IDS[2]).source == "clinician"
 
 
+def downgrade(folder, sources: tuple[str, ...], version: int) -> sqlite3.Connection:
+    """Make the store in ``folder`` look written by schema ``version``: its source CHECK without ``sources``;
+    returns the open raw connection (committed), after checking that the first of them is refused now."""
+    raw = sqlite3.connect(folder / DB_NAME)
+    sql = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'versions'").fetchone()[0].split("versions", 1)[1]
+    for source in sources:
+        sql = sql.replace(f", '{source}'", "")
+    raw.execute("CREATE TABLE old " + sql)
+    raw.execute("INSERT INTO old SELECT * FROM versions")
+    raw.execute("DROP TABLE versions")
+    raw.execute("ALTER TABLE old RENAME TO versions")
+    raw.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    raw.commit()
+    with pytest.raises(sqlite3.IntegrityError):  # an old store cannot hold the new provenance
+        raw.execute("INSERT INTO versions (slice_id, version, source, reviewed, created, shape, masks, crc) "
+                    "VALUES (?, 9, ?, 0, 0, '[]', x'00', 0)", (IDS[1], sources[0]))
+    return raw
+
+
 def test_schema_2_store_is_migrated_keeping_every_version(tmp_path):
     folder = tmp_path / "old"
     folder.mkdir()
@@ -92,16 +114,9 @@ def test_schema_2_store_is_migrated_keeping_every_version(tmp_path):
         donor.save(IDS[0], mask(1), source="clinician")
     raw = sqlite3.connect(tmp_path / "donor" / DB_NAME)
     raw.execute("DROP TABLE effort")
-    sql = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'versions'").fetchone()[0]
-    raw.execute("CREATE TABLE v2 " + sql.split("versions", 1)[1].replace(", 'interpolated'", ""))
-    raw.execute("INSERT INTO v2 SELECT * FROM versions")
-    raw.execute("DROP TABLE versions")
-    raw.execute("ALTER TABLE v2 RENAME TO versions")
-    raw.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     raw.commit()
-    with pytest.raises(sqlite3.IntegrityError):  # a schema-2 store cannot hold the new provenance
-        raw.execute("INSERT INTO versions (slice_id, version, source, reviewed, created, shape, masks, crc) "
-                    "VALUES (?, 9, 'interpolated', 0, 0, '[]', x'00', 0)", (IDS[1],))
+    raw.close()
+    raw = downgrade(tmp_path / "donor", ("interpolated", "propagated"), 2)
     raw.close()
     with LabelStore.open(tmp_path / "donor") as store:
         assert [h.source for h in store.history(IDS[0])] == ["model", "clinician"]
@@ -124,3 +139,27 @@ def test_effort_rows_are_replaced_per_session_and_slice(store):
     rows = store.effort(NAME)
     assert [(r["session"], r["z"], r["strokes"]) for r in rows] == [("s1", 2, 3), ("s2", 0, 0)]
     assert rows[0]["seconds"] == 12.5 and rows[1]["accepted_unedited"] is True and rows[0]["user"] == "dr_c"
+
+
+def test_a_fill_may_replace_a_propagation_and_an_accepted_prediction_is_kept_from_both(store):
+    store.save(IDS[1], mask(1), source="propagated")
+    assert store.save(IDS[1], mask(10), source="interpolated") == 2
+    assert store.save(IDS[1], mask(11), source="propagated") == 3
+    store.save(IDS[4], mask(4), source="model")
+    store.set_reviewed(IDS[4])  # an accepted prediction is protected too
+    assert store.save(IDS[4], mask(14), source="propagated") is None
+    assert store.save(IDS[4], mask(15), source="interpolated") is None
+
+
+def test_schema_3_store_is_migrated_to_allow_propagated(tmp_path):
+    with LabelStore.open(tmp_path / "donor") as donor:
+        donor.register_stack(NAME, IDS, SHAPE, (3.0, 1.5, 1.5), "here")
+        donor.save(IDS[0], mask(0), source="interpolated")
+    raw = downgrade(tmp_path / "donor", ("propagated",), 3)
+    raw.close()
+    with LabelStore.open(tmp_path / "donor") as store:
+        assert [h.source for h in store.history(IDS[0])] == ["interpolated"]
+        assert store.save(IDS[1], mask(1), source="propagated") == 1
+    raw = sqlite3.connect(tmp_path / "donor" / DB_NAME)
+    assert raw.execute("SELECT value FROM meta WHERE key = 'migrated_from'").fetchone()[0] == "3"
+    raw.close()

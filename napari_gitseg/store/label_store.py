@@ -8,8 +8,9 @@ Layout (``<project>/gitseg_labels.sqlite``, WAL journal, ``synchronous=FULL``; t
 - ``versions``: one row per saved version of one slice: the per-class masks (bit-packed,
   zlib-compressed, with a CRC-32 over data and shape that every read verifies), their
   provenance (``clinician`` / ``model`` / ``pseudo`` / ``imported``: read from a DICOM RT-STRUCT or SEG,
-  the file named in the note / ``interpolated``: filled between two corrected slices; the user who
-  saved it; the model version),
+  the file named in the note / ``interpolated``: filled between two corrected slices /
+  ``propagated``: carried from a corrected slice with box prompts; the user who saved it; the model
+  version),
   the reviewed flag, the model's confidence, a note and a timestamp (seconds since the epoch).
   Rows are never updated or deleted: marking a slice reviewed and reverting it write new
   versions too, so the whole history, review state included, stays readable.
@@ -26,10 +27,11 @@ Rules:
   ``BUSY_TIMEOUT_S``), a version number is unique per slice and versions are dense (1, 2, ...).
 - Clinician work is protected in ONE place, the write transaction (``_refuses``): a prediction
   (``source="model"`` or ``"pseudo"``) never replaces a slice whose latest version is a clinician
-  label (by a clinician, ``clinician`` or ``imported``, or reviewed) or interpolated between the
-  clinician's slices; an interpolation never replaces a clinician label. ``save`` returns None and
-  ``save_many`` gives None for such a slice. An interpolated slice is a clinician label (what
-  training uses, ``clinician_slices``) only once accepted.
+  label (by a clinician, ``clinician`` or ``imported``, or reviewed) or interpolated / propagated
+  from the clinician's slices (``ASSISTED``); an interpolation or propagation never replaces a
+  clinician label. ``save`` returns None and ``save_many`` gives None for such a slice. An
+  interpolated or propagated slice is a clinician label (what training uses, ``clinician_slices``)
+  only once accepted.
 - ``accept`` stores exactly the masks the clinician saw as the reviewed version: it marks the
   latest version reviewed only when that is the version the clinician's screen showed, with the
   same masks; if another window or the trainer saved something meanwhile, what was on screen is
@@ -61,8 +63,9 @@ from napari_gitseg.classes import CLASSES
 from napari_gitseg.store import schema
 from napari_gitseg.store.schema import DB_NAME, SCHEMA_VERSION
 
-SOURCES = ("clinician", "model", "pseudo", "imported", "interpolated")
+SOURCES = ("clinician", "model", "pseudo", "imported", "interpolated", "propagated")
 PREDICTED = ("model", "pseudo")  # never replace a protected slice
+ASSISTED = ("interpolated", "propagated")  # drawn by a correction tool from clinician slices: kept from predictions
 CLINICIAN_SOURCES = ("clinician", "imported")  # count as clinician labels (imported: a department's RT-STRUCT/SEG)
 BUSY_TIMEOUT_S = 30.0
 _RETRIES = 3  # attempts of one write transaction when a version number collides
@@ -501,7 +504,7 @@ class LabelStore:
             return False
         if LabelStore._protected(last_source, last_reviewed):
             return True
-        return new_source in PREDICTED and last_source == "interpolated"
+        return new_source in PREDICTED and last_source in ASSISTED
 
     def save_many(self, items: Iterable[dict]) -> list[int | None]:
         """Save many slices in ONE transaction; per item its new version, or None if skipped (protected).
@@ -737,7 +740,7 @@ class LabelStore:
 
     def counts(self, stack: str) -> dict[str, int]:
         """Counts for the status line: total, reviewed, clinician (edited or reviewed), and the unreviewed
-        pseudo, predicted and interpolated slices."""
+        pseudo, predicted, interpolated and propagated slices."""
         total = len(self.stack_info(stack)["slice_ids"])
         meta = self._latest_meta(stack)
         return {
@@ -747,6 +750,7 @@ class LabelStore:
             "pseudo": sum(1 for r in meta if r[1] == "pseudo" and not r[2]),
             "predicted": sum(1 for r in meta if r[1] == "model" and not r[2]),
             "interpolated": sum(1 for r in meta if r[1] == "interpolated" and not r[2]),
+            "propagated": sum(1 for r in meta if r[1] == "propagated" and not r[2]),
         }
 
     # ---- session state -------------------------------------------------------------------------

@@ -17,14 +17,16 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 3  # 2: provenance "imported" (a department's RT-STRUCT/SEG); 3: "interpolated", effort
+SCHEMA_VERSION = 4  # 2: provenance "imported" (a department's RT-STRUCT/SEG); 3: "interpolated", effort;
+# 4: "propagated" (box propagation)
 DB_NAME = "gitseg_labels.sqlite"
 APP_NAME = "napari-gitseg"
 
 VERSIONS_TABLE = (
     "CREATE TABLE {name} (id INTEGER PRIMARY KEY AUTOINCREMENT, slice_id TEXT NOT NULL"
     " REFERENCES slices(slice_id), version INTEGER NOT NULL CHECK (version >= 1),"
-    " source TEXT NOT NULL CHECK (source IN ('clinician', 'model', 'pseudo', 'imported', 'interpolated')),"
+    " source TEXT NOT NULL CHECK (source IN ('clinician', 'model', 'pseudo', 'imported', 'interpolated',"
+    " 'propagated')),"
     " user TEXT, model_version TEXT, reviewed INTEGER NOT NULL CHECK (reviewed IN (0, 1)), confidence REAL,"
     " note TEXT, created REAL NOT NULL, shape TEXT NOT NULL, masks BLOB NOT NULL, crc INTEGER NOT NULL,"
     " UNIQUE (slice_id, version))"
@@ -69,8 +71,14 @@ def _allow_interpolated_add_effort(conn: sqlite3.Connection) -> None:
     conn.execute(EFFORT_TABLE.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
 
 
+def _allow_propagated(conn: sqlite3.Connection) -> None:
+    """3 -> 4: the source CHECK also allows ``propagated`` (an organ carried from slice to slice with boxes)."""
+    _rebuild_versions(conn)
+
+
 # from version N to N + 1; each runs inside the open transaction of the caller
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _allow_imported, 2: _allow_interpolated_add_effort}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _allow_imported, 2: _allow_interpolated_add_effort,
+                                                               3: _allow_propagated}
 
 NOT_A_STORE = 0  # read_version: tables that are not ours
 
