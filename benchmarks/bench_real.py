@@ -1,41 +1,34 @@
-"""Benchmark: the default model on real MRI, old bundle against new bundle, side by side in one run.
+"""Benchmark: the default model on real MRI it never saw, old bundle against new, side by side in one run.
 
 Data (``../shared/data``; the benchmark prints a message and exits 0 when it is absent):
 
-* ``uwmgi-real-slices/``: 18 real UW-Madison slices of 5 patients with the challenge's masks. The
-  slices of a case-day are not neighbours, so each is read as a stack of its own (2.5D windows
-  replicate it, as for any single slice).
-* ``totalsegmentator-examples/example_mr_sm.nii.gz``: a real abdominal MR volume (20 axial slices,
-  3 mm) read by the plugin's NIfTI reader (reoriented to the UW convention: axial, anterior up,
-  radiological), with TotalSegmentator's labels mapped by ``napari_gitseg.io.TOTALSEG_MR_LABELS``:
-  colon 15 -> large_bowel, small bowel 13 + duodenum 14 -> small_bowel, stomach 6 -> stomach.
+* ``uwmgi-real-volumes/``: four real scans with the challenge's masks (patients 6, 16, 102: 144 slices;
+  146: 43), scored by **3-D Dice** per organ (every slice's pixels pooled) and its mean per volume;
+* ``uwmgi-real-slices/``: 18 isolated real slices of 5 more patients, scored per (slice, organ) row;
+* ``totalsegmentator-examples/example_mr_sm.nii.gz``: a real abdominal MR volume (20 slices, 3 mm) with
+  TotalSegmentator's labels (colon -> large_bowel, small bowel + duodenum -> small_bowel, stomach),
+  zero-shot for every bundle.
 
-Measured for each bundle (``--old``, default: ``resources/models/default.*`` as of commit
-``OLD_REV``, the phantom-trained model, extracted from git into the output folder; ``--new``,
-default: ``resources/models/default.json``):
+Leave-patient-out: a figure on a real patient comes from a model that never saw that patient. The
+new default model learnt from every real scan above, so each patient is scored with a **fold bundle**
+(``--folds``: bundles trained by ``benchmarks/train_default_model.sh`` with ``LEAVE_OUT=...``); the
+bundle for a patient is the first one whose JSON (``training.data.real_image_patients``) does not
+list that patient. The shipped bundle scores only the MR volume and any patient it never saw. A
+bundle that does not record which real patients it saw is refused. The old bundle (``--old``,
+default: ``resources/models/default.*`` of git ``OLD_REV``, the last model trained without real
+images) never saw any.
 
-1. zero-shot on the 18 real slices and on the MR volume;
-2. leave-one-patient-out fine-tuning: the 4 other patients' slices become the clinician labels of
-   a fresh project whose active model is the bundle, and ONE round runs exactly as the Train
-   dock's Retrain button runs it (``retrain.round_job`` -> ``training.worker.run_job`` ->
-   ``training.bootstrap.run_round_from_store``: frozen validation split of those labels, fine-tuning
-   from the active model, promotion only if better). Scored on the held-out patient: the project's
-   active model after the round (the candidate if promoted, else the bundle itself: what the
-   clinician would get) and the fine-tuned candidate itself (promoted or not: how good the
-   fine-tuning is). Every slice is predicted by a model that never saw its patient;
-3. the label-efficiency curve: the same round with only n clinician slices (0, 3, 6, 12, spread
-   over the 4 other patients; a fold whose other patients hold fewer uses them all), mean Dice on
-   the held-out patients, as ``label_efficiency.png`` (dashed: the candidates).
+``--slice-rounds`` adds the older measurement on the 18 slices: leave-one-patient-out GUI rounds
+(``retrain.round_job`` -> ``training.worker``) fine-tuning each bundle on the other patients' slices,
+and the label-efficiency curve with 3 / 6 / 12 of them. The clinician's loop on a whole real scan is
+``benchmarks/bench_real_loop.py``.
 
-Metrics (``training.metrics``): "Dice <class>" and "mean Dice" count only the (slice, class) rows
-where the organ is in the truth or in the prediction (a model that finds nothing scores 0, not
-the share of empty rows); "challenge Dice" is the challenge's per-row mean with empty vs empty = 1,
-and "challenge score" = 0.4 Dice + 0.6 (1 - Hausdorff).
+Metrics (``training.metrics``): "Dice <organ>" and "mean Dice" on slices count only the (slice, organ)
+rows where the organ is in the truth or the prediction; "3-D Dice" pools a volume's pixels; "challenge
+Dice" is the challenge's per-row mean with empty vs empty = 1, "challenge score" = 0.4 Dice + 0.6 (1 - HD).
 
-Usage: ``python benchmarks/bench_real.py [--old A.json] [--new B.json] [--out DIR] [--quick]``
-(``--quick``: a smoke run of about 3 minutes with tiny fine-tuning, not a measurement). The full run
-fine-tunes 5 x (1 + len(curve)) = 20 rounds per bundle with the ``cpu`` preset: about 12 minutes of
-CPU time for both bundles (a 1-fold run took 135 CPU-seconds for 6 rounds); ``--folds N`` shortens it.
+Usage: ``python benchmarks/bench_real.py --folds out/folds [--old A.json] [--new B.json] [--out DIR]``
+(about 3 minutes without ``--slice-rounds``).
 """
 
 from __future__ import annotations
@@ -57,9 +50,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 REAL_SLICES = DATA / "uwmgi-real-slices"
+REAL_VOLUMES = DATA / "uwmgi-real-volumes"
 TOTALSEG = DATA / "totalsegmentator-examples"
 TOTALSEG_MR = (TOTALSEG / "example_mr_sm.nii.gz", TOTALSEG / "example_seg_mr.nii.gz")  # image, labels
-OLD_REV = "30df64f"  # the last commit whose resources/models/default.* is the phantom-trained model
+OLD_REV = "ce9c1b9"  # the last commit whose default model learnt no real image (and the bowels swapped)
 DEFAULT_MODEL = ROOT / "resources" / "models" / "default.json"
 
 
@@ -129,6 +123,50 @@ def choose_slices(stacks: Sequence, n: int, seed: int = 0) -> list:
     return chosen
 
 
+def read_real_volumes(root: Path = REAL_VOLUMES) -> list:
+    """The real scans under ``root`` (challenge layout + train.csv), one stack per run of consecutive slices."""
+    from training.real_images import read_labelled_scans
+
+    return read_labelled_scans([root])
+
+
+def real_patients_seen(bundle: Path) -> set[str]:
+    """The real patients whose images trained ``bundle`` (its JSON's ``training.data.real_image_patients``).
+
+    A bundle trained only on images rendered around masks saw none; a bundle that records neither is
+    refused (SystemExit naming it): a leave-patient-out figure needs to know."""
+    doc = json.loads(Path(bundle).read_text())
+    data = (doc.get("training") or {}).get("data") or {}
+    if "real_image_patients" in data:
+        return set(data["real_image_patients"])
+    if str(data.get("data", "")).startswith("synthetic images rendered"):
+        return set()
+    raise SystemExit(f"bench_real: {bundle} does not record which real patients it learnt from "
+                     "(training.data.real_image_patients): cannot tell whether a figure is leave-patient-out")
+
+
+def bundle_for(patients: Sequence[str], candidates: Sequence[Path]) -> Path | None:
+    """The first of ``candidates`` that saw none of ``patients`` (None when every one saw some)."""
+    for bundle in candidates:
+        if not real_patients_seen(bundle) & set(patients):
+            return bundle
+    return None
+
+
+def fold_bundles(paths: Sequence[str]) -> list[Path]:
+    """Bundle JSONs given as files or folders (``FOLDER/*/default.json`` and ``FOLDER/*.json``), sorted."""
+    found: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(path.glob("*/default.json")) + sorted(path.glob("*.json"))
+        else:
+            raise SystemExit(f"bench_real: --folds {path} is neither a bundle JSON nor a folder")
+    return found
+
+
 def read_totalseg_mr(image: Path, labels: Path):
     """The TotalSegmentator MR volume with its labels mapped to the plugin's classes (UW orientation)."""
     from napari_gitseg.io import TOTALSEG_MR_LABELS, read_nifti_labels
@@ -162,6 +200,35 @@ def score_cases(cases: Sequence[tuple], classes: Sequence[str]) -> dict[str, flo
     rows["challenge Dice"] = challenge["mean_dice"]
     rows["challenge score"] = challenge["score"]
     return rows
+
+
+def score_volume(pred, truth, labelled, classes: Sequence[str]) -> dict[str, float]:
+    """3-D Dice per organ (a volume's pixels pooled; NaN where the organ is in neither) and their mean."""
+    from training.metrics import evaluate
+
+    out = evaluate(pred, truth, labelled, classes=tuple(classes))
+    rows = {f"3-D Dice {name}": out["per_class"][name]["dice_3d"] for name in classes}
+    rows["mean 3-D Dice"] = out["mean_dice_3d"]
+    return rows
+
+
+def volume_rows(pick: dict[str, Path | None], volumes: Sequence, config, classes: Sequence[str]) -> dict[str, dict]:
+    """{volume: 3-D Dice rows} of each volume predicted by the bundle ``pick`` names for its patient
+    (volumes whose patient has no bundle are left out)."""
+    out = {}
+    for stack in volumes:
+        bundle = pick.get(patient_of(stack))
+        if bundle is not None:
+            (pred, truth, labelled), = predict_cases(bundle, [stack], config)
+            out[stack.name] = score_volume(pred, truth, labelled, classes)
+    return out
+
+
+def mean_rows(tables: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Row-wise mean of metric rows (NaN rows left out of their row's mean)."""
+    import numpy as np
+
+    return {key: float(np.nanmean([t[key] for t in tables])) for key in tables[0]} if tables else {}
 
 
 def predict_cases(bundle: Path, stacks: Sequence, config) -> list[tuple]:
@@ -229,14 +296,15 @@ def candidates_kept(dest: Path):
         bootstrap.train = real_train
 
 
-def gui_round(project: Path, preset: str, overrides: dict) -> tuple[Path, dict]:
-    """One Retrain round on ``project`` as the Train dock starts it: (active bundle afterwards, summary)."""
+def gui_round(project: Path, preset: str, overrides: dict, keep: int = 0) -> tuple[Path, dict]:
+    """One Retrain round on ``project`` as the Train dock starts it: (active bundle afterwards, summary);
+    ``keep``: pseudo-labels the round saves for the next one."""
     from napari_gitseg.model.registry import ModelRegistry
     from napari_gitseg.project import registry_folder
     from napari_gitseg.retrain import round_job
     from training.worker import load_job, run_job
 
-    job = load_job(round_job(project, preset=preset, keep=0, overrides=overrides))
+    job = load_job(round_job(project, preset=preset, keep=keep, overrides=overrides))
     summary = run_job(job, emit=lambda _event: None)
     registry = ModelRegistry(registry_folder(project), create=False)
     return registry.path_of(registry.active()), summary
@@ -330,22 +398,19 @@ def plot_curve(curve: dict[str, dict[int, float]], path: Path, dashed: Sequence[
 
 
 # ------------------------------------------------------------------------------------------ main
-def measure(bundle: Path, slices: list, volume, folds, args, work: Path) -> dict:
-    """Every figure of one bundle: zero-shot rows, fine-tuned rows, label-efficiency points."""
+def measure_rounds(bundle: Path, slices: list, folds, args, work: Path) -> dict:
+    """``--slice-rounds``: GUI rounds on the other patients' real slices, and the label-efficiency points."""
     from napari_gitseg.model.bundle import read_bundle_info
 
     classes = read_bundle_info(bundle).config.classes
     config = _eval_config(args)
-    out = {"zero-shot real slices": score_cases(predict_cases(bundle, slices, config), classes)}
-    if volume is not None:
-        out["zero-shot TotalSegmentator MR"] = score_cases(predict_cases(bundle, [volume], config), classes)
+    out = {}
     cases, candidates, info = finetuned_cases(bundle, folds, None, args, work)
     out["after a round on the other 4 patients"] = score_cases(cases, classes)
     out["its fine-tuned candidate"] = score_cases(candidates, classes)
     out["rounds"] = {"all": info}
     held_out = [stack for _patient, _train, test in folds for stack in test]  # the patients every curve point scores
-    out["zero-shot held-out patients"] = score_cases(predict_cases(bundle, held_out, config), classes)
-    zero = out["zero-shot held-out patients"]["mean Dice"]
+    zero = score_cases(predict_cases(bundle, held_out, config), classes)["mean Dice"]
     curve, candidate_curve = {0: zero}, {0: zero}
     for n in args.curve:
         cases, candidates, info = finetuned_cases(bundle, folds, n, args, work)
@@ -359,28 +424,69 @@ def measure(bundle: Path, slices: list, volume, folds, args, work: Path) -> dict
     return out
 
 
+def zero_shot(old: Path, new: Path, folds: list[Path], data: dict, config) -> dict:
+    """The leave-patient-out tables: real volumes (3-D Dice), real slices and the MR volume, old vs new."""
+    from napari_gitseg.model.bundle import read_bundle_info
+
+    classes = read_bundle_info(new).config.classes
+    candidates = [*folds, new]
+    from training.real_images import patients_of
+
+    volume_patients, slice_patients = patients_of(data["volumes"]), patients_of(data["slices"])
+    picks = {p: bundle_for([p], candidates) for p in volume_patients}
+    picks["slices"] = bundle_for(slice_patients, candidates)
+    for who, bundle in picks.items():
+        _say(f"  new model for {who}: {bundle if bundle is not None else 'none that never saw it: left out'}")
+    scored = [p for p in volume_patients if picks[p] is not None]
+    out = {"picks": {k: None if v is None else str(v) for k, v in picks.items()}, "volumes": {}}
+    for name, choose in (("old", lambda _p: old), ("new", picks.get)):
+        rows = volume_rows({p: choose(p) for p in scored}, data["volumes"], config, classes)
+        out["volumes"][name] = {**rows, "mean over the volumes": mean_rows(list(rows.values()))}
+    if picks["slices"] is not None:
+        out["real slices"] = {name: score_cases(predict_cases(b, data["slices"], config), classes)
+                              for name, b in (("old", old), ("new", picks["slices"]))}
+    if data["mr"] is not None:  # no model learns from it: zero-shot for both
+        out["TotalSegmentator MR"] = {}
+        for name, bundle in (("old", old), ("new", new)):
+            (pred, truth, labelled), = predict_cases(bundle, [data["mr"]], config)
+            out["TotalSegmentator MR"][name] = {**score_volume(pred, truth, labelled, classes),
+                                                **score_cases([(pred, truth, labelled)], classes)}
+    return out
+
+
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--old", help=f"old bundle (default: resources/models/default.* of git {OLD_REV})")
     p.add_argument("--new", default=str(DEFAULT_MODEL), help="new bundle (default: resources/models/default.json)")
+    p.add_argument("--folds", nargs="*", default=[], help="leave-patient-out bundles of the new recipe (JSON files or "
+                                                         "folders of FOLD/default.json)")
     p.add_argument("--out", default=str(ROOT / "out" / "bench_real"))
+    p.add_argument("--slice-rounds", action="store_true", help="also the GUI rounds on the 18 real slices")
     p.add_argument("--preset", default="cpu", help="training preset of the rounds (the Train dock's default: cpu)")
     p.add_argument("--config", help="JSON object of training settings over the preset")
     p.add_argument("--curve", default="3,6,12", help="clinician slices of the label-efficiency curve")
-    p.add_argument("--folds", type=int, default=None, help="use only the first N leave-one-patient-out folds")
+    p.add_argument("--folds-limit", type=int, default=None, help="--slice-rounds: only the first N patient folds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 folds, curve 3, tiny rounds; not a measurement")
+    p.add_argument("--quick", action="store_true", help="smoke run of --slice-rounds: 2 folds, curve 3, tiny rounds")
     args = p.parse_args(argv)
     if args.quick:
-        args.folds, args.curve, args.preset = args.folds or 2, "3", "quick"
+        args.slice_rounds, args.folds_limit, args.curve, args.preset = True, args.folds_limit or 2, "3", "quick"
         args.config = args.config or json.dumps({"epochs": 1, "finetune_epochs": 1, "max_steps_per_epoch": 2})
     args.curve = [int(n) for n in str(args.curve).split(",") if n.strip()]
     return args
 
 
+def read_data() -> dict:
+    """The real data of the benchmark: volumes, isolated slices, and the MR volume (None when absent)."""
+    image, labels = TOTALSEG_MR
+    return {"volumes": read_real_volumes() if REAL_VOLUMES.is_dir() else [],
+            "slices": read_real_slices(),
+            "mr": read_totalseg_mr(image, labels) if image.is_file() and labels.is_file() else None}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; print the table and write ``OUT/bench_real.json`` and ``OUT/label_efficiency.png``."""
+    """Run the benchmark; print the tables and write ``OUT/bench_real.json`` (and the curve PNG)."""
     args = _parse(argv)
     if not REAL_SLICES.is_dir():
         _say(f"bench_real: {REAL_SLICES} not found (no ../shared/data here): skipped")
@@ -393,30 +499,43 @@ def main(argv: list[str] | None = None) -> int:
     old = Path(args.old) if args.old else bundle_from_git(OLD_REV, out / "old_bundle")
     new = Path(args.new)
     t0 = time.perf_counter()
-    slices = read_real_slices()
-    image, labels = TOTALSEG_MR
-    volume = read_totalseg_mr(image, labels) if image.is_file() and labels.is_file() else None
-    folds = patient_folds(slices)[: args.folds] if args.folds else patient_folds(slices)
-    _say(f"real slices: {len(slices)} of {len(patient_folds(slices))} patients; {len(folds)} leave-one-patient-out "
-         f"folds; rounds: preset {args.preset} {_round_overrides(args)}; TotalSegmentator MR: "
-         f"{'absent' if volume is None else volume.shape}")
-    results = {}
-    for name, bundle in (("old", old), ("new", new)):
-        _say(f"{name}: {bundle}")
-        results[name] = measure(bundle, slices, volume, folds, args, out / "work" / name)
-    shutil.rmtree(out / "work", ignore_errors=True)
-    png = print_report(results, old, new, out)
+    data = read_data()
+    _say(f"real volumes: {[s.name for s in data['volumes']]}; real slices: {len(data['slices'])}; TotalSegmentator "
+         f"MR: {'absent' if data['mr'] is None else data['mr'].shape}; old {old}; new {new}")
+    results = zero_shot(old, new, fold_bundles(args.folds), data, _eval_config(args))
+    print_zero_shot(results)
+    if args.slice_rounds:
+        folds = patient_folds(data["slices"])
+        folds = folds[: args.folds_limit] if args.folds_limit else folds
+        _say(f"rounds on the real slices: {len(folds)} folds, preset {args.preset} {_round_overrides(args)}")
+        unseen = bundle_for(sorted({patient_of(s) for s in data["slices"]}), [*fold_bundles(args.folds), new])
+        if unseen is None:
+            raise SystemExit("bench_real --slice-rounds: no new bundle that never saw the real slices' patients "
+                             "(give the fold that left them out with --folds)")
+        results["rounds"] = {name: measure_rounds(b, data["slices"], folds, args, out / "work" / name)
+                             for name, b in (("old", old), ("new", unseen))}
+        shutil.rmtree(out / "work", ignore_errors=True)
+        results["curve_png"] = str(print_rounds(results["rounds"], old, unseen, out))
     report = {"args": vars(args), "old": str(old), "new": str(new), "results": results,
               "minutes": (time.perf_counter() - t0) / 60}
     (out / "bench_real.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    _say(f"\ntotal {report['minutes']:.1f} min; {png}; details in {out / 'bench_real.json'}")
+    _say(f"\ntotal {report['minutes']:.1f} min; details in {out / 'bench_real.json'}")
     return 0
 
 
-def print_report(results: dict, old: Path, new: Path, out: Path) -> Path:
-    """Print the old/new tables and the rounds' promotions; draw the label-efficiency PNG (returned)."""
-    sections = [k for k in results["old"] if k not in ("rounds", "curve", "candidate_curve")]
-    for section in sections:
+def print_zero_shot(results: dict) -> None:
+    """Print the old/new tables of ``zero_shot``."""
+    vols = results["volumes"]
+    rows = {f"{v} {k}": (vols["old"][v][k], vols["new"][v][k]) for v in vols["new"] for k in vols["new"][v]}
+    _say("\n" + format_table(rows, "real volumes, 3-D Dice (new: a model that never saw the patient)"))
+    for section in ("real slices", "TotalSegmentator MR"):
+        if section in results:
+            _say("\n" + format_table(side_by_side(results[section]["old"], results[section]["new"]), section))
+
+
+def print_rounds(results: dict, old: Path, new: Path, out: Path) -> Path:
+    """Print the ``--slice-rounds`` tables and promotions; draw the label-efficiency PNG (returned)."""
+    for section in ("after a round on the other 4 patients", "its fine-tuned candidate"):
         _say("\n" + format_table(side_by_side(results["old"][section], results["new"][section]), section))
     curve_rows = {}
     for n in results["old"]["curve"]:

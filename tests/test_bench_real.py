@@ -134,3 +134,58 @@ def test_a_benchmark_project_saves_only_the_chosen_slices_as_clinician_labels(be
         assert len(store.clinician_slices()) == 5
     with LabelStore.open(some, create=False) as store:
         assert sorted(store.clinician_slices()) == ["case9_day1_slice_0001", "case9_day1_slice_0004"]
+
+
+def _bundle_json(path: Path, data: dict) -> Path:
+    import json
+
+    path.write_text(json.dumps({"training": {"data": data}}))
+    return path
+
+
+def test_a_patient_is_scored_only_by_a_bundle_that_never_saw_it(bench, tmp_path):
+    rendered = _bundle_json(tmp_path / "a.json", {"data": "synthetic images rendered around the real masks of x"})
+    fold6 = _bundle_json(tmp_path / "b.json", {"real_image_patients": ["case16", "case102"]})
+    shipped = _bundle_json(tmp_path / "c.json", {"real_image_patients": ["case6", "case16", "case102"]})
+    unknown = _bundle_json(tmp_path / "d.json", {"data": "my scans"})
+    assert bench.real_patients_seen(rendered) == set()
+    assert bench.bundle_for(["case6"], [shipped, fold6]) == fold6
+    assert bench.bundle_for(["case16"], [shipped, fold6]) is None
+    assert bench.bundle_for(["case6", "case11"], [fold6]) == fold6
+    with pytest.raises(SystemExit, match="does not record"):
+        bench.bundle_for(["case6"], [unknown])
+
+
+def test_volume_dice_rows_pool_the_slices(bench):
+    truth = np.zeros((3, 4, 8, 8), bool)
+    truth[2, 1:3, 2:6, 2:6] = True
+    pred = truth.copy()
+    pred[2, 2] = False  # half the stomach's pixels missed
+    rows = bench.score_volume(pred, truth, np.ones(4, bool), CLASSES)
+    assert rows["3-D Dice stomach"] == pytest.approx(2 * 16 / (16 + 32))
+    assert np.isnan(rows["3-D Dice large_bowel"]) and rows["mean 3-D Dice"] == pytest.approx(rows["3-D Dice stomach"])
+    assert bench.mean_rows([{"a": 1.0, "b": np.nan}, {"a": 0.5, "b": 0.2}]) == {"a": 0.75, "b": pytest.approx(0.2)}
+
+
+def test_the_loop_labels_the_slices_the_review_queue_offers_first(monkeypatch, tiny_bundle, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("bench_real_loop", None)
+    import bench_real_loop
+
+    from napari_gitseg.store import LabelStore
+    from training.config import preset
+
+    masks = np.zeros((3, 6, 32, 32), bool)
+    masks[2, 2:5, 8:20, 8:20] = True
+    image = np.random.default_rng(0).integers(0, 1000, (6, 32, 32)).astype(np.uint16)
+    stack = Stack(image=image, spacing=(3.0, 1.5, 1.5), slice_ids=[f"case9_day1_slice_{z:04d}" for z in range(1, 7)],
+                  source="x", kind="uwmgi", masks=masks)
+    project, queue = bench_real_loop.start_project(tmp_path / "p", tiny_bundle, stack, preset("quick", num_threads=1))
+    with LabelStore.open(project, create=False) as store:
+        conf = {sid: store.latest(sid).confidence for sid in stack.slice_ids}
+        assert sorted(queue) == list(range(6)) and not store.clinician_slices()
+    assert [conf[stack.slice_ids[z]] for z in queue] == sorted(conf.values())  # least confident first
+    bench_real_loop.label_slices(project, stack, queue[:2])
+    with LabelStore.open(project, create=False) as store:
+        assert sorted(store.clinician_slices()) == sorted(stack.slice_ids[z] for z in queue[:2])
+        assert np.array_equal(store.latest(stack.slice_ids[queue[0]]).masks, masks[:, queue[0]])

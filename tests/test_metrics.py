@@ -211,3 +211,17 @@ def test_evaluate_cases_rejects_bad_input():
         evaluate_cases([(pred, None, None)])
     with pytest.raises(ValueError, match="expected"):
         evaluate_cases([(pred, true)])
+
+
+def test_volume_dice_pools_the_pixels_of_every_slice():
+    """3-D Dice counts pixels over the whole volume: a big slice right and a small one wrong is not 0.5."""
+    truth = np.zeros((3, 2, 10, 10), bool)
+    truth[0, 0] = True  # 100 pixels of large bowel on slice 0
+    truth[0, 1, 0, 0] = True  # 1 pixel on slice 1
+    pred = truth.copy()
+    pred[0, 1] = False  # the 1-pixel slice missed
+    out = evaluate(pred, truth, classes=("large_bowel", "small_bowel", "stomach"))
+    assert out["per_class"]["large_bowel"]["dice_3d"] == pytest.approx(200 / 201)
+    assert out["per_class"]["large_bowel"]["dice"] == pytest.approx(0.5)  # per slice: 1 and 0
+    assert np.isnan(out["per_class"]["stomach"]["dice_3d"])  # in neither volume
+    assert out["mean_dice_3d"] == pytest.approx(200 / 201)

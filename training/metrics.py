@@ -233,10 +233,13 @@ def _summarise(stats: list[dict], classes: Sequence[str]) -> dict:
     recall = _ratio(tp, tp + fn, fp)
     specificity = _ratio(tn, tn + fp, fn)
     mpa = (recall + specificity) / 2.0
+    # volume Dice: the pixels of every slice pooled (NaN where the organ is in neither volume)
+    dice_3d = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), np.nan)
     per_class = {}
     for c, name in enumerate(classes):
         per_class[name] = {
             "dice": _nanmean(dice[c]),
+            "dice_3d": float(dice_3d[c]),
             "iou": _nanmean(iou[c]),
             "precision": float(precision[c]),
             "recall": float(recall[c]),
@@ -249,6 +252,7 @@ def _summarise(stats: list[dict], classes: Sequence[str]) -> dict:
         "per_class": per_class,
         "mean_dice": mean_dice,
         "mean_iou": _nanmean(iou),
+        "mean_dice_3d": _nanmean(dice_3d),
         "mpa": float(mpa.mean()),
         "hausdorff": mean_hd,
         "score": challenge_score(mean_dice, mean_hd),
@@ -270,7 +274,8 @@ def evaluate(
 ) -> dict:
     """Metrics of one case: ``pred_masks``/``true_masks`` (C, Z, Y, X); ``labelled`` (Z,) picks slices.
 
-    Returns ``per_class`` {name: {dice, iou, precision, recall, hausdorff, mpa}}, ``mean_dice``,
+    Returns ``per_class`` {name: {dice, dice_3d, iou, precision, recall, hausdorff, mpa}}, ``mean_dice``,
+    ``mean_dice_3d`` (volume Dice: every slice's pixels pooled, mean over the organs present),
     ``mean_iou``, ``mpa``, ``hausdorff``, ``score`` (plus ``n_slices``, ``n_cases``).
     """
     stats = _case_stats(

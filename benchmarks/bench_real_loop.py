@@ -1,0 +1,214 @@
+"""Benchmark: the clinician's loop on a real scan: label N slices, retrain, Dice on the rest of the scan.
+
+For each real volume of ``../shared/data/uwmgi-real-volumes`` (patients 6, 16, 102, 146), with a model
+that never saw that patient (a leave-patient-out fold of the default recipe, ``--folds``, picked by
+``bench_real.bundle_for`` from the bundles' own records), exactly as a clinician would work in napari:
+
+1. the scan is segmented by that model and its predictions, with their confidence, are stored in a
+   fresh project (the Review dock's label store); the clinician labels the first N slices the review
+   queue offers (least confident first; N = 0, 3, 6, 12, 24), here with the challenge's true masks;
+2. **one round**: one Retrain click (``retrain.round_job`` -> ``training.worker``: fine-tuning from
+   the active model on those labels, promotion only if better on the frozen slices, and the 50 most
+   confident predictions saved as pseudo-labels, the Train dock's default);
+3. **bootstrap**: a second click, which trains on the labels plus those pseudo-labels (label, train,
+   predict the rest, keep the best pseudo-labels and the best model, retrain).
+
+Scored after each step: 3-D Dice per organ (every slice's pixels pooled) on the scan's *other* slices
+(not the N labelled), with the project's active model, i.e. what the clinician now sees. The rounds
+use the ``quick`` preset by default (the few-label recipe cut to 40 steps; ``--preset cpu`` is the
+Train dock's default, about ten times longer). Output: a table, ``OUT/bench_real_loop.json`` and
+``OUT/real_loop.png`` (Dice against labelled slices, one line per volume, dashed: bootstrap).
+
+Usage: ``python benchmarks/bench_real_loop.py --folds out/folds [--n 0,3,6,12,24] [--volumes case6,...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep (shared CPUs)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_real  # noqa: E402  (the real data, projects, rounds and scoring)
+
+KEEP = 50  # pseudo-labels a round saves: the Train dock's default
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def start_project(folder: Path, bundle: Path, stack, config) -> tuple[Path, list[int]]:
+    """A project on ``stack`` whose active model is ``bundle``, with that model's predictions stored as the
+    Segment dock stores them; returns (project, slices in review-queue order: least confident first)."""
+    from napari_gitseg.store import LabelStore
+    from training.bootstrap import evaluate_bundle
+
+    project = bench_real.make_project(folder, bundle, [stack], only={stack.name: []})
+    _metrics, preds = evaluate_bundle(bundle, [stack], config, keep_predictions=True)
+    masks, confidence = preds[stack.name]
+    with LabelStore.open(project, create=False) as store:
+        store.save_many([{"slice_id": sid, "masks": masks[:, z], "source": "model", "model_version": "fold",
+                          "confidence": float(confidence[z])} for z, sid in enumerate(stack.slice_ids)])
+        index = {sid: z for z, sid in enumerate(stack.slice_ids)}
+        queue = [index[sid] for sid in store.review_queue(stack.name)]
+    return project, queue
+
+
+def label_slices(project: Path, stack, zs: Sequence[int]) -> None:
+    """The clinician corrects slices ``zs`` to the truth and accepts them."""
+    from napari_gitseg.store import LabelStore
+
+    with LabelStore.open(project, create=False) as store:
+        store.save_many([{"slice_id": stack.slice_ids[z], "masks": stack.masks[:, z], "source": "clinician",
+                          "reviewed": True} for z in zs])
+
+
+def score_rest(bundle: Path, stack, labelled: Sequence[int], config, classes) -> dict[str, float]:
+    """3-D Dice rows of ``bundle`` on the slices of ``stack`` outside ``labelled``."""
+    import numpy as np
+
+    (pred, truth, _lab), = bench_real.predict_cases(bundle, [stack], config)
+    rest = np.ones(stack.image.shape[0], bool)
+    rest[list(labelled)] = False
+    return bench_real.score_volume(pred, truth, rest, classes)
+
+
+def loop_on_volume(stack, bundle: Path, ns: Sequence[int], args, work: Path) -> dict:
+    """{n: {"round": rows, "bootstrap": rows, ...}} for one volume; n = 0 is the model alone."""
+    from napari_gitseg.model.bundle import read_bundle_info
+
+    classes = read_bundle_info(bundle).config.classes
+    config = bench_real._eval_config(args)
+    out: dict = {}
+    for n in ns:
+        folder = work / f"{stack.name}-{n}"
+        shutil.rmtree(folder, ignore_errors=True)
+        project, queue = start_project(folder, bundle, stack, config)
+        chosen = sorted(queue[:n])
+        if n == 0:
+            out[n] = {"model": score_rest(bundle, stack, [], config, classes)}
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        label_slices(project, stack, chosen)
+        t0 = time.perf_counter()
+        active, first = bench_real.gui_round(project, args.preset, bench_real._round_overrides(args), keep=KEEP)
+        t1 = time.perf_counter()
+        row = {"slices": chosen, "round": score_rest(active, stack, chosen, config, classes),
+               "round_promoted": first["promoted"], "round_seconds": t1 - t0, "pseudo": first["pseudo_written"]}
+        active, second = bench_real.gui_round(project, args.preset, bench_real._round_overrides(args), keep=0)
+        row.update({"bootstrap": score_rest(active, stack, chosen, config, classes),
+                    "bootstrap_promoted": second["promoted"], "bootstrap_seconds": time.perf_counter() - t1})
+        out[n] = row
+        _say(f"  {stack.name} n={n:2d}: round {row['round']['mean 3-D Dice']:.3f} "
+             f"({'promoted' if first['promoted'] else 'kept'}, {t1 - t0:.0f} s), bootstrap "
+             f"{row['bootstrap']['mean 3-D Dice']:.3f} ({'promoted' if second['promoted'] else 'kept'})")
+        shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def curve_of(results: dict, arm: str) -> dict[str, dict[int, float]]:
+    """{volume: {n: mean 3-D Dice}} of ``arm`` (round or bootstrap; n = 0 is the model alone)."""
+    return {name: {int(n): (row["model"] if int(n) == 0 else row[arm])["mean 3-D Dice"] for n, row in rows.items()}
+            for name, rows in results.items()}
+
+
+def print_table(results: dict) -> None:
+    """One line per (volume, n): mean 3-D Dice on the other slices after one round and after the bootstrap."""
+    _say(f"\n{'volume':<16} {'n':>3}  {'round':>7}  {'bootstrap':>9}  {'boot/round':>10}")
+    for name, rows in results.items():
+        for n, row in rows.items():
+            if int(n) == 0:
+                _say(f"{name:<16} {0:>3}  {row['model']['mean 3-D Dice']:7.3f}  {'':>9}  {'(the model alone)':>10}")
+                continue
+            a, b = row["round"]["mean 3-D Dice"], row["bootstrap"]["mean 3-D Dice"]
+            _say(f"{name:<16} {int(n):>3}  {a:7.3f}  {b:9.3f}  {bench_real.ratio(a, b):10.2f}")
+
+
+def plot(results: dict, path: Path) -> Path:
+    """Dice on the other slices against clinician-labelled slices; solid: one round, dashed: bootstrap."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    rounds, boots = curve_of(results, "round"), curve_of(results, "bootstrap")
+    for i, name in enumerate(results):
+        color = f"C{i}"
+        xs = sorted(rounds[name])
+        ax.plot(xs, [rounds[name][x] for x in xs], "-o", color=color, label=f"{name}, one round")
+        ax.plot(xs, [boots[name][x] for x in xs], "--s", color=color, alpha=0.7, label=f"{name}, bootstrap")
+    ax.set_xticks(sorted({x for c in rounds.values() for x in c}))
+    ax.set_xlabel("slices the clinician labelled on this scan (review-queue order)")
+    ax.set_ylabel("3-D Dice on the scan's other slices")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.set_title("The clinician's loop on real scans (model never saw the patient)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--folds", nargs="*", default=[], help="leave-patient-out bundles (JSON files or folders)")
+    p.add_argument("--new", default=str(bench_real.DEFAULT_MODEL), help="also a candidate (for patients it never saw)")
+    p.add_argument("--n", default="0,3,6,12,24", help="clinician-labelled slices per scan")
+    p.add_argument("--volumes", help="only these patients (comma-separated caseN)")
+    p.add_argument("--preset", default="quick", help="training preset of the rounds (default quick)")
+    p.add_argument("--config", help="JSON object of training settings over the preset")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "out" / "bench_real_loop"))
+    args = p.parse_args(argv)
+    args.n = [int(n) for n in args.n.split(",") if n.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the loop on every real volume; print the table, write the JSON and the PNG."""
+    args = _parse(argv)
+    if not bench_real.REAL_VOLUMES.is_dir():
+        _say(f"bench_real_loop: {bench_real.REAL_VOLUMES} not found (no ../shared/data here): skipped")
+        return 0
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    candidates = [*bench_real.fold_bundles(args.folds), Path(args.new)]
+    volumes = bench_real.read_real_volumes()
+    if args.volumes:
+        volumes = [v for v in volumes if bench_real.patient_of(v) in args.volumes.split(",")]
+    t0, results, picks = time.perf_counter(), {}, {}
+    for stack in volumes:
+        bundle = bench_real.bundle_for([bench_real.patient_of(stack)], candidates)
+        if bundle is None:
+            _say(f"{stack.name}: no bundle that never saw {bench_real.patient_of(stack)}: skipped")
+            continue
+        picks[stack.name] = str(bundle)
+        _say(f"{stack.name} ({stack.image.shape[0]} slices): model {bundle}")
+        results[stack.name] = loop_on_volume(stack, bundle, args.n, args, out / "work")
+    shutil.rmtree(out / "work", ignore_errors=True)
+    print_table(results)
+    png = plot(results, out / "real_loop.png") if results else None
+    report = {"args": vars(args), "models": picks, "results": results, "minutes": (time.perf_counter() - t0) / 60}
+    (out / "bench_real_loop.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    _say(f"\ntotal {report['minutes']:.1f} min; {png}; details in {out / 'bench_real_loop.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
