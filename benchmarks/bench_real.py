@@ -204,11 +204,13 @@ def score_cases(cases: Sequence[tuple], classes: Sequence[str]) -> dict[str, flo
 
 def score_volume(pred, truth, labelled, classes: Sequence[str]) -> dict[str, float]:
     """3-D Dice per organ (a volume's pixels pooled; NaN where the organ is in neither) and their mean."""
-    from training.metrics import evaluate
+    import numpy as np
 
-    out = evaluate(pred, truth, labelled, classes=tuple(classes))
-    rows = {f"3-D Dice {name}": out["per_class"][name]["dice_3d"] for name in classes}
-    rows["mean 3-D Dice"] = out["mean_dice_3d"]
+    from training.metrics import volume_dice
+
+    dice = volume_dice(pred, truth, labelled)
+    rows = {f"3-D Dice {name}": float(d) for name, d in zip(classes, dice, strict=True)}
+    rows["mean 3-D Dice"] = float(np.nanmean(dice)) if not np.isnan(dice).all() else float("nan")
     return rows
 
 
@@ -233,10 +235,17 @@ def mean_rows(tables: Sequence[dict[str, float]]) -> dict[str, float]:
 
 def predict_cases(bundle: Path, stacks: Sequence, config) -> list[tuple]:
     """(prediction, truth, labelled) of every stack, predicted by ``bundle`` through the Predictor."""
-    from training.bootstrap import evaluate_bundle
+    import numpy as np
 
-    _metrics, preds = evaluate_bundle(bundle, stacks, config, keep_predictions=True)
-    return [(preds[s.name][0], s.masks, s.labelled) for s in stacks]
+    from napari_gitseg.predict import Predictor
+
+    predictor = Predictor([bundle], device=config.device, batch_size=config.val_batch_size,
+                          num_threads=config.num_threads)
+    out = []
+    for s in stacks:
+        labelled = np.ones(s.image.shape[0], bool) if s.labelled is None else s.labelled
+        out.append((predictor.predict(s).masks, s.masks, labelled))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ GUI rounds

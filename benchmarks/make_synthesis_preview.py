@@ -54,14 +54,14 @@ def real_tiles(n: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
     from napari_gitseg.io import read_stacks
     from napari_gitseg.model.normalize import normalize_stack
-    from training.datasets import _letterbox
+    from training.datasets import letterbox
 
     tiles = []
     for stack in read_stacks(DATA / "uwmgi-real-slices"):
         for z in range(stack.image.shape[0]):
             image = torch.from_numpy(normalize_stack(stack.image[z : z + 1]))
             masks = torch.from_numpy(stack.masks[:, z].astype(np.float32))
-            image, masks = _letterbox(image, masks, (size, size))
+            image, masks = letterbox(image, masks, (size, size))
             tiles.append((image[0].numpy(), masks.numpy() > 0.5))
     return tiles[:: max(1, len(tiles) // n)][:n]
 

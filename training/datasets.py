@@ -92,7 +92,7 @@ def _pad_or_crop(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _letterbox(
+def letterbox(
     image: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (ch, h, w) tensors to fit in ``size`` keeping the aspect ratio, then zero-pad to ``size``."""
@@ -303,7 +303,7 @@ class SliceDataset(Dataset):
         image_t = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))
         masks_t = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))
         if self.size is not None and self.fit == "resize":
-            image_t, masks_t = _letterbox(image_t, masks_t, self.size)
+            image_t, masks_t = letterbox(image_t, masks_t, self.size)
         ignore = self._ambiguous[i][:, z] if self.ignore_ambiguous else np.zeros(len(self.classes), bool)
         return {
             "image": image_t,

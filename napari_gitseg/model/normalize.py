@@ -38,11 +38,24 @@ def normalize_stack(image: np.ndarray, spec: dict | None = None) -> np.ndarray:
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise ValueError("image contains NaN or infinite values")
     data = image.astype(np.float32, copy=False)
-    if spec.get("per_slice") and data.ndim == 3:
-        whole = {k: v for k, v in spec.items() if k != "per_slice"}
-        return np.stack([_scale(data[z], whole) for z in range(data.shape[0])]) if data.shape[0] else \
-            np.zeros_like(data, dtype=np.float32)
+    if spec.get("per_slice") and data.ndim == 3 and data.shape[0] > 1:
+        return _scale_slices(data, spec)
     return _scale(data, spec)
+
+
+def _scale_slices(data: np.ndarray, spec: dict) -> np.ndarray:
+    """Each slice of (Z, Y, X) ``data`` scaled by its own range (one vectorised percentile call)."""
+    flat = data.reshape(data.shape[0], -1)
+    if spec.get("method", "percentile") == "percentile":
+        # every slice subsampled alike, at most ~2 M values in all (as for a whole stack)
+        sample = flat[:, :: max(1, data.size // 2_000_000)]
+        lo, hi = np.percentile(sample, [spec.get("low", 0.5), spec.get("high", 99.5)], axis=1)
+    else:
+        lo, hi = flat.min(axis=1), flat.max(axis=1)
+    lo, hi = lo.astype(np.float32)[:, None, None], hi.astype(np.float32)[:, None, None]
+    span = np.where(hi > lo, hi - lo, np.float32(1.0))
+    out = np.where(hi > lo, (data - lo) / span, np.float32(0.0)).astype(np.float32, copy=False)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _scale(data: np.ndarray, spec: dict) -> np.ndarray:
