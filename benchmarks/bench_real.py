@@ -12,8 +12,8 @@ Data (``../shared/data``; the benchmark prints a message and exits 0 when it is 
 Leave-patient-out: a figure on a real patient comes from a model that never saw that patient. The
 new default model learnt from every real scan above, so each patient is scored with a **fold bundle**
 (``--folds``: bundles trained by ``benchmarks/train_default_model.sh`` with ``LEAVE_OUT=...``); the
-bundle for a patient is the first one whose JSON (``training.data.real_image_patients``) does not
-list that patient. The shipped bundle scores only the MR volume and any patient it never saw. A
+bundle for a patient (volume or slice) is the first one whose JSON
+(``training.data.real_image_patients``) does not list that patient. The shipped bundle scores only the MR volume and any patient it never saw. A
 bundle that does not record which real patients it saw is refused. The old bundle (``--old``,
 default: ``resources/models/default.*`` of git ``OLD_REV``, the last model trained without real
 images) never saw any.
@@ -433,27 +433,38 @@ def measure_rounds(bundle: Path, slices: list, folds, args, work: Path) -> dict:
     return out
 
 
+def slices_by_pick(picks: dict[str, Path | None], slices: Sequence) -> list[tuple[Path, list]]:
+    """The real slices grouped by the bundle that scores them (their patient's pick; unpicked ones left out)."""
+    groups: dict[Path, list] = {}
+    for s in slices:
+        bundle = picks.get(patient_of(s))
+        if bundle is not None:
+            groups.setdefault(bundle, []).append(s)
+    return list(groups.items())
+
+
 def zero_shot(old: Path, new: Path, folds: list[Path], data: dict, config) -> dict:
     """The leave-patient-out tables: real volumes (3-D Dice), real slices and the MR volume, old vs new."""
     from napari_gitseg.model.bundle import read_bundle_info
+    from training.real_images import patients_of
 
     classes = read_bundle_info(new).config.classes
     candidates = [*folds, new]
-    from training.real_images import patients_of
-
-    volume_patients, slice_patients = patients_of(data["volumes"]), patients_of(data["slices"])
-    picks = {p: bundle_for([p], candidates) for p in volume_patients}
-    picks["slices"] = bundle_for(slice_patients, candidates)
+    picks = {p: bundle_for([p], candidates) for p in patients_of([*data["volumes"], *data["slices"]])}
     for who, bundle in picks.items():
         _say(f"  new model for {who}: {bundle if bundle is not None else 'none that never saw it: left out'}")
-    scored = [p for p in volume_patients if picks[p] is not None]
     out = {"picks": {k: None if v is None else str(v) for k, v in picks.items()}, "volumes": {}}
-    for name, choose in (("old", lambda _p: old), ("new", picks.get)):
-        rows = volume_rows({p: choose(p) for p in scored}, data["volumes"], config, classes)
+    scored = {p: b for p, b in picks.items() if b is not None}
+    for name, pick in (("old", dict.fromkeys(scored, old)), ("new", scored)):
+        rows = volume_rows(pick, data["volumes"], config, classes)
         out["volumes"][name] = {**rows, "mean over the volumes": mean_rows(list(rows.values()))}
-    if picks["slices"] is not None:
-        out["real slices"] = {name: score_cases(predict_cases(b, data["slices"], config), classes)
-                              for name, b in (("old", old), ("new", picks["slices"]))}
+    groups = slices_by_pick(scored, data["slices"])
+    if groups:
+        kept = [s for _b, group in groups for s in group]
+        out["real slices"] = {"old": score_cases(predict_cases(old, kept, config), classes),
+                              "new": score_cases([c for b, group in groups for c in predict_cases(b, group, config)],
+                                                 classes)}
+        out["real slices scored"] = len(kept)
     if data["mr"] is not None:  # no model learns from it: zero-shot for both
         out["TotalSegmentator MR"] = {}
         for name, bundle in (("old", old), ("new", new)):
