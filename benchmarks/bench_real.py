@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -233,14 +234,19 @@ def mean_rows(tables: Sequence[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.nanmean([t[key] for t in tables])) for key in tables[0]} if tables else {}
 
 
+@functools.lru_cache(maxsize=8)
+def _predictor(bundle: str, device, batch_size: int, threads):
+    """One Predictor per bundle for the whole run (building its frozen graph takes seconds)."""
+    from napari_gitseg.predict import Predictor
+
+    return Predictor([Path(bundle)], device=device, batch_size=batch_size, num_threads=threads)
+
+
 def predict_cases(bundle: Path, stacks: Sequence, config) -> list[tuple]:
     """(prediction, truth, labelled) of every stack, predicted by ``bundle`` through the Predictor."""
     import numpy as np
 
-    from napari_gitseg.predict import Predictor
-
-    predictor = Predictor([bundle], device=config.device, batch_size=config.val_batch_size,
-                          num_threads=config.num_threads)
+    predictor = _predictor(str(bundle), config.device, config.val_batch_size, config.num_threads)
     out = []
     for s in stacks:
         labelled = np.ones(s.image.shape[0], bool) if s.labelled is None else s.labelled
