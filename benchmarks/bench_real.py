@@ -235,11 +235,17 @@ def mean_rows(tables: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 @functools.lru_cache(maxsize=8)
-def _predictor(bundle: str, device, batch_size: int, threads):
-    """One Predictor per bundle for the whole run (building its frozen graph takes seconds)."""
+def _cached_predictor(bundle: str, _stamp: tuple, device, batch_size: int, threads):
     from napari_gitseg.predict import Predictor
 
     return Predictor([Path(bundle)], device=device, batch_size=batch_size, num_threads=threads)
+
+
+def _predictor(bundle: str, device, batch_size: int, threads):
+    """One Predictor per bundle file for the whole run (building its frozen graph takes seconds); a file
+    rewritten at the same path (a project folder made again) gets a new one."""
+    stat = Path(bundle).stat()
+    return _cached_predictor(bundle, (stat.st_mtime_ns, stat.st_size), device, batch_size, threads)
 
 
 def predict_cases(bundle: Path, stacks: Sequence, config) -> list[tuple]:
