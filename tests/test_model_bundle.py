@@ -85,6 +85,9 @@ def test_summary_names_the_network_input_date_dice_and_notes(tmp_path):
     assert lines[3].startswith("trained on rendered slices;") and lines[3].endswith("...") and len(lines[3]) <= 160
     plain = save_bundle(_model(), CFG, tmp_path / "plain", metrics={"val_dice": "n/a"})  # no number, no notes
     assert plain.summary().splitlines()[2] == f"created {plain.created[:10]}" and len(plain.summary().splitlines()) == 3
+    real = save_bundle(_model(), CFG, tmp_path / "real",
+                       training={"data": {"real_image_patients": ["case6", "case16"]}})
+    assert real.summary().splitlines()[3] == "learnt from real scans of 2 patients (case6, case16)"
 
 
 def test_tensor_mismatches_are_refused(saved):

@@ -119,6 +119,10 @@ class ModelBundle:
         dice = self.metrics.get("val_dice")
         known = isinstance(dice, (int, float)) and not isinstance(dice, bool)
         lines.append(f"created {made}" + (f"; Dice {float(dice):.3f} on its validation slices" if known else ""))
+        data = self.training.get("data") if isinstance(self.training, dict) else None
+        real = data.get("real_image_patients") if isinstance(data, dict) else None
+        if real:
+            lines.append(f"learnt from real scans of {len(real)} patients ({', '.join(map(str, real))})")
         if self.notes:
             lines.append(self.notes if len(self.notes) <= 160 else self.notes[:157].rstrip() + "...")
         return "\n".join(lines)
