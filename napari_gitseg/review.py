@@ -149,17 +149,19 @@ class ReviewSession:
                          source: str = "model") -> list[int]:
         """Store a prediction for every slice a clinician has not touched; returns the slices updated.
 
-        The store decides, in its write transaction, which slices are protected.
+        The store decides, in its write transaction, which slices are protected. Pseudo-labels stay:
+        they are what the next retraining round trains on besides the clinician's labels (a round that
+        promotes a model stores them, then the Segment dock re-predicts with that same model).
         """
         items = [{"slice_id": sid, "masks": masks[:, z], "source": source, "model_version": model_version,
                   "confidence": None if confidence is None else float(confidence[z])}
                  for z, sid in enumerate(self.stack.slice_ids)]
-        return self._store_many(items)
+        return self._store_many(items, keep=("pseudo",))
 
-    def _store_many(self, items: list[dict]) -> list[int]:
+    def _store_many(self, items: list[dict], keep: tuple[str, ...] = ()) -> list[int]:
         """``save_many`` and mirror what was stored in memory; returns the z of the slices saved."""
         updated = []
-        for item, version in zip(items, self.store.save_many(items)):
+        for item, version in zip(items, self.store.save_many(items, keep=keep)):
             if version is not None:
                 z = self.index[item["slice_id"]]
                 self.masks[:, z] = item["masks"]

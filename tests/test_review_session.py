@@ -145,6 +145,29 @@ def test_accept_never_flags_a_pseudo_label_saved_by_the_trainer_meanwhile(tmp_pa
     assert case.slice_ids[1] in session.store.clinician_slices()
 
 
+def test_a_rounds_pseudo_labels_survive_the_repredict_after_promotion(tmp_path, session, case):
+    """Issue 32: a promoted round stores its pseudo-labels, then the Segment dock re-predicts the stack with
+    the promoted model; the next round still finds them (``pseudo_slices`` is what it trains on)."""
+    masks, conf = fake_prediction(case)
+    session.apply_prediction(masks, conf, "default")  # Segment with the bundled model, before any round
+    pseudo_z = (2, 5, 9)
+    trainer = LabelStore.open(tmp_path / "proj")  # the worker, at the end of the round that promoted v0001
+    trainer.save_many([{"slice_id": case.slice_ids[z], "masks": case.masks[:, z], "source": "pseudo",
+                        "model_version": "v0001", "confidence": 0.99} for z in pseudo_z])
+    trainer.close()
+    assert session.sync() == list(pseudo_z)
+    again, conf_again = fake_prediction(case, seed=1)
+    updated = session.apply_prediction(again, conf_again, "v0001")  # the re-prediction after Promoted
+    assert sorted(session.store.pseudo_slices(case.name)) == sorted(case.slice_ids[z] for z in pseudo_z)
+    assert updated == [z for z in range(case.shape[0]) if z not in pseudo_z]
+    for z in pseudo_z:  # the screen shows the pseudo-label the next round trains on
+        assert np.array_equal(session.masks[:, z], case.masks[:, z])
+        assert session.store.latest(case.slice_ids[z]).source == "pseudo"
+    # the correction tools still relabel a pseudo-labelled slice (they act on the clinician's strokes)
+    assert session.store_refined({5: masks_to_labels(again[:, 5])}, centre=4) == [5]
+    assert case.slice_ids[5] not in session.store.pseudo_slices(case.name)
+
+
 def test_sync_takes_in_versions_saved_by_another_connection(tmp_path, session, case):
     masks, conf = fake_prediction(case)
     session.apply_prediction(masks, conf, "v0001")

@@ -29,7 +29,9 @@ Rules:
   (``source="model"`` or ``"pseudo"``) never replaces a slice whose latest version is a clinician
   label (by a clinician, ``clinician`` or ``imported``, or reviewed) or interpolated / propagated
   from the clinician's slices (``ASSISTED``); an interpolation or propagation never replaces a
-  clinician label. ``save`` returns None and ``save_many`` gives None for such a slice. An
+  clinician label. ``save`` returns None and ``save_many`` gives None for such a slice; a write may
+  leave further sources in place (``save_many(..., keep=("pseudo",))``: the GUI's re-prediction keeps
+  the pseudo-labels a round stored for the next one). An
   interpolated or propagated slice is a clinician label (what training uses, ``clinician_slices``)
   only once accepted.
 - ``accept`` stores exactly the masks the clinician saw as the reviewed version: it marks the
@@ -498,18 +500,20 @@ class LabelStore:
                 None if reviewed is None else int(bool(reviewed)), conf, item.get("note"), shape_text, blob, crc)
 
     @staticmethod
-    def _refuses(new_source: str, last_source: str, last_reviewed: bool) -> bool:
-        """True when a version by ``new_source`` may not replace the latest one (the one protection rule)."""
+    def _refuses(new_source: str, last_source: str, last_reviewed: bool, keep: Sequence[str] = ()) -> bool:
+        """True when a version by ``new_source`` may not replace the latest one (the one protection rule);
+        ``keep``: sources the writer leaves in place as well."""
         if new_source in CLINICIAN_SOURCES:
             return False
-        if LabelStore._protected(last_source, last_reviewed):
+        if LabelStore._protected(last_source, last_reviewed) or last_source in keep:
             return True
         return new_source in PREDICTED and last_source in ASSISTED
 
-    def save_many(self, items: Iterable[dict]) -> list[int | None]:
+    def save_many(self, items: Iterable[dict], keep: Sequence[str] = ()) -> list[int | None]:
         """Save many slices in ONE transaction; per item its new version, or None if skipped (protected).
 
         Each item is a dict with the keyword arguments of ``save`` plus ``slice_id`` and ``masks``.
+        ``keep``: sources whose latest versions stay as they are (only a clinician's own work replaces them).
         """
         prepared = [self._prepare_item(item) for item in items]
         if not prepared:
@@ -521,7 +525,7 @@ class LabelStore:
             for sid, source, user, model_version, reviewed, conf, note, shape_text, blob, crc in prepared:
                 last = conn.execute("SELECT version, source, reviewed FROM versions WHERE slice_id = ? "
                                     "ORDER BY version DESC LIMIT 1", (sid,)).fetchone()
-                if last is not None and self._refuses(source, last[1], bool(last[2])):
+                if last is not None and self._refuses(source, last[1], bool(last[2]), keep):
                     results.append(None)  # a prediction never overwrites a clinician's correction
                     continue
                 version = 1 if last is None else last[0] + 1
