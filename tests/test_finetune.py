@@ -104,6 +104,10 @@ def test_the_quick_preset_fine_tunes_with_the_recipe_cut_to_its_step_cap(n_label
         preset("quick", finetune_max_steps=0)
 
 
+#: the least rise of held-out Dice the recipe must bring in the end-to-end test (measured +0.80 and +0.85)
+RECIPE_GAIN = 0.2
+
+
 def _blob_stack(seed: int, blob_value: int, n: int = 16, size: int = 64):
     """A (n, size, size) stack: an elliptic body (400) and on slices 3..n-4 a round blob of ``blob_value``
     (the stomach), with noise."""
@@ -131,7 +135,11 @@ def test_the_recipe_adapts_a_model_to_a_tiny_labelled_set(tmp_path):
     """End to end on a tiny set: a model trained on bright organs meets a scan where the organ is dark
     (a contrast it never saw); the recipe fine-tunes it on 6 labelled slices of that scan. It runs
     exactly the recipe's number of steps (or stops early), keeps BatchNorm statistics frozen and
-    raises the Dice on the scan's other slices."""
+    raises the Dice on the scan's other slices.
+
+    The Dice is compared after against before, never with fixed bounds: how much of the dark organ the
+    start model already finds depends on the processor's rounding during its training (0.00 on one
+    2-core EPYC, 0.33 on another), while the recipe's gain is far larger than the margin."""
     import dataclasses
 
     import torch
@@ -162,7 +170,7 @@ def test_the_recipe_adapts_a_model_to_a_tiny_labelled_set(tmp_path):
     classes = config.model_config().classes
     dice_before, dice_after = (_pooled_dice(validate(m, val, torch.device("cpu"), classes))
                                for m in (before_model, after_model))
-    assert dice_before < 0.1 and dice_after > 0.4, (dice_before, dice_after)
+    assert dice_after > dice_before + RECIPE_GAIN, (dice_before, dice_after)
 
 
 def _pooled_dice(metrics: dict) -> float:
