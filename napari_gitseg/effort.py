@@ -81,6 +81,13 @@ class EffortLog:
         rec.strokes += max(1, int(count))
         return n
 
+    def box(self, z: int) -> None:
+        """Book a box drawn on slice ``z`` (or Refine by boxes): one stroke of effort, no painted pixel (the
+        mask is the model's, so a later Refine or box may change it)."""
+        rec = self.slice(z)
+        rec.strokes += 1
+        rec.assists += 1
+
     def assisted(self, z: int) -> None:
         """Book a fill-between or refine action that changed slice ``z`` (it is then not unedited)."""
         self.slice(z).assists += 1

@@ -32,6 +32,16 @@ class FillResult:
 
 
 @dataclass
+class PropagateResult:
+    """What one Propagate did: the organ, the slice it started from, the slices it reached, how to undo it."""
+
+    organ: str
+    z0: int
+    propagated: list[int] = field(default_factory=list)
+    undo: list[tuple[str, int, int]] = field(default_factory=list)  # as FillResult.undo
+
+
+@dataclass
 class LearnResult:
     """What one Learn from corrections did: the corrected slices it learned from, the slices relabelled,
     the held-out check (``napari_gitseg.adapt.CorrectorCheck``) and how to undo it."""
@@ -215,12 +225,32 @@ class ReviewSession:
                 for z in written if before[self.stack.slice_ids[z]] > 0]
         return written, undo
 
-    def undo_fill(self, fill: FillResult | LearnResult) -> list[int]:
-        """Put back the versions a fill (or a Learn from corrections) replaced, on slices nobody changed since;
-        returns their z."""
-        done = self.store.restore_many(fill.undo, note="undo fill" if isinstance(fill, FillResult) else "undo learn")
+    def undo_fill(self, fill: FillResult | LearnResult | PropagateResult) -> list[int]:
+        """Put back the versions a fill (or a Learn from corrections, a Propagate) replaced, on slices nobody
+        changed since; returns their z."""
+        note = {FillResult: "undo fill", LearnResult: "undo learn", PropagateResult: "undo propagate"}[type(fill)]
+        done = self.store.restore_many(fill.undo, note=note)
         restored = [sid for (sid, _old, _new), v in zip(fill.undo, done) if v is not None]
         return self._load(restored) if restored else []
+
+    def store_propagated(self, result: PropagateResult, z: int, organ_mask: np.ndarray) -> bool:
+        """Save slice ``z`` with ``result.organ`` set to ``organ_mask`` (Y, X) on the whole slice (provenance
+        ``"propagated"``; pixels of other organs under the mask become this organ); records it in ``result``.
+
+        False when the store refuses the slice (a clinician labelled or accepted it): propagation stops there.
+        """
+        classes = tuple(self.stack.classes)
+        c = classes.index(result.organ)
+        organ_mask = np.asarray(organ_mask, dtype=bool)
+        masks = self.masks[:, z].copy()
+        masks[:, organ_mask] = False
+        masks[c] = organ_mask
+        written, undo = self._store_undoable([{"slice_id": self.stack.slice_ids[z], "masks": masks,
+                                               "source": "propagated",
+                                               "note": f"{result.organ} propagated from z{result.z0}"}])
+        result.propagated += written
+        result.undo += undo
+        return bool(written)
 
     def corrected_labels(self) -> dict[int, np.ndarray]:
         """{z: labels} of this stack's clinician-labelled slices (what Learn from corrections learns from)."""
