@@ -29,15 +29,16 @@ class CorrectionTools:
     def _key_actions(self) -> dict:
         actions = {"accept": self.accept_slice, "next": self.next_slice, "previous": self.previous_slice,
                    "revert": self.revert_slice, "fill": self.fill_between, "undo_fill": self.undo_fill,
-                   "refine": self.refine_slice, "learn": self.learn_from_corrections}
+                   "refine": self.refine_slice, "learn": self.learn_from_corrections, "box": self.toggle_box_mode,
+                   "refine_boxes": self.refine_by_boxes, "propagate": self.propagate}
         for i, organ in enumerate(CLASSES):
             actions[f"organ_{i + 1}"] = lambda organ=organ: self.select_organ(organ)
         return actions
 
     def select_organ(self, organ: str) -> None:
-        """Paint, fill and refine ``organ`` from now on (keys 1 / 2 / 3)."""
+        """Paint, fill, refine and box ``organ`` from now on (keys 1 / 2 / 3; box mode stays on)."""
         self._organ.value = organ
-        if self._layer is not None:
+        if self._layer is not None and not self._box_mode:
             self._layer.mode = "paint"
 
     def _organ_chosen(self, organ) -> None:
@@ -251,21 +252,28 @@ class CorrectionTools:
             self._unsaved.value = ""
             return
         centre, others = fut.result()
-        if self._layer is None or z != self._z or not np.array_equal(self._layer.data[z], current):
-            show_info("Review: the slice changed while the model ran; refine again.")
+        if not self._apply_to_slice(z, current, centre, "refine again"):
             return
-        idx = np.nonzero(centre != current)
-        self._applying = True
-        try:  # one undo step: Ctrl+Z takes the refine back
-            self._layer.data_setitem((np.full(idx[0].shape, z), *idx), centre[idx])
-        finally:
-            self._applying = False
-        self._seen = np.array(self._layer.data[z], copy=True)
         self.effort.assisted(z)
         self._update_unsaved()
         if others:
             saved = self._io.submit(self._session.store_refined, others, z)
             saved.add_done_callback(self._show_changed_future)
+
+    def _apply_to_slice(self, z: int, current: np.ndarray, new: np.ndarray, again: str) -> bool:
+        """Put a tool's result ``new`` (Y, X) on slice ``z`` as ONE napari undo step (Ctrl+Z takes it back), if
+        the slice still shows ``current`` (what the tool started from); else say so (``again``: what to do)."""
+        if self._layer is None or z != self._z or not np.array_equal(self._layer.data[z], current):
+            show_info(f"Review: the slice changed while the model ran; {again}.")
+            return False
+        idx = np.nonzero(new != current)
+        self._applying = True
+        try:
+            self._layer.data_setitem((np.full(idx[0].shape, z), *idx), new[idx])
+        finally:
+            self._applying = False
+        self._seen = np.array(self._layer.data[z], copy=True)
+        return True
 
     @ensure_main_thread
     @when_alive

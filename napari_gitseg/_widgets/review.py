@@ -1,5 +1,5 @@
 """Review dock: the uncertainty queue, Accept / Revert, autosave of every correction, Fill between,
-Refine, keyboard shortcuts and the effort log.
+Refine, the box tools (``_box_tools``), keyboard shortcuts and the effort log.
 
 All store I/O runs on one background thread (``_StoreThread``), in submission order, so the
 GUI never waits on disk and a correction is saved before the next one is taken; the model for
@@ -26,6 +26,7 @@ from napari_gitseg.layers import labels_layer_data, stack_from_layer
 from napari_gitseg.project import default_project_folder
 from napari_gitseg.review import LEARNED, REFINED
 
+from ._box_tools import BoxTools
 from ._common import (
     ensure_labels_layer,
     find_layer,
@@ -86,7 +87,7 @@ def close_on_destroy(widget) -> None:
     widget.native.destroyed.connect(closed)
 
 
-class ReviewWidget(CorrectionTools, Container):
+class ReviewWidget(BoxTools, CorrectionTools, Container):
     """Review and correct organ masks slice by slice; every change is a saved version."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
@@ -129,7 +130,7 @@ class ReviewWidget(CorrectionTools, Container):
         self._organ = ComboBox(label="Organ", choices=[(f"{c.replace('_', ' ')} ({i + 1})", c)
                                                        for i, c in enumerate(CLASSES)], value="stomach")
         self._fill = PushButton(text=f"Fill between ({shortcut_text('fill')})")
-        self._undo_fill = PushButton(text=f"Undo fill / learn ({shortcut_text('undo_fill')})")
+        self._undo_fill = PushButton(text=f"Undo fill / learn / propagate ({shortcut_text('undo_fill')})")
         self._learn = PushButton(text=f"Learn from corrections ({shortcut_text('learn')})")
         self._refine = PushButton(text=f"Refine with model ({shortcut_text('refine')})")
         self._refine_neighbours = CheckBox(text="refine neighbours too", value=False)
@@ -142,14 +143,15 @@ class ReviewWidget(CorrectionTools, Container):
         nav = Container(widgets=[self._prev, self._next], layout="horizontal", labels=False)
         fill = Container(widgets=[self._fill, self._undo_fill], layout="horizontal", labels=False)
         refine = Container(widgets=[self._refine, self._refine_neighbours], layout="horizontal", labels=False)
+        boxes = self._init_box_tools()
         self.extend([self._image, self._folder, self._open, self._status, self._unsaved, nav, self._accept,
-                     self._organ, fill, refine, self._learn, self._effort_status, self._versions, self._revert, vis,
-                     self._export_path, self._export_format, self._export])
+                     self._organ, fill, refine, boxes, self._learn, self._effort_status, self._versions, self._revert,
+                     vis, self._export_path, self._export_format, self._export])
         for action, button in (("previous", self._prev), ("next", self._next), ("accept", self._accept),
                                ("revert", self._revert), ("fill", self._fill), ("undo_fill", self._undo_fill),
                                ("refine", self._refine), ("learn", self._learn)):
             button.tooltip = tooltip(action)
-        self._organ.tooltip = "The organ you paint, fill and refine [1 / 2 / 3]"
+        self._organ.tooltip = "The organ you paint, fill, refine, box and propagate [1 / 2 / 3]"
         self._set_enabled(False)
         self._history: list[int] = []
         self._connect_signals(viewer)
@@ -273,6 +275,7 @@ class ReviewWidget(CorrectionTools, Container):
         self._seen = self._snapshot.copy()
         self._unsaved.value = ""
         self._refresh_versions()
+        self._want_embeddings()  # once the box tools were used: this slice and its neighbours ahead
 
     def _on_paint(self, _event=None) -> None:
         # napari emits `paint` while it records the undo step, before the new values land
@@ -509,7 +512,7 @@ class ReviewWidget(CorrectionTools, Container):
 
     def _set_enabled(self, on: bool) -> None:
         for w in (self._prev, self._next, self._accept, self._revert, self._versions, self._export, self._fill,
-                  self._undo_fill, self._refine, self._learn):
+                  self._undo_fill, self._refine, self._learn, *self._box_widgets()):
             w.enabled = on
 
     def _on_layer_removed(self, event) -> None:
@@ -532,6 +535,7 @@ class ReviewWidget(CorrectionTools, Container):
         and from the app; a second call does nothing more.
         """
         session = self._session
+        self._close_boxes()  # a running propagation stops and stores what it reached
         if self._learn_cancel is not None:
             self._learn_cancel.set()  # a running Learn from corrections stops at its next step
         if self._timer is not None and is_alive(self):
