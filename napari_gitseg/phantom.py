@@ -44,8 +44,8 @@ from napari_gitseg.io.uwmgi_names import SLICE_THICKNESS_MM, slice_id
 Z_EXTENT = 2.16
 _LB, _SB, _ST = CLASSES.index("large_bowel"), CLASSES.index("small_bowel"), CLASSES.index("stomach")
 
-# relative T2 intensities before bias, scale and noise (jittered per case)
-_TISSUE: dict[str, float] = {
+# relative T2 intensities before bias, scale and noise (jittered per case); training.synthesis reads them too
+TISSUE: dict[str, float] = {
     "sc_fat": 0.80,
     "muscle": 0.17,
     "visceral_fat": 0.44,
@@ -397,7 +397,7 @@ def _draw_anatomy(seed: int, case: int) -> _Anatomy:
     body_t = np.array([0.0, 0.15, 0.35, 0.55, 0.75, 0.9, 1.0]) * Z_EXTENT
     body_a = np.array([0.84, 0.82, 0.78, 0.77, 0.80, 0.81, 0.80]) * rng.uniform(0.96, 1.04, size=7)
     body_b = np.array([0.56, 0.56, 0.58, 0.60, 0.60, 0.58, 0.58]) * rng.uniform(0.95, 1.05, size=7)
-    tissue = {k: v * float(rng.uniform(0.9, 1.1)) for k, v in _TISSUE.items()}
+    tissue = {k: v * float(rng.uniform(0.9, 1.1)) for k, v in TISSUE.items()}
     blobs = _solid_organs(d, z_of_s)
     colon = _colon(rng, z_of_s)
     small_bowel = _small_bowel(d, z_of_s, span)

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_gitseg.classes import CLASSES
-from napari_gitseg.phantom import _TISSUE, render_body_background
+from napari_gitseg.phantom import TISSUE, render_body_background
 
 _LB, _SB, _ST = CLASSES.index("large_bowel"), CLASSES.index("small_bowel"), CLASSES.index("stomach")
 
@@ -202,7 +202,7 @@ def _india_ink(img: np.ndarray, background: np.ndarray, masks: list, darkness: f
     img[step] *= darkness
 
 
-_FAT_LEVELS = (_TISSUE["visceral_fat"], _TISSUE["sc_fat"])  # the phantom's fat levels (each jittered +-10 % per case)
+_FAT_LEVELS = (TISSUE["visceral_fat"], TISSUE["sc_fat"])  # the phantom's fat levels (each jittered +-10 % per case)
 
 
 def _bright_fat(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
