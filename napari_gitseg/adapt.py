@@ -111,7 +111,7 @@ def changeable(probs_z: np.ndarray, labels_z: np.ndarray, config: AdaptConfig) -
 
 def mean_dice(labels: np.ndarray, truth: np.ndarray, n_classes: int) -> float:
     """Mean Dice over the organs present in ``truth`` or ``labels`` (1.0 when neither has any)."""
-    from training.metrics import dice_per_slice
+    from napari_gitseg.overlap import dice_per_slice
 
     values = np.arange(1, n_classes + 1)[:, None, None]
     dice = dice_per_slice(labels[None] == values, truth[None] == values, empty_dice=np.nan)

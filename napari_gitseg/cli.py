@@ -1,4 +1,9 @@
-"""The headless command line: ``gitseg info|phantom|view|predict|eval|train|bootstrap|export``.
+"""The headless command line: gitseg info|phantom|view|predict|export|import, plus train|bootstrap|eval.
+
+The trainer's commands live in the ``training`` package, which ``napari_gitseg`` never imports (the
+plugin starts the trainer as a process): every ``gitseg.commands`` entry point (pyproject.toml names
+``training.cli:add_commands``) is called with the sub-parsers. An install without metadata (a bare
+source tree on ``PYTHONPATH``) has the plugin's commands only; ``pip install -e .`` registers the rest.
 
 Heavy imports (torch, napari) happen inside each command, so ``gitseg info`` stays quick.
 Bad input exits with status 2 and one line naming the file and the problem.
@@ -9,7 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
+
+#: entry points whose ``add_commands(subparsers)`` add sub-commands to ``gitseg`` (the trainer's)
+COMMANDS_GROUP = "gitseg.commands"
 
 
 def _print_json(obj) -> None:
@@ -88,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     from napari_gitseg import cli_commands
 
     cli_commands.add_commands(sub)
+    for entry in entry_points(group=COMMANDS_GROUP):
+        entry.load()(sub)
     return parser
 
 

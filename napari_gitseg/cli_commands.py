@@ -1,4 +1,4 @@
-"""``gitseg predict|eval|export|import`` and the trainer's ``train|bootstrap`` (registered from training.cli)."""
+"""``gitseg predict|export|import``: segment stacks and move labels in and out of a project's store."""
 
 from __future__ import annotations
 
@@ -46,37 +46,6 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    """Compare predicted masks with ground truth and print the challenge's metrics as JSON."""
-    from napari_gitseg.io import GitsegInputError, format_of, read_stacks
-    from training.metrics import evaluate_cases
-
-    truth = {s.name: s for s in read_stacks(args.truth)}
-    preds = {s.name: s for s in read_stacks(args.pred)} if format_of(args.pred) != "csv" else None
-    cases = []
-    if preds is None:  # a challenge CSV of predictions: masks for the truth's slices
-        from napari_gitseg.io import read_train_csv
-        from napari_gitseg.io.train_csv import masks_for_stack
-
-        table = read_train_csv(args.pred)
-        for t in truth.values():
-            pm, _ = masks_for_stack(table, t)
-            cases.append((pm, t.masks, t.labelled))
-    else:
-        for name, t in truth.items():
-            if name not in preds:
-                raise GitsegInputError(args.pred, f"no prediction for stack {name}")
-            p = preds[name]
-            if p.masks is None:
-                raise GitsegInputError(args.pred, f"stack {name} has no masks")
-            cases.append((p.masks, t.masks, t.labelled))
-    for name, t in truth.items():
-        if t.masks is None:
-            raise GitsegInputError(args.truth, f"stack {name} has no ground-truth masks")
-    print(json.dumps(evaluate_cases(cases), indent=2, default=float))
-    return 0
-
-
 def cmd_export(args) -> int:
     """Export the reviewed masks of a label store (csv|tif|nii) with a provenance side file."""
     from napari_gitseg.export import export_store
@@ -103,7 +72,7 @@ def _bar(total: int, desc: str):
 
 
 def add_commands(sub) -> None:
-    """Register predict, eval, export and the trainer's commands on ``gitseg``'s sub-parsers."""
+    """Register predict, export and import on ``gitseg``'s sub-parsers."""
     p = sub.add_parser("predict", help="segment a stack/case/dataset; OUT by extension (.csv .tif .nii.gz) or --format")
     p.add_argument("path")
     p.add_argument("--model", help="model bundle .json (default: the bundled model)")
@@ -116,11 +85,6 @@ def add_commands(sub) -> None:
     p.add_argument("--with-images", action="store_true",
                    help="with --format, for a non-DICOM input: also write its images as a DICOM MR series")
     p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("eval", help="Dice, IoU, 3-D Hausdorff and the challenge score (JSON)")
-    p.add_argument("--pred", required=True, help="predicted masks: case folder with train.csv, .csv, .tif, .nii.gz")
-    p.add_argument("--truth", required=True, help="ground truth in any readable form")
-    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="export reviewed masks from a label store")
     p.add_argument("store", help="project folder holding gitseg_labels.sqlite")
@@ -139,9 +103,3 @@ def add_commands(sub) -> None:
     p.add_argument("path", help="RT-STRUCT or SEG file (its series beside it), or a series folder holding one")
     p.add_argument("--store", required=True, help="project folder holding gitseg_labels.sqlite")
     p.set_defaults(func=cmd_import)
-
-    try:
-        from training.cli import add_commands as add_training_commands
-    except ImportError:  # the trainer package is part of this project; only a broken install lacks it
-        return
-    add_training_commands(sub)

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_gitseg.io import GitsegInputError, write_masks, write_rle_csv
-from napari_gitseg.io._util import atomic_output, format_of, stem_of
+from napari_gitseg.io import GitsegInputError, atomic_output, format_of, stem_of, write_masks, write_rle_csv
 from napari_gitseg.io.stack import Stack
-from napari_gitseg.store import LabelStore
+from napari_gitseg.project import Project
 
 FORMATS = {"csv": ".csv", "tif": ".tif", "nii": ".nii.gz", "rtstruct": ".dcm", "seg": ".dcm"}
 _EXPORT_FORMAT = {"csv": "csv", "tiff": "tif", "nifti": "nii"}  # io.format_of -> export format (DICOM: chosen)
@@ -27,18 +26,17 @@ def provenance_path(out: Path) -> Path:
     return out.with_name(name + ".provenance.json")
 
 
-def _source_stack(project: Path, info: dict) -> Stack:
+def _source_stack(project: Project, info: dict) -> Stack:
     """The images of a stored stack: re-read from its source, else the project's snapshot."""
     from napari_gitseg.io import detect_kind, read_stack
     from napari_gitseg.io.dicom import read_dicom
-    from napari_gitseg.project import load_stack_snapshot, snapshot_path
 
     source = info["source"] or ""
     kind = detect_kind(source) if source else None
     if kind is not None:
         stack = read_dicom(source) if kind == "dicom" else read_stack(source)
-    elif snapshot_path(project, info["name"]).exists():
-        stack = load_stack_snapshot(snapshot_path(project, info["name"]))
+    elif project.snapshot_path(info["name"]).exists():
+        stack = project.load_snapshot(info["name"])
     else:
         raise GitsegInputError(source or info["name"], "the images of this stack are gone; DICOM export needs them")
     if tuple(stack.shape) != tuple(info["shape"]):
@@ -46,7 +44,7 @@ def _source_stack(project: Path, info: dict) -> Stack:
     return stack
 
 
-def _export_dicom(project: Path, out: Path, fmt: str, results: list, with_images: bool,
+def _export_dicom(project: Project, out: Path, fmt: str, results: list, with_images: bool,
                   smooth_sigma: float) -> tuple[list, list]:
     from napari_gitseg.dicom_export import write_dicom_labels
 
@@ -69,7 +67,7 @@ def export_store(project: str | Path, out: str | Path, fmt: str = "csv", stack: 
     """
     if fmt not in FORMATS:
         raise GitsegInputError(out, f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
-    store = LabelStore.open(project, readonly=True)
+    store = Project(project).open_store(readonly=True)
     try:
         names = [stack] if stack else store.stacks()
         if not names:
@@ -90,7 +88,7 @@ def export_store(project: str | Path, out: str | Path, fmt: str = "csv", stack: 
         provenance = {info["name"]: prov for info, _s, _m, prov in results}
         targets = [(out, provenance)]
     elif FORMATS[fmt] == ".dcm":
-        written, targets = _export_dicom(Path(project), out, fmt, results, with_images, smooth_sigma)
+        written, targets = _export_dicom(Project(project), out, fmt, results, with_images, smooth_sigma)
     else:
         targets = []
         for info, ids, masks, prov in results:

@@ -15,20 +15,20 @@ from napari_gitseg.io import GitsegInputError, read_stack
 
 def import_labels(project: str | Path, path: str | Path, user: str | None = None) -> dict:
     """Save the organ labels of RT-STRUCT/SEG ``path`` (or a series folder holding one) into ``project``."""
-    from napari_gitseg.project import save_stack_snapshot
-    from napari_gitseg.store import LabelStore
+    from napari_gitseg.project import Project
 
     stack = read_stack(path)
     source = stack.meta.get("masks_source")
     if stack.masks is None or not source:
         raise GitsegInputError(path, "holds no DICOM RT-STRUCT or SEG labels to import")
-    with LabelStore.open(project, user=user) as store:
+    target = Project(project)
+    with target.open_store(user=user) as store:
         store.register_stack(stack.name, stack.slice_ids, stack.shape, stack.spacing, stack.source, stack.classes)
         protected = set(store.clinician_slices(stack.name))
         items = [{"slice_id": sid, "masks": stack.masks[:, z], "source": "imported",
                   "note": f"imported from {Path(source).name} ({source})"}
                  for z, sid in enumerate(stack.slice_ids) if stack.labelled[z] and sid not in protected]
         store.save_many(items)
-    save_stack_snapshot(Path(project), stack)
+    target.save_snapshot(stack)
     kept = int(stack.labelled.sum()) - len(items)
     return {"stack": stack.name, "file": str(source), "imported": len(items), "kept_clinician": kept}

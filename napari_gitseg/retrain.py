@@ -13,27 +13,30 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_gitseg.project import registry_folder
-
-MIN_CLINICIAN_SLICES = 1
+from napari_gitseg import events as ev
+from napari_gitseg.project import Project, round_refusal
 
 
 class RetrainError(Exception):  # not RuntimeError: superqt's thread workers swallow those silently
     """The project is not ready for a round (the message says what to do)."""
 
 
-def clinician_label_count(project: str | Path) -> int:
-    """How many slices a clinician has labelled or reviewed in the project's store."""
-    from napari_gitseg.store import LabelStore, StoreError
+def check_ready(project: str | Path) -> int:
+    """The number of clinician labels in the project; ``RetrainError`` when a round cannot run on them.
+
+    The same rule and message as the worker's (``napari_gitseg.project.round_refusal``), so the
+    GUI never starts a round the worker would refuse.
+    """
+    from napari_gitseg.store import StoreError
 
     try:
-        store = LabelStore.open(project, readonly=True)
+        n = Project(project).clinician_label_count()
     except StoreError as err:
         raise RetrainError(f"no label store in {project}: start a review and label some slices first") from err
-    try:
-        return len(store.clinician_slices())
-    finally:
-        store.close()
+    refusal = round_refusal(n)
+    if refusal is not None:
+        raise RetrainError(refusal)
+    return n
 
 
 def trainer_threads_beside_gui(cpu_count: int | None = None) -> int:
@@ -60,16 +63,11 @@ def iter_round_events(job: dict, cancel: threading.Event | None = None) -> Itera
     Setting ``cancel`` asks the worker to stop at its next step (SIGTERM); the stream then
     ends with a ``Cancelled`` event.
     """
-    from training.worker import WorkerProcess
+    from napari_gitseg.jobs import WorkerProcess
 
-    project = Path(job["project"])
-    n = clinician_label_count(project)
-    if n < MIN_CLINICIAN_SLICES:
-        raise RetrainError(f"no clinician-labelled slices in {project}: correct and Accept at least a few "
-                           "slices in the Review dock, then retrain")
-    workdir = project / "jobs"
-    workdir.mkdir(parents=True, exist_ok=True)
-    proc = WorkerProcess(job, workdir)
+    project = Project(job["project"])
+    check_ready(project.folder)
+    proc = WorkerProcess(job, project.jobs_folder)
     proc.start()
     stop = threading.Event()
 
@@ -91,20 +89,12 @@ def iter_round_events(job: dict, cancel: threading.Event | None = None) -> Itera
 
 def registry_versions(project: str | Path) -> tuple[list[dict], str | None]:
     """(versions with metrics, active version) of the project's model registry."""
-    from napari_gitseg.model.registry import ModelRegistry
-
-    folder = registry_folder(Path(project))
-    if not folder.is_dir():
-        return [], None
-    registry = ModelRegistry(folder, create=False)
-    return registry.versions(), registry.active()
+    return Project(project).model_versions()
 
 
 def activate_version(project: str | Path, version: str | None) -> Path:
     """Activate ``version`` (None = roll back to the previous one); returns its bundle JSON."""
-    from napari_gitseg.model.registry import ModelRegistry
-
-    registry = ModelRegistry(registry_folder(Path(project)), create=False)
+    registry = Project(project).registry(create=False)
     name = registry.rollback() if version is None else (registry.activate(version) or version)
     return registry.path_of(name)
 
@@ -133,9 +123,7 @@ class EventView:
 
 
 def describe(event, outcome: str = "") -> EventView:
-    """The dock's view of ``event`` (a ``training.events`` dataclass); ``outcome``: the verdict so far."""
-    from training import events as ev
-
+    """The dock's view of ``event`` (a ``napari_gitseg.events`` event); ``outcome``: the verdict so far."""
     match event:
         case ev.Started():
             return EventView(status="Training…")

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from napari_gitseg import events as ev
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.model.bundle import load_bundle, read_bundle_info
 from napari_gitseg.model.registry import ModelRegistry
 from napari_gitseg.phantom import make_phantom_case
-from training import events as ev
+from napari_gitseg.project import Project
 from training.bootstrap import (
     _with_pseudo,
     choose_labelled,
@@ -127,16 +128,13 @@ def test_bootstrap_refuses_data_without_labels(cases, tmp_path):
 @pytest.fixture
 def project(cases, tmp_path, monkeypatch):
     """A project folder: two stacks registered with snapshots and 6 clinician-labelled slices each."""
-    from napari_gitseg.project import save_stack_snapshot
-    from napari_gitseg.store import LabelStore
-
     monkeypatch.setattr("napari_gitseg.resources.default_model_path", lambda: None)  # start from scratch
     folder = tmp_path / "project"
-    with LabelStore.open(folder) as store:
+    with Project(folder).open_store() as store:
         for stack in cases[:2]:
             store.register_stack(stack.name, stack.slice_ids, stack.image.shape, stack.spacing, stack.source,
                                  stack.classes)
-            save_stack_snapshot(folder, stack)
+            Project(folder).save_snapshot(stack)
             store.save_many([{"slice_id": stack.slice_ids[z], "masks": stack.masks[:, z], "source": "clinician"}
                              for z in (2, 4, 6, 8, 10, 12)])
             store.save_effort("review-1", [{"slice_id": stack.slice_ids[z], "seconds": 15.0, "strokes": 2,
@@ -146,9 +144,6 @@ def project(cases, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_store_rounds_promote_then_reject(project, cases):
-    from napari_gitseg.project import registry_folder
-    from napari_gitseg.store import LabelStore
-
     events: list = []
     first = run_round_from_store(project, preset("quick", **TINY), keep=5, on_event=events.append)
     assert first["promoted"] and first["active_version"] == "v0001" and first["baseline"] is None
@@ -157,9 +152,9 @@ def test_store_rounds_promote_then_reject(project, cases):
     assert first["clinician_minutes"] == pytest.approx(2.0)  # 8 slices x 15 s from the effort log
     assert first["dice_vs_effort"] == [{"round": 1, "clinician_minutes": 2.0, "clinician_slices": 12,
                                         "dice": first["candidate_dice"]}]
-    registry = ModelRegistry(registry_folder(project))
+    registry = Project(project).registry()
     assert registry.active() == "v0001"
-    with LabelStore.open(project) as store:
+    with Project(project).open_store() as store:
         clin = set(store.clinician_slices())
         pseudo = store.pseudo_slices()
         assert len(clin) == 12 and len(pseudo) == 5 and not clin & set(pseudo)
@@ -180,15 +175,39 @@ def test_store_rounds_promote_then_reject(project, cases):
     assert plot_effort_curve(second["dice_vs_effort"], project / "effort.png").stat().st_size > 0
     assert registry.active() == "v0001" and len(registry.versions()) == 1
     load_bundle(registry.path_of("v0001"))
-    assert not list((project / "jobs").glob("round-*"))  # its work folder is cleaned up
+    assert not list(Project(project).jobs_folder.glob("round-*"))  # its work folder is cleaned up
 
 
 def test_store_round_needs_clinician_labels(tmp_path):
-    from napari_gitseg.store import LabelStore
-
-    with LabelStore.open(tmp_path / "p"):
+    with Project(tmp_path / "p").open_store():
         pass
     with pytest.raises(GitsegInputError, match="clinician-labelled slice"):
         run_round_from_store(tmp_path / "p", preset("quick", **TINY))
     with pytest.raises(GitsegInputError, match="project folder not found"):
         run_round_from_store(tmp_path / "missing", preset("quick", **TINY))
+
+
+def test_the_gui_refuses_a_round_the_worker_would_refuse(cases, tmp_path):
+    """Issue 32: one clinician label. The Train dock's check (``retrain``) and the worker apply the same
+    minimum with the same message, so the GUI never starts a round that the worker then refuses."""
+    from napari_gitseg.project import MIN_CLINICIAN_LABELS
+    from napari_gitseg.retrain import RetrainError, check_ready, iter_round_events, round_job
+
+    stack, project = cases[0], Project(tmp_path / "p")
+    with project.open_store() as store:
+        store.register_stack(stack.name, stack.slice_ids, stack.image.shape, stack.spacing, stack.source,
+                             stack.classes)
+        project.save_snapshot(stack)
+        store.save(stack.slice_ids[4], stack.masks[:, 4], source="clinician")
+    assert MIN_CLINICIAN_LABELS > 1 == project.clinician_label_count()
+    with pytest.raises(GitsegInputError) as worker:
+        run_round_from_store(project.folder, preset("quick", **TINY))
+    with pytest.raises(RetrainError) as gui:
+        check_ready(project.folder)
+    assert str(gui.value) in str(worker.value) and f"at least {MIN_CLINICIAN_LABELS} slices" in str(gui.value)
+    with pytest.raises(RetrainError, match=str(MIN_CLINICIAN_LABELS)):  # the dock's round: no process
+        next(iter_round_events(round_job(project.folder, preset="quick")))
+    assert not project.jobs_folder.exists()
+    with project.open_store() as store:  # a second label: both sides agree the round may run
+        store.save(stack.slice_ids[8], stack.masks[:, 8], source="clinician")
+    assert check_ready(project.folder) == MIN_CLINICIAN_LABELS

@@ -2,7 +2,7 @@
 
 import pytest
 
-from napari_gitseg.project import default_project_folder, snapshot_path
+from napari_gitseg.project import Project, default_project_folder
 
 HOSTILE = ["../../etc/passwd", "..", "/abs/olute", "case1/../../x", "..\\..\\win", "a\x00b", "", ".", "~root",
            "case1_day0_slice_0001/../../../tmp"]
@@ -11,7 +11,7 @@ HOSTILE = ["../../etc/passwd", "..", "/abs/olute", "case1/../../x", "..\\..\\win
 @pytest.mark.parametrize("name", HOSTILE)
 def test_snapshot_paths_stay_in_the_project(tmp_path, name):
     project = tmp_path / "proj"
-    path = snapshot_path(project, name)
+    path = Project(project).snapshot_path(name)
     assert path.resolve().parent == (project / "images").resolve()
     assert path.suffix == ".npz" and path.name != ".npz"
 

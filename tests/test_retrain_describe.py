@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from napari_gitseg import events as ev
 from napari_gitseg.retrain import EventView, describe
-from training import events as ev
 
 
 def test_progress_moves_the_bar_the_plot_and_the_status():

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from napari_gitseg import events as ev
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.model.bundle import load_bundle, read_bundle_info
 from napari_gitseg.model.factory import build_model
 from napari_gitseg.phantom import make_phantom_case
-from training import events as ev
 from training.config import TrainConfig, load_config, preset
 from training.loop import (
     CheckpointWriteError,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_gitseg.phantom import make_phantom_case
-from napari_gitseg.project import save_stack_snapshot
+from napari_gitseg.project import Project
 from napari_gitseg.review import ReviewSession
 from napari_gitseg.store import LabelStore
 
@@ -13,8 +13,8 @@ from napari_gitseg.store import LabelStore
 def project(tmp_path):
     case = make_phantom_case(seed=8, n_slices=24, size=(96, 96))
     folder = tmp_path / "proj"
-    session = ReviewSession(LabelStore.open(folder, user="dr_t"), case)
-    save_stack_snapshot(folder, case)
+    session = ReviewSession(Project(folder).open_store(user="dr_t"), case)
+    Project(folder).save_snapshot(case)
     for z in range(4, 20, 2):  # a clinician labelled and accepted 8 slices
         session.store.save(case.slice_ids[z], case.masks[:, z], source="clinician")
         session.store.set_reviewed(case.slice_ids[z])
@@ -61,7 +61,7 @@ def test_retrain_runs_a_round_in_the_background_and_reports_it(make_napari_viewe
 
     from napari_gitseg.retrain import trainer_threads_beside_gui
 
-    (job_file,) = (folder / "jobs").glob("job-*.json")
+    (job_file,) = Project(folder).jobs_folder.glob("job-*.json")
     assert json.loads(job_file.read_text())["config"]["num_threads"] == trainer_threads_beside_gui()
     # the round never touched a clinician slice
     store = LabelStore.open(folder)
@@ -71,10 +71,8 @@ def test_retrain_runs_a_round_in_the_background_and_reports_it(make_napari_viewe
 
 
 def test_a_promoted_model_is_listed_announced_and_repredicted(make_napari_viewer, qtbot, project, tiny_bundle):
+    from napari_gitseg import events as ev
     from napari_gitseg.model.bundle import load_bundle
-    from napari_gitseg.model.registry import ModelRegistry
-    from napari_gitseg.project import registry_folder
-    from training import events as ev
 
     folder, case = project
     widget = make_widget(make_napari_viewer, folder)
@@ -83,7 +81,7 @@ def test_a_promoted_model_is_listed_announced_and_repredicted(make_napari_viewer
     widget._hub.model_changed.connect(models.append)
     widget._hub.project_opened.emit(str(folder), case.name)
     model, bundle = load_bundle(tiny_bundle)
-    version = ModelRegistry(registry_folder(folder)).add(model, bundle.config, metrics={"val_dice": 0.5},
+    version = Project(folder).registry().add(model, bundle.config, metrics={"val_dice": 0.5},
                                                         activate=True)
     for event in (ev.Started(kind="round"), ev.Promoted(version=version, val_dice=0.5, previous_version="default",
                                                         previous_dice=0.4), ev.Done(result={})):
@@ -92,7 +90,7 @@ def test_a_promoted_model_is_listed_announced_and_repredicted(make_napari_viewer
     qtbot.waitUntil(lambda: len(widget._versions.choices) == 1, timeout=30000)
     assert widget._versions.value == version and "active: v0001" in widget._version_info.value
     qtbot.waitUntil(lambda: repredict == [case.name], timeout=30000)
-    assert models == [str(registry_folder(folder) / "v0001.json")]
+    assert models == [str(Project(folder).registry_folder / "v0001.json")]
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The trainer's events (training.events) and the background worker (training.worker), real subprocesses."""
+"""The trainer's events (napari_gitseg.events), the background worker (training.worker) and its client
+(napari_gitseg.jobs), with real subprocesses."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import time
 
 import pytest
 
-from training import events as ev
-from training.worker import JobError, WorkerProcess, execute, load_job
+from napari_gitseg import events as ev
+from napari_gitseg.jobs import WorkerProcess
+from training.worker import JobError, execute, load_job
 
 # a job config that runs in a few seconds
 TINY = {"epochs": 2, "max_steps_per_epoch": 2, "batch_size": 4, "size": [64, 64], "val_batch_size": 8}
@@ -245,17 +247,15 @@ def test_a_round_killed_mid_write_leaves_labels_and_registry_usable_and_the_next
     """kill -9 the worker of a GUI round while it writes a checkpoint; restart; everything is there."""
     import numpy as np
 
-    from napari_gitseg.model.registry import ModelRegistry
     from napari_gitseg.phantom import make_phantom_case
-    from napari_gitseg.project import registry_folder, save_stack_snapshot
+    from napari_gitseg.project import Project
     from napari_gitseg.retrain import round_job
     from napari_gitseg.review import ReviewSession
-    from napari_gitseg.store import LabelStore
 
     case = make_phantom_case(seed=8, n_slices=16, size=(64, 64))
     project = tmp_path / "proj"
-    session = ReviewSession(LabelStore.open(project, user="dr_t"), case)
-    save_stack_snapshot(project, case)
+    session = ReviewSession(Project(project).open_store(user="dr_t"), case)
+    Project(project).save_snapshot(case)
     labelled = list(range(2, 14, 2))
     for z in labelled:
         session.store.save(case.slice_ids[z], case.masks[:, z], source="clinician")
@@ -263,13 +263,13 @@ def test_a_round_killed_mid_write_leaves_labels_and_registry_usable_and_the_next
     session.store.close()
     job = round_job(project, preset="quick", keep=4, overrides=TINY)
 
-    worker = WorkerProcess(job, project / "jobs").start()
+    worker = WorkerProcess(job, Project(project).jobs_folder).start()
     kill_on_checkpoint, killed = _on_first(ev.Checkpoint, worker.kill)
     events = _collect(worker, on_event=kill_on_checkpoint)
     assert killed and isinstance(events[-1], ev.Error) and "code -9" in events[-1].message
 
     def check_project():
-        store = LabelStore.open(project)
+        store = Project(project).open_store()
         try:
             for z in labelled:  # every committed correction is there, unchanged
                 rec = store.latest(case.slice_ids[z])
@@ -277,12 +277,12 @@ def test_a_round_killed_mid_write_leaves_labels_and_registry_usable_and_the_next
                 assert np.array_equal(rec.masks, case.masks[:, z])
         finally:
             store.close()
-        registry = ModelRegistry(registry_folder(project))
+        registry = Project(project).registry()
         if registry.active() is not None:  # reading the index checks the active version is listed
             registry.load()
 
     check_project()
-    events = _collect(WorkerProcess(job, project / "jobs").start())  # the next round after the crash
+    events = _collect(WorkerProcess(job, Project(project).jobs_folder).start())  # the next round after the crash
     kinds = [type(e).__name__ for e in events]
     assert kinds[-1] == "Done" and "Error" not in kinds, events[-3:]
     assert ("Promoted" in kinds) != ("Rejected" in kinds)

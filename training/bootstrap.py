@@ -39,15 +39,15 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_gitseg import events as ev
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.io.stack import Stack
-from training import events as ev
+from napari_gitseg.project import MIN_CLINICIAN_LABELS, Project, round_refusal
 from training.config import TrainConfig, preset
 from training.finetune import round_config
 from training.loop import TrainingCancelled, check_stacks, split_validation, train
 
 __all__ = [
-    "MIN_CLINICIAN_LABELS",
     "choose_labelled",
     "evaluate_bundle",
     "plot_report",
@@ -56,7 +56,6 @@ __all__ = [
     "select_pseudo",
 ]
 
-MIN_CLINICIAN_LABELS = 2
 FROZEN_STATE_KEY = "frozen_validation"
 ROUNDS_STATE_KEY = "bootstrap_rounds"
 EFFORT_STATE_KEY = "bootstrap_dice_vs_effort"  # one point per GUI round: minutes of clinician effort, Dice
@@ -198,8 +197,6 @@ def run_bootstrap(
     cancel=None,
 ) -> dict:
     """Simulate ``rounds`` bootstrap rounds after round 0 on ``labels`` slices; returns the report dict."""
-    from napari_gitseg.model.registry import ModelRegistry
-
     t0 = time.perf_counter()
     config = config or preset("cpu")
     if int(rounds) < 0 or int(keep) < 0:
@@ -211,7 +208,7 @@ def run_bootstrap(
     chosen = choose_labelled(pool, labels)
     n_labels = sum(len(v) for v in chosen.values())
     clinician = _clinician_view(pool, chosen)
-    registry = ModelRegistry(out / "models")
+    registry = Project(out).registry()
     report: dict = {"labels": n_labels, "keep": int(keep), "rounds": [], "train_stacks": [s.name for s in pool],
                     "val_stacks": [s.name for s in val_stacks],
                     "n_val_slices": int(sum(_labelled(s).sum() for s in val_stacks)), "config": config.to_dict()}
@@ -350,21 +347,16 @@ def plot_report(report: dict, path: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ one GUI round
-def _store_stacks(project: Path, store) -> list[dict]:
+def _store_stacks(project: Project, store) -> list[dict]:
     """Per registered stack: the snapshot image, clinician and pseudo labels from the store."""
-    from napari_gitseg.project import load_stack_snapshot, snapshot_path
-
     out = []
     for name in store.stacks():
         info = store.stack_info(name)
-        snap = snapshot_path(project, name)
-        if not snap.is_file():
-            raise GitsegInputError(snap, f"the image of stack {name} is missing from the project (open the stack "
-                                         "in the Review dock once to save it)")
-        stack = load_stack_snapshot(snap)
+        stack = project.load_snapshot(name)
         if tuple(stack.image.shape) != tuple(info["shape"]):
-            raise GitsegInputError(snap, f"the image has shape {stack.image.shape} but the label store "
-                                         f"{store.path} records {tuple(info['shape'])} for stack {name}")
+            raise GitsegInputError(project.snapshot_path(name), f"the image has shape {stack.image.shape} "
+                                   f"but the label store {store.path} records {tuple(info['shape'])} for "
+                                   f"stack {name}")
         ids = list(info["slice_ids"])
         index = {sid: z for z, sid in enumerate(ids)}
         classes = tuple(info["classes"])
@@ -573,16 +565,16 @@ def _write_pseudo_labels(store, entries: list[dict], model_path: Path, model_lab
     return sum(1 for v in store.save_many(items) if v is not None) if items else 0
 
 
-def _open_round_store(project: Path):
+def _open_round_store(project: Project):
     """The project's label store (GitsegInputError naming the folder when there is none)."""
-    from napari_gitseg.store import LabelStore, StoreError
+    from napari_gitseg.store import StoreError
 
-    if not project.is_dir():
-        raise GitsegInputError(project, "project folder not found")
+    if not project.folder.is_dir():
+        raise GitsegInputError(project.folder, "project folder not found")
     try:
-        return LabelStore.open(project, create=False)
+        return project.open_store(create=False)
     except StoreError as err:
-        raise GitsegInputError(project, f"no usable label store: {err}") from err
+        raise GitsegInputError(project.folder, f"no usable label store: {err}") from err
 
 
 def run_round_from_store(
@@ -597,32 +589,28 @@ def run_round_from_store(
     Fine-tunes the active (or default) model on the clinician labels outside the frozen validation
     slices and the stored pseudo-labels, promotes the candidate only if it scores higher on the frozen
     slices, then stores the ``keep`` most confident predictions of the active model as pseudo-labels."""
-    from napari_gitseg.model.registry import ModelRegistry
-    from napari_gitseg.project import registry_folder
-
     t0 = time.perf_counter()
     config = config or preset("cpu")
-    project = Path(project_folder)
+    project = Project(project_folder)
     store = _open_round_store(project)
     try:
         entries = _store_stacks(project, store)
         n_clin = sum(len(e["clinician"]) for e in entries)
-        if n_clin < MIN_CLINICIAN_LABELS:
-            raise GitsegInputError(
-                project, f"{n_clin} clinician-labelled slice(s) in the label store: label at least "
-                         f"{MIN_CLINICIAN_LABELS} slices first (correct them and press Accept in the Review dock)")
+        refusal = round_refusal(n_clin)
+        if refusal is not None:
+            raise GitsegInputError(project.folder, refusal)
         val_sets = _frozen_split(entries, store, config.val_fraction, config.seed)
         train_stacks, val_stacks, provenance, n_pseudo = _round_stacks(entries, val_sets)
         n_val = sum(len(v) for v in val_sets.values())
-        registry = ModelRegistry(registry_folder(project))
+        registry = project.registry()
         baseline = _round_baseline(registry, tuple(entries[0]["classes"]), on_event)
         cfg = round_config(config, None if baseline[1] is None else str(baseline[1]), max(1, n_clin - n_val))
-        work = project / "jobs" / f"round-{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1e6) % 1000000:06d}"
-        work.mkdir(parents=True, exist_ok=True)
+        work = project.round_workdir()
         try:
             result = train(cfg, train_stacks, val_stacks, work / "candidate",
                            on_event=ev.scaled_progress(on_event, 0.0, 0.8), cancel=cancel,
-                           data_description={"project": str(project), "clinician_train": n_clin - n_val,
+                           data_description={"project": str(project.folder),
+                                             "clinician_train": n_clin - n_val,
                                              "clinician_val": n_val, "pseudo": n_pseudo},
                            provenance=provenance)
             _emit(on_event, ev.Progress(epoch=result.epochs_run, epochs=result.epochs_run, loss=None,

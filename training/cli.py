@@ -1,4 +1,7 @@
-"""``gitseg train`` and ``gitseg bootstrap``: the trainer on the command line, with a tqdm bar.
+"""``gitseg train``, ``bootstrap`` and ``eval``: the trainer on the command line, with a tqdm bar.
+
+``napari_gitseg.cli`` builds the ``gitseg`` command without importing this package: it calls the
+``add_commands`` of every ``gitseg.commands`` entry point, and pyproject.toml names this one.
 
 ``gitseg train DATA --out DIR`` trains on everything ``napari_gitseg.io.read_stacks`` reads (a
 UW-Madison folder with ``train.csv``, e.g. from ``gitseg phantom``) and writes the best epoch's
@@ -9,6 +12,8 @@ DistributedDataParallel (gloo on CPU, NCCL on GPUs); only rank 0 writes.
 
 ``gitseg bootstrap DATA --labels 100 --rounds R --keep K --out DIR`` runs the bootstrap simulation
 (``training.bootstrap.run_bootstrap``) and writes its report JSON and plot into DIR.
+
+``gitseg eval --pred P --truth T`` scores predicted masks against the truth with ``training.metrics``.
 
 Ctrl-C stops at the next training step; the best bundle written so far stays intact.
 """
@@ -23,7 +28,7 @@ import sys
 import threading
 from pathlib import Path
 
-__all__ = ["add_commands", "cmd_bootstrap", "cmd_train", "config_from_args"]
+__all__ = ["add_commands", "cmd_bootstrap", "cmd_eval", "cmd_train", "config_from_args"]
 
 
 def _config_arg(text: str):
@@ -101,7 +106,7 @@ class _TerminalReporter:
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
     def __call__(self, event) -> None:
-        from training import events as ev
+        from napari_gitseg import events as ev
 
         if not self.enabled:
             return
@@ -273,6 +278,37 @@ def cmd_bootstrap(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """Compare predicted masks with ground truth and print the challenge's metrics as JSON."""
+    from napari_gitseg.io import GitsegInputError, format_of, read_stacks
+    from training.metrics import evaluate_cases
+
+    truth = {s.name: s for s in read_stacks(args.truth)}
+    preds = {s.name: s for s in read_stacks(args.pred)} if format_of(args.pred) != "csv" else None
+    cases = []
+    if preds is None:  # a challenge CSV of predictions: masks for the truth's slices
+        from napari_gitseg.io import read_train_csv
+        from napari_gitseg.io.train_csv import masks_for_stack
+
+        table = read_train_csv(args.pred)
+        for t in truth.values():
+            pm, _ = masks_for_stack(table, t)
+            cases.append((pm, t.masks, t.labelled))
+    else:
+        for name, t in truth.items():
+            if name not in preds:
+                raise GitsegInputError(args.pred, f"no prediction for stack {name}")
+            p = preds[name]
+            if p.masks is None:
+                raise GitsegInputError(args.pred, f"stack {name} has no masks")
+            cases.append((p.masks, t.masks, t.labelled))
+    for name, t in truth.items():
+        if t.masks is None:
+            raise GitsegInputError(args.truth, f"stack {name} has no ground-truth masks")
+    print(json.dumps(evaluate_cases(cases), indent=2, default=float))
+    return 0
+
+
 def _common_options(p) -> None:
     p.add_argument("--preset", default="cpu", help="quick | cpu | gpu (default: cpu)")
     p.add_argument("--config", help="training settings: a JSON file or an inline JSON object")
@@ -297,7 +333,8 @@ def _common_options(p) -> None:
 
 
 def add_commands(sub) -> None:
-    """Register ``train`` and ``bootstrap`` on ``gitseg``'s sub-parsers."""
+    """Register ``train``, ``bootstrap`` and ``eval`` on ``gitseg``'s sub-parsers (the ``gitseg.commands``
+    entry point of pyproject.toml)."""
     p = sub.add_parser("train", help="train a model; keeps the best epoch by validation Dice")
     p.add_argument("data", nargs="?", help="training data (UW-Madison folder with train.csv, TIFF/NIfTI with masks, ...)")
     p.add_argument("--real-masks", metavar="FOLDER",
@@ -331,3 +368,8 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True, help="output folder: registry, report JSON and plot")
     _common_options(p)
     p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("eval", help="Dice, IoU, 3-D Hausdorff and the challenge score (JSON)")
+    p.add_argument("--pred", required=True, help="predicted masks: case folder with train.csv, .csv, .tif, .nii.gz")
+    p.add_argument("--truth", required=True, help="ground truth in any readable form")
+    p.set_defaults(func=cmd_eval)

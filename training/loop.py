@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_gitseg import events as ev
 from napari_gitseg.cancel import Cancel, is_cancelled
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.io.stack import Stack
@@ -64,7 +65,6 @@ from napari_gitseg.model.device import pick_device, torch_threads
 from napari_gitseg.model.factory import ModelConfig, build_model, forward_logits
 from napari_gitseg.model.normalize import DEFAULT_NORMALIZATION
 from training import ddp
-from training import events as ev
 from training.config import TrainConfig
 from training.datasets import SliceDataset
 

@@ -35,6 +35,8 @@ training notebooks used for validation.
 * ``spacing=(z, y, x)`` in mm switches to a physical distance normalised by the physical diagonal
   (optional; not the challenge's rule).
 
+``dice_per_slice`` itself lives in ``napari_gitseg.overlap`` (Learn from corrections scores with it too).
+
 Other metrics (not part of the score): IoU per slice (same empty rule as Dice), and precision, recall and
 mean pixel accuracy from the confusion counts pooled over the counted slices. Mean pixel accuracy
 (mPA) for one class is the mean of the per-class accuracies of the binary {organ, background}
@@ -54,6 +56,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_gitseg.classes import CLASSES
+from napari_gitseg.overlap import as_bool_masks, dice_per_slice
 
 DICE_WEIGHT = 0.4
 HAUSDORFF_WEIGHT = 0.6
@@ -65,31 +68,9 @@ def challenge_score(dice: float, hausdorff: float) -> float:
     return float(DICE_WEIGHT * dice + HAUSDORFF_WEIGHT * (1.0 - hausdorff))
 
 
-def _as_bool(masks: np.ndarray) -> np.ndarray:
-    """Boolean masks: bool/int arrays by non-zero, float arrays (probabilities) by ``> 0.5``."""
-    masks = np.asarray(masks)
-    if masks.dtype == bool:
-        return masks
-    if masks.dtype.kind == "f":
-        return masks > 0.5
-    return masks != 0
-
-
-def dice_per_slice(pred: np.ndarray, true: np.ndarray, empty_dice: float = 1.0) -> np.ndarray:
-    """Dice of each 2-D image over the last two axes of ``pred``/``true`` (``(..., Y, X)``)."""
-    p, t = _as_bool(pred), _as_bool(true)
-    if p.shape != t.shape or p.ndim < 2:
-        raise ValueError(f"pred {p.shape} and true {t.shape} must have the same shape (..., Y, X)")
-    inter = np.count_nonzero(p & t, axis=(-2, -1))
-    denom = np.count_nonzero(p, axis=(-2, -1)) + np.count_nonzero(t, axis=(-2, -1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dice = np.where(denom > 0, 2.0 * inter / np.maximum(denom, 1), empty_dice)
-    return dice.astype(np.float64)
-
-
 def iou_per_slice(pred: np.ndarray, true: np.ndarray, empty_iou: float = 1.0) -> np.ndarray:
     """Intersection over union of each 2-D image over the last two axes."""
-    p, t = _as_bool(pred), _as_bool(true)
+    p, t = as_bool_masks(pred), as_bool_masks(true)
     if p.shape != t.shape or p.ndim < 2:
         raise ValueError(f"pred {p.shape} and true {t.shape} must have the same shape (..., Y, X)")
     inter = np.count_nonzero(p & t, axis=(-2, -1))
@@ -112,7 +93,7 @@ def hausdorff_distance(a: np.ndarray, b: np.ndarray, sampling: Sequence[float] |
 
     Distances are in voxel-index units, or scaled per axis by ``sampling``.
     """
-    a, b = _as_bool(a), _as_bool(b)
+    a, b = as_bool_masks(a), as_bool_masks(b)
     if a.shape != b.shape:
         raise ValueError(f"masks differ in shape: {a.shape} vs {b.shape}")
     if not a.any() or not b.any():
@@ -138,7 +119,7 @@ def normalized_hausdorff(
 
     Both empty: ``empty_hausdorff``; one empty: 1; otherwise the distance over the volume's diagonal.
     """
-    p, t = _as_bool(pred), _as_bool(true)
+    p, t = as_bool_masks(pred), as_bool_masks(true)
     if p.shape != t.shape:
         raise ValueError(f"pred {p.shape} and true {t.shape} differ in shape")
     has_p, has_t = bool(p.any()), bool(t.any())
@@ -175,7 +156,7 @@ def _case_stats(
     hd_normalization: str,
 ) -> dict:
     """Per-slice Dice/IoU rows, confusion counts and per-class Hausdorff of one case."""
-    p, t = _as_bool(pred), _as_bool(true)
+    p, t = as_bool_masks(pred), as_bool_masks(true)
     if p.ndim != 4 or p.shape != t.shape:
         raise ValueError(f"pred {p.shape} and true {t.shape} must both be (C, Z, Y, X) with the same shape")
     if p.shape[0] != len(classes):
@@ -209,6 +190,25 @@ def _case_stats(
     }
 
 
+def _pooled_dice(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """Dice from pooled pixel counts per class; NaN where the organ is in neither volume."""
+    den = 2 * tp + fp + fn
+    return np.where(den > 0, 2 * tp / np.maximum(den, 1), np.nan).astype(np.float64)
+
+
+def volume_dice(pred: np.ndarray, true: np.ndarray, labelled: np.ndarray | None = None) -> np.ndarray:
+    """3-D Dice per class of (C, Z, Y, X) masks: every (labelled) slice's pixels pooled; NaN where the
+    class is in neither volume. The same figure as ``evaluate``'s ``dice_3d``, without the Hausdorff."""
+    p, t = as_bool_masks(pred), as_bool_masks(true)
+    if p.shape != t.shape or p.ndim != 4:
+        raise ValueError(f"pred {p.shape} and true {t.shape} must both be (C, Z, Y, X) with the same shape")
+    if labelled is not None:
+        lab = np.asarray(labelled, bool).reshape(-1)
+        p, t = p[:, lab], t[:, lab]
+    tp = np.count_nonzero(p & t, axis=(1, 2, 3)).astype(np.float64)
+    return _pooled_dice(tp, np.count_nonzero(p, axis=(1, 2, 3)) - tp, np.count_nonzero(t, axis=(1, 2, 3)) - tp)
+
+
 def _ratio(num: np.ndarray, den: np.ndarray, other_err: np.ndarray) -> np.ndarray:
     """num/den; where den == 0: 1 if the other side made no error either, else 0."""
     safe = np.where(den > 0, num / np.maximum(den, 1), np.where(other_err == 0, 1.0, 0.0))
@@ -233,8 +233,7 @@ def _summarise(stats: list[dict], classes: Sequence[str]) -> dict:
     recall = _ratio(tp, tp + fn, fp)
     specificity = _ratio(tn, tn + fp, fn)
     mpa = (recall + specificity) / 2.0
-    # volume Dice: the pixels of every slice pooled (NaN where the organ is in neither volume)
-    dice_3d = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), np.nan)
+    dice_3d = _pooled_dice(tp, fp, fn)
     per_class = {}
     for c, name in enumerate(classes):
         per_class[name] = {

@@ -1,7 +1,7 @@
-"""The background trainer: ``python -m training.worker JOB.json`` in its own process, and a client for it.
+"""The background trainer: ``python -m training.worker JOB.json``, in its own process.
 
 The GUI never trains in its own process: a crash, a full disk or a kill of the trainer cannot take
-napari down. The worker reads one JSON job, runs it and reports typed events (``training.events``)
+napari down. The worker reads one JSON job, runs it and reports typed events (``napari_gitseg.events``)
 as JSON lines on stdout, one per line, flushed at once; everything else (logs, warnings, stray
 prints of libraries) goes to stderr.
 
@@ -17,9 +17,7 @@ Cancel with SIGTERM or SIGINT: the job stops at its next training step or predic
 ``Cancelled`` and exits 0; bundles and the model registry are only ever changed atomically, so a
 cancel (or even ``kill -9``) leaves them consistent.
 
-``WorkerProcess`` is the Qt-free client: ``start()``, ``events()`` (parsed events until the process
-exits; a non-zero exit without an ``Error`` event yields ``Error("worker exited with code N")``),
-``cancel()``, ``kill()``, ``returncode``. The GUI runs ``events()`` in a napari ``thread_worker``.
+The client that starts this process and reads its events is ``napari_gitseg.jobs.WorkerProcess``.
 """
 
 from __future__ import annotations
@@ -28,17 +26,15 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import traceback
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-from training import events as ev
+from napari_gitseg import events as ev
 
-__all__ = ["JOB_KINDS", "JobError", "WorkerProcess", "execute", "load_job", "main", "run_job"]
+__all__ = ["JOB_KINDS", "JobError", "execute", "load_job", "main", "run_job"]
 
 log = logging.getLogger("gitseg.worker")
 
@@ -232,95 +228,6 @@ def main(argv: list[str] | None = None) -> int:
         emit(ev.Error(message="usage: python -m training.worker JOB.json", kind="usage"))
         return 1
     return execute(argv[0], emit, cancel)
-
-
-# ------------------------------------------------------------------------------------------ client
-def _package_root() -> str:
-    return str(Path(__file__).resolve().parents[1])
-
-
-class WorkerProcess:
-    """Runs one job in ``python -m training.worker`` and streams its events (no Qt)."""
-
-    def __init__(self, job: dict, workdir: str | os.PathLike, python: str | None = None, env: dict | None = None):
-        self.job = dict(job)
-        self.job.setdefault("job_id", uuid.uuid4().hex[:12])
-        self.workdir = Path(workdir)
-        self.python = python or sys.executable
-        self.extra_env = dict(env or {})
-        self.job_path = self.workdir / f"job-{self.job['job_id']}.json"
-        self.log_path = self.workdir / f"job-{self.job['job_id']}.log"
-        self._proc: subprocess.Popen | None = None
-        self._log = None
-
-    @property
-    def pid(self) -> int | None:
-        """The worker's process id (None before ``start``)."""
-        return None if self._proc is None else self._proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit status (None while running or before ``start``)."""
-        return None if self._proc is None else self._proc.poll()
-
-    def start(self) -> WorkerProcess:
-        """Write the job file and start the worker process."""
-        if self._proc is not None:
-            raise RuntimeError("this worker was already started")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.job_path.write_text(json.dumps(self.job, indent=2) + "\n", encoding="utf-8")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH", "")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        env.update(self.extra_env)
-        self._log = open(self.log_path, "ab")
-        self._proc = subprocess.Popen(
-            [self.python, "-m", "training.worker", str(self.job_path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=str(self.workdir),
-        )
-        return self
-
-    def events(self) -> Iterator[ev.Event]:
-        """Parsed events until the worker exits (then an ``Error`` if it failed without reporting one)."""
-        if self._proc is None:
-            raise RuntimeError("start() the worker first")
-        saw_error = False
-        assert self._proc.stdout is not None
-        for raw in self._proc.stdout:
-            event = ev.parse_line(raw)
-            saw_error = saw_error or isinstance(event, ev.Error)
-            yield event
-        self._proc.stdout.close()
-        code = self._proc.wait()
-        if self._log is not None:
-            self._log.close()
-        if code != 0 and not saw_error:
-            yield ev.Error(message=f"worker exited with code {code}", kind="exit", traceback_tail=self.log_tail())
-
-    def log_tail(self, n_chars: int = 4000) -> str:
-        """The end of the worker's stderr log."""
-        try:
-            data = self.log_path.read_bytes()
-        except OSError:
-            return ""
-        return data[-n_chars:].decode("utf-8", errors="replace")
-
-    def cancel(self) -> None:
-        """Ask the worker to stop at its next step (SIGTERM); it then emits ``Cancelled`` and exits 0."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """Kill the worker at once (SIGKILL); bundles and the registry stay consistent."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for the worker to exit; its exit status."""
-        if self._proc is None:
-            raise RuntimeError("start() the worker first")
-        return self._proc.wait(timeout)
 
 
 if __name__ == "__main__":

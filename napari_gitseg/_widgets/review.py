@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import napari
 import numpy as np
@@ -23,7 +22,7 @@ from superqt.utils import ensure_main_thread
 from napari_gitseg.classes import CLASSES
 from napari_gitseg.effort import EffortLog
 from napari_gitseg.layers import labels_layer_data, stack_from_layer
-from napari_gitseg.project import default_project_folder
+from napari_gitseg.project import Project
 from napari_gitseg.review import LEARNED, REFINED
 
 from ._box_tools import BoxTools
@@ -211,7 +210,7 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
         stack = stack_from_layer(layer)
         show_only_stack(self._viewer, layer, stack.name)  # the review layer lies over this image, not another scan
         folder = str(self._folder.value) if self._project_override or str(self._folder.value) not in ("", ".") \
-            else str(default_project_folder(stack.source, stack.name))
+            else str(Project.for_stack(stack.source, stack.name).folder)
         self._folder.value = folder
         self._status.value = "Opening the label store…"
         fut = self._io.submit(self._open_session, folder, stack)
@@ -219,13 +218,11 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
 
     @staticmethod
     def _open_session(folder: str, stack):
-        from napari_gitseg.project import save_stack_snapshot
         from napari_gitseg.review import ReviewSession
-        from napari_gitseg.store import LabelStore
 
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        session = ReviewSession(LabelStore.open(folder), stack)
-        save_stack_snapshot(Path(folder), stack)  # the background trainer reads the image from here
+        project = Project(folder)
+        session = ReviewSession(project.open_store(), stack)
+        project.save_snapshot(stack)  # the background trainer reads the image from here
         return session
 
     @ensure_main_thread

@@ -13,6 +13,8 @@ from magicgui.widgets import ComboBox, Container, FileEdit, ProgressBar, PushBut
 from napari.qt.threading import thread_worker
 from superqt.utils import ensure_main_thread
 
+from napari_gitseg import events as ev
+from napari_gitseg.project import Project
 from napari_gitseg.retrain import (
     activate_version,
     describe,
@@ -129,8 +131,6 @@ class TrainWidget(JobDock):
     @when_alive
     def show_event(self, event) -> None:
         """Show one trainer event (``napari_gitseg.retrain.describe`` says what) on the GUI thread."""
-        from training import events as ev
-
         self.events_seen.append(event)
         view = describe(event, self._outcome)
         if view.outcome is not None:
@@ -146,7 +146,7 @@ class TrainWidget(JobDock):
         if view.status is not None:
             self._status.value = view.status
         if view.done:
-            self._after_round(any(isinstance(e, ev.Promoted) for e in self.events_seen))
+            self._after_round(next((e.version for e in self.events_seen if isinstance(e, ev.Promoted)), None))
 
     @when_alive
     def _on_error(self, err: Exception) -> None:
@@ -159,24 +159,25 @@ class TrainWidget(JobDock):
         self._set_running(False)
         self.refresh_versions()
 
-    def _after_round(self, promoted: bool) -> None:
-        if not promoted:
+    def _after_round(self, promoted_version: str | None) -> None:
+        if promoted_version is None:
             return
-        self.refresh_versions(announce=True)
+        self.refresh_versions()
+        self._announce_version(promoted_version)
 
     # ---- versions -------------------------------------------------------------------------------------
-    def refresh_versions(self, announce: bool = False) -> None:
+    def refresh_versions(self) -> None:
         """Reload the model version list (off the GUI thread)."""
         project = str(self._project.value or "")
         if project in ("", "."):
             return
         worker = thread_worker(registry_versions, start_thread=False,
-                               connect={"returned": lambda res: self._show_versions(res, announce),
+                               connect={"returned": self._show_versions,
                                         "errored": lambda e: show_error(f"Model registry: {e}")})(project)
         worker.start()
 
     @when_alive
-    def _show_versions(self, result, announce: bool) -> None:
+    def _show_versions(self, result) -> None:
         versions, active = result
         choices = []
         for v in reversed(versions):
@@ -188,13 +189,18 @@ class TrainWidget(JobDock):
         if active:
             self._versions.value = active
         self._version_info.value = f"{len(versions)} version(s); active: {active or 'bundled default'}"
-        if announce and active:
-            self._announce_active(active)
 
-    def _announce_active(self, version: str) -> None:
-        from napari_gitseg.project import registry_folder
+    def _announce_version(self, version: str) -> None:
+        """Look up the bundle of ``version`` in the registry (off the GUI thread), then announce it."""
+        worker = thread_worker(Project(self._project.value).model_path, start_thread=False,
+                               connect={"returned": self._announce,
+                                        "errored": lambda e: show_error(f"Model registry: {e}")})(version)
+        worker.start()
 
-        path = registry_folder(self._project.value) / f"{version}.json"
+    @ensure_main_thread
+    @when_alive
+    def _announce(self, path) -> None:
+        """Tell the other docks: ``path`` is the active model now; re-predict the stacks under review."""
         self._hub.model_changed.emit(str(path))
         for name in self._stack_names:
             self._hub.repredict_requested.emit(name)
@@ -212,7 +218,8 @@ class TrainWidget(JobDock):
     @when_alive
     def _switched(self, path) -> None:
         show_info(f"Active model: {path.stem}")
-        self.refresh_versions(announce=True)
+        self.refresh_versions()
+        self._announce(path)
 
     def _on_project_opened(self, folder: str, stack_name: str) -> None:
         if stack_name not in self._stack_names:

@@ -4,7 +4,7 @@ Formats: UW-Madison PNG case folders with ``train.csv`` ground truth, multi-page
 NIfTI and DICOM series. Bad input raises ``GitsegInputError`` naming the file.
 """
 
-from napari_gitseg.io._util import format_of
+from napari_gitseg.io._util import atomic_output, format_of, stem_of
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.io.info import stack_info
 from napari_gitseg.io.nifti import TOTALSEG_CT_LABELS, TOTALSEG_MR_LABELS, read_nifti_labels
@@ -21,6 +21,7 @@ __all__ = [
     "GitsegInputError",
     "RLEError",
     "Stack",
+    "atomic_output",
     "detect_kind",
     "format_of",
     "iter_stacks",
@@ -33,6 +34,7 @@ __all__ = [
     "rle_decode",
     "rle_encode",
     "stack_info",
+    "stem_of",
     "write_masks",
     "write_rle_csv",
     "write_uwmgi_dataset",

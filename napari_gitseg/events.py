@@ -1,6 +1,8 @@
 """The trainer's typed events: written by the worker as JSON lines, read back by the GUI and the CLI.
 
-One definition serves both sides (as CellSeg3D's ``TrainingReport``): the worker calls
+One definition serves both sides (as CellSeg3D's ``TrainingReport``); it lives here because the GUI
+reads the events without importing the trainer (``training`` imports ``napari_gitseg``, never the
+other way round). The worker (``python -m training.worker``) calls
 ``to_json_line(event)`` and prints the line; the reader calls ``parse_line(line)`` and gets the
 same dataclass back. Each line is a JSON object with a ``"type"`` field naming the event class.
 A line that is not valid JSON, names an unknown type or carries fields of the wrong shape comes
