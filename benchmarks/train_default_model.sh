@@ -63,7 +63,9 @@ fi
 mkdir -p resources/models
 rm -f resources/models/default.json
 cp "$WORK/out/default.safetensors" resources/models/.default.safetensors.tmp
+chmod 644 resources/models/.default.safetensors.tmp  # the trainer writes 0600; package data is read by all
 mv resources/models/.default.safetensors.tmp resources/models/default.safetensors
 cp "$WORK/out/default.json" resources/models/.default.json.tmp
+chmod 644 resources/models/.default.json.tmp
 mv resources/models/.default.json.tmp resources/models/default.json
 echo "[$(date +%T)] wrote resources/models/default.json ($(du -h resources/models/default.safetensors | cut -f1))" >&2

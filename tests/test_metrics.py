@@ -225,3 +225,16 @@ def test_volume_dice_pools_the_pixels_of_every_slice():
     assert out["per_class"]["large_bowel"]["dice"] == pytest.approx(0.5)  # per slice: 1 and 0
     assert np.isnan(out["per_class"]["stomach"]["dice_3d"])  # in neither volume
     assert out["mean_dice_3d"] == pytest.approx(200 / 201)
+
+
+def test_volume_dice_alone_matches_evaluate():
+    from training.metrics import volume_dice
+
+    rng = np.random.default_rng(1)
+    truth, pred = rng.random((3, 4, 12, 12)) > 0.7, rng.random((3, 4, 12, 12)) > 0.6
+    truth[1] = pred[1] = False
+    lab = np.array([True, False, True, True])
+    full = evaluate(pred, truth, lab, classes=("large_bowel", "small_bowel", "stomach"))
+    quick = volume_dice(pred, truth, lab)
+    assert quick[0] == pytest.approx(full["per_class"]["large_bowel"]["dice_3d"]) and np.isnan(quick[1])
+    assert quick[2] == pytest.approx(full["per_class"]["stomach"]["dice_3d"]) and 0 < quick[2] < 1
