@@ -5,8 +5,9 @@ on the next slice (up or down) the foundation model segments each box, and the p
 give the boxes of the slice after (the boxes are re-fitted to the new mask, so a piece that
 moves, grows, splits or merges is followed). A piece ends when the model's mask in its box is
 smaller than ``min_area`` pixels or the model's own IoU estimate for it is below ``min_score``
-(it found no organ there: on the real UW-Madison volumes, pieces scored under 0.6 had a median
-Dice of 0.2 against the truth). The propagation stops when no piece is left, at the first or
+(it found no organ there: on the real UW-Madison volume case146, with boxes carried from the true
+masks to the next slice, the 3 of 177 pieces rated under 0.6 had Dice 0 against the truth, the
+others a median of 0.81). The propagation stops when no piece is left, at the first or
 last slice, at ``max_slices``, at a slice ``stop_at`` names (a clinician-labelled one) or when
 ``cancel`` is set.
 

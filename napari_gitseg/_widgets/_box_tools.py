@@ -36,8 +36,10 @@ class BoxTools:
     def _init_box_tools(self) -> Container:
         """Box tools' state and controls (a row for the dock); disabled when LiteMedSAM is not installed."""
         from napari_gitseg.medsam import unavailable_reason
+        from napari_gitseg.propagate import PropagationConfig
 
         self._boxes = None  # BoxWorker, made on first use
+        self.propagation = PropagationConfig()  #: margins and stops of Propagate
         self._box_imports_done = False
         self.box_results = 0  #: box / refine-by-boxes results applied to the layer so far
         self._box_dragging = False
@@ -162,12 +164,12 @@ class BoxTools:
 
     def _show_box(self, z: int, first, second) -> None:
         """Draw the rectangle being dragged on the ``… boxes`` layer (made on first use, never made active)."""
-        corners = np.array([[z, first[0], first[1]], [z, second[0], second[1]]], dtype=float)
-        rect = np.array([[z, min(corners[:, 1]), min(corners[:, 2])], [z, max(corners[:, 1]), max(corners[:, 2])]])
+        (y0, y1), (x0, x1) = sorted((first[0], second[0])), sorted((first[1], second[1]))
+        rect = np.array([[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]], dtype=float)  # a closed outline
         if self._box_layer is None or self._box_layer not in self._viewer.layers:
             active = self._viewer.layers.selection.active
             self._box_layer = self._viewer.add_shapes(
-                ndim=3, name=f"{self._session.name} boxes", face_color="transparent", edge_width=1.5,
+                ndim=3, name=f"{self._session.name} boxes", face_color="transparent", edge_width=2,
                 scale=self._layer.scale, translate=self._layer.translate)
             self._box_layer.editable = False
             self._viewer.layers.selection.active = active  # the review layer keeps the keys
@@ -334,8 +336,8 @@ def _propagate_job(dock, session, result, start: np.ndarray, direction: int, can
         protected = {session.index[sid] for sid in dock._io.submit(session.store.clinician_slices, session.name)
                      .result() if sid in session.index}
         for step in ((1, -1) if direction == 0 else (direction,)):
-            for z, organ, _boxes in carry(start, result.z0, step, n, segment, stop_at=protected.__contains__,
-                                          cancel=cancel):
+            for z, organ, _boxes in carry(start, result.z0, step, n, segment, dock.propagation,
+                                          stop_at=protected.__contains__, cancel=cancel):
                 if not dock._io.submit(session.store_propagated, result, z, organ).result():
                     break  # a slice the clinician labelled meanwhile: stop this way
                 dock._show_propagated(z, len(result.propagated))
