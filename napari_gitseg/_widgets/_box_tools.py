@@ -230,8 +230,12 @@ class BoxTools:
         key, image = (self._session.name, z), self._session.stack.image[z]
         worker = self._box_worker()
         job = _boxes_job(worker.segmenter, key, image, boxes, current, value, keep, erase)
-        self._unsaved.value = "Segmenting the box…" if len(boxes) == 1 else f"Segmenting {len(boxes)} boxes…"
-        fut = worker.submit(job)
+        if erase:  # no model: done at once (a millisecond), not queued behind an embedding
+            fut = Future()
+            fut.set_result(job())
+        else:
+            self._unsaved.value = "Segmenting the box…" if len(boxes) == 1 else f"Segmenting {len(boxes)} boxes…"
+            fut = worker.submit(job)
         fut.add_done_callback(lambda f: self._boxes_done(f, z, current))
         return fut
 
