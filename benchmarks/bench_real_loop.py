@@ -89,7 +89,7 @@ def loop_on_volume(stack, bundle: Path, ns: Sequence[int], args, work: Path) -> 
     classes = read_bundle_info(bundle).config.classes
     config = bench_real._eval_config(args)
     out: dict = {}
-    for n in ns:
+    for n in ns:  # each n from a fresh project: the model's predictions, then n labels
         folder = work / f"{stack.name}-{n}"
         shutil.rmtree(folder, ignore_errors=True)
         project, queue = start_project(folder, bundle, stack, config)
@@ -99,20 +99,42 @@ def loop_on_volume(stack, bundle: Path, ns: Sequence[int], args, work: Path) -> 
             shutil.rmtree(folder, ignore_errors=True)
             continue
         label_slices(project, stack, chosen)
-        t0 = time.perf_counter()
-        active, first = bench_real.gui_round(project, args.preset, bench_real._round_overrides(args), keep=KEEP)
-        t1 = time.perf_counter()
-        row = {"slices": chosen, "round": score_rest(active, stack, chosen, config, classes),
-               "round_promoted": first["promoted"], "round_seconds": t1 - t0, "pseudo": first["pseudo_written"]}
-        active, second = bench_real.gui_round(project, args.preset, bench_real._round_overrides(args), keep=0)
-        row.update({"bootstrap": score_rest(active, stack, chosen, config, classes),
-                    "bootstrap_promoted": second["promoted"], "bootstrap_seconds": time.perf_counter() - t1})
+        with_organ = int(stack.masks[:, chosen].any(axis=(0, 2, 3)).sum())
+        row = {"slices": chosen, "slices_with_organ": with_organ, **two_rounds(project, stack, bundle, chosen, args)}
         out[n] = row
-        _say(f"  {stack.name} n={n:2d}: round {row['round']['mean 3-D Dice']:.3f} "
-             f"({'promoted' if first['promoted'] else 'kept'}, {t1 - t0:.0f} s), bootstrap "
-             f"{row['bootstrap']['mean 3-D Dice']:.3f} ({'promoted' if second['promoted'] else 'kept'})")
+        _say(f"  {stack.name} n={n:2d} ({with_organ} with an organ): round {row['round']['mean 3-D Dice']:.3f} "
+             f"({row['round_outcome']}, {row['round_seconds']:.0f} s), bootstrap "
+             f"{row['bootstrap']['mean 3-D Dice']:.3f} ({row['bootstrap_outcome']})")
         shutil.rmtree(folder, ignore_errors=True)
     return out
+
+
+def _click(project: Path, bundle: Path, keep: int, args) -> tuple[Path, str, dict]:
+    """One Retrain click: (active bundle afterwards, outcome, summary). A round the worker refuses (e.g. every
+    labelled slice empty: nothing to learn) leaves the model as it was, as in the Train dock."""
+    from napari_gitseg.io.errors import GitsegInputError
+
+    try:
+        active, summary = bench_real.gui_round(project, args.preset, bench_real._round_overrides(args), keep=keep)
+    except GitsegInputError as err:
+        return bundle, f"refused: {err.problem}", {}
+    return active, "promoted" if summary["promoted"] else "kept", summary
+
+
+def two_rounds(project: Path, stack, bundle: Path, chosen: list[int], args) -> dict:
+    """The first click (saving pseudo-labels) and the second (training on them too), each scored on the rest."""
+    from napari_gitseg.model.bundle import read_bundle_info
+
+    classes, config = read_bundle_info(bundle).config.classes, bench_real._eval_config(args)
+    t0 = time.perf_counter()
+    active, outcome, first = _click(project, bundle, KEEP, args)
+    t1 = time.perf_counter()
+    row = {"round": score_rest(active, stack, chosen, config, classes), "round_outcome": outcome,
+           "round_seconds": t1 - t0, "pseudo": first.get("pseudo_written", 0)}
+    active, outcome, _second = _click(project, active, 0, args)
+    row.update({"bootstrap": score_rest(active, stack, chosen, config, classes), "bootstrap_outcome": outcome,
+                "bootstrap_seconds": time.perf_counter() - t1})
+    return row
 
 
 def curve_of(results: dict, arm: str) -> dict[str, dict[int, float]]:

@@ -411,3 +411,13 @@ def test_keep_start_mixes_the_fine_tuned_weights_with_the_starting_ones(cases, t
 def test_keep_start_must_be_a_share_below_one(bad):
     with pytest.raises(ValueError, match="keep_start"):
         preset("quick", keep_start=bad)
+
+
+def test_fine_tuning_learns_from_slices_marked_empty(cases, tmp_path):
+    """A model that knows the organs learns from empty slices where not to paint (training from scratch refuses)."""
+    first = train(_tiny(), cases[:1], cases[1:2], tmp_path / "start")
+    empty = [dataclasses.replace(c, masks=np.zeros_like(c.masks)) for c in cases[:2]]
+    tuned = train(_tiny(init_from=str(first.best_path)), empty[:1], empty[1:2], tmp_path / "tuned")
+    assert tuned.best_path is not None and tuned.steps > 0
+    with pytest.raises(GitsegInputError, match="no organ to learn"):
+        train(_tiny(), empty[:1], empty[1:2], tmp_path / "scratch")

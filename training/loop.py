@@ -131,12 +131,14 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ data
-def check_stacks(stacks: Sequence[Stack], classes: Sequence[str], what: str = "training") -> list[Stack]:
+def check_stacks(stacks: Sequence[Stack], classes: Sequence[str], what: str = "training",
+                 allow_empty: bool = False) -> list[Stack]:
     """Validate labelled stacks for training; returns them with masks in the order of ``classes``.
 
     Raises ``GitsegInputError`` naming the stack for: no masks, masks whose shape does not match the
     image, a class the model does not know (or a model class the labels lack), no labelled slice at
-    all, or labelled slices that are all empty.
+    all, or labelled slices that are all empty (unless ``allow_empty``: a model being fine-tuned
+    already knows the organs and learns from a slice marked empty where not to paint them).
     """
     classes = tuple(classes)
     if not stacks:
@@ -177,7 +179,7 @@ def check_stacks(stacks: Sequence[Stack], classes: Sequence[str], what: str = "t
         out.append(stack)
     if n_labelled == 0:
         raise GitsegInputError(out[0].source, f"the {what} data has no labelled slice: label some slices first")
-    if n_nonempty == 0:
+    if n_nonempty == 0 and not allow_empty:
         raise GitsegInputError(
             out[0].source, f"all {n_labelled} labelled {what} slices have empty masks: there is no organ to learn"
         )
@@ -239,8 +241,9 @@ def build_dataset(
     provenance: dict | None = None,
     what: str = "training",
 ) -> SliceDataset:
-    """A ``SliceDataset`` of the labelled slices of ``stacks`` prepared as ``config`` and the model ask."""
-    stacks = check_stacks(stacks, model_config.classes, what)
+    """A ``SliceDataset`` of the labelled slices of ``stacks`` prepared as ``config`` and the model ask
+    (slices that are all empty only when fine-tuning: ``config.init_from``)."""
+    stacks = check_stacks(stacks, model_config.classes, what, allow_empty=bool(config.init_from))
     size = model_config.input_size if model_config.input_size is not None else config.size
     return SliceDataset(
         stacks,
@@ -563,11 +566,11 @@ def _prepare_data(config, train_data, val_data, model_config, normalization, pro
         if isinstance(train_data, (SliceDataset, torch.utils.data.Dataset)):
             raise ValueError("val_data=None needs the training data as stacks (to split by case)")
         train_stacks = [train_data] if isinstance(train_data, Stack) else list(train_data)
-        train_stacks = check_stacks(train_stacks, model_config.classes)
+        train_stacks = check_stacks(train_stacks, model_config.classes, allow_empty=bool(config.init_from))
         train_data, val_data = split_validation(train_stacks, config.val_fraction, config.seed)
     train_ds = _as_dataset(train_data, config, model_config, normalization, "training", provenance)
     val_ds = _as_dataset(val_data, config, model_config, normalization, "validation")
-    if not is_on_the_fly(train_ds) and _dataset_all_empty(train_ds):
+    if not config.init_from and not is_on_the_fly(train_ds) and _dataset_all_empty(train_ds):
         raise GitsegInputError(None, f"all {len(train_ds)} labelled training slices have empty masks: "
                                      "there is no organ to learn")
     return train_ds, val_ds
