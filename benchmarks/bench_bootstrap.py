@@ -47,8 +47,11 @@ def _test_dice(bundle, stacks, config) -> dict:
     from training.bootstrap import evaluate_bundle
 
     metrics, _ = evaluate_bundle(bundle, stacks, config)
-    return {"dice": metrics["mean_dice"], "score": metrics["score"],
-            "per_class": {c: round(v["dice"], 4) for c, v in metrics["per_class"].items()}}
+    return {
+        "dice": metrics["mean_dice"],
+        "score": metrics["score"],
+        "per_class": {c: round(v["dice"], 4) for c, v in metrics["per_class"].items()},
+    }
 
 
 def phantom_benchmark(args, out: Path) -> dict:
@@ -65,31 +68,38 @@ def phantom_benchmark(args, out: Path) -> dict:
     n_all = args.cases + args.test_cases
     t0 = time.perf_counter()
     stacks = [make_phantom_case(args.seed, case=c, n_slices=args.slices, size=size) for c in range(1, n_all + 1)]
-    pool, test = stacks[: args.cases], stacks[args.cases:]
+    pool, test = stacks[: args.cases], stacks[args.cases :]
     overrides = json.loads(args.config) if args.config else {}
     config = preset(args.preset, num_threads=args.threads, **overrides)
     if args.finetune_epochs:
         config = config.replace(finetune_epochs=args.finetune_epochs)
     train_stacks, val_stacks = split_validation(pool, config.val_fraction, config.seed)
     n_full = sum(s.image.shape[0] for s in train_stacks)
-    _say(f"phantom: {len(train_stacks)} training + {len(val_stacks)} validation + {len(test)} test cases "
-         f"({args.slices} slices, {args.size} px, seed {args.seed}; made in {time.perf_counter() - t0:.0f} s); "
-         f"preset {args.preset}: {config.model['arch']}/{config.model['encoder']}, {config.epochs} epochs, "
-         f"{config.size[0]} px")
+    _say(
+        f"phantom: {len(train_stacks)} training + {len(val_stacks)} validation + {len(test)} test cases "
+        f"({args.slices} slices, {args.size} px, seed {args.seed}; made in {time.perf_counter() - t0:.0f} s); "
+        f"preset {args.preset}: {config.model['arch']}/{config.model['encoder']}, {config.epochs} epochs, "
+        f"{config.size[0]} px"
+    )
 
     t = time.perf_counter()
     full = train(config, train_stacks, val_stacks, out / "full" / "model", command="bench_bootstrap full")
     full_s = time.perf_counter() - t
     full_test = _test_dice(full.best_path, test, config)
-    _say(f"full supervision: {n_full} labelled slices, validation Dice {full.best_dice:.4f}, "
-         f"test Dice {full_test['dice']:.4f} (score {full_test['score']:.4f}), trained in {full_s / 60:.1f} min")
+    _say(
+        f"full supervision: {n_full} labelled slices, validation Dice {full.best_dice:.4f}, "
+        f"test Dice {full_test['dice']:.4f} (score {full_test['score']:.4f}), trained in {full_s / 60:.1f} min"
+    )
 
     t = time.perf_counter()
     boot_config = config.replace(epochs=args.bootstrap_epochs) if args.bootstrap_epochs else config
-    _say(f"bootstrap arm: round 0 {boot_config.epochs} epochs, later rounds {boot_config.finetune_epochs} "
-         f"(fine-tuning the active model); full supervision: {config.epochs} epochs")
-    report = run_bootstrap(pool, labels=args.labels, rounds=args.rounds, keep=args.keep, out=out / "bootstrap",
-                           config=boot_config)
+    _say(
+        f"bootstrap arm: round 0 {boot_config.epochs} epochs, later rounds {boot_config.finetune_epochs} "
+        f"(fine-tuning the active model); full supervision: {config.epochs} epochs"
+    )
+    report = run_bootstrap(
+        pool, labels=args.labels, rounds=args.rounds, keep=args.keep, out=out / "bootstrap", config=boot_config
+    )
     boot_s = time.perf_counter() - t
     from napari_gitseg.model.registry import ModelRegistry
 
@@ -97,22 +107,37 @@ def phantom_benchmark(args, out: Path) -> dict:
     round0 = _test_dice(registry.path_of("v0001"), test, config)
     final = _test_dice(registry.path_of(report["final_version"]), test, config)
     for r in report["rounds"]:
-        _say(f"  round {r['round']}: {r['labels_spent']} labels + {r['pseudo_labels']} pseudo, candidate "
-             f"validation Dice {r['candidate_dice']:.4f} -> {'promoted' if r['promoted'] else 'rejected'} "
-             f"({r['seconds'] / 60:.1f} min)")
+        _say(
+            f"  round {r['round']}: {r['labels_spent']} labels + {r['pseudo_labels']} pseudo, candidate "
+            f"validation Dice {r['candidate_dice']:.4f} -> {'promoted' if r['promoted'] else 'rejected'} "
+            f"({r['seconds'] / 60:.1f} min)"
+        )
     ratio = final["dice"] / full_test["dice"] if full_test["dice"] else float("nan")
     _say(f"{report['labels']} labels, round 0 only: test Dice {round0['dice']:.4f}")
-    _say(f"{report['labels']} labels + {args.rounds} bootstrap rounds (active {report['final_version']}): "
-         f"test Dice {final['dice']:.4f} (score {final['score']:.4f}), {boot_s / 60:.1f} min in all")
+    _say(
+        f"{report['labels']} labels + {args.rounds} bootstrap rounds (active {report['final_version']}): "
+        f"test Dice {final['dice']:.4f} (score {final['score']:.4f}), {boot_s / 60:.1f} min in all"
+    )
     _say(f"ratio bootstrap / full supervision: {ratio:.3f} (goal >= 0.95)")
     round_min = report["rounds"][0]["seconds"] / 60
-    _say(f"one round on {report['labels']} labelled slices: {round_min:.1f} min (goal <= 5 min); "
-         f"full supervision took {full_s / 60:.1f} min")
-    return {"full": {"n_slices": n_full, "val_dice": full.best_dice, "test": full_test, "seconds": full_s},
-            "bootstrap": {"labels": report["labels"], "rounds": report["rounds"], "round0_test": round0,
-                          "final_test": final, "seconds": boot_s, "final_version": report["final_version"]},
-            "ratio": ratio, "round_minutes": round_min,
-            "config": config.to_dict()}
+    _say(
+        f"one round on {report['labels']} labelled slices: {round_min:.1f} min (goal <= 5 min); "
+        f"full supervision took {full_s / 60:.1f} min"
+    )
+    return {
+        "full": {"n_slices": n_full, "val_dice": full.best_dice, "test": full_test, "seconds": full_s},
+        "bootstrap": {
+            "labels": report["labels"],
+            "rounds": report["rounds"],
+            "round0_test": round0,
+            "final_test": final,
+            "seconds": boot_s,
+            "final_version": report["final_version"],
+        },
+        "ratio": ratio,
+        "round_minutes": round_min,
+        "config": config.to_dict(),
+    }
 
 
 def real_benchmark(args, out: Path) -> dict | None:
@@ -139,19 +164,27 @@ def real_benchmark(args, out: Path) -> dict | None:
     n = stack.image.shape[0]
     test_z = np.arange(n) >= n - max(4, n // 4)  # the last block of slices: held-out test
     test = dataclasses.replace(stack, labelled=test_z)
-    pool = dataclasses.replace(stack, masks=np.where(test_z[None, :, None, None], False, stack.masks),
-                               labelled=~test_z)
-    config = preset(args.preset, num_threads=args.threads, init_from=str(default), finetune_epochs=args.real_epochs,
-                    val_fraction=0.25)
+    pool = dataclasses.replace(stack, masks=np.where(test_z[None, :, None, None], False, stack.masks), labelled=~test_z)
+    config = preset(
+        args.preset,
+        num_threads=args.threads,
+        init_from=str(default),
+        finetune_epochs=args.real_epochs,
+        val_fraction=0.25,
+    )
     as_is = _test_dice(default, [test], config)
-    _say(f"real MR ({stack.name}: {n} slices {stack.image.shape[1]}x{stack.image.shape[2]}, 3 mm; labels are "
-         f"TotalSegmentator predictions): test = last {int(test_z.sum())} slices")
+    _say(
+        f"real MR ({stack.name}: {n} slices {stack.image.shape[1]}x{stack.image.shape[2]}, 3 mm; labels are "
+        f"TotalSegmentator predictions): test = last {int(test_z.sum())} slices"
+    )
     _say(f"  default model as is: test Dice {as_is['dice']:.4f} {as_is['per_class']}")
     t = time.perf_counter()
     full = train(config, [pool], None, out / "real_full" / "model", command="bench_bootstrap real full")
     full_test = _test_dice(full.best_path, [test], config)
-    _say(f"  fine-tuned on all {int((~test_z).sum())} training slices: test Dice {full_test['dice']:.4f} "
-         f"({(time.perf_counter() - t):.0f} s)")
+    _say(
+        f"  fine-tuned on all {int((~test_z).sum())} training slices: test Dice {full_test['dice']:.4f} "
+        f"({(time.perf_counter() - t):.0f} s)"
+    )
     n_labels = max(3, int((~test_z).sum()) // 3)
     report = run_bootstrap([pool], labels=n_labels, rounds=2, keep=3, out=out / "real_bootstrap", config=config)
     from napari_gitseg.model.registry import ModelRegistry
@@ -159,12 +192,22 @@ def real_benchmark(args, out: Path) -> dict | None:
     registry = ModelRegistry(Path(report["registry"]))
     final = _test_dice(registry.path_of(report["final_version"]), [test], config)
     ratio = final["dice"] / full_test["dice"] if full_test["dice"] else float("nan")
-    _say(f"  {report['labels']} labelled slices + 2 rounds: test Dice {final['dice']:.4f}; ratio to all slices "
-         f"{ratio:.3f}; rounds " + ", ".join(f"r{r['round']} {r['candidate_dice']:.3f} "
-                                             f"{'promoted' if r['promoted'] else 'rejected'}"
-                                             for r in report["rounds"]))
-    return {"default_as_is": as_is, "full": full_test, "bootstrap": final, "labels": report["labels"],
-            "ratio": ratio, "rounds": report["rounds"]}
+    _say(
+        f"  {report['labels']} labelled slices + 2 rounds: test Dice {final['dice']:.4f}; ratio to all slices "
+        f"{ratio:.3f}; rounds "
+        + ", ".join(
+            f"r{r['round']} {r['candidate_dice']:.3f} {'promoted' if r['promoted'] else 'rejected'}"
+            for r in report["rounds"]
+        )
+    )
+    return {
+        "default_as_is": as_is,
+        "full": full_test,
+        "bootstrap": final,
+        "labels": report["labels"],
+        "ratio": ratio,
+        "rounds": report["rounds"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,9 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="cpu")
     p.add_argument("--config", help="JSON object of training settings over the preset")
     p.add_argument("--finetune-epochs", type=int, default=8, help="epochs of the rounds after the first")
-    p.add_argument("--bootstrap-epochs", type=int, default=None,
-                   help="epochs of round 0 of the bootstrap arm (default: the preset's, as full supervision); "
-                        "with a third of the slices, ~3x the epochs gives both arms the same number of steps")
+    p.add_argument(
+        "--bootstrap-epochs",
+        type=int,
+        default=None,
+        help="epochs of round 0 of the bootstrap arm (default: the preset's, as full supervision); "
+        "with a third of the slices, ~3x the epochs gives both arms the same number of steps",
+    )
     p.add_argument("--real-epochs", type=int, default=6, help="fine-tuning epochs on the real volume")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-real", action="store_true")

@@ -231,16 +231,25 @@ class ArmResult:
     def row(self) -> dict:
         n = len(self.slices)
         strokes = sum(s.strokes for s in self.slices)
-        return {"slices": n, "strokes": strokes, "strokes_per_slice": strokes / n,
-                "painted_px_per_slice": sum(s.painted_px for s in self.slices) / n,
-                "fills": self.fills, "fills_undone": self.fills_undone, "refines": sum(s.refines for s in self.slices),
-                "refines_undone": sum(s.refines_undone for s in self.slices),
-                "accepted_unedited": sum(s.strokes == 0 for s in self.slices) / n,
-                "reached_target": sum(s.end_dice >= TARGET_DICE for s in self.slices) / n,
-                "start_dice": float(np.mean([s.start_dice for s in self.slices])),
-                "seconds": round(self.seconds, 1),
-                **({} if self.round_s is None else {"round_s": round(self.round_s, 1), "promoted": self.promoted,
-                                                     **self.round_summary})}
+        return {
+            "slices": n,
+            "strokes": strokes,
+            "strokes_per_slice": strokes / n,
+            "painted_px_per_slice": sum(s.painted_px for s in self.slices) / n,
+            "fills": self.fills,
+            "fills_undone": self.fills_undone,
+            "refines": sum(s.refines for s in self.slices),
+            "refines_undone": sum(s.refines_undone for s in self.slices),
+            "accepted_unedited": sum(s.strokes == 0 for s in self.slices) / n,
+            "reached_target": sum(s.end_dice >= TARGET_DICE for s in self.slices) / n,
+            "start_dice": float(np.mean([s.start_dice for s in self.slices])),
+            "seconds": round(self.seconds, 1),
+            **(
+                {}
+                if self.round_s is None
+                else {"round_s": round(self.round_s, 1), "promoted": self.promoted, **self.round_summary}
+            ),
+        }
 
 
 def brush_only(pred: np.ndarray, truth: np.ndarray, radius: int) -> ArmResult:
@@ -271,8 +280,8 @@ def assisted(pred: np.ndarray, truth: np.ndarray, probs: np.ndarray, radius: int
     results, done = correct_keys(pred, truth, probs, radius, keys)
     arm = ArmResult()
     for z0, z1 in zip(keys, keys[1:]):
-        starts = pred[z0 + 1:z1].copy()
-        gap_truth = truth[z0 + 1:z1]
+        starts = pred[z0 + 1 : z1].copy()
+        gap_truth = truth[z0 + 1 : z1]
         current = gap_dice(starts, gap_truth)
         for organ in CLASSES:
             v = LABEL_VALUES[organ]
@@ -319,9 +328,11 @@ def learned(pred, truth, probs, image, radius: int, every: int) -> ArmResult:
     between = [z for z in range(len(pred)) if z not in done]
     t_learn = time.perf_counter()
     starts, check = learn_from_corrections(image, probs, pred, done, between)
-    arm = ArmResult(round_s=time.perf_counter() - t_learn, promoted=check.passed,
-                    round_summary={"candidate_dice": _rounded(check.corrector_dice),
-                                   "baseline_dice": _rounded(check.model_dice)})
+    arm = ArmResult(
+        round_s=time.perf_counter() - t_learn,
+        promoted=check.passed,
+        round_summary={"candidate_dice": _rounded(check.corrector_dice), "baseline_dice": _rounded(check.model_dice)},
+    )
     for z in between:
         results[z] = correct(starts.get(z, pred[z]), truth[z], radius, probs[:, z])[0]
     arm.round_summary["between_model"] = _rounded(np.mean([slice_dice(pred[z], truth[z]) for z in between]))
@@ -351,8 +362,11 @@ def retrained(stack, pred, truth, probs, radius: int, every: int, bundle: Path, 
     project = make_project(work / "project", bundle, [corrected], only={corrected.name: keys})
     t_round = time.perf_counter()
     active, summary = gui_round(project, "cpu", {"num_threads": threads})
-    arm = ArmResult(round_s=time.perf_counter() - t_round, promoted=bool(summary["promoted"]),
-                    round_summary={k: summary.get(k) for k in ("candidate_dice", "baseline_dice", "epochs_run")})
+    arm = ArmResult(
+        round_s=time.perf_counter() - t_round,
+        promoted=bool(summary["promoted"]),
+        round_summary={k: summary.get(k) for k in ("candidate_dice", "baseline_dice", "epochs_run")},
+    )
     pred2, _truth, probs2, _t = predict_all(Predictor([active]), [stack])
     for z in sorted(set(range(len(pred))) - set(keys)):
         results[z] = correct(pred2[z], truth[z], radius, probs2[:, z])[0]
@@ -375,8 +389,9 @@ def predict_all(predictor, stacks) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return np.concatenate(preds), np.concatenate(truths), np.concatenate(probs, axis=1), time.perf_counter() - t0
 
 
-def run_case(name: str, stacks, predictor, radius: int, every: int | None, retrain: dict | None = None,
-             boxes: dict | None = None) -> list[dict]:
+def run_case(
+    name: str, stacks, predictor, radius: int, every: int | None, retrain: dict | None = None, boxes: dict | None = None
+) -> list[dict]:
     """Arms (a) and (b) on the slices of ``stacks``, (d) when they are one contiguous stack (``every``
     given), (c) when ``retrain`` gives the bundle, work folder and threads, and (e) when ``boxes`` gives
     LiteMedSAM and its embedding folder (``box_rows``); returns their table rows."""
@@ -384,17 +399,33 @@ def run_case(name: str, stacks, predictor, radius: int, every: int | None, retra
     a = brush_only(pred, truth, radius).row()
     b = assisted(pred, truth, probs, radius, every).row()
     label_b = "b brush + fill + refine" if every else "b brush + refine"
-    rows = [dict(case=name, arm="a brush only", predict_s=round(t_pred, 1), **a),
-            dict(case=name, arm=label_b, predict_s=round(t_pred, 1), **b, strokes_vs_a=b["strokes"] / max(1, a["strokes"]))]
+    rows = [
+        dict(case=name, arm="a brush only", predict_s=round(t_pred, 1), **a),
+        dict(case=name, arm=label_b, predict_s=round(t_pred, 1), **b, strokes_vs_a=b["strokes"] / max(1, a["strokes"])),
+    ]
     if retrain and every:
         (stack,) = stacks
         c = retrained(stack, pred, truth, probs, radius, every, **retrain).row()
-        rows.append(dict(case=name, arm="c brush + refine + retrain", predict_s=round(t_pred, 1), **c,
-                         strokes_vs_a=c["strokes"] / max(1, a["strokes"])))
+        rows.append(
+            dict(
+                case=name,
+                arm="c brush + refine + retrain",
+                predict_s=round(t_pred, 1),
+                **c,
+                strokes_vs_a=c["strokes"] / max(1, a["strokes"]),
+            )
+        )
     if every and len(stacks) == 1:
         d = learned(pred, truth, probs, stacks[0].image, radius, every).row()
-        rows.append(dict(case=name, arm="d brush + refine + learn", predict_s=round(t_pred, 1), **d,
-                         strokes_vs_a=d["strokes"] / max(1, a["strokes"])))
+        rows.append(
+            dict(
+                case=name,
+                arm="d brush + refine + learn",
+                predict_s=round(t_pred, 1),
+                **d,
+                strokes_vs_a=d["strokes"] / max(1, a["strokes"]),
+            )
+        )
         if boxes:
             rows.append(box_row(name, [(stacks[0], pred, truth)], radius, boxes, a))
     return rows
@@ -421,13 +452,40 @@ def run_volumes(name: str, stacks, predictor, radius: int, boxes: dict | None) -
 
 
 def print_table(rows: list[dict]) -> None:
-    cols = [("case", 22, "s"), ("arm", 24, "s"), ("slices", 6, "d"), ("strokes", 7, "d"),
-            ("strokes_per_slice", 8, ".2f"), ("painted_px_per_slice", 9, ".0f"), ("fills", 5, "d"),
-            ("fills_undone", 6, "d"), ("refines", 7, "d"), ("boxes", 5, "d"), ("propagations", 5, "d"),
-            ("accepted_unedited", 8, ".0%"), ("reached_target", 8, ".0%"), ("start_dice", 7, ".3f"),
-            ("strokes_vs_a", 8, ".0%")]
-    heads = ["case", "arm", "slices", "strokes", "str/sl", "px/slice", "fills", "undone", "refines", "boxes",
-             "props", "unedited", "reached", "start", "vs a"]
+    cols = [
+        ("case", 22, "s"),
+        ("arm", 24, "s"),
+        ("slices", 6, "d"),
+        ("strokes", 7, "d"),
+        ("strokes_per_slice", 8, ".2f"),
+        ("painted_px_per_slice", 9, ".0f"),
+        ("fills", 5, "d"),
+        ("fills_undone", 6, "d"),
+        ("refines", 7, "d"),
+        ("boxes", 5, "d"),
+        ("propagations", 5, "d"),
+        ("accepted_unedited", 8, ".0%"),
+        ("reached_target", 8, ".0%"),
+        ("start_dice", 7, ".3f"),
+        ("strokes_vs_a", 8, ".0%"),
+    ]
+    heads = [
+        "case",
+        "arm",
+        "slices",
+        "strokes",
+        "str/sl",
+        "px/slice",
+        "fills",
+        "undone",
+        "refines",
+        "boxes",
+        "props",
+        "unedited",
+        "reached",
+        "start",
+        "vs a",
+    ]
     print("| " + " | ".join(heads) + " |")
     print("|" + "|".join("---" for _ in heads) + "|")
     for r in rows:
@@ -460,8 +518,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-boxes", action="store_true", help="skip arm (e), boxes + propagation (LiteMedSAM)")
     parser.add_argument("--embeddings", default=None, help="arm (e): keep LiteMedSAM's slice embeddings in this folder")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch's CPU threads (default: torch's own)")
-    parser.add_argument("--cases", default="phantom,mr,slices,volumes",
-                        help="which cases, comma-separated: phantom, mr (TotalSeg MR), slices, volumes (real UW)")
+    parser.add_argument(
+        "--cases",
+        default="phantom,mr,slices,volumes",
+        help="which cases, comma-separated: phantom, mr (TotalSeg MR), slices, volumes (real UW)",
+    )
     args = parser.parse_args(argv)
     cases = set(args.cases.split(","))
     if args.torch_threads:
@@ -478,17 +539,31 @@ def main(argv=None) -> int:
     predictor = Predictor([model])
     boxes = None if args.no_boxes else _box_tools(args.embeddings)
     with tempfile.TemporaryDirectory(prefix="gitseg-correction-") as tmp:
-        retrain = None if args.no_retrain else {"bundle": Path(model), "work": Path(args.work or tmp) / "round",
-                                                 "threads": args.threads}
-        rows = [] if "phantom" not in cases else run_case(
-            f"phantom ({args.slices} sl)", [make_phantom_case(args.seed, n_slices=args.slices)], predictor, args.brush,
-            args.every, retrain, boxes)
+        retrain = (
+            None
+            if args.no_retrain
+            else {"bundle": Path(model), "work": Path(args.work or tmp) / "round", "threads": args.threads}
+        )
+        rows = (
+            []
+            if "phantom" not in cases
+            else run_case(
+                f"phantom ({args.slices} sl)",
+                [make_phantom_case(args.seed, n_slices=args.slices)],
+                predictor,
+                args.brush,
+                args.every,
+                retrain,
+                boxes,
+            )
+        )
     if not args.no_real and "mr" in cases and TOTALSEG_MR[0].is_file():
         from bench_real import read_totalseg_mr
 
         volume = read_totalseg_mr(*TOTALSEG_MR)
-        rows += run_case(f"TotalSeg MR ({len(volume.slice_ids)} sl)", [volume], predictor, args.brush, args.every,
-                         boxes=boxes)
+        rows += run_case(
+            f"TotalSeg MR ({len(volume.slice_ids)} sl)", [volume], predictor, args.brush, args.every, boxes=boxes
+        )
     if not args.no_real and "volumes" in cases and REAL_VOLUMES.is_dir():
         from napari_gitseg.io import read_stacks
 
@@ -503,19 +578,25 @@ def main(argv=None) -> int:
         rows += run_case(f"real UW ({n} sl)", stacks, predictor, args.brush, None)
     elif not args.no_real and "slices" in cases:
         print(f"(real slices skipped: {REAL} not found)")
-    print(f"model: {model}; brush radius {args.brush} px; target Dice {TARGET_DICE}; "
-          f"arms b and c correct every {args.every}th phantom slice first")
+    print(
+        f"model: {model}; brush radius {args.brush} px; target Dice {TARGET_DICE}; "
+        f"arms b and c correct every {args.every}th phantom slice first"
+    )
     print_table(rows)
     for r in rows:
         if "round_s" in r and r["arm"].startswith("d"):
-            print(f"{r['case']}, arm d: Learn from corrections {r['round_s']:.0f} s, held-out check "
-                  f"{'passed' if r['promoted'] else 'FAILED (slices between kept the model output)'}: Dice "
-                  f"{r['candidate_dice']} learned vs {r['baseline_dice']} model; the slices between start "
-                  f"at Dice {r['between_learned']} (the model's {r['between_model']})")
+            print(
+                f"{r['case']}, arm d: Learn from corrections {r['round_s']:.0f} s, held-out check "
+                f"{'passed' if r['promoted'] else 'FAILED (slices between kept the model output)'}: Dice "
+                f"{r['candidate_dice']} learned vs {r['baseline_dice']} model; the slices between start "
+                f"at Dice {r['between_learned']} (the model's {r['between_model']})"
+            )
         elif "round_s" in r:
-            print(f"arm c: Retrain round {r['round_s']:.0f} s ({r['epochs_run']} epochs), its model "
-                  f"{'promoted' if r['promoted'] else 'NOT promoted'} (frozen-slice Dice {r['candidate_dice']} "
-                  f"vs {r['baseline_dice']})")
+            print(
+                f"arm c: Retrain round {r['round_s']:.0f} s ({r['epochs_run']} epochs), its model "
+                f"{'promoted' if r['promoted'] else 'NOT promoted'} (frozen-slice Dice {r['candidate_dice']} "
+                f"vs {r['baseline_dice']})"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

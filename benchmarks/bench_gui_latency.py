@@ -77,8 +77,11 @@ class StallProbe:
         self.timer.stop()
         gaps = np.array(self.gaps[1:] or [0.0])
         stall = np.maximum(gaps - self.interval, 0)
-        return {"max_ms": 1000 * float(stall.max()), "p99_ms": 1000 * float(np.percentile(stall, 99)),
-                "ticks": len(gaps)}
+        return {
+            "max_ms": 1000 * float(stall.max()),
+            "p99_ms": 1000 * float(np.percentile(stall, 99)),
+            "ticks": len(gaps),
+        }
 
 
 class StackSampler:
@@ -187,7 +190,7 @@ def _box_latency(app, review, case, probe: StallProbe, results: dict) -> None:
     review.toggle_box_mode()  # imports the model package here, on the GUI thread; loads nothing yet
     review._boxes.submit(lambda: review._boxes.segmenter.model).result()  # the weights, once (not timed)
     rows = {"box_first_ms": [], "box_cached_ms": []}
-    for z in zs[len(zs) // 4::max(3, len(zs) // 6)][:3]:  # 3 apart at least: not computed ahead as a neighbour
+    for z in zs[len(zs) // 4 :: max(3, len(zs) // 6)][:3]:  # 3 apart at least: not computed ahead as a neighbour
         box = mask_box(stomach[z]).grown(3, stomach.shape[1:])
         corners = ((box.y0, box.x0), (box.y1 - 1, box.x1 - 1))
         for key in ("box_first_ms", "box_cached_ms"):
@@ -213,8 +216,11 @@ def _box_latency(app, review, case, probe: StallProbe, results: dict) -> None:
     t0 = time.perf_counter()
     review.propagate()
     wait_until(app, lambda: review._propagation.done() and bool(review._fills), 600)
-    results["propagate_10"] = {"seconds": round(time.perf_counter() - t0, 1), "slices": len(review._fills[-1].propagated),
-                               **probe.stop()}
+    results["propagate_10"] = {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "slices": len(review._fills[-1].propagated),
+        **probe.stop(),
+    }
     review.toggle_box_mode()
 
 
@@ -226,15 +232,19 @@ def _goto_slice(app, review, z: int) -> None:
 
 
 def _print_boxes(results: dict) -> None:
-    for key, what in (("box_first_ms", "box -> mask on screen, first box on a new slice (embedding computed then)"),
-                      ("box_cached_ms", "box -> mask on screen, embedding cached")):
+    for key, what in (
+        ("box_first_ms", "box -> mask on screen, first box on a new slice (embedding computed then)"),
+        ("box_cached_ms", "box -> mask on screen, embedding cached"),
+    ):
         if key in results:
             times = [r["ms"] for r in results[key]]
             stall = max(r["max_ms"] for r in results[key])
             print(f"{what}: {times} ms (median {np.median(times):.0f} ms); max stall {stall:.1f} ms")
     if "propagate_10" in results:
         r = results["propagate_10"]
-        print(f"propagate {r['slices']} slices: {r['seconds']} s; max stall {r['max_ms']:.1f} ms (p99 {r['p99_ms']:.1f})")
+        print(
+            f"propagate {r['slices']} slices: {r['seconds']} s; max stall {r['max_ms']:.1f} ms (p99 {r['p99_ms']:.1f})"
+        )
 
 
 def _print_results(results: dict, train, n_slices: int) -> None:
@@ -242,14 +252,18 @@ def _print_results(results: dict, train, n_slices: int) -> None:
     print(f"idle baseline: max stall {base:.1f} ms (p99 {results['idle']['p99_ms']:.1f} ms)")
     print(f"napari alone, adding its first labels layer of this size: {results['napari_first_labels_layer_ms']:.0f} ms")
     floor = results["napari_refresh"]
-    print(f"napari alone, redrawing a refreshed labels slice: max stall {floor['max_ms']:.1f} ms "
-          f"(p99 {floor['p99_ms']:.1f} ms): the floor of any step that shows a new result")
+    print(
+        f"napari alone, redrawing a refreshed labels slice: max stall {floor['max_ms']:.1f} ms "
+        f"(p99 {floor['p99_ms']:.1f} ms): the floor of any step that shows a new result"
+    )
     for key in ("predict_cold", "predict", "train_round"):
         if key in results:
             r = results[key]
-            print(f"{key}: max stall {r['max_ms']:.1f} ms (p99 {r['p99_ms']:.1f} ms), ratio to idle "
-                  f"{r['max_ms'] / max(base, 0.1):.1f}x, {r['seconds']:.1f} s, goal < 50 ms: "
-                  f"{'met' if r['max_ms'] < 50 else 'NOT met'}")
+            print(
+                f"{key}: max stall {r['max_ms']:.1f} ms (p99 {r['p99_ms']:.1f} ms), ratio to idle "
+                f"{r['max_ms'] / max(base, 0.1):.1f}x, {r['seconds']:.1f} s, goal < 50 ms: "
+                f"{'met' if r['max_ms'] < 50 else 'NOT met'}"
+            )
             for line in r.get("why", []):
                 print(f"    during the longest stall: {line}")
     print(f"Accept -> next slice shown: {results['accept_to_next_ms']} ms")
@@ -259,8 +273,10 @@ def _print_results(results: dict, train, n_slices: int) -> None:
     gui = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     done = [e for e in getattr(train, "events_seen", []) if type(e).__name__ == "Done"]
     worker = done[-1].result.get("worker_peak_rss_mb") if done else None
-    print(f"peak RSS: napari process (viewing + predicting {n_slices} slices + review + round) {gui:.0f} MB; "
-          f"the trainer's worker process {worker if worker is not None else '-'} MB")
+    print(
+        f"peak RSS: napari process (viewing + predicting {n_slices} slices + review + round) {gui:.0f} MB; "
+        f"the trainer's worker process {worker if worker is not None else '-'} MB"
+    )
 
 
 def main() -> None:
@@ -325,8 +341,7 @@ def main() -> None:
         t0 = time.perf_counter()
         train.retrain()
         wait_until(app, lambda: not train.running, 900)
-        results["train_round"] = {**probe.stop(), "seconds": time.perf_counter() - t0,
-                                  "events": len(train.events_seen)}
+        results["train_round"] = {**probe.stop(), "seconds": time.perf_counter() - t0, "events": len(train.events_seen)}
         if sampler:
             results["train_round"]["why"] = sampler.report(probe.longest())
     if sampler:

@@ -132,7 +132,10 @@ def train_fallback(out_stem: Path, steps: int, seed: int, size: tuple[int, int],
         zs = np.concatenate([rng.choice(has, 4), rng.integers(0, vol.shape[0], 4)])
         y0, y1, x0, x1 = box if box is not None else (0, vol.shape[1], 0, vol.shape[2])
         jy, jx = rng.integers(-12, 13, 2)  # jittered body crop, 32-multiple, as the Predictor frames it
-        hh, ww = min(-(-(y1 - y0) // 32) * 32, vol.shape[1] // 32 * 32), min(-(-(x1 - x0) // 32) * 32, vol.shape[2] // 32 * 32)
+        hh, ww = (
+            min(-(-(y1 - y0) // 32) * 32, vol.shape[1] // 32 * 32),
+            min(-(-(x1 - x0) // 32) * 32, vol.shape[2] // 32 * 32),
+        )
         ys = int(np.clip((y0 + y1) // 2 - hh // 2 + jy, 0, vol.shape[1] - hh))
         xs = int(np.clip((x0 + x1) // 2 - ww // 2 + jx, 0, vol.shape[2] - ww))
         x = make_windows(vol, zs, cfg.k, cfg.stride)[:, :, ys : ys + hh, xs : xs + ww]
@@ -146,17 +149,26 @@ def train_fallback(out_stem: Path, steps: int, seed: int, size: tuple[int, int],
         seg, cls = seg.float(), cls.float()
         p = torch.sigmoid(seg)
         soft_dice = 1 - (2 * (p * y).sum((0, 2, 3)) + 1) / (p.sum((0, 2, 3)) + y.sum((0, 2, 3)) + 1)
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(seg, y) + soft_dice.mean()
-                + 0.5 * torch.nn.functional.binary_cross_entropy_with_logits(cls, y.amax((2, 3))))
+        loss = (
+            torch.nn.functional.binary_cross_entropy_with_logits(seg, y)
+            + soft_dice.mean()
+            + 0.5 * torch.nn.functional.binary_cross_entropy_with_logits(cls, y.amax((2, 3)))
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if step % 50 == 0 or step == steps - 1:
-            print(f"  train step {step + 1}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    save_bundle(model.eval().to(memory_format=torch.contiguous_format), cfg, out_stem,
-                training={"data": "phantom cases 2-5", "steps": steps, "command": "benchmarks/bench_predict.py"},
-                notes="benchmark fallback model (resources/models/default.json was absent)")
+            print(
+                f"  train step {step + 1}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)", flush=True
+            )
+    save_bundle(
+        model.eval().to(memory_format=torch.contiguous_format),
+        cfg,
+        out_stem,
+        training={"data": "phantom cases 2-5", "steps": steps, "command": "benchmarks/bench_predict.py"},
+        notes="benchmark fallback model (resources/models/default.json was absent)",
+    )
 
 
 def get_model(args) -> tuple[Path, str]:
@@ -170,12 +182,29 @@ def get_model(args) -> tuple[Path, str]:
     cache.mkdir(parents=True, exist_ok=True)
     stem = cache / f"unet_resnet18_s{args.train_steps}_seed{args.seed}_{args.size}"
     if not stem.with_suffix(".json").is_file():
-        print(f"no resources/models/default.json: training a fallback Unet/resnet18 for {args.train_steps} steps "
-              f"in a child process (cached as {stem}.json)", flush=True)
-        cmd = [sys.executable, __file__, "--train-only", str(stem), "--train-steps", str(args.train_steps),
-               "--seed", str(args.seed), "--size", str(args.size), "--threads", str(args.threads)]
+        print(
+            f"no resources/models/default.json: training a fallback Unet/resnet18 for {args.train_steps} steps "
+            f"in a child process (cached as {stem}.json)",
+            flush=True,
+        )
+        cmd = [
+            sys.executable,
+            __file__,
+            "--train-only",
+            str(stem),
+            "--train-steps",
+            str(args.train_steps),
+            "--seed",
+            str(args.seed),
+            "--size",
+            str(args.size),
+            "--threads",
+            str(args.threads),
+        ]
         subprocess.run(cmd, check=True)
-    return stem.with_suffix(".json"), f"model: fallback Unet/resnet18 trained {args.train_steps} steps on phantom scans ({stem}.json)"
+    return stem.with_suffix(
+        ".json"
+    ), f"model: fallback Unet/resnet18 trained {args.train_steps} steps on phantom scans ({stem}.json)"
 
 
 # ---- the two contenders ---------------------------------------------------------------------------
@@ -235,9 +264,16 @@ class OrtModel:
 
         self.path = Path(tempfile.mkdtemp()) / "model.onnx"
         dummy = torch.zeros(2, k, 64, 64)
-        torch.onnx.export(model, (dummy,), str(self.path), dynamo=False, input_names=["x"],
-                          output_names=["seg", "cls"][: 2 if getattr(model, "classification_head", None) else 1],
-                          dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, opset_version=17)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(self.path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["seg", "cls"][: 2 if getattr(model, "classification_head", None) else 1],
+            dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}},
+            opset_version=17,
+        )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
@@ -255,8 +291,18 @@ class OrtModel:
 
 def memory_probe(kind: str, bundle_path: Path, image_path: Path, visible: int) -> float:
     """Peak RSS (MB) of a fresh process that loads the model and the image and segments it once."""
-    cmd = [sys.executable, __file__, "--memory-probe", kind, "--probe-model", str(bundle_path),
-           "--probe-image", str(image_path), "--probe-visible", str(visible)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--memory-probe",
+        kind,
+        "--probe-model",
+        str(bundle_path),
+        "--probe-image",
+        str(image_path),
+        "--probe-visible",
+        str(visible),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
 
@@ -304,8 +350,12 @@ def _parse_args():
     parser.add_argument("--probe-model", help=argparse.SUPPRESS)
     parser.add_argument("--probe-image", help=argparse.SUPPRESS)
     parser.add_argument("--probe-visible", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--site", action="append", default=[],
-                        help="extra folder appended to sys.path (e.g. where onnxruntime was pip-installed --target)")
+    parser.add_argument(
+        "--site",
+        action="append",
+        default=[],
+        help="extra folder appended to sys.path (e.g. where onnxruntime was pip-installed --target)",
+    )
     parser.add_argument("--cache", help="folder for the fallback model (default: the temp folder)")
     parser.add_argument("--no-extras", action="store_true", help="skip the alternatives (batch, threads, ORT, compile)")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
@@ -318,12 +368,18 @@ def _parse_args():
 
 # the Predictor's optimisations one after the other, ending with its defaults
 STEPS = [
-    ("Predictor: inference_mode, fp32, full frame", {"channels_last": False, "crop_to_body": False,
-                                                     "use_gate": False, "amp": False, "freeze": False}),
-    ("+ channels_last", {"channels_last": True, "crop_to_body": False, "use_gate": False, "amp": False,
-                         "freeze": False}),
-    ("+ frozen graphs (torch.jit.freeze)", {"channels_last": True, "crop_to_body": False, "use_gate": False,
-                                            "amp": False}),
+    (
+        "Predictor: inference_mode, fp32, full frame",
+        {"channels_last": False, "crop_to_body": False, "use_gate": False, "amp": False, "freeze": False},
+    ),
+    (
+        "+ channels_last",
+        {"channels_last": True, "crop_to_body": False, "use_gate": False, "amp": False, "freeze": False},
+    ),
+    (
+        "+ frozen graphs (torch.jit.freeze)",
+        {"channels_last": True, "crop_to_body": False, "use_gate": False, "amp": False},
+    ),
     ("+ body crop", {"channels_last": True, "crop_to_body": True, "use_gate": False, "amp": False}),
     ("+ empty-slice gate = defaults (fp32 on the CPU)", {"cpu_bf16": False}),
 ]
@@ -348,12 +404,15 @@ def _variants(args, bundle_path, model, cfg, image) -> list[tuple[str, object]]:
 
     base = {"device": "cpu", "batch_size": 8}
     variants: list[tuple[str, object]] = [("naive Kaggle loop (no_grad, fp32, bs 8, full frame)", "naive")]
-    variants += [(name, Predictor([bundle_path], **{**base, **opts}))
-                 for name, opts in STEPS + [BF16_STEP] + ([] if args.no_extras else EXTRAS)]
+    variants += [
+        (name, Predictor([bundle_path], **{**base, **opts}))
+        for name, opts in STEPS + [BF16_STEP] + ([] if args.no_extras else EXTRAS)
+    ]
     if not args.no_extras:
         try:
-            variants.append(("  naive loop on ONNX Runtime (fp32, full frame)",
-                             ("ort", OrtModel(model, cfg.k, args.threads))))
+            variants.append(
+                ("  naive loop on ONNX Runtime (fp32, full frame)", ("ort", OrtModel(model, cfg.k, args.threads)))
+            )
         except Exception as err:  # noqa: BLE001 - optional
             print(f"ONNX Runtime: skipped ({type(err).__name__}: {str(err)[:120]}); pip install onnxruntime onnx")
     if args.compile:
@@ -394,7 +453,9 @@ def _report(results: dict, variants, n_slices: int, bundle_path, image, visible:
     for name, _ in variants:
         r = results[name]
         t = min(r["times"])
-        print(f"{name:58s} {t:7.2f} {t_naive / t:7.2f}x {r['dice']:7.4f} {r['dice'] - d_naive:+8.4f} {min(r['first']):9.3f}")
+        print(
+            f"{name:58s} {t:7.2f} {t_naive / t:7.2f}x {r['dice']:7.4f} {r['dice'] - d_naive:+8.4f} {min(r['first']):9.3f}"
+        )
     best = results[STEPS[-1][0]]
     t_best = min(best["times"])
     print()
@@ -404,20 +465,34 @@ def _report(results: dict, variants, n_slices: int, bundle_path, image, visible:
     print(f"Dice (a) {d_naive:.4f}  (b) {best['dice']:.4f}  difference {best['dice'] - d_naive:+.4f}")
     print(f"visible slice ready after: (a) {min(naive['first']):.3f} s  (b) {min(best['first']):.3f} s")
     bf16 = results[BF16_STEP[0]]
-    print(f"CPU bf16 (opt-in): {min(bf16['times']):.2f} s ({t_best / min(bf16['times']):.2f}x the fp32 "
-          f"defaults), Dice {bf16['dice']:.4f} vs fp32 {best['dice']:.4f} (difference {bf16['dice'] - best['dice']:+.4f}; "
-          f"on by default only if within 0.005 and faster)")
+    print(
+        f"CPU bf16 (opt-in): {min(bf16['times']):.2f} s ({t_best / min(bf16['times']):.2f}x the fp32 "
+        f"defaults), Dice {bf16['dice']:.4f} vs fp32 {best['dice']:.4f} (difference {bf16['dice'] - best['dice']:+.4f}; "
+        f"on by default only if within 0.005 and faster)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         image_path = Path(tmp) / "image.npy"
         np.save(image_path, image)
         mem = {kind: memory_probe(kind, bundle_path, image_path, visible) for kind in ("naive", "predictor")}
-    print(f"peak RSS of a fresh process segmenting this scan: (a) {mem['naive']:.0f} MB  (b) {mem['predictor']:.0f} MB"
-          f"  (this benchmark process, holding {len(variants)} variants: {rss_mb():.0f} MB)")
-    print(json.dumps({"naive_s": round(t_naive, 3), "predictor_s": round(t_best, 3), "ratio": round(t_naive / t_best, 2),
-                      "dice_naive": round(d_naive, 4), "dice_predictor": round(best["dice"], 4),
-                      "visible_s": round(min(best["first"]), 3),
-                      "bf16_s": round(min(bf16["times"]), 3), "dice_bf16": round(bf16["dice"], 4),
-                      "peak_rss_mb": round(mem["predictor"])}))
+    print(
+        f"peak RSS of a fresh process segmenting this scan: (a) {mem['naive']:.0f} MB  (b) {mem['predictor']:.0f} MB"
+        f"  (this benchmark process, holding {len(variants)} variants: {rss_mb():.0f} MB)"
+    )
+    print(
+        json.dumps(
+            {
+                "naive_s": round(t_naive, 3),
+                "predictor_s": round(t_best, 3),
+                "ratio": round(t_naive / t_best, 2),
+                "dice_naive": round(d_naive, 4),
+                "dice_predictor": round(best["dice"], 4),
+                "visible_s": round(min(best["first"]), 3),
+                "bf16_s": round(min(bf16["times"]), 3),
+                "dice_bf16": round(bf16["dice"], 4),
+                "peak_rss_mb": round(mem["predictor"]),
+            }
+        )
+    )
 
 
 def main() -> int:
@@ -442,9 +517,11 @@ def main() -> int:
     model, bundle = load_bundle(bundle_path)
     cfg, spec = bundle.config, bundle.normalization
     print(f"{case_note}: {image.shape[0]} slices of {image.shape[1]}x{image.shape[2]}; {model_note}")
-    print(f"{cfg.arch}/{cfg.encoder} k={cfg.k} stride={cfg.stride} cls_head={cfg.cls_head}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, native CPU bf16: {cpu_has_native_bf16()}, "
-          f"$GITSEG_CPU_BF16 bf16 autocast: {cpu_bf16_enabled()}")
+    print(
+        f"{cfg.arch}/{cfg.encoder} k={cfg.k} stride={cfg.stride} cls_head={cfg.cls_head}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, native CPU bf16: {cpu_has_native_bf16()}, "
+        f"$GITSEG_CPU_BF16 bf16 autocast: {cpu_bf16_enabled()}"
+    )
     print(GOALS)
     variants = _variants(args, bundle_path, model, cfg, image)
     results = _time_variants(variants, model, cfg, spec, image, truth, visible, args.repeats)

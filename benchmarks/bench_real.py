@@ -77,8 +77,9 @@ def unique_name(stack):
     prefix, sep, number = sid.rpartition("_slice_")
     if not sep:
         prefix, number = sid, "0000"
-    return dataclasses.replace(stack, slice_ids=[f"{prefix}_z{number}_slice_{number}"],
-                               meta={**stack.meta, "original_slice_id": sid})
+    return dataclasses.replace(
+        stack, slice_ids=[f"{prefix}_z{number}_slice_{number}"], meta={**stack.meta, "original_slice_id": sid}
+    )
 
 
 def read_real_slices(root: Path = REAL_SLICES) -> list:
@@ -102,8 +103,7 @@ def patient_of(stack) -> str:
 def patient_folds(stacks: Sequence) -> list[tuple[str, list, list]]:
     """Leave-one-patient-out: (held-out patient, training stacks, test stacks) per patient, sorted."""
     patients = sorted({patient_of(s) for s in stacks}, key=lambda p: (len(p), p))
-    return [(p, [s for s in stacks if patient_of(s) != p], [s for s in stacks if patient_of(s) == p])
-            for p in patients]
+    return [(p, [s for s in stacks if patient_of(s) != p], [s for s in stacks if patient_of(s) == p]) for p in patients]
 
 
 def choose_slices(stacks: Sequence, n: int, seed: int = 0) -> list:
@@ -142,8 +142,10 @@ def real_patients_seen(bundle: Path) -> set[str]:
         return set(data["real_image_patients"])
     if str(data.get("data", "")).startswith("synthetic images rendered"):
         return set()
-    raise SystemExit(f"bench_real: {bundle} does not record which real patients it learnt from "
-                     "(training.data.real_image_patients): cannot tell whether a figure is leave-patient-out")
+    raise SystemExit(
+        f"bench_real: {bundle} does not record which real patients it learnt from "
+        "(training.data.real_image_patients): cannot tell whether a figure is leave-patient-out"
+    )
 
 
 def bundle_for(patients: Sequence[str], candidates: Sequence[Path]) -> Path | None:
@@ -181,10 +183,15 @@ def bundle_from_git(rev: str, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for suffix in ("json", "safetensors"):
         try:
-            data = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:resources/models/default.{suffix}"],
-                                  check=True, capture_output=True).stdout
+            data = subprocess.run(
+                ["git", "-C", str(ROOT), "show", f"{rev}:resources/models/default.{suffix}"],
+                check=True,
+                capture_output=True,
+            ).stdout
         except (OSError, subprocess.CalledProcessError) as err:
-            raise SystemExit(f"bench_real: cannot take the old bundle from git {rev} ({err}); pass --old BUNDLE.json") from err
+            raise SystemExit(
+                f"bench_real: cannot take the old bundle from git {rev} ({err}); pass --old BUNDLE.json"
+            ) from err
         (dest / f"default.{suffix}").write_bytes(data)
     return dest / "default.json"
 
@@ -222,7 +229,7 @@ def volume_rows(pick: dict[str, Path | None], volumes: Sequence, config, classes
     for stack in volumes:
         bundle = pick.get(patient_of(stack))
         if bundle is not None:
-            (pred, truth, labelled), = predict_cases(bundle, [stack], config)
+            ((pred, truth, labelled),) = predict_cases(bundle, [stack], config)
             out[stack.name] = score_volume(pred, truth, labelled, classes)
     return out
 
@@ -274,16 +281,24 @@ def make_project(folder: Path, bundle: Path, clinician: Sequence, only: dict[str
 
     with LabelStore.open(folder) as store:
         for stack in clinician:
-            store.register_stack(stack.name, stack.slice_ids, stack.image.shape, stack.spacing, stack.source,
-                                 stack.classes)
+            store.register_stack(
+                stack.name, stack.slice_ids, stack.image.shape, stack.spacing, stack.source, stack.classes
+            )
             save_stack_snapshot(folder, stack)
             chosen = range(len(stack.slice_ids)) if only is None else only.get(stack.name, ())
-            store.save_many([{"slice_id": stack.slice_ids[z], "masks": stack.masks[:, z], "source": "clinician"}
-                             for z in chosen])
+            store.save_many(
+                [{"slice_id": stack.slice_ids[z], "masks": stack.masks[:, z], "source": "clinician"} for z in chosen]
+            )
     model, info = load_bundle(bundle)
-    ModelRegistry(registry_folder(folder)).add(model, info.config, normalization=info.normalization,
-                                               training=info.training, metrics=info.metrics,
-                                               notes=f"bundle under test: {bundle}", activate=True)
+    ModelRegistry(registry_folder(folder)).add(
+        model,
+        info.config,
+        normalization=info.normalization,
+        training=info.training,
+        metrics=info.metrics,
+        notes=f"bundle under test: {bundle}",
+        activate=True,
+    )
     return folder
 
 
@@ -345,16 +360,31 @@ def finetuned_cases(bundle: Path, folds, n: int | None, args, work: Path) -> tup
         shutil.rmtree(folder, ignore_errors=True)
         t0 = time.perf_counter()
         with candidates_kept(folder / "candidates") as kept:
-            active, summary = gui_round(make_project(folder / "project", bundle, clinician), args.preset,
-                                        _round_overrides(args))
-        rounds.append({"held_out": patient, "clinician": len(clinician), "seconds": time.perf_counter() - t0,
-                       **{k: summary[k] for k in ("promoted", "candidate_dice", "baseline_dice", "epochs_run")}})
+            active, summary = gui_round(
+                make_project(folder / "project", bundle, clinician), args.preset, _round_overrides(args)
+            )
+        rounds.append(
+            {
+                "held_out": patient,
+                "clinician": len(clinician),
+                "seconds": time.perf_counter() - t0,
+                **{k: summary[k] for k in ("promoted", "candidate_dice", "baseline_dice", "epochs_run")},
+            }
+        )
         held_out = predict_cases(active, test, config)
         cases += held_out
         candidate_cases += held_out if summary["promoted"] else predict_cases(kept[-1], test, config)
         shutil.rmtree(folder, ignore_errors=True)
-    return cases, candidate_cases, {"promoted": sum(r["promoted"] for r in rounds), "rounds": len(rounds),
-                                    "seconds": sum(r["seconds"] for r in rounds), "folds": rounds}
+    return (
+        cases,
+        candidate_cases,
+        {
+            "promoted": sum(r["promoted"] for r in rounds),
+            "rounds": len(rounds),
+            "seconds": sum(r["seconds"] for r in rounds),
+            "folds": rounds,
+        },
+    )
 
 
 def _round_overrides(args) -> dict:
@@ -438,8 +468,10 @@ def measure_rounds(bundle: Path, slices: list, folds, args, work: Path) -> dict:
         curve[n] = score_cases(cases, classes)["mean Dice"]
         candidate_curve[n] = score_cases(candidates, classes)["mean Dice"]
         out["rounds"][str(n)] = info
-        _say(f"    {n:2d} clinician slices: mean Dice {curve[n]:.4f} after the round, {candidate_curve[n]:.4f} "
-             f"candidate ({info['promoted']}/{info['rounds']} promoted, {info['seconds']:.0f} s)")
+        _say(
+            f"    {n:2d} clinician slices: mean Dice {curve[n]:.4f} after the round, {candidate_curve[n]:.4f} "
+            f"candidate ({info['promoted']}/{info['rounds']} promoted, {info['seconds']:.0f} s)"
+        )
     out["candidate_curve"] = candidate_curve
     out["curve"] = curve
     return out
@@ -473,16 +505,19 @@ def zero_shot(old: Path, new: Path, folds: list[Path], data: dict, config) -> di
     groups = slices_by_pick(scored, data["slices"])
     if groups:
         kept = [s for _b, group in groups for s in group]
-        out["real slices"] = {"old": score_cases(predict_cases(old, kept, config), classes),
-                              "new": score_cases([c for b, group in groups for c in predict_cases(b, group, config)],
-                                                 classes)}
+        out["real slices"] = {
+            "old": score_cases(predict_cases(old, kept, config), classes),
+            "new": score_cases([c for b, group in groups for c in predict_cases(b, group, config)], classes),
+        }
         out["real slices scored"] = len(kept)
     if data["mr"] is not None:  # no model learns from it: zero-shot for both
         out["TotalSegmentator MR"] = {}
         for name, bundle in (("old", old), ("new", new)):
-            (pred, truth, labelled), = predict_cases(bundle, [data["mr"]], config)
-            out["TotalSegmentator MR"][name] = {**score_volume(pred, truth, labelled, classes),
-                                                **score_cases([(pred, truth, labelled)], classes)}
+            ((pred, truth, labelled),) = predict_cases(bundle, [data["mr"]], config)
+            out["TotalSegmentator MR"][name] = {
+                **score_volume(pred, truth, labelled, classes),
+                **score_cases([(pred, truth, labelled)], classes),
+            }
     return out
 
 
@@ -490,8 +525,12 @@ def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--old", help=f"old bundle (default: resources/models/default.* of git {OLD_REV})")
     p.add_argument("--new", default=str(DEFAULT_MODEL), help="new bundle (default: resources/models/default.json)")
-    p.add_argument("--folds", nargs="*", default=[], help="leave-patient-out bundles of the new recipe (JSON files or "
-                                                         "folders of FOLD/default.json)")
+    p.add_argument(
+        "--folds",
+        nargs="*",
+        default=[],
+        help="leave-patient-out bundles of the new recipe (JSON files or folders of FOLD/default.json)",
+    )
     p.add_argument("--out", default=str(ROOT / "out" / "bench_real"))
     p.add_argument("--slice-rounds", action="store_true", help="also the GUI rounds on the 18 real slices")
     p.add_argument("--preset", default="cpu", help="training preset of the rounds (the Train dock's default: cpu)")
@@ -512,9 +551,11 @@ def _parse(argv):
 def read_data() -> dict:
     """The real data of the benchmark: volumes, isolated slices, and the MR volume (None when absent)."""
     image, labels = TOTALSEG_MR
-    return {"volumes": read_real_volumes() if REAL_VOLUMES.is_dir() else [],
-            "slices": read_real_slices(),
-            "mr": read_totalseg_mr(image, labels) if image.is_file() and labels.is_file() else None}
+    return {
+        "volumes": read_real_volumes() if REAL_VOLUMES.is_dir() else [],
+        "slices": read_real_slices(),
+        "mr": read_totalseg_mr(image, labels) if image.is_file() and labels.is_file() else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -532,8 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     new = Path(args.new)
     t0 = time.perf_counter()
     data = read_data()
-    _say(f"real volumes: {[s.name for s in data['volumes']]}; real slices: {len(data['slices'])}; TotalSegmentator "
-         f"MR: {'absent' if data['mr'] is None else data['mr'].shape}; old {old}; new {new}")
+    _say(
+        f"real volumes: {[s.name for s in data['volumes']]}; real slices: {len(data['slices'])}; TotalSegmentator "
+        f"MR: {'absent' if data['mr'] is None else data['mr'].shape}; old {old}; new {new}"
+    )
     results = zero_shot(old, new, fold_bundles(args.folds), data, _eval_config(args))
     print_zero_shot(results)
     if args.slice_rounds:
@@ -542,14 +585,23 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"rounds on the real slices: {len(folds)} folds, preset {args.preset} {_round_overrides(args)}")
         unseen = bundle_for(sorted({patient_of(s) for s in data["slices"]}), [*fold_bundles(args.folds), new])
         if unseen is None:
-            raise SystemExit("bench_real --slice-rounds: no new bundle that never saw the real slices' patients "
-                             "(give the fold that left them out with --folds)")
-        results["rounds"] = {name: measure_rounds(b, data["slices"], folds, args, out / "work" / name)
-                             for name, b in (("old", old), ("new", unseen))}
+            raise SystemExit(
+                "bench_real --slice-rounds: no new bundle that never saw the real slices' patients "
+                "(give the fold that left them out with --folds)"
+            )
+        results["rounds"] = {
+            name: measure_rounds(b, data["slices"], folds, args, out / "work" / name)
+            for name, b in (("old", old), ("new", unseen))
+        }
         shutil.rmtree(out / "work", ignore_errors=True)
         results["curve_png"] = str(print_rounds(results["rounds"], old, unseen, out))
-    report = {"args": vars(args), "old": str(old), "new": str(new), "results": results,
-              "minutes": (time.perf_counter() - t0) / 60}
+    report = {
+        "args": vars(args),
+        "old": str(old),
+        "new": str(new),
+        "results": results,
+        "minutes": (time.perf_counter() - t0) / 60,
+    }
     (out / "bench_real.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     _say(f"\ntotal {report['minutes']:.1f} min; details in {out / 'bench_real.json'}")
     return 0
@@ -573,12 +625,16 @@ def print_rounds(results: dict, old: Path, new: Path, out: Path) -> Path:
     for n in results["old"]["curve"]:
         curve_rows[f"{n} slices, after the round"] = (results["old"]["curve"][n], results["new"]["curve"][n])
         if n:
-            curve_rows[f"{n} slices, candidate"] = (results["old"]["candidate_curve"][n],
-                                                    results["new"]["candidate_curve"][n])
+            curve_rows[f"{n} slices, candidate"] = (
+                results["old"]["candidate_curve"][n],
+                results["new"]["candidate_curve"][n],
+            )
     _say("\n" + format_table(curve_rows, "label efficiency (mean Dice, held-out patients)"))
     for name in ("old", "new"):
-        _say(f"{name}: rounds promoted " + ", ".join(f"{k}: {v['promoted']}/{v['rounds']}"
-                                                     for k, v in results[name]["rounds"].items()))
+        _say(
+            f"{name}: rounds promoted "
+            + ", ".join(f"{k}: {v['promoted']}/{v['rounds']}" for k, v in results[name]["rounds"].items())
+        )
     lines, dashed = {}, []
     for name, bundle in (("old", old), ("new", new)):
         label = f"{name} ({bundle.parent.name}/{bundle.name})"

@@ -56,8 +56,18 @@ def start_project(folder: Path, bundle: Path, stack, config) -> tuple[Path, list
     _metrics, preds = evaluate_bundle(bundle, [stack], config, keep_predictions=True)
     masks, confidence = preds[stack.name]
     with LabelStore.open(project, create=False) as store:
-        store.save_many([{"slice_id": sid, "masks": masks[:, z], "source": "model", "model_version": "fold",
-                          "confidence": float(confidence[z])} for z, sid in enumerate(stack.slice_ids)])
+        store.save_many(
+            [
+                {
+                    "slice_id": sid,
+                    "masks": masks[:, z],
+                    "source": "model",
+                    "model_version": "fold",
+                    "confidence": float(confidence[z]),
+                }
+                for z, sid in enumerate(stack.slice_ids)
+            ]
+        )
         index = {sid: z for z, sid in enumerate(stack.slice_ids)}
         queue = [index[sid] for sid in store.review_queue(stack.name)]
     return project, queue
@@ -68,15 +78,19 @@ def label_slices(project: Path, stack, zs: Sequence[int]) -> None:
     from napari_gitseg.store import LabelStore
 
     with LabelStore.open(project, create=False) as store:
-        store.save_many([{"slice_id": stack.slice_ids[z], "masks": stack.masks[:, z], "source": "clinician",
-                          "reviewed": True} for z in zs])
+        store.save_many(
+            [
+                {"slice_id": stack.slice_ids[z], "masks": stack.masks[:, z], "source": "clinician", "reviewed": True}
+                for z in zs
+            ]
+        )
 
 
 def score_rest(bundle: Path, stack, labelled: Sequence[int], config, classes) -> dict[str, float]:
     """3-D Dice rows of ``bundle`` on the slices of ``stack`` outside ``labelled``."""
     import numpy as np
 
-    (pred, truth, _lab), = bench_real.predict_cases(bundle, [stack], config)
+    ((pred, truth, _lab),) = bench_real.predict_cases(bundle, [stack], config)
     rest = np.ones(stack.image.shape[0], bool)
     rest[list(labelled)] = False
     return bench_real.score_volume(pred, truth, rest, classes)
@@ -102,9 +116,11 @@ def loop_on_volume(stack, bundle: Path, ns: Sequence[int], args, work: Path) -> 
         with_organ = int(stack.masks[:, chosen].any(axis=(0, 2, 3)).sum())
         row = {"slices": chosen, "slices_with_organ": with_organ, **two_rounds(project, stack, bundle, chosen, args)}
         out[n] = row
-        _say(f"  {stack.name} n={n:2d} ({with_organ} with an organ): round {row['round']['mean 3-D Dice']:.3f} "
-             f"({row['round_outcome']}, {row['round_seconds']:.0f} s), bootstrap "
-             f"{row['bootstrap']['mean 3-D Dice']:.3f} ({row['bootstrap_outcome']})")
+        _say(
+            f"  {stack.name} n={n:2d} ({with_organ} with an organ): round {row['round']['mean 3-D Dice']:.3f} "
+            f"({row['round_outcome']}, {row['round_seconds']:.0f} s), bootstrap "
+            f"{row['bootstrap']['mean 3-D Dice']:.3f} ({row['bootstrap_outcome']})"
+        )
         shutil.rmtree(folder, ignore_errors=True)
     return out
 
@@ -129,18 +145,29 @@ def two_rounds(project: Path, stack, bundle: Path, chosen: list[int], args) -> d
     t0 = time.perf_counter()
     active, outcome, first = _click(project, bundle, KEEP, args)
     t1 = time.perf_counter()
-    row = {"round": score_rest(active, stack, chosen, config, classes), "round_outcome": outcome,
-           "round_seconds": t1 - t0, "pseudo": first.get("pseudo_written", 0)}
+    row = {
+        "round": score_rest(active, stack, chosen, config, classes),
+        "round_outcome": outcome,
+        "round_seconds": t1 - t0,
+        "pseudo": first.get("pseudo_written", 0),
+    }
     active, outcome, _second = _click(project, active, 0, args)
-    row.update({"bootstrap": score_rest(active, stack, chosen, config, classes), "bootstrap_outcome": outcome,
-                "bootstrap_seconds": time.perf_counter() - t1})
+    row.update(
+        {
+            "bootstrap": score_rest(active, stack, chosen, config, classes),
+            "bootstrap_outcome": outcome,
+            "bootstrap_seconds": time.perf_counter() - t1,
+        }
+    )
     return row
 
 
 def curve_of(results: dict, arm: str) -> dict[str, dict[int, float]]:
     """{volume: {n: mean 3-D Dice}} of ``arm`` (round or bootstrap; n = 0 is the model alone)."""
-    return {name: {int(n): (row["model"] if int(n) == 0 else row[arm])["mean 3-D Dice"] for n, row in rows.items()}
-            for name, rows in results.items()}
+    return {
+        name: {int(n): (row["model"] if int(n) == 0 else row[arm])["mean 3-D Dice"] for n, row in rows.items()}
+        for name, rows in results.items()
+    }
 
 
 def print_table(results: dict) -> None:

@@ -199,8 +199,9 @@ class BoxArm(ArmResult):
         return row
 
 
-def box_arm_stack(pred, truth, embeddings: DiskEmbeddings, radius: int,
-                  config: PropagationConfig = PropagationConfig()) -> list[BoxSliceResult]:
+def box_arm_stack(
+    pred, truth, embeddings: DiskEmbeddings, radius: int, config: PropagationConfig = PropagationConfig()
+) -> list[BoxSliceResult]:
     """Arm (e) on one contiguous stack: the clinician's steps 1-4 (module docstring) on every slice in z order."""
     chains: dict[int, np.ndarray] = {}
     out = []
@@ -227,8 +228,13 @@ def box_arm_stack(pred, truth, embeddings: DiskEmbeddings, radius: int,
     return out
 
 
-def box_arm(stacks_pred_truth, segmenter: BoxSegmenter, radius: int, folder: Path | None,
-            config: PropagationConfig = PropagationConfig()) -> BoxArm:
+def box_arm(
+    stacks_pred_truth,
+    segmenter: BoxSegmenter,
+    radius: int,
+    folder: Path | None,
+    config: PropagationConfig = PropagationConfig(),
+) -> BoxArm:
     """Arm (e) on several stacks, each on its own (propagation needs true neighbours): ``(stack, pred, truth)``."""
     t0 = time.perf_counter()
     arm = BoxArm()

@@ -67,8 +67,9 @@ class _Flow:
         """Record a finished step (and its screenshot)."""
         self.report["steps"].append(name)
         if self.screenshots:
-            (viewer or self.viewer).screenshot(str(self.out / f"{len(self.report['steps']):02d}_{name}.png"),
-                                               canvas_only=False)
+            (viewer or self.viewer).screenshot(
+                str(self.out / f"{len(self.report['steps']):02d}_{name}.png"), canvas_only=False
+            )
 
 
 def _case_folder(out: Path, real, seed: int, n_slices: int, size: int, data_root: Path | None):
@@ -171,8 +172,12 @@ def _retrain(flow: _Flow, preset: str, chosen: list[int], corrected: dict) -> No
     _show_dock(segment)
     if promoted:  # the Segment dock re-predicts; the Review dock keeps the corrected slices
         # (a small stack may be re-predicted before this line runs: wait for a new result, not for "running")
-        _wait(app, lambda: segment.last_prediction is not first_prediction and not segment.running, 900,
-              "re-prediction by the promoted model")
+        _wait(
+            app,
+            lambda: segment.last_prediction is not first_prediction and not segment.running,
+            900,
+            "re-prediction by the promoted model",
+        )
         _wait(app, lambda: review.predictions_shown > shown_before, 60, "re-predicted slices stored and shown")
         flow.report["dice_after"] = round(evaluate(segment.last_prediction.masks, flow.truth)["mean_dice"], 4)
     for z in chosen:  # a prediction never overwrites a clinician's correction
@@ -210,9 +215,18 @@ def _export_close_reopen(flow: _Flow, chosen: list[int]) -> None:
     viewer2.close()
 
 
-def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: int = 266, preset: str = "quick",
-            seed: int = 21, screenshots: bool = True, data_root: Path | None = None,
-            real: tuple[Path, Path] | None = None) -> dict:
+def run_e2e(
+    out: Path,
+    *,
+    model: str | None = None,
+    n_slices: int = 144,
+    size: int = 266,
+    preset: str = "quick",
+    seed: int = 21,
+    screenshots: bool = True,
+    data_root: Path | None = None,
+    real: tuple[Path, Path] | None = None,
+) -> dict:
     """Run the whole clinician flow; returns a report dict (also written to out/report.json).
 
     ``real=(image.nii.gz, labels.nii.gz)`` runs it on a real MR volume instead of a phantom
@@ -238,8 +252,16 @@ def run_e2e(out: Path, *, model: str | None = None, n_slices: int = 144, size: i
         truth_layer.visible = False  # the clinician does not see the answer
     else:
         truth = real_truth
-    flow = _Flow(app, viewer, *(widgets[n] for n in ("Segment organs", "Review and correct", "Retrain model")),
-                 truth=truth, out=out, project=project, case_dir=case_dir, screenshots=screenshots)
+    flow = _Flow(
+        app,
+        viewer,
+        *(widgets[n] for n in ("Segment organs", "Review and correct", "Retrain model")),
+        truth=truth,
+        out=out,
+        project=project,
+        case_dir=case_dir,
+        screenshots=screenshots,
+    )
     app.processEvents()
     flow.step("opened")
     _segment(flow)
@@ -257,11 +279,21 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=144)
     parser.add_argument("--size", type=int, default=266)
     parser.add_argument("--preset", default="quick")
-    parser.add_argument("--real", nargs=2, metavar=("IMAGE", "LABELS"),
-                        help="a real MR NIfTI volume and its label volume (TotalSegmentator MR classes)")
+    parser.add_argument(
+        "--real",
+        nargs=2,
+        metavar=("IMAGE", "LABELS"),
+        help="a real MR NIfTI volume and its label volume (TotalSegmentator MR classes)",
+    )
     args = parser.parse_args()
-    report = run_e2e(Path(args.out), model=args.model, n_slices=args.slices, size=args.size, preset=args.preset,
-                     real=tuple(Path(p) for p in args.real) if args.real else None)
+    report = run_e2e(
+        Path(args.out),
+        model=args.model,
+        n_slices=args.slices,
+        size=args.size,
+        preset=args.preset,
+        real=tuple(Path(p) for p in args.real) if args.real else None,
+    )
     print(json.dumps(report, indent=2))
 
 

@@ -58,8 +58,11 @@ def windows_of(stack) -> tuple[torch.Tensor, torch.Tensor]:
     wins = make_windows(volume, zs, 3, 2)
     xs, ms = [], []
     for w, z in zip(wins, zs, strict=True):
-        x, m = letterbox(torch.from_numpy(np.ascontiguousarray(w, np.float32)),
-                          torch.from_numpy(stack.masks[:, z].astype(np.float32)), (SIZE, SIZE))
+        x, m = letterbox(
+            torch.from_numpy(np.ascontiguousarray(w, np.float32)),
+            torch.from_numpy(stack.masks[:, z].astype(np.float32)),
+            (SIZE, SIZE),
+        )
         xs.append(x)
         ms.append(m)
     return torch.stack(xs), torch.stack(ms)
@@ -71,19 +74,20 @@ def medsam_features(x: torch.Tensor) -> torch.Tensor:
 
     encoder = load_model().image_encoder
     with torch.inference_mode():
-        return torch.cat([encoder(x[i:i + 4]).half() for i in range(0, len(x), 4)])
+        return torch.cat([encoder(x[i : i + 4]).half() for i in range(0, len(x), 4)])
 
 
 def lite0_features(x: torch.Tensor) -> torch.Tensor:
     """EfficientNet-Lite0 ImageNet features at strides 4-32, resized to 64 x 64 and stacked (N, 496, 64, 64)."""
     from napari_gitseg.model.factory import ModelConfig, build_model
 
-    model = build_model(ModelConfig(arch="Unet", encoder="timm-tf_efficientnet_lite0", k=3, stride=2,
-                                    encoder_weights="imagenet-lite0"))
+    model = build_model(
+        ModelConfig(arch="Unet", encoder="timm-tf_efficientnet_lite0", k=3, stride=2, encoder_weights="imagenet-lite0")
+    )
     out = []
     with torch.inference_mode():
         for i in range(0, len(x), 8):
-            feats = model.encoder(x[i:i + 8])[2:]  # strides 4, 8, 16, 32
+            feats = model.encoder(x[i : i + 8])[2:]  # strides 4, 8, 16, 32
             out.append(torch.cat([F.interpolate(f, size=(GRID, GRID), mode="bilinear") for f in feats], 1).half())
     return torch.cat(out)
 
@@ -92,10 +96,18 @@ def head(channels: int) -> torch.nn.Module:
     """The decoder head trained on frozen features: 64 x 64 features -> 3 organ logits at 256 x 256."""
     nn = torch.nn
     return nn.Sequential(
-        nn.Conv2d(channels, 128, 1), nn.BatchNorm2d(128), nn.ReLU(),
-        nn.Conv2d(128, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.Conv2d(64, 3, 1), nn.Upsample(scale_factor=SIZE // GRID, mode="bilinear"))
+        nn.Conv2d(channels, 128, 1),
+        nn.BatchNorm2d(128),
+        nn.ReLU(),
+        nn.Conv2d(128, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.Conv2d(64, 3, 1),
+        nn.Upsample(scale_factor=SIZE // GRID, mode="bilinear"),
+    )
 
 
 def train_head(feats: torch.Tensor, masks: torch.Tensor, steps: int, seed: int) -> torch.nn.Module:
@@ -121,7 +133,7 @@ def train_head(feats: torch.Tensor, masks: torch.Tensor, steps: int, seed: int) 
 def volume_dice(net: torch.nn.Module, feats: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
     """3-D Dice per organ of the head's prediction on one volume (256-px grid) and their mean."""
     with torch.inference_mode():
-        pred = torch.cat([torch.sigmoid(net(feats[i:i + 16].float())) > 0.5 for i in range(0, len(feats), 16)])
+        pred = torch.cat([torch.sigmoid(net(feats[i : i + 16].float())) > 0.5 for i in range(0, len(feats), 16)])
     truth = masks > 0.5
     out = {}
     for c, name in enumerate(("large_bowel", "small_bowel", "stomach")):
@@ -171,8 +183,10 @@ def main(argv=None) -> int:
     _say(f"{'mean':<16} {means['lite0']:7.3f} {means['medsam']:7.3f}  {means['medsam'] / means['lite0']:6.2f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "probe_encoders.json").write_text(json.dumps({"results": results, "seconds_per_slice": timings,
-                                                         "means": means, "args": vars(args)}, indent=2) + "\n")
+    (out / "probe_encoders.json").write_text(
+        json.dumps({"results": results, "seconds_per_slice": timings, "means": means, "args": vars(args)}, indent=2)
+        + "\n"
+    )
     return 0
 
 

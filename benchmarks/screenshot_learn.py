@@ -58,8 +58,9 @@ def main(argv=None) -> int:
     widget.learn_from_corrections().result(timeout=600)
     wait(app, lambda: "relabelled" in widget._unsaved.value or "Nothing" in widget._unsaved.value)
     report = f"slice {widget._z}: {widget._unsaved.value}"
-    path = save_shot(app, viewer, widget, args.out,
-                     "walkthrough_2c_learn.png" if args.phantom else "learn_from_corrections.png")
+    path = save_shot(
+        app, viewer, widget, args.out, "walkthrough_2c_learn.png" if args.phantom else "learn_from_corrections.png"
+    )
     print(f"{report}\nsaved {path}")
     return 0
 

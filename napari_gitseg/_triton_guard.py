@@ -49,7 +49,8 @@ class TritonGuardFinder(importlib.abc.MetaPathFinder):
         log.info("OpenGL's LLVM is loaded: triton disabled in this process (eager torch only)")
         raise ModuleNotFoundError(
             "triton is disabled in this process: loading it after OpenGL's LLVM crashes "
-            "(set GITSEG_ALLOW_TRITON=1 to override)", name="triton"
+            "(set GITSEG_ALLOW_TRITON=1 to override)",
+            name="triton",
         )
 
 

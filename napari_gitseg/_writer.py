@@ -23,7 +23,9 @@ def write_labels(path: str, data: np.ndarray, meta: dict) -> list[str]:
     stack = Stack(
         image=np.zeros(labels.shape, dtype=np.uint8),
         spacing=info.get("spacing", scale),
-        slice_ids=list(info.get("slice_ids") or [f"{meta.get('name', 'labels')}_slice_{i + 1:04d}" for i in range(labels.shape[0])]),
+        slice_ids=list(
+            info.get("slice_ids") or [f"{meta.get('name', 'labels')}_slice_{i + 1:04d}" for i in range(labels.shape[0])]
+        ),
         source=str(info.get("source", meta.get("name", "labels"))),
         kind=info.get("kind", "layer"),
     )

@@ -33,8 +33,16 @@ from napari_gitseg.model.normalize import normalize_stack
 
 NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.0}  # the image features' scale
 
-__all__ = ["MIN_CORRECTED", "AdaptConfig", "AdaptCancelled", "Corrector", "CorrectorCheck",
-           "learn_from_corrections", "pixel_features", "mean_dice"]
+__all__ = [
+    "MIN_CORRECTED",
+    "AdaptConfig",
+    "AdaptCancelled",
+    "Corrector",
+    "CorrectorCheck",
+    "learn_from_corrections",
+    "pixel_features",
+    "mean_dice",
+]
 
 MIN_CORRECTED = 2  # corrected slices learn_from_corrections needs: one at least is held out for the check
 
@@ -142,8 +150,9 @@ class Corrector:
         return out
 
 
-def _training_pixels(image, probs, model_labels, corrected: dict[int, np.ndarray],
-                     config: AdaptConfig) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def _training_pixels(
+    image, probs, model_labels, corrected: dict[int, np.ndarray], config: AdaptConfig
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """{z: (features (P, F), targets (P,))} of the changeable pixels of each corrected slice.
 
     Beyond ``config.max_pixels`` in all, every slice keeps the same share of its pixels (a fixed,
@@ -156,8 +165,10 @@ def _training_pixels(image, probs, model_labels, corrected: dict[int, np.ndarray
     for z, where in wheres.items():
         if share < 1.0:
             where = where & (rng.random(where.shape) < share)
-        pixels[z] = (pixel_features(image, probs, model_labels[z], z, config.band)[:, where].T,
-                     np.asarray(corrected[z])[where].astype(np.int64))
+        pixels[z] = (
+            pixel_features(image, probs, model_labels[z], z, config.band)[:, where].T,
+            np.asarray(corrected[z])[where].astype(np.int64),
+        )
     return pixels
 
 
@@ -174,8 +185,10 @@ def _fit(x: np.ndarray, y: np.ndarray, n_out: int, config: AdaptConfig, progress
     import torch
 
     if len(x) == 0:
-        raise ValueError("nothing to learn from: the model found no organ on or near the corrected slices; "
-                         "correct slices where it drew something")
+        raise ValueError(
+            "nothing to learn from: the model found no organ on or near the corrected slices; "
+            "correct slices where it drew something"
+        )
     mean, scale = x.mean(0), x.std(0) + 1e-6
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
@@ -211,10 +224,16 @@ def _check(image, probs, model_labels, corrected, pixels, config, progress, canc
     return CorrectorCheck(held, float(np.mean(model)), float(np.mean(fitted)), config.min_gain)
 
 
-def learn_from_corrections(image: np.ndarray, probs: np.ndarray, model_labels: np.ndarray,
-                           corrected: dict[int, np.ndarray], targets: list[int], config: AdaptConfig = AdaptConfig(),
-                           progress: Callable[[str, int, int], None] | None = None,
-                           cancel: Cancel = None) -> tuple[dict[int, np.ndarray], CorrectorCheck]:
+def learn_from_corrections(
+    image: np.ndarray,
+    probs: np.ndarray,
+    model_labels: np.ndarray,
+    corrected: dict[int, np.ndarray],
+    targets: list[int],
+    config: AdaptConfig = AdaptConfig(),
+    progress: Callable[[str, int, int], None] | None = None,
+    cancel: Cancel = None,
+) -> tuple[dict[int, np.ndarray], CorrectorCheck]:
     """Carry the corrections of one scan to its ``targets`` slices: ({z: new labels}, the held-out check).
 
     ``image``: the raw stack (Z, Y, X); ``probs`` / ``model_labels``: the model's output for it;
@@ -222,8 +241,10 @@ def learn_from_corrections(image: np.ndarray, probs: np.ndarray, model_labels: n
     relabelled (the dict is empty) and the check says why.
     """
     if len(corrected) < MIN_CORRECTED:
-        raise ValueError(f"learning from corrections needs at least {MIN_CORRECTED} corrected slices of this scan "
-                         f"(one is held out to check the result); {len(corrected)} given")
+        raise ValueError(
+            f"learning from corrections needs at least {MIN_CORRECTED} corrected slices of this scan "
+            f"(one is held out to check the result); {len(corrected)} given"
+        )
     image = normalize_stack(image, NORMALIZATION)
 
     def stage(name):

@@ -12,8 +12,9 @@ from pathlib import Path
 DOCKS = ("Segment organs", "Review and correct", "Retrain model")
 
 
-def build_viewer(path: str | None = None, sample: bool = False, model: str | None = None,
-                 store: str | None = None, show: bool = True):
+def build_viewer(
+    path: str | None = None, sample: bool = False, model: str | None = None, store: str | None = None, show: bool = True
+):
     """A napari viewer with the data opened and the three gitseg docks; returns (viewer, widgets)."""
     import napari
     import torch  # noqa: F401  (before Qt/OpenGL: see module docstring)
@@ -43,15 +44,22 @@ def build_viewer(path: str | None = None, sample: bool = False, model: str | Non
     return viewer, widgets
 
 
-def launch_viewer(path: str | None = None, sample: bool = False, model: str | None = None,
-                  store: str | None = None, screenshot: str | None = None, quit_after: float | None = None,
-                  show: bool = True) -> int:
+def launch_viewer(
+    path: str | None = None,
+    sample: bool = False,
+    model: str | None = None,
+    store: str | None = None,
+    screenshot: str | None = None,
+    quit_after: float | None = None,
+    show: bool = True,
+) -> int:
     """Open napari with gitseg docked and run it until the window closes; returns 0."""
     import napari
     from qtpy.QtCore import QTimer
 
     viewer, _widgets = build_viewer(path=path, sample=sample, model=model, store=store, show=show)
     if screenshot:
+
         def _shot():
             Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
             viewer.screenshot(screenshot, canvas_only=False)

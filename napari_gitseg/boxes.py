@@ -52,8 +52,12 @@ class Box:
 
     def grown(self, margin: int, shape: tuple[int, int]) -> Box:
         """The box grown by ``margin`` pixels on every side, clipped to an image of ``shape``."""
-        return Box(max(0, self.y0 - margin), max(0, self.x0 - margin),
-                   min(shape[0], self.y1 + margin), min(shape[1], self.x1 + margin))
+        return Box(
+            max(0, self.y0 - margin),
+            max(0, self.x0 - margin),
+            min(shape[0], self.y1 + margin),
+            min(shape[1], self.x1 + margin),
+        )
 
     def mask(self, shape: tuple[int, int]) -> np.ndarray:
         """(Y, X) bool, True inside the box."""
@@ -75,13 +79,13 @@ def box_from_corners(first, second, shape: tuple[int, int]) -> Box:
     x0, x1 = sorted((xa, xb))
     iy0, ix0, iy1, ix1 = math.floor(y0 + 0.5), math.floor(x0 + 0.5), math.floor(y1 + 0.5) + 1, math.floor(x1 + 0.5) + 1
     if iy1 - iy0 < 2 or ix1 - ix0 < 2:
-        raise BoxError(f"the box from ({ya:.0f}, {xa:.0f}) to ({yb:.0f}, {xb:.0f}) has no area: drag a rectangle "
-                       "around the organ")
+        raise BoxError(
+            f"the box from ({ya:.0f}, {xa:.0f}) to ({yb:.0f}, {xb:.0f}) has no area: drag a rectangle around the organ"
+        )
     h, w = shape
     box = Box(max(0, iy0), max(0, ix0), min(h, iy1), min(w, ix1))
     if box.y1 - box.y0 < 2 or box.x1 - box.x0 < 2:
-        raise BoxError(f"the box from ({ya:.0f}, {xa:.0f}) to ({yb:.0f}, {xb:.0f}) lies outside the "
-                       f"{h} x {w} slice")
+        raise BoxError(f"the box from ({ya:.0f}, {xa:.0f}) to ({yb:.0f}, {xb:.0f}) lies outside the {h} x {w} slice")
     return box
 
 
@@ -109,7 +113,9 @@ def piece_boxes(mask: np.ndarray, margin: int = 0, min_area: int = 1) -> list[Bo
     return [b for _s, b in sorted(out, key=lambda t: -t[0])]
 
 
-def apply_box(labels: np.ndarray, value: int, box: Box, organ: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+def apply_box(
+    labels: np.ndarray, value: int, box: Box, organ: np.ndarray, keep: np.ndarray | None = None
+) -> np.ndarray:
     """``labels`` (Y, X) with organ ``value`` inside ``box`` set to the model's mask ``organ`` (Y, X); see the
     module docstring. ``keep``: pixels that keep their value (the clinician's brush strokes), or None."""
     labels = np.asarray(labels)

@@ -53,9 +53,7 @@ def labels_to_masks(labels: np.ndarray, classes: tuple[str, ...] = CLASSES) -> n
     return np.stack([labels == LABEL_VALUES[name] for name in classes])
 
 
-def merge_label_edit(
-    stored_masks: np.ndarray, before_labels: np.ndarray, after_labels: np.ndarray
-) -> np.ndarray:
+def merge_label_edit(stored_masks: np.ndarray, before_labels: np.ndarray, after_labels: np.ndarray) -> np.ndarray:
     """Apply an edit made on the one-label-per-pixel view to the stored per-class masks.
 
     Pixels whose displayed label did not change keep their stored per-class values (so an

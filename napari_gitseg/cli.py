@@ -50,8 +50,12 @@ def cmd_phantom(args) -> int:
     from napari_gitseg.phantom import write_phantom_dataset
 
     root = write_phantom_dataset(
-        args.out, n_cases=args.cases, seed=args.seed, days_per_case=args.days,
-        n_slices=args.slices, size=(args.size, args.size),
+        args.out,
+        n_cases=args.cases,
+        seed=args.seed,
+        days_per_case=args.days,
+        n_slices=args.slices,
+        size=(args.size, args.size),
     )
     print(f"wrote {args.cases} phantom case(s) to {root}")
     return 0
@@ -62,8 +66,12 @@ def cmd_view(args) -> int:
     from napari_gitseg.app import launch_viewer
 
     return launch_viewer(
-        path=args.path, sample=args.sample or not args.path, model=args.model, store=args.store,
-        screenshot=args.screenshot, quit_after=args.quit_after,
+        path=args.path,
+        sample=args.sample or not args.path,
+        model=args.model,
+        store=args.store,
+        screenshot=args.screenshot,
+        quit_after=args.quit_after,
     )
 
 

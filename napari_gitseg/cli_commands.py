@@ -32,8 +32,9 @@ def cmd_predict(args) -> int:
     if args.format in ("rtstruct", "seg"):
         from napari_gitseg.dicom_export import write_dicom_labels
 
-        written = write_dicom_labels(out, stacks[0], all_masks[0], args.format, with_images=args.with_images,
-                                     algorithm="AUTOMATIC")
+        written = write_dicom_labels(
+            out, stacks[0], all_masks[0], args.format, with_images=args.with_images, algorithm="AUTOMATIC"
+        )
         out = written[-1]
     elif len(stacks) == 1:
         write_masks(out, all_masks[0], stacks[0])
@@ -50,8 +51,15 @@ def cmd_export(args) -> int:
     """Export the reviewed masks of a label store (csv|tif|nii) with a provenance side file."""
     from napari_gitseg.export import export_store
 
-    paths = export_store(args.store, args.out, fmt=args.format, stack=args.stack, reviewed_only=not args.all,
-                         with_images=args.with_images, smooth_sigma=args.smooth)
+    paths = export_store(
+        args.store,
+        args.out,
+        fmt=args.format,
+        stack=args.stack,
+        reviewed_only=not args.all,
+        with_images=args.with_images,
+        smooth_sigma=args.smooth,
+    )
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -80,20 +88,39 @@ def add_commands(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--format", choices=("rtstruct", "seg"), default=None,
-                   help="write a DICOM RT-STRUCT or SEG (OUT.dcm) on the input's DICOM series instead")
-    p.add_argument("--with-images", action="store_true",
-                   help="with --format, for a non-DICOM input: also write its images as a DICOM MR series")
+    p.add_argument(
+        "--format",
+        choices=("rtstruct", "seg"),
+        default=None,
+        help="write a DICOM RT-STRUCT or SEG (OUT.dcm) on the input's DICOM series instead",
+    )
+    p.add_argument(
+        "--with-images",
+        action="store_true",
+        help="with --format, for a non-DICOM input: also write its images as a DICOM MR series",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export reviewed masks from a label store")
     p.add_argument("store", help="project folder holding gitseg_labels.sqlite")
-    p.add_argument("--format", choices=("csv", "tif", "nii", "rtstruct", "seg"), default="csv",
-                   help="rtstruct / seg: DICOM RT Structure Set / Segmentation on the stack's DICOM series")
-    p.add_argument("--with-images", action="store_true",
-                   help="rtstruct/seg of a non-DICOM stack: also write its images as a DICOM MR series")
-    p.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
-                   help="rtstruct: smooth the contours (Gaussian sigma in pixels; default 0 = exact pixel outlines)")
+    p.add_argument(
+        "--format",
+        choices=("csv", "tif", "nii", "rtstruct", "seg"),
+        default="csv",
+        help="rtstruct / seg: DICOM RT Structure Set / Segmentation on the stack's DICOM series",
+    )
+    p.add_argument(
+        "--with-images",
+        action="store_true",
+        help="rtstruct/seg of a non-DICOM stack: also write its images as a DICOM MR series",
+    )
+    p.add_argument(
+        "--smooth",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="rtstruct: smooth the contours (Gaussian sigma in pixels; default 0 = exact pixel outlines)",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--stack", default=None, help="only this stack (default: all)")
     p.add_argument("--all", action="store_true", help="include unreviewed model predictions")

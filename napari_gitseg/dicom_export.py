@@ -31,16 +31,27 @@ def series_geometry_for(stack, out: str | Path, fmt: str, with_images: bool):
     if stack.kind == "dicom":
         return load_series(stack), []
     if not with_images:
-        raise GitsegInputError(stack.source, f"is not a DICOM series ({stack.kind}); {fmt.upper()} must cite a "
-                                             "DICOM series: export with --with-images to write the images as a "
-                                             "DICOM MR series too")
+        raise GitsegInputError(
+            stack.source,
+            f"is not a DICOM series ({stack.kind}); {fmt.upper()} must cite a "
+            "DICOM series: export with --with-images to write the images as a "
+            "DICOM MR series too",
+        )
     folder = images_folder(out)
     files = write_dicom_series(folder, stack)
     return load_series(read_dicom(folder)), files
 
 
-def write_dicom_labels(out: str | Path, stack, masks: np.ndarray, fmt: str, *, with_images: bool = False,
-                       algorithm: str = "SEMIAUTOMATIC", smooth_sigma: float = 0.0) -> list[Path]:
+def write_dicom_labels(
+    out: str | Path,
+    stack,
+    masks: np.ndarray,
+    fmt: str,
+    *,
+    with_images: bool = False,
+    algorithm: str = "SEMIAUTOMATIC",
+    smooth_sigma: float = 0.0,
+) -> list[Path]:
     """Write ``masks`` (C, Z, Y, X) of ``stack`` as ``fmt`` (rtstruct|seg) at ``out``; returns the paths written."""
     from napari_gitseg.io.dicom_rt import write_rtstruct
     from napari_gitseg.io.dicom_seg import write_seg
@@ -52,8 +63,9 @@ def write_dicom_labels(out: str | Path, stack, masks: np.ndarray, fmt: str, *, w
         raise GitsegInputError(stack.source, f"DICOM series has shape {geometry.shape}, the masks {stack.shape}")
     label = f"gitseg {stack.name}"[:64]
     if fmt == "rtstruct":
-        path = write_rtstruct(out, geometry, masks, tuple(stack.classes), algorithm=algorithm, label=label,
-                              smooth_sigma=smooth_sigma)
+        path = write_rtstruct(
+            out, geometry, masks, tuple(stack.classes), algorithm=algorithm, label=label, smooth_sigma=smooth_sigma
+        )
     elif smooth_sigma:
         raise GitsegInputError(out, "smoothing applies to RT-STRUCT contours only; a SEG holds the masks as they are")
     else:

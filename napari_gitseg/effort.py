@@ -19,8 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CSV_COLUMNS", "EffortLog", "SliceEffort", "effort_csv_path", "export_effort", "summarize", "summary_text",
-           "write_effort_csv"]
+__all__ = [
+    "CSV_COLUMNS",
+    "EffortLog",
+    "SliceEffort",
+    "effort_csv_path",
+    "export_effort",
+    "summarize",
+    "summary_text",
+    "write_effort_csv",
+]
 
 CSV_COLUMNS = ("session", "user", "stack", "z", "slice_id", "seconds", "strokes", "painted_px", "accepted_unedited")
 
@@ -102,28 +110,41 @@ class EffortLog:
     def rows(self, slice_ids: Sequence[str]) -> list[dict]:
         """One dict per slice with effort (the current slice's time so far included), for the store."""
         running = self._clock() - self._since if self._current is not None else 0.0
-        return [{"slice_id": slice_ids[z], "z": z, "seconds": round(r.seconds + (running if z == self._current else 0), 3),
-                 "strokes": r.strokes, "painted_px": r.painted_px, "accepted_unedited": r.accepted_unedited}
-                for z, r in sorted(self.slices.items())]
+        return [
+            {
+                "slice_id": slice_ids[z],
+                "z": z,
+                "seconds": round(r.seconds + (running if z == self._current else 0), 3),
+                "strokes": r.strokes,
+                "painted_px": r.painted_px,
+                "accepted_unedited": r.accepted_unedited,
+            }
+            for z, r in sorted(self.slices.items())
+        ]
 
     def summary(self) -> dict:
         """Counts of this session: reviewed (accepted) slices, accepted unedited, strokes, median seconds."""
-        return summarize((r.seconds, r.strokes, r.painted_px, r.accepted, r.accepted_unedited)
-                         for r in self.slices.values())
+        return summarize(
+            (r.seconds, r.strokes, r.painted_px, r.accepted, r.accepted_unedited) for r in self.slices.values()
+        )
 
 
 def summarize(rows: Iterable[tuple]) -> dict:
     """Summary of ``(seconds, strokes, painted_px, reviewed, accepted_unedited)`` rows, one per slice."""
     rows = list(rows)
     reviewed = [r for r in rows if r[3]]
-    return {"reviewed": len(reviewed), "accepted_unedited": sum(1 for r in reviewed if r[4]),
-            "strokes": sum(r[1] for r in rows), "painted_px": sum(r[2] for r in rows),
-            "median_seconds": statistics.median(r[0] for r in reviewed) if reviewed else None,
-            "minutes": sum(r[0] for r in rows) / 60.0}
+    return {
+        "reviewed": len(reviewed),
+        "accepted_unedited": sum(1 for r in reviewed if r[4]),
+        "strokes": sum(r[1] for r in rows),
+        "painted_px": sum(r[2] for r in rows),
+        "median_seconds": statistics.median(r[0] for r in reviewed) if reviewed else None,
+        "minutes": sum(r[0] for r in rows) / 60.0,
+    }
 
 
 def summary_text(summary: dict) -> str:
-    """"12 slices reviewed, 7 accepted unedited, median 18 s per slice"."""
+    """ "12 slices reviewed, 7 accepted unedited, median 18 s per slice"."""
     text = f"{summary['reviewed']} slices reviewed, {summary['accepted_unedited']} accepted unedited"
     if summary.get("median_seconds") is not None:
         text += f", median {summary['median_seconds']:.0f} s per slice"

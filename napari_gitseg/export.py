@@ -44,21 +44,30 @@ def _source_stack(project: Project, info: dict) -> Stack:
     return stack
 
 
-def _export_dicom(project: Project, out: Path, fmt: str, results: list, with_images: bool,
-                  smooth_sigma: float) -> tuple[list, list]:
+def _export_dicom(
+    project: Project, out: Path, fmt: str, results: list, with_images: bool, smooth_sigma: float
+) -> tuple[list, list]:
     from napari_gitseg.dicom_export import write_dicom_labels
 
     written, targets = [], []
     for info, _ids, masks, prov in results:
         path = out if len(results) == 1 else out.parent / f"{info['name']}_{fmt}.dcm"
-        written += write_dicom_labels(path, _source_stack(project, info), masks, fmt, with_images=with_images,
-                                      smooth_sigma=smooth_sigma)
+        written += write_dicom_labels(
+            path, _source_stack(project, info), masks, fmt, with_images=with_images, smooth_sigma=smooth_sigma
+        )
         targets.append((path, {info["name"]: prov}))
     return written, targets
 
 
-def export_store(project: str | Path, out: str | Path, fmt: str = "csv", stack: str | None = None,
-                 reviewed_only: bool = True, with_images: bool = False, smooth_sigma: float = 0.0) -> list[Path]:
+def export_store(
+    project: str | Path,
+    out: str | Path,
+    fmt: str = "csv",
+    stack: str | None = None,
+    reviewed_only: bool = True,
+    with_images: bool = False,
+    smooth_sigma: float = 0.0,
+) -> list[Path]:
     """Write the store's masks: one CSV for all stacks, or one TIFF/NIfTI/RT-STRUCT/SEG per stack.
 
     RT-STRUCT and SEG cite the stack's DICOM series; ``with_images`` writes other stacks' images
@@ -93,14 +102,24 @@ def export_store(project: str | Path, out: str | Path, fmt: str = "csv", stack: 
         targets = []
         for info, ids, masks, prov in results:
             path = out if len(results) == 1 else out.parent / f"{info['name']}{FORMATS[fmt]}"
-            like = Stack(image=np.zeros(info["shape"], np.uint8), spacing=info["spacing"], slice_ids=ids,
-                         source=info["source"] or info["name"], kind="store", classes=info["classes"])
+            like = Stack(
+                image=np.zeros(info["shape"], np.uint8),
+                spacing=info["spacing"],
+                slice_ids=ids,
+                source=info["source"] or info["name"],
+                kind="store",
+                classes=info["classes"],
+            )
             written.append(Path(write_masks(path, masks, like)))
             targets.append((path, {info["name"]: prov}))
     for path, provenance in targets:
         side = provenance_path(Path(path))
         with atomic_output(side) as tmp:
-            tmp.write_text(json.dumps({"store": str(Path(project).resolve()), "reviewed_only": reviewed_only,
-                                       "stacks": provenance}, indent=1))
+            tmp.write_text(
+                json.dumps(
+                    {"store": str(Path(project).resolve()), "reviewed_only": reviewed_only, "stacks": provenance},
+                    indent=1,
+                )
+            )
         written.append(side)
     return written

@@ -25,9 +25,16 @@ def import_labels(project: str | Path, path: str | Path, user: str | None = None
     with target.open_store(user=user) as store:
         store.register_stack(stack.name, stack.slice_ids, stack.shape, stack.spacing, stack.source, stack.classes)
         protected = set(store.clinician_slices(stack.name))
-        items = [{"slice_id": sid, "masks": stack.masks[:, z], "source": "imported",
-                  "note": f"imported from {Path(source).name} ({source})"}
-                 for z, sid in enumerate(stack.slice_ids) if stack.labelled[z] and sid not in protected]
+        items = [
+            {
+                "slice_id": sid,
+                "masks": stack.masks[:, z],
+                "source": "imported",
+                "note": f"imported from {Path(source).name} ({source})",
+            }
+            for z, sid in enumerate(stack.slice_ids)
+            if stack.labelled[z] and sid not in protected
+        ]
         store.save_many(items)
     target.save_snapshot(stack)
     kept = int(stack.labelled.sum()) - len(items)

@@ -68,8 +68,10 @@ def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
     """Bounding box of ``mask`` grown by ``margin`` (clipped to the image)."""
     ys, xs = np.nonzero(mask)
     h, w = mask.shape
-    return (slice(max(0, ys.min() - margin), min(h, ys.max() + margin + 1)),
-            slice(max(0, xs.min() - margin), min(w, xs.max() + margin + 1)))
+    return (
+        slice(max(0, ys.min() - margin), min(h, ys.max() + margin + 1)),
+        slice(max(0, xs.min() - margin), min(w, xs.max() + margin + 1)),
+    )
 
 
 def _itk_between(first: np.ndarray, last: np.ndarray, n: int) -> np.ndarray:

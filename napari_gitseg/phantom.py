@@ -307,45 +307,95 @@ def _solid_organs(d: _Draws, z_of_s) -> dict[str, _Blob]:
     """Liver, gallbladder, spleen, kidneys, lungs, heart, bladder and iliac bones of one case."""
     jit, rad, lobes, rng = d.jit, d.rad, d.lobes, d.rng
     return {
-        "liver": _Blob((jit(-0.36), jit(0.03), float(z_of_s(rng.uniform(0.95, 1.02)))),
-                       (rad(0.37), rad(0.40), rad(0.44)), angle=jit(0.3, 0.1), drift=(0.12, 0.05), lobes=lobes()),
-        "liver_left": _Blob((jit(-0.02), jit(-0.26), float(z_of_s(rng.uniform(0.97, 1.04)))),
-                            (rad(0.22), rad(0.10), rad(0.22)), angle=jit(-0.2, 0.1), lobes=lobes(2, 0.05)),
-        "gallbladder": _Blob((jit(-0.26), jit(-0.14), float(z_of_s(0.70))), (rad(0.06), rad(0.045), rad(0.12)),
-                             angle=jit(0.6, 0.2)),
-        "spleen": _Blob((jit(0.50), jit(0.30), float(z_of_s(rng.uniform(0.88, 0.95)))),
-                        (rad(0.11), rad(0.19), rad(0.28)), angle=jit(-0.6, 0.1), lobes=lobes(2, 0.05)),
-        "kidney_r": _Blob((jit(-0.29), jit(0.28), float(z_of_s(rng.uniform(0.46, 0.54)))),
-                          (rad(0.085), rad(0.125), rad(0.24)), angle=jit(-0.5, 0.1), drift=(-0.08, 0.0)),
-        "kidney_l": _Blob((jit(0.30), jit(0.28), float(z_of_s(rng.uniform(0.52, 0.60)))),
-                          (rad(0.085), rad(0.125), rad(0.24)), angle=jit(0.5, 0.1), drift=(0.08, 0.0)),
+        "liver": _Blob(
+            (jit(-0.36), jit(0.03), float(z_of_s(rng.uniform(0.95, 1.02)))),
+            (rad(0.37), rad(0.40), rad(0.44)),
+            angle=jit(0.3, 0.1),
+            drift=(0.12, 0.05),
+            lobes=lobes(),
+        ),
+        "liver_left": _Blob(
+            (jit(-0.02), jit(-0.26), float(z_of_s(rng.uniform(0.97, 1.04)))),
+            (rad(0.22), rad(0.10), rad(0.22)),
+            angle=jit(-0.2, 0.1),
+            lobes=lobes(2, 0.05),
+        ),
+        "gallbladder": _Blob(
+            (jit(-0.26), jit(-0.14), float(z_of_s(0.70))), (rad(0.06), rad(0.045), rad(0.12)), angle=jit(0.6, 0.2)
+        ),
+        "spleen": _Blob(
+            (jit(0.50), jit(0.30), float(z_of_s(rng.uniform(0.88, 0.95)))),
+            (rad(0.11), rad(0.19), rad(0.28)),
+            angle=jit(-0.6, 0.1),
+            lobes=lobes(2, 0.05),
+        ),
+        "kidney_r": _Blob(
+            (jit(-0.29), jit(0.28), float(z_of_s(rng.uniform(0.46, 0.54)))),
+            (rad(0.085), rad(0.125), rad(0.24)),
+            angle=jit(-0.5, 0.1),
+            drift=(-0.08, 0.0),
+        ),
+        "kidney_l": _Blob(
+            (jit(0.30), jit(0.28), float(z_of_s(rng.uniform(0.52, 0.60)))),
+            (rad(0.085), rad(0.125), rad(0.24)),
+            angle=jit(0.5, 0.1),
+            drift=(0.08, 0.0),
+        ),
         "lung_r": _Blob((jit(-0.40), jit(0.16), Z_EXTENT * 1.12), (rad(0.30), rad(0.36), 0.5), angle=0.2),
         "lung_l": _Blob((jit(0.42), jit(0.18), Z_EXTENT * 1.14), (rad(0.28), rad(0.34), 0.5), angle=-0.2),
         "heart": _Blob((jit(0.08), jit(-0.12), Z_EXTENT * 1.18), (rad(0.30), rad(0.24), 0.42), angle=-0.4),
-        "bladder": _Blob((jit(0.0), jit(-0.14), Z_EXTENT * 0.05), (rad(0.20), rad(0.15), rad(0.30)),
-                         lobes=lobes(2, 0.04)),
-        "iliac_r": _Blob((jit(-0.40), jit(0.24), Z_EXTENT * 0.22), (rad(0.055), rad(0.2), 0.30), angle=-0.7,
-                         drift=(0.25, 0.0)),
-        "iliac_l": _Blob((jit(0.40), jit(0.24), Z_EXTENT * 0.22), (rad(0.055), rad(0.2), 0.30), angle=0.7,
-                         drift=(-0.25, 0.0)),
+        "bladder": _Blob(
+            (jit(0.0), jit(-0.14), Z_EXTENT * 0.05), (rad(0.20), rad(0.15), rad(0.30)), lobes=lobes(2, 0.04)
+        ),
+        "iliac_r": _Blob(
+            (jit(-0.40), jit(0.24), Z_EXTENT * 0.22), (rad(0.055), rad(0.2), 0.30), angle=-0.7, drift=(0.25, 0.0)
+        ),
+        "iliac_l": _Blob(
+            (jit(0.40), jit(0.24), Z_EXTENT * 0.22), (rad(0.055), rad(0.2), 0.30), angle=0.7, drift=(-0.25, 0.0)
+        ),
     }
 
 
 # large bowel: rectum -> sigmoid -> descending -> splenic flexure -> transverse -> hepatic flexure ->
 # ascending -> caecum; (u, v, s, radius)
 _COLON_PATH = [
-    (0.00, 0.08, 0.00, 0.070), (0.02, 0.08, 0.08, 0.075), (-0.06, 0.02, 0.14, 0.075), (0.08, -0.06, 0.19, 0.075),
-    (0.30, -0.04, 0.16, 0.075), (0.46, 0.10, 0.22, 0.080), (0.56, 0.14, 0.36, 0.085), (0.58, 0.14, 0.55, 0.085),
-    (0.57, 0.10, 0.74, 0.090), (0.52, -0.04, 0.84, 0.095), (0.42, -0.20, 0.74, 0.095), (0.22, -0.36, 0.58, 0.100),
-    (-0.08, -0.38, 0.53, 0.100), (-0.34, -0.30, 0.60, 0.100), (-0.52, -0.10, 0.66, 0.100),
-    (-0.57, 0.04, 0.52, 0.100), (-0.55, 0.05, 0.32, 0.105), (-0.50, 0.00, 0.16, 0.115),
+    (0.00, 0.08, 0.00, 0.070),
+    (0.02, 0.08, 0.08, 0.075),
+    (-0.06, 0.02, 0.14, 0.075),
+    (0.08, -0.06, 0.19, 0.075),
+    (0.30, -0.04, 0.16, 0.075),
+    (0.46, 0.10, 0.22, 0.080),
+    (0.56, 0.14, 0.36, 0.085),
+    (0.58, 0.14, 0.55, 0.085),
+    (0.57, 0.10, 0.74, 0.090),
+    (0.52, -0.04, 0.84, 0.095),
+    (0.42, -0.20, 0.74, 0.095),
+    (0.22, -0.36, 0.58, 0.100),
+    (-0.08, -0.38, 0.53, 0.100),
+    (-0.34, -0.30, 0.60, 0.100),
+    (-0.52, -0.10, 0.66, 0.100),
+    (-0.57, 0.04, 0.52, 0.100),
+    (-0.55, 0.05, 0.32, 0.105),
+    (-0.50, 0.00, 0.16, 0.115),
     (-0.44, -0.05, 0.08, 0.105),
 ]
-_DUODENUM_PATH = [(-0.10, -0.20, 0.66, 0.055), (-0.20, -0.06, 0.60, 0.055), (-0.22, 0.06, 0.50, 0.055),
-                  (-0.10, 0.12, 0.43, 0.050), (0.06, 0.10, 0.44, 0.050), (0.14, 0.02, 0.49, 0.052)]
+_DUODENUM_PATH = [
+    (-0.10, -0.20, 0.66, 0.055),
+    (-0.20, -0.06, 0.60, 0.055),
+    (-0.22, 0.06, 0.50, 0.055),
+    (-0.10, 0.12, 0.43, 0.050),
+    (0.06, 0.10, 0.44, 0.050),
+    (0.14, 0.02, 0.49, 0.052),
+]
 _ILEUM_PATH = [(-0.12, 0.0, 0.24, 0.055), (-0.28, 0.02, 0.20, 0.055), (-0.40, -0.02, 0.17, 0.055)]
-_STOMACH_PATH = [(0.34, 0.12, 0.91, 0.12), (0.35, 0.04, 0.88, 0.15), (0.30, -0.10, 0.84, 0.14),
-                 (0.22, -0.20, 0.76, 0.12), (0.06, -0.27, 0.70, 0.09), (-0.08, -0.22, 0.67, 0.07)]
+_STOMACH_PATH = [
+    (0.34, 0.12, 0.91, 0.12),
+    (0.35, 0.04, 0.88, 0.15),
+    (0.30, -0.10, 0.84, 0.14),
+    (0.22, -0.20, 0.76, 0.12),
+    (0.06, -0.27, 0.70, 0.09),
+    (-0.08, -0.22, 0.67, 0.07),
+]
 
 
 def _colon(rng: np.random.Generator, z_of_s) -> _Tube:
@@ -375,10 +425,14 @@ def _liver_vessels(rng: np.random.Generator, liver: _Blob) -> list[_Blob]:
     for _ in range(int(rng.integers(4, 8))):
         ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0.05, 0.25)
         tilt = rng.uniform(0.2, 0.6)
-        center = (liver.center[0] + dist * np.cos(ang), liver.center[1] + dist * np.sin(ang),
-                  liver.center[2] - rng.uniform(0, 0.2))
-        vessels.append(_Blob(center, (0.016, 0.016, rng.uniform(0.15, 0.35)),
-                             drift=(tilt * np.cos(ang), tilt * np.sin(ang))))
+        center = (
+            liver.center[0] + dist * np.cos(ang),
+            liver.center[1] + dist * np.sin(ang),
+            liver.center[2] - rng.uniform(0, 0.2),
+        )
+        vessels.append(
+            _Blob(center, (0.016, 0.016, rng.uniform(0.15, 0.35)), drift=(tilt * np.cos(ang), tilt * np.sin(ang)))
+        )
     return vessels
 
 
@@ -404,13 +458,22 @@ def _draw_anatomy(seed: int, case: int) -> _Anatomy:
     stomach = _spline_tube(rng, _STOMACH_PATH, z_of_s, jitter=0.02, step=0.02)
     liver_vessels = _liver_vessels(rng, blobs["liver"])
     return _Anatomy(
-        z_lo=z_lo, z_hi=z_hi, size=size, body_t=body_t, body_a=body_a, body_b=body_b,
+        z_lo=z_lo,
+        z_hi=z_hi,
+        size=size,
+        body_t=body_t,
+        body_a=body_a,
+        body_b=body_b,
         fat=float(rng.uniform(0.035, 0.09)),
         fat_anterior=float(rng.uniform(0.0, 0.7)),
         fat_lobes=d.lobes(2, 0.15),
         power=float(rng.uniform(2.0, 2.4)),
         posterior=float(rng.uniform(0.86, 0.95)),
-        tissue=tissue, blobs=blobs, liver_vessels=liver_vessels, colon=colon, small_bowel=small_bowel,
+        tissue=tissue,
+        blobs=blobs,
+        liver_vessels=liver_vessels,
+        colon=colon,
+        small_bowel=small_bowel,
         stomach=stomach,
         disc_phase=float(rng.uniform(0, 1)),
         shift=(d.jit(0.0, 0.03), d.jit(0.0, 0.03)),
@@ -424,8 +487,7 @@ def _draw_visit(seed: int, case: int, day: int) -> _Visit:
     """The follow-up differences of one day: position, bowel motion, filling, bias, noise."""
     rng = np.random.default_rng([seed, case, day, 3])
     warp = [
-        (rng.normal(size=3) * 4.0, float(rng.uniform(0, 2 * np.pi)), float(rng.uniform(0.008, 0.016)))
-        for _ in range(3)
+        (rng.normal(size=3) * 4.0, float(rng.uniform(0, 2 * np.pi)), float(rng.uniform(0.008, 0.016))) for _ in range(3)
     ]
     bias = rng.normal(0.0, 1.0, size=6) * np.array([0.15, 0.15, 0.12, 0.12, 0.15, 0.0])
     bias[5] = rng.uniform(0.2, 0.7)  # surface coils: brighter periphery, darker centre
@@ -687,10 +749,19 @@ def _paint_spine(c: _Canvas, outer: np.ndarray) -> None:
     tis, fr = c.anatomy.tissue, c.fr
     z_all = (-1.0, Z_EXTENT + 1.0)
     for side in (-1, 1):
-        c.paint(*c.blob(_tube_blob(side * 0.13, 0.44, 0.11, 0.07, *z_all, angle=side * 0.35)), tis["muscle"],
-                amp=0.08, where=outer, keep_out=True)
-        c.paint(*c.blob(_tube_blob(side * 0.05, 0.40, 0.022, 0.055, *z_all, angle=side * 0.6)),
-                tis["bone_cortex"] * 2, amp=0.2, where=outer)
+        c.paint(
+            *c.blob(_tube_blob(side * 0.13, 0.44, 0.11, 0.07, *z_all, angle=side * 0.35)),
+            tis["muscle"],
+            amp=0.08,
+            where=outer,
+            keep_out=True,
+        )
+        c.paint(
+            *c.blob(_tube_blob(side * 0.05, 0.40, 0.022, 0.055, *z_all, angle=side * 0.6)),
+            tis["bone_cortex"] * 2,
+            amp=0.2,
+            where=outer,
+        )
     c.paint(*c.blob(_tube_blob(0.0, 0.49, 0.018, 0.07, *z_all)), tis["bone_cortex"] * 2, amp=0.2, where=outer)
     c.paint(*c.blob(_tube_blob(0.0, 0.385, 0.04, 0.032, *z_all)), tis["csf"], where=outer)
     c.paint(*c.blob(_tube_blob(0.0, 0.275, 0.098, 0.086, *z_all)), tis["bone_cortex"], where=outer, keep_out=True)
@@ -704,13 +775,25 @@ def _paint_spine(c: _Canvas, outer: np.ndarray) -> None:
 def _paint_great_vessels(c: _Canvas, inner: np.ndarray) -> None:
     """Aorta (bifurcating low) and inferior vena cava."""
     vessel = c.anatomy.tissue["vessel"]
-    c.paint(*c.blob(_tube_blob(0.05, 0.17, 0.045, 0.045, Z_EXTENT * 0.33, Z_EXTENT + 1.0)), vessel, where=inner,
-            keep_out=True)
-    c.paint(*c.blob(_tube_blob(-0.11, 0.16, 0.055, 0.038, Z_EXTENT * 0.33, Z_EXTENT + 1.0)), vessel, where=inner,
-            keep_out=True)
+    c.paint(
+        *c.blob(_tube_blob(0.05, 0.17, 0.045, 0.045, Z_EXTENT * 0.33, Z_EXTENT + 1.0)),
+        vessel,
+        where=inner,
+        keep_out=True,
+    )
+    c.paint(
+        *c.blob(_tube_blob(-0.11, 0.16, 0.055, 0.038, Z_EXTENT * 0.33, Z_EXTENT + 1.0)),
+        vessel,
+        where=inner,
+        keep_out=True,
+    )
     for side in (-1, 1):
-        c.paint(*c.blob(_tube_blob(side * 0.13, 0.15, 0.03, 0.03, -1.0, Z_EXTENT * 0.33)), vessel, where=inner,
-                keep_out=True)
+        c.paint(
+            *c.blob(_tube_blob(side * 0.13, 0.15, 0.03, 0.03, -1.0, Z_EXTENT * 0.33)),
+            vessel,
+            where=inner,
+            keep_out=True,
+        )
 
 
 def _paint_solid_organs(c: _Canvas, inner: np.ndarray) -> None:
@@ -720,8 +803,12 @@ def _paint_solid_organs(c: _Canvas, inner: np.ndarray) -> None:
         c.paint(*c.blob(name), tis["kidney"], amp=0.1, where=inner, keep_out=True)
         kb = blobs[name]
         medial = -np.sign(kb.center[0]) * kb.radii[0] * 0.45
-        sinus = _Blob((kb.center[0] + medial, kb.center[1] - 0.01, kb.center[2]),
-                      (kb.radii[0] * 0.5, kb.radii[1] * 0.4, kb.radii[2] * 0.55), kb.angle, kb.drift)
+        sinus = _Blob(
+            (kb.center[0] + medial, kb.center[1] - 0.01, kb.center[2]),
+            (kb.radii[0] * 0.5, kb.radii[1] * 0.4, kb.radii[2] * 0.55),
+            kb.angle,
+            kb.drift,
+        )
         c.paint(*c.blob(sinus), tis["renal_sinus"], amp=0.1, where=inner)
     for name in ("liver", "liver_left"):
         c.paint(*c.blob(name), tis["liver"], amp=0.06, where=inner)
@@ -740,8 +827,9 @@ def _render_background(anatomy: _Anatomy, visit: _Visit, fr: _Frame):
     """The clean T2 image of everything but the organs of ``CLASSES``: body wall, fat, bones, vessels,
     solid organs; also the texture, the inside of the abdominal wall and the retroperitoneal keep-out."""
     shape = (fr.n, fr.h, fr.w)
-    c = _Canvas(anatomy, fr, np.zeros(shape, dtype=np.float32), _texture(fr, visit.tex_seed),
-                np.zeros(shape, dtype=bool))
+    c = _Canvas(
+        anatomy, fr, np.zeros(shape, dtype=np.float32), _texture(fr, visit.tex_seed), np.zeros(shape, dtype=bool)
+    )
     outer, inner = _paint_body_wall(c)
     _paint_pelvis(c, inner)
     _paint_spine(c, outer)
@@ -878,7 +966,11 @@ def _acquire(img: np.ndarray, anatomy: _Anatomy, visit: _Visit, fr: _Frame, nois
 
 
 def render_body_background(
-    seed: int, case: int, n_slices: int, size: tuple[int, int], organs: np.ndarray | None = None,
+    seed: int,
+    case: int,
+    n_slices: int,
+    size: tuple[int, int],
+    organs: np.ndarray | None = None,
     body_width: float | None = None,
 ) -> np.ndarray:
     """Clean T2 intensities (float32 (Z, H, W), about 0..1, no blur, bias or noise) of a phantom body

@@ -55,8 +55,10 @@ def round_refusal(n_clinician: int) -> str | None:
     """Why a round cannot run on ``n_clinician`` clinician-labelled slices (None: it can)."""
     if n_clinician >= MIN_CLINICIAN_LABELS:
         return None
-    return (f"{n_clinician} clinician-labelled slice(s) in the label store: label at least "
-            f"{MIN_CLINICIAN_LABELS} slices first (correct them and press Accept in the Review dock)")
+    return (
+        f"{n_clinician} clinician-labelled slice(s) in the label store: label at least "
+        f"{MIN_CLINICIAN_LABELS} slices first (correct them and press Accept in the Review dock)"
+    )
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,11 @@ class Project:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez_compressed(
-            tmp, image=stack.image, spacing=np.asarray(stack.spacing, dtype=np.float64),
-            slice_ids=np.asarray(stack.slice_ids, dtype=str), source=np.asarray(str(stack.source)),
+            tmp,
+            image=stack.image,
+            spacing=np.asarray(stack.spacing, dtype=np.float64),
+            slice_ids=np.asarray(stack.slice_ids, dtype=str),
+            source=np.asarray(str(stack.source)),
             classes=np.asarray(stack.classes, dtype=str),
         )
         os.replace(tmp, path)
@@ -116,8 +121,11 @@ class Project:
 
         path = self.snapshot_path(name)
         if not path.is_file():
-            raise GitsegInputError(path, f"the image of stack {name} is missing from the project (open the "
-                                         "stack in the Review dock once to save it)")
+            raise GitsegInputError(
+                path,
+                f"the image of stack {name} is missing from the project (open the "
+                "stack in the Review dock once to save it)",
+            )
         return load_stack_snapshot(path)
 
     # ---- model registry ---------------------------------------------------------------------------
@@ -177,8 +185,11 @@ def load_stack_snapshot(path: Path):
     try:
         with np.load(path, allow_pickle=False) as data:
             return Stack(
-                image=data["image"], spacing=tuple(data["spacing"].tolist()),
-                slice_ids=[str(s) for s in data["slice_ids"]], source=str(data["source"]), kind="snapshot",
+                image=data["image"],
+                spacing=tuple(data["spacing"].tolist()),
+                slice_ids=[str(s) for s in data["slice_ids"]],
+                source=str(data["source"]),
+                kind="snapshot",
                 classes=tuple(str(c) for c in data["classes"]),
             )
     except (OSError, KeyError, ValueError) as err:

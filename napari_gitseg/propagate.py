@@ -69,9 +69,16 @@ def carry_step(prev: np.ndarray, z: int, segment: Segment, config: PropagationCo
     return out, used
 
 
-def carry(start: np.ndarray, z: int, step: int, n_slices: int, segment: Segment,
-          config: PropagationConfig = PropagationConfig(), stop_at: Callable[[int], bool] | None = None,
-          cancel: threading.Event | None = None) -> Iterator[tuple[int, np.ndarray, list[Box]]]:
+def carry(
+    start: np.ndarray,
+    z: int,
+    step: int,
+    n_slices: int,
+    segment: Segment,
+    config: PropagationConfig = PropagationConfig(),
+    stop_at: Callable[[int], bool] | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[tuple[int, np.ndarray, list[Box]]]:
     """Carry the organ mask ``start`` of slice ``z`` towards ``z + step``, ``z + 2 step``, ... (``step`` = +1 or -1).
 
     Yields ``(slice, organ mask, boxes)`` per slice reached; see the module docstring for where it stops.

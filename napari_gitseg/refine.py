@@ -42,7 +42,7 @@ def slice_probabilities(predictor, image: np.ndarray, z: int, neighbours: int = 
     context = max(m.config.k // 2 * m.config.stride for m in predictor.members)
     lo, hi = max(0, z0 - context), min(n_z, z1 + context)
     prediction = predictor.predict(image[lo:hi])
-    return np.asarray(prediction.probs[:, z0 - lo:z1 - lo], dtype=np.float32), range(z0, z1)
+    return np.asarray(prediction.probs[:, z0 - lo : z1 - lo], dtype=np.float32), range(z0, z1)
 
 
 def _touching(candidate: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -68,17 +68,31 @@ def _erased_components(before: np.ndarray, erased: np.ndarray, drop_fraction: fl
     return drop[lab]
 
 
-def _refine_organ(prob: np.ndarray, before: np.ndarray, now: np.ndarray, grow_seed: np.ndarray,
-                  erased: np.ndarray, free: np.ndarray, grow: float, drop_fraction: float) -> tuple:
+def _refine_organ(
+    prob: np.ndarray,
+    before: np.ndarray,
+    now: np.ndarray,
+    grow_seed: np.ndarray,
+    erased: np.ndarray,
+    free: np.ndarray,
+    grow: float,
+    drop_fraction: float,
+) -> tuple:
     """(pixels to add, pixels to clear) for one organ on one slice."""
     add = _touching((prob > grow) | now, grow_seed) & free & ~now
     clear = _erased_components(before, erased, drop_fraction) & now & ~_touching(now, grow_seed)
     return add, clear
 
 
-def refine_labels(probs: np.ndarray, before: np.ndarray, current: np.ndarray, painted: np.ndarray,
-                  classes: tuple[str, ...] = CLASSES, grow: float = GROW_THRESHOLD,
-                  drop_fraction: float = DROP_FRACTION) -> np.ndarray:
+def refine_labels(
+    probs: np.ndarray,
+    before: np.ndarray,
+    current: np.ndarray,
+    painted: np.ndarray,
+    classes: tuple[str, ...] = CLASSES,
+    grow: float = GROW_THRESHOLD,
+    drop_fraction: float = DROP_FRACTION,
+) -> np.ndarray:
     """Refined labels (Y, X) of one slice; see the module docstring.
 
     ``probs``: the model's per-class probabilities (C, Y, X); ``before``: the slice's labels before
@@ -90,17 +104,32 @@ def refine_labels(probs: np.ndarray, before: np.ndarray, current: np.ndarray, pa
     for i, name in enumerate(classes):
         v = LABEL_VALUES[name]
         now = current == v
-        add, clear = _refine_organ(probs[i], before == v, now, painted & now, painted & (before == v) & ~now,
-                                   (out == 0) & ~painted, grow, drop_fraction)
+        add, clear = _refine_organ(
+            probs[i],
+            before == v,
+            now,
+            painted & now,
+            painted & (before == v) & ~now,
+            (out == 0) & ~painted,
+            grow,
+            drop_fraction,
+        )
         out[add] = v
         out[clear & ~painted] = 0
     out[painted] = current[painted]
     return out
 
 
-def refine_neighbour(probs: np.ndarray, labels: np.ndarray, centre_before: np.ndarray, centre_now: np.ndarray,
-                     centre_painted: np.ndarray, classes: tuple[str, ...] = CLASSES, grow: float = GROW_THRESHOLD,
-                     drop_fraction: float = DROP_FRACTION) -> np.ndarray:
+def refine_neighbour(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    centre_before: np.ndarray,
+    centre_now: np.ndarray,
+    centre_painted: np.ndarray,
+    classes: tuple[str, ...] = CLASSES,
+    grow: float = GROW_THRESHOLD,
+    drop_fraction: float = DROP_FRACTION,
+) -> np.ndarray:
     """A neighbouring slice's labels (Y, X) refined with the strokes of the centre slice.
 
     Organ regions of the neighbour's prediction under a stroke of that organ grow in (into

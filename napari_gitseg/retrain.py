@@ -100,8 +100,11 @@ def activate_version(project: str | Path, version: str | None) -> Path:
 
 
 # ---- what the Train dock shows for each trainer event ------------------------------------------------
-_PHASES = {"validate": "Comparing the new model with the active one", "pseudo-labels": "Predicting pseudo-labels",
-           "load": "Loading the labelled slices"}
+_PHASES = {
+    "validate": "Comparing the new model with the active one",
+    "pseudo-labels": "Predicting pseudo-labels",
+    "load": "Loading the labelled slices",
+}
 
 
 def _fmt(value) -> str:
@@ -139,12 +142,15 @@ def describe(event, outcome: str = "") -> EventView:
         case ev.Metrics(val_dice=dice) if dice is not None:
             return EventView(dice_point=(float(event.epoch), float(dice)))
         case ev.Promoted():
-            verdict = (f"New model {event.version} promoted: validation Dice {_fmt(event.val_dice)}"
-                       + (f" (was {_fmt(event.previous_dice)})" if event.previous_dice is not None else ""))
+            verdict = f"New model {event.version} promoted: validation Dice {_fmt(event.val_dice)}" + (
+                f" (was {_fmt(event.previous_dice)})" if event.previous_dice is not None else ""
+            )
             return EventView(status=verdict, outcome=verdict)
         case ev.Rejected():
-            verdict = (f"New model not better ({_fmt(event.candidate_dice)} vs {_fmt(event.active_dice)}); "
-                       "the active model stays.")
+            verdict = (
+                f"New model not better ({_fmt(event.candidate_dice)} vs {_fmt(event.active_dice)}); "
+                "the active model stays."
+            )
             return EventView(status=verdict, outcome=verdict)
         case ev.Error():
             return EventView(status=f"Error: {event.message}", error=event.message)

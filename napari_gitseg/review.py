@@ -61,7 +61,11 @@ class ReviewSession:
         self.name = stack.name
         self.index = {sid: z for z, sid in enumerate(stack.slice_ids)}
         store.register_stack(
-            stack.name, list(stack.slice_ids), tuple(stack.shape), tuple(stack.spacing), stack.source,
+            stack.name,
+            list(stack.slice_ids),
+            tuple(stack.shape),
+            tuple(stack.spacing),
+            stack.source,
             tuple(stack.classes),
         )
         self.masks = np.zeros((len(stack.classes), *stack.shape), dtype=bool)
@@ -116,14 +120,16 @@ class ReviewSession:
         if np.array_equal(before, after) and np.array_equal(masks_to_labels(self.masks[:, z]), after):
             return None
         merged = merge_label_edit(self.masks[:, z], before, after)
-        version = self.store.save(self.stack.slice_ids[z], merged, source="clinician", user=user,
-                                  reviewed=None)  # an edit keeps an accepted slice accepted
+        version = self.store.save(
+            self.stack.slice_ids[z], merged, source="clinician", user=user, reviewed=None
+        )  # an edit keeps an accepted slice accepted
         self.masks[:, z] = merged
         self.versions[z] = version
         return version
 
-    def accept(self, z: int, before: np.ndarray | None = None, after: np.ndarray | None = None,
-               user: str | None = None) -> int:
+    def accept(
+        self, z: int, before: np.ndarray | None = None, after: np.ndarray | None = None, user: str | None = None
+    ) -> int:
         """Store exactly what the screen shows of slice ``z`` as its reviewed version; returns that version.
 
         ``before`` / ``after``: the slice's labels as last saved and as on screen now (None: the
@@ -155,17 +161,25 @@ class ReviewSession:
         return self.store.history(self.stack.slice_ids[z])
 
     # ---- model output ------------------------------------------------------------------------
-    def apply_prediction(self, masks: np.ndarray, confidence: np.ndarray | None, model_version: str | None,
-                         source: str = "model") -> list[int]:
+    def apply_prediction(
+        self, masks: np.ndarray, confidence: np.ndarray | None, model_version: str | None, source: str = "model"
+    ) -> list[int]:
         """Store a prediction for every slice a clinician has not touched; returns the slices updated.
 
         The store decides, in its write transaction, which slices are protected. Pseudo-labels stay:
         they are what the next retraining round trains on besides the clinician's labels (a round that
         promotes a model stores them, then the Segment dock re-predicts with that same model).
         """
-        items = [{"slice_id": sid, "masks": masks[:, z], "source": source, "model_version": model_version,
-                  "confidence": None if confidence is None else float(confidence[z])}
-                 for z, sid in enumerate(self.stack.slice_ids)]
+        items = [
+            {
+                "slice_id": sid,
+                "masks": masks[:, z],
+                "source": source,
+                "model_version": model_version,
+                "confidence": None if confidence is None else float(confidence[z]),
+            }
+            for z, sid in enumerate(self.stack.slice_ids)
+        ]
         return self._store_many(items, keep=("pseudo",))
 
     def _store_many(self, items: list[dict], keep: tuple[str, ...] = ()) -> list[int]:
@@ -212,8 +226,14 @@ class ReviewSession:
         for k, zb in enumerate(range(z0 + 1, z1)):
             masks = self.masks[:, zb].copy()
             masks[c] = organ_masks[k]
-            items.append({"slice_id": self.stack.slice_ids[zb], "masks": masks, "source": "interpolated",
-                          "note": f"{organ} filled between z{z0} and z{z1}"})
+            items.append(
+                {
+                    "slice_id": self.stack.slice_ids[zb],
+                    "masks": masks,
+                    "source": "interpolated",
+                    "note": f"{organ} filled between z{z0} and z{z1}",
+                }
+            )
         filled, undo = self._store_undoable(items)
         return FillResult(organ, z0, z1, filled, undo)
 
@@ -221,8 +241,11 @@ class ReviewSession:
         """``_store_many`` that also returns the undo entries (slice id, version before, version written)."""
         before = {item["slice_id"]: int(self.versions[self.index[item["slice_id"]]]) for item in items}
         written = self._store_many(items)
-        undo = [(self.stack.slice_ids[z], before[self.stack.slice_ids[z]], int(self.versions[z]))
-                for z in written if before[self.stack.slice_ids[z]] > 0]
+        undo = [
+            (self.stack.slice_ids[z], before[self.stack.slice_ids[z]], int(self.versions[z]))
+            for z in written
+            if before[self.stack.slice_ids[z]] > 0
+        ]
         return written, undo
 
     def undo_fill(self, fill: FillResult | LearnResult | PropagateResult) -> list[int]:
@@ -245,20 +268,31 @@ class ReviewSession:
         masks = self.masks[:, z].copy()
         masks[:, organ_mask] = False
         masks[c] = organ_mask
-        written, undo = self._store_undoable([{"slice_id": self.stack.slice_ids[z], "masks": masks,
-                                               "source": "propagated",
-                                               "note": f"{result.organ} propagated from z{result.z0}"}])
+        written, undo = self._store_undoable(
+            [
+                {
+                    "slice_id": self.stack.slice_ids[z],
+                    "masks": masks,
+                    "source": "propagated",
+                    "note": f"{result.organ} propagated from z{result.z0}",
+                }
+            ]
+        )
         result.propagated += written
         result.undo += undo
         return bool(written)
 
     def corrected_labels(self) -> dict[int, np.ndarray]:
         """{z: labels} of this stack's clinician-labelled slices (what Learn from corrections learns from)."""
-        return {self.index[sid]: self.labels_of(self.index[sid])
-                for sid in self.store.clinician_slices(self.name) if sid in self.index}
+        return {
+            self.index[sid]: self.labels_of(self.index[sid])
+            for sid in self.store.clinician_slices(self.name)
+            if sid in self.index
+        }
 
-    def store_learned(self, labels_by_z: dict[int, np.ndarray], corrected: int, check,
-                      confidence: np.ndarray | None = None) -> LearnResult:
+    def store_learned(
+        self, labels_by_z: dict[int, np.ndarray], corrected: int, check, confidence: np.ndarray | None = None
+    ) -> LearnResult:
         """Save the slices Learn from corrections relabelled, as model output (protected ones skipped).
 
         ``confidence``: the model's per-slice confidence (Z,), kept so that the review queue still
@@ -267,10 +301,17 @@ class ReviewSession:
         from napari_gitseg.classes import labels_to_masks
 
         classes = tuple(self.stack.classes)
-        items = [{"slice_id": self.stack.slice_ids[z], "masks": labels_to_masks(labels, classes), "source": "model",
-                  "model_version": LEARNED, "note": f"learned from {corrected} corrected slice(s) of this scan",
-                  "confidence": None if confidence is None else float(confidence[z])}
-                 for z, labels in sorted(labels_by_z.items())]
+        items = [
+            {
+                "slice_id": self.stack.slice_ids[z],
+                "masks": labels_to_masks(labels, classes),
+                "source": "model",
+                "model_version": LEARNED,
+                "note": f"learned from {corrected} corrected slice(s) of this scan",
+                "confidence": None if confidence is None else float(confidence[z]),
+            }
+            for z, labels in sorted(labels_by_z.items())
+        ]
         written, undo = self._store_undoable(items)
         return LearnResult(corrected, check, written, undo)
 
@@ -279,9 +320,16 @@ class ReviewSession:
         from napari_gitseg.classes import labels_to_masks
 
         classes = tuple(self.stack.classes)
-        items = [{"slice_id": self.stack.slice_ids[z], "masks": labels_to_masks(labels, classes), "source": "model",
-                  "model_version": REFINED, "note": f"refined from the strokes on z{centre}"}
-                 for z, labels in labels_by_z.items()]
+        items = [
+            {
+                "slice_id": self.stack.slice_ids[z],
+                "masks": labels_to_masks(labels, classes),
+                "source": "model",
+                "model_version": REFINED,
+                "note": f"refined from the strokes on z{centre}",
+            }
+            for z, labels in labels_by_z.items()
+        ]
         return self._store_many(items)
 
     # ---- navigation --------------------------------------------------------------------------

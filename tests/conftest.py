@@ -114,8 +114,9 @@ def tiny_bundle(tmp_path_factory):
     from napari_gitseg.model.factory import ModelConfig, build_model
 
     torch.manual_seed(0)
-    config = ModelConfig(arch="Unet", encoder="resnet18", k=3, stride=2,
-                         arch_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
+    config = ModelConfig(
+        arch="Unet", encoder="resnet18", k=3, stride=2, arch_kwargs={"decoder_channels": [32, 16, 16, 8, 8]}
+    )
     model = build_model(config)
     folder = tmp_path_factory.mktemp("bundle")
     save_bundle(model, config, folder / "tiny", training={"note": "untrained test fixture"})

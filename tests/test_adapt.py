@@ -66,7 +66,9 @@ def test_a_tie_on_the_held_out_slices_keeps_the_model_whatever_the_last_digits()
     assert not CorrectorCheck([3], 0.927, 0.926).passed
     assert not CorrectorCheck([3], 0.926, 0.927).passed
     assert CorrectorCheck([3], 0.926, 0.926 + AdaptConfig.min_gain).passed
-    assert CorrectorCheck([3], 0.5, 0.6, min_gain=0.0).passed and not CorrectorCheck([3], 0.5, 0.5, min_gain=0.01).passed
+    assert (
+        CorrectorCheck([3], 0.5, 0.6, min_gain=0.0).passed and not CorrectorCheck([3], 0.5, 0.5, min_gain=0.01).passed
+    )
     image, probs, model, truth = scan_with_a_systematic_error()
     corrected = {z: truth[z] for z in (0, 4, 8, 11)}
     _new, check = learn_from_corrections(image, probs, model, corrected, [1], AdaptConfig(steps=300, min_gain=0.5))
@@ -112,4 +114,6 @@ def test_session_stores_learned_slices_as_predictions_never_over_clinician_work_
     assert np.array_equal(session.labels_of(5), new[5])
     assert session.queue() == [10, 9, 7, 6, 5, 3, 2, 1]  # still least confident first
     assert session.undo_fill(result) == result.relabelled
-    assert np.array_equal(session.labels_of(5), model[5]) and session.store.latest(case.slice_ids[5]).model_version == "v1"
+    assert (
+        np.array_equal(session.labels_of(5), model[5]) and session.store.latest(case.slice_ids[5]).model_version == "v1"
+    )

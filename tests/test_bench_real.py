@@ -26,8 +26,14 @@ def bench(monkeypatch):
 def _slice(case: int, day: int, number: int) -> Stack:
     masks = np.zeros((3, 1, 8, 8), bool)
     masks[case % 3, 0, 2:5, 2:5] = True
-    return Stack(image=np.full((1, 8, 8), number, np.uint16), spacing=(3.0, 1.5, 1.5),
-                 slice_ids=[f"case{case}_day{day}_slice_{number:04d}"], source="x", kind="uwmgi", masks=masks)
+    return Stack(
+        image=np.full((1, 8, 8), number, np.uint16),
+        spacing=(3.0, 1.5, 1.5),
+        slice_ids=[f"case{case}_day{day}_slice_{number:04d}"],
+        source="x",
+        kind="uwmgi",
+        masks=masks,
+    )
 
 
 def test_each_real_slice_gets_a_stack_name_of_its_own_and_keeps_its_patient(bench):
@@ -37,13 +43,16 @@ def test_each_real_slice_gets_a_stack_name_of_its_own_and_keeps_its_patient(benc
     assert a.meta["original_slice_id"] == "case101_day20_slice_0078"
     assert np.array_equal(a.masks, _slice(101, 20, 78).masks)
     with pytest.raises(ValueError, match="single slice"):
-        bench.unique_name(Stack(image=np.zeros((2, 4, 4)), spacing=(1, 1, 1), slice_ids=["a", "b"], source="s",
-                                kind="tiff"))
+        bench.unique_name(
+            Stack(image=np.zeros((2, 4, 4)), spacing=(1, 1, 1), slice_ids=["a", "b"], source="s", kind="tiff")
+        )
 
 
 def test_folds_leave_each_patient_out_once_and_choices_spread_over_patients(bench):
-    stacks = [bench.unique_name(_slice(c, d, n)) for c, d, n in
-              [(11, 1, 5), (11, 1, 9), (11, 2, 3), (7, 0, 1), (7, 0, 2), (125, 4, 60)]]
+    stacks = [
+        bench.unique_name(_slice(c, d, n))
+        for c, d, n in [(11, 1, 5), (11, 1, 9), (11, 2, 3), (7, 0, 1), (7, 0, 2), (125, 4, 60)]
+    ]
     folds = bench.patient_folds(stacks)
     assert [p for p, _train, _test in folds] == ["case7", "case11", "case125"]
     for patient, train, test in folds:
@@ -53,7 +62,8 @@ def test_folds_leave_each_patient_out_once_and_choices_spread_over_patients(benc
     chosen = bench.choose_slices(stacks, 3, seed=0)
     assert sorted(bench.patient_of(s) for s in chosen) == ["case11", "case125", "case7"]
     assert [s.name for s in bench.choose_slices(stacks, 4, seed=3)] == [
-        s.name for s in bench.choose_slices(stacks, 4, seed=3)]  # deterministic per seed
+        s.name for s in bench.choose_slices(stacks, 4, seed=3)
+    ]  # deterministic per seed
     assert len(bench.choose_slices(stacks, 50)) == len(stacks)  # at most all
 
 
@@ -68,8 +78,14 @@ def test_scores_count_organ_rows_and_the_challenge_rows(bench):
     # small bowel is empty everywhere: no organ row; the challenge counts its 2 empty rows (and 1 of large bowel) as 1
     assert np.isnan(nothing["Dice small_bowel"])
     assert nothing["challenge Dice"] == pytest.approx(3 / 6)
-    assert list(nothing) == ["Dice large_bowel", "Dice small_bowel", "Dice stomach", "mean Dice",
-                             "challenge Dice", "challenge score"]
+    assert list(nothing) == [
+        "Dice large_bowel",
+        "Dice small_bowel",
+        "Dice stomach",
+        "mean Dice",
+        "challenge Dice",
+        "challenge score",
+    ]
 
 
 def test_the_table_pairs_old_and_new_with_their_ratio(bench):
@@ -87,9 +103,15 @@ def test_the_table_pairs_old_and_new_with_their_ratio(bench):
 
 
 def test_the_curve_is_written_as_a_png(bench, tmp_path):
-    path = bench.plot_curve({"old": {0: 0.04, 3: 0.2, 6: 0.3}, "new": {0: 0.5, 3: 0.6, 6: 0.7},
-                             "new, candidate": {0: 0.5, 3: 0.65, 6: 0.72}}, tmp_path / "curve.png",
-                            dashed=["new, candidate"])
+    path = bench.plot_curve(
+        {
+            "old": {0: 0.04, 3: 0.2, 6: 0.3},
+            "new": {0: 0.5, 3: 0.6, 6: 0.7},
+            "new, candidate": {0: 0.5, 3: 0.65, 6: 0.72},
+        },
+        tmp_path / "curve.png",
+        dashed=["new, candidate"],
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -125,9 +147,14 @@ def test_a_benchmark_project_saves_only_the_chosen_slices_as_clinician_labels(be
 
     masks = np.zeros((3, 5, 8, 8), bool)
     masks[0, :, 2:5, 2:5] = True
-    stack = Stack(image=np.arange(5 * 64, dtype=np.uint16).reshape(5, 8, 8), spacing=(3.0, 1.5, 1.5),
-                  slice_ids=[f"case9_day1_slice_{z:04d}" for z in range(1, 6)], source="x", kind="uwmgi",
-                  masks=masks)
+    stack = Stack(
+        image=np.arange(5 * 64, dtype=np.uint16).reshape(5, 8, 8),
+        spacing=(3.0, 1.5, 1.5),
+        slice_ids=[f"case9_day1_slice_{z:04d}" for z in range(1, 6)],
+        source="x",
+        kind="uwmgi",
+        masks=masks,
+    )
     every = bench.make_project(tmp_path / "all", tiny_bundle, [stack])
     some = bench.make_project(tmp_path / "some", tiny_bundle, [stack], only={stack.name: [0, 3]})
     with LabelStore.open(every, create=False) as store:
@@ -178,8 +205,14 @@ def test_the_loop_labels_the_slices_the_review_queue_offers_first(monkeypatch, t
     masks = np.zeros((3, 6, 32, 32), bool)
     masks[2, 2:5, 8:20, 8:20] = True
     image = np.random.default_rng(0).integers(0, 1000, (6, 32, 32)).astype(np.uint16)
-    stack = Stack(image=image, spacing=(3.0, 1.5, 1.5), slice_ids=[f"case9_day1_slice_{z:04d}" for z in range(1, 7)],
-                  source="x", kind="uwmgi", masks=masks)
+    stack = Stack(
+        image=image,
+        spacing=(3.0, 1.5, 1.5),
+        slice_ids=[f"case9_day1_slice_{z:04d}" for z in range(1, 7)],
+        source="x",
+        kind="uwmgi",
+        masks=masks,
+    )
     project, queue = bench_real_loop.start_project(tmp_path / "p", tiny_bundle, stack, preset("quick", num_threads=1))
     with LabelStore.open(project, create=False) as store:
         conf = {sid: store.latest(sid).confidence for sid in stack.slice_ids}

@@ -26,8 +26,14 @@ from training.config import preset
 
 torch.set_num_threads(2)
 
-TINY = {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4, "size": [64, 64], "val_batch_size": 8,
-        "finetune_lr_factor": 1.0}
+TINY = {
+    "epochs": 1,
+    "max_steps_per_epoch": 2,
+    "batch_size": 4,
+    "size": [64, 64],
+    "val_batch_size": 8,
+    "finetune_lr_factor": 1.0,
+}
 # fine-tuning that cannot change the model: lr 0 and BatchNorm statistics frozen (as configured here,
 # not the few-label recipe's rate)
 FROZEN = {"finetune_lr_factor": 0.0, "freeze_bn": True, "few_label_recipe": False}
@@ -132,13 +138,29 @@ def project(cases, tmp_path, monkeypatch):
     folder = tmp_path / "project"
     with Project(folder).open_store() as store:
         for stack in cases[:2]:
-            store.register_stack(stack.name, stack.slice_ids, stack.image.shape, stack.spacing, stack.source,
-                                 stack.classes)
+            store.register_stack(
+                stack.name, stack.slice_ids, stack.image.shape, stack.spacing, stack.source, stack.classes
+            )
             Project(folder).save_snapshot(stack)
-            store.save_many([{"slice_id": stack.slice_ids[z], "masks": stack.masks[:, z], "source": "clinician"}
-                             for z in (2, 4, 6, 8, 10, 12)])
-            store.save_effort("review-1", [{"slice_id": stack.slice_ids[z], "seconds": 15.0, "strokes": 2,
-                                            "painted_px": 50, "accepted_unedited": False} for z in (2, 4, 6, 8)])
+            store.save_many(
+                [
+                    {"slice_id": stack.slice_ids[z], "masks": stack.masks[:, z], "source": "clinician"}
+                    for z in (2, 4, 6, 8, 10, 12)
+                ]
+            )
+            store.save_effort(
+                "review-1",
+                [
+                    {
+                        "slice_id": stack.slice_ids[z],
+                        "seconds": 15.0,
+                        "strokes": 2,
+                        "painted_px": 50,
+                        "accepted_unedited": False,
+                    }
+                    for z in (2, 4, 6, 8)
+                ],
+            )
     return folder
 
 
@@ -150,8 +172,9 @@ def test_store_rounds_promote_then_reject(project, cases):
     assert first["clinician_train"] + first["clinician_val"] == 12 and first["clinician_val"] > 0
     assert first["pseudo_written"] == 5
     assert first["clinician_minutes"] == pytest.approx(2.0)  # 8 slices x 15 s from the effort log
-    assert first["dice_vs_effort"] == [{"round": 1, "clinician_minutes": 2.0, "clinician_slices": 12,
-                                        "dice": first["candidate_dice"]}]
+    assert first["dice_vs_effort"] == [
+        {"round": 1, "clinician_minutes": 2.0, "clinician_slices": 12, "dice": first["candidate_dice"]}
+    ]
     registry = Project(project).registry()
     assert registry.active() == "v0001"
     with Project(project).open_store() as store:
@@ -195,8 +218,7 @@ def test_the_gui_refuses_a_round_the_worker_would_refuse(cases, tmp_path):
 
     stack, project = cases[0], Project(tmp_path / "p")
     with project.open_store() as store:
-        store.register_stack(stack.name, stack.slice_ids, stack.image.shape, stack.spacing, stack.source,
-                             stack.classes)
+        store.register_stack(stack.name, stack.slice_ids, stack.image.shape, stack.spacing, stack.source, stack.classes)
         project.save_snapshot(stack)
         store.save(stack.slice_ids[4], stack.masks[:, 4], source="clinician")
     assert MIN_CLINICIAN_LABELS > 1 == project.clinician_label_count()

@@ -37,10 +37,35 @@ def test_torchrun_two_cpu_processes_train_one_model(dataset, tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-           "-m", "napari_gitseg.cli", "train", str(dataset), "--out", str(out), "--preset", "quick",
-           "--epochs", "1", "--max-steps", "3", "--batch-size", "2", "--size", "64", "--device", "cpu", "--quiet",
-           "--config", json.dumps({"num_threads": 1, "val_batch_size": 8})]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "-m",
+        "napari_gitseg.cli",
+        "train",
+        str(dataset),
+        "--out",
+        str(out),
+        "--preset",
+        "quick",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--size",
+        "64",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--config",
+        json.dumps({"num_threads": 1, "val_batch_size": 8}),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]

@@ -49,7 +49,9 @@ def _refused(err: pytest.ExceptionInfo, path, *words: str) -> None:
 # ---- bad input --------------------------------------------------------------------------------
 def test_mixed_frames_of_reference_are_refused(series):
     folder = Path(series.source)
-    _edit_files(folder, lambda i, ds: setattr(ds, "FrameOfReferenceUID", "1.2.3.4" if i == 3 else ds.FrameOfReferenceUID))
+    _edit_files(
+        folder, lambda i, ds: setattr(ds, "FrameOfReferenceUID", "1.2.3.4" if i == 3 else ds.FrameOfReferenceUID)
+    )
     with pytest.raises(GitsegInputError) as err:
         read_dicom(folder)
     _refused(err, folder, "frames of reference")
@@ -156,8 +158,9 @@ def test_import_seeds_clinician_labels_and_predictions_keep_off(series, phantom,
     labelled = np.flatnonzero(opened.labelled)
     assert result["imported"] == len(labelled) - 1 and result["kept_clinician"] == 1
     with LabelStore.open(project) as store:
-        assert set(store.clinician_slices(opened.name)) == {opened.slice_ids[z] for z in labelled} | \
-            {opened.slice_ids[4]}
+        assert set(store.clinician_slices(opened.name)) == {opened.slice_ids[z] for z in labelled} | {
+            opened.slice_ids[4]
+        }
         first = opened.slice_ids[labelled[0]]
         rec = store.latest(first)
         assert rec.source == "imported" and "planning_RS.dcm" in rec.note
@@ -177,11 +180,15 @@ def test_a_version_1_store_is_migrated_to_allow_imported(tmp_path):
         store.save("a", np.ones((3, 4, 4), bool), source="clinician")
     raw = sqlite3.connect(tmp_path / schema.DB_NAME)
     old = schema.VERSIONS_TABLE.format(name="v1").replace(", 'imported'", "")
-    raw.executescript(f"BEGIN; {old}; INSERT INTO v1 SELECT * FROM versions; DROP TABLE versions; "
-                      "ALTER TABLE v1 RENAME TO versions; UPDATE meta SET value='1' WHERE key='schema_version'; COMMIT;")
+    raw.executescript(
+        f"BEGIN; {old}; INSERT INTO v1 SELECT * FROM versions; DROP TABLE versions; "
+        "ALTER TABLE v1 RENAME TO versions; UPDATE meta SET value='1' WHERE key='schema_version'; COMMIT;"
+    )
     with pytest.raises(sqlite3.IntegrityError):
-        raw.execute("INSERT INTO versions (slice_id, version, source, reviewed, created, shape, masks, crc) "
-                    "VALUES ('b', 1, 'imported', 0, 0, '[]', x'', 0)")
+        raw.execute(
+            "INSERT INTO versions (slice_id, version, source, reviewed, created, shape, masks, crc) "
+            "VALUES ('b', 1, 'imported', 0, 0, '[]', x'', 0)"
+        )
     raw.close()
     with LabelStore.open(tmp_path) as store:
         assert store.save("b", np.ones((3, 4, 4), bool), source="imported") == 1
@@ -193,8 +200,12 @@ def test_cli_export_import_info(series, phantom, tmp_path, capsys, dciodvfy):
     project = tmp_path / "project"
     with LabelStore.open(project) as store:
         store.register_stack(series.name, series.slice_ids, series.shape, series.spacing, series.source)
-        store.save_many([{"slice_id": sid, "masks": phantom.masks[:, z], "source": "clinician"}
-                         for z, sid in enumerate(series.slice_ids)])
+        store.save_many(
+            [
+                {"slice_id": sid, "masks": phantom.masks[:, z], "source": "clinician"}
+                for z, sid in enumerate(series.slice_ids)
+            ]
+        )
     for fmt in ("rtstruct", "seg"):
         out = tmp_path / "export" / f"{fmt}.dcm"
         assert main(["export", str(project), "--format", fmt, "--out", str(out)]) == 0
@@ -213,8 +224,12 @@ def test_cli_export_of_a_non_dicom_stack(phantom, tmp_path, capsys, dciodvfy):
     project = tmp_path / "project"
     with LabelStore.open(project) as store:
         store.register_stack(phantom.name, phantom.slice_ids, phantom.shape, phantom.spacing, phantom.source)
-        store.save_many([{"slice_id": sid, "masks": phantom.masks[:, z], "source": "clinician"}
-                         for z, sid in enumerate(phantom.slice_ids)])
+        store.save_many(
+            [
+                {"slice_id": sid, "masks": phantom.masks[:, z], "source": "clinician"}
+                for z, sid in enumerate(phantom.slice_ids)
+            ]
+        )
     from napari_gitseg.project import save_stack_snapshot
 
     save_stack_snapshot(project, phantom)

@@ -38,7 +38,7 @@ def phantom_masks(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     z, h, w = shape
     case = make_phantom_case(seed, n_slices=2 * z + 4, size=(max(h, 32), max(w, 32)))
     start = (case.shape[0] - z) // 2
-    return case.masks[:, start:start + z, :h, :w].copy()
+    return case.masks[:, start : start + z, :h, :w].copy()
 
 
 def with_hole_and_slivers(masks: np.ndarray) -> np.ndarray:
@@ -49,7 +49,7 @@ def with_hole_and_slivers(masks: np.ndarray) -> np.ndarray:
     r = np.hypot(yy - h // 3, xx - w * 2 // 3)
     masks[ST, z // 2] &= ~(r <= min(h, w) * 0.2)  # room for the ring
     masks[ST, z // 2] |= (r <= min(h, w) * 0.15) & (r > min(h, w) * 0.06)
-    masks[SB, z // 2 + 1, 4, 5:w // 2] = True
+    masks[SB, z // 2 + 1, 4, 5 : w // 2] = True
     for i in range(min(h, w) // 3):
         masks[SB, z // 2 - 1, 6 + i, 6 + i] = True
     return masks
@@ -106,8 +106,9 @@ def check_references(path: Path, stack) -> None:
         assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == geometry.series_instance_uid
         return
     assert [r.ROIName for r in ds.StructureSetROISequence] == [TG263_NAMES[c] for c in CLASSES]
-    assert [tuple(int(v) for v in r.ROIDisplayColor) for r in ds.ROIContourSequence] == \
-        [display_rgb(c) for c in CLASSES]
+    assert [tuple(int(v) for v in r.ROIDisplayColor) for r in ds.ROIContourSequence] == [
+        display_rgb(c) for c in CLASSES
+    ]
     ref = ds.ReferencedFrameOfReferenceSequence[0]
     assert ref.FrameOfReferenceUID == geometry.frame_of_reference_uid
     series = ref.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
@@ -186,8 +187,10 @@ def test_real_series_from_installed_wheels(tmp_path, dciodvfy):
     from pydicom.data import get_testdata_file
 
     nicom = Path(nib.__file__).parent / "nicom" / "tests" / "data"
-    cases = {"pydicom_MR_small": [Path(get_testdata_file("MR_small.dcm"))],
-             "nibabel_nicom_0_1": [nicom / "0.dcm", nicom / "1.dcm"]}
+    cases = {
+        "pydicom_MR_small": [Path(get_testdata_file("MR_small.dcm"))],
+        "nibabel_nicom_0_1": [nicom / "0.dcm", nicom / "1.dcm"],
+    }
     for name, files in cases.items():
         if not all(f.is_file() for f in files):
             pytest.skip(f"{files} not shipped with this install")
@@ -252,7 +255,10 @@ def test_contours_sit_on_the_pixel_edges_in_patient_space(tmp_path):
     uid = contour.ContourImageSequence[0].ReferencedSOPInstanceUID
     image = next(ds for ds in map(pydicom.dcmread, sorted((tmp_path / "series").iterdir())) if ds.SOPInstanceUID == uid)
     ipp = np.asarray(image.ImagePositionPatient, float)
-    row_dir, col_dir = np.asarray(image.ImageOrientationPatient[:3], float), np.asarray(image.ImageOrientationPatient[3:], float)
+    row_dir, col_dir = (
+        np.asarray(image.ImageOrientationPatient[:3], float),
+        np.asarray(image.ImageOrientationPatient[3:], float),
+    )
     dy, dx = (float(v) for v in image.PixelSpacing)
     points = np.asarray(contour.ContourData, float).reshape(-1, 3) - ipp
     cols, rows = points @ row_dir / dx, points @ col_dir / dy

@@ -47,7 +47,12 @@ def test_learning_rate_shrinks_below_the_full_label_count():
     assert rates == sorted(rates) and rates[2] == pytest.approx(RECIPE.lr * 3 / RECIPE.lr_full_from)
     assert rates[3:] == [RECIPE.lr] * 3
     cpu = preset("cpu", init_from="model.json")
-    assert finetune_config(cpu, 3, cls_head=False).lr == RECIPE.learning_rate(3) < finetune_config(cpu, 12, cls_head=False).lr == RECIPE.lr
+    assert (
+        finetune_config(cpu, 3, cls_head=False).lr
+        == RECIPE.learning_rate(3)
+        < finetune_config(cpu, 12, cls_head=False).lr
+        == RECIPE.lr
+    )
 
 
 def test_the_loss_is_bce_and_dice_plus_the_head_term_when_the_start_has_a_head(tiny_bundle, tmp_path):
@@ -126,8 +131,14 @@ def _blob_stack(seed: int, blob_value: int, n: int = 16, size: int = 64):
             image[z][blob] = blob_value
             masks[2, z] = blob
     image += rng.normal(0, 20, image.shape)
-    return Stack(image=np.clip(image, 0, None).astype(np.uint16), spacing=(3.0, 1.5, 1.5),
-                 slice_ids=[f"b{seed}_{z}" for z in range(n)], source=f"blobs{seed}", kind="test", masks=masks)
+    return Stack(
+        image=np.clip(image, 0, None).astype(np.uint16),
+        spacing=(3.0, 1.5, 1.5),
+        slice_ids=[f"b{seed}_{z}" for z in range(n)],
+        source=f"blobs{seed}",
+        kind="test",
+        masks=masks,
+    )
 
 
 @pytest.mark.slow
@@ -168,14 +179,17 @@ def test_the_recipe_adapts_a_model_to_a_tiny_labelled_set(tmp_path):
     assert bn_stats and all(torch.equal(b, after_state[n]) for n, b in bn_stats)  # 6 < 32 labels: frozen
     val = build_dataset([held_out], config, config.model_config(), what="validation")
     classes = config.model_config().classes
-    dice_before, dice_after = (_pooled_dice(validate(m, val, torch.device("cpu"), classes))
-                               for m in (before_model, after_model))
+    dice_before, dice_after = (
+        _pooled_dice(validate(m, val, torch.device("cpu"), classes)) for m in (before_model, after_model)
+    )
     assert dice_after > dice_before + RECIPE_GAIN, (dice_before, dice_after)
 
 
 def _pooled_dice(metrics: dict) -> float:
     """Mean over organs of the Dice of all held-out pixels pooled (2PR / (P + R)); empty slices do not
     count as perfect, unlike the challenge's per-slice mean."""
-    scores = [2 * c["precision"] * c["recall"] / max(c["precision"] + c["recall"], 1e-9)
-              for c in metrics["per_class"].values()]
+    scores = [
+        2 * c["precision"] * c["recall"] / max(c["precision"] + c["recall"], 1e-9)
+        for c in metrics["per_class"].values()
+    ]
     return sum(scores) / len(scores)

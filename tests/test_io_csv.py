@@ -166,9 +166,7 @@ def test_write_rle_csv_is_the_exact_challenge_format(tmp_path):
 
 def test_write_rle_csv_skips_unlabelled_and_writes_submission_header(tmp_path):
     masks = np.ones((3, 2, 2, 2), bool)
-    path = write_rle_csv(
-        tmp_path / "sub.csv", ["a", "b"], masks, labelled=np.array([False, True]), column="predicted"
-    )
+    path = write_rle_csv(tmp_path / "sub.csv", ["a", "b"], masks, labelled=np.array([False, True]), column="predicted")
     lines = path.read_text().splitlines()
     assert lines == ["id,class,predicted", "b,large_bowel,1 4", "b,small_bowel,1 4", "b,stomach,1 4"]
 

@@ -74,9 +74,7 @@ def _body(image: np.ndarray, threshold: float) -> np.ndarray:
     ],
     ids=["mr", "ct"],
 )
-def test_totalsegmentator_volumes_and_labels(
-    tmp_path, io_shared_data, image_name, seg_name, mapping, shape, threshold
-):
+def test_totalsegmentator_volumes_and_labels(tmp_path, io_shared_data, image_name, seg_name, mapping, shape, threshold):
     folder = io_shared_data / "totalsegmentator-examples"
     stack = read_nifti(folder / f"{image_name}.nii.gz")
     assert stack.shape == shape

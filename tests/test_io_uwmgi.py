@@ -324,9 +324,7 @@ def test_write_uwmgi_dataset_round_trips_exactly(tmp_path):
         np.testing.assert_array_equal(got.image, original.image)
         assert got.slice_ids == original.slice_ids
         assert got.spacing == original.spacing
-        labelled = (
-            original.labelled if original.labelled is not None else np.ones(len(original.slice_ids), bool)
-        )
+        labelled = original.labelled if original.labelled is not None else np.ones(len(original.slice_ids), bool)
         np.testing.assert_array_equal(got.labelled, labelled)
         np.testing.assert_array_equal(got.masks[:, labelled], original.masks[:, labelled])
     assert not [p for p in root.rglob(".*")]  # no temporary files left behind

@@ -205,9 +205,7 @@ def test_nifti_with_nan_or_truncated_data_is_refused(tmp_path):
 
 
 def test_label_nifti_maps_values_to_classes_and_checks_the_grid(tmp_path):
-    image = read_nifti(
-        _nifti(tmp_path / "img.nii.gz", _volume((4, 5, 6), dtype=np.int16), np.diag([3, 3, 3, 1.0]))
-    )
+    image = read_nifti(_nifti(tmp_path / "img.nii.gz", _volume((4, 5, 6), dtype=np.int16), np.diag([3, 3, 3, 1.0])))
     labels = np.zeros((4, 5, 6), np.uint8)
     labels[0, 0, 0] = 6  # stomach
     labels[1, 1, 1] = 18  # small bowel

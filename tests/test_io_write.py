@@ -171,8 +171,19 @@ def test_one_extension_table_for_readers_writers_and_export(tmp_path):
     from napari_gitseg.export import export_format_of, provenance_path
     from napari_gitseg.io import format_of
 
-    names = {"a.csv": "csv", "A.TIF": "tiff", "a.tiff": "tiff", "a.nii": "nifti", "a.NII.GZ": "nifti",
-             "slice.png": "png", "a.csv.gz": None, "a.tar.gz": None, "a.gz": None, "a": None, "a.json": None}
+    names = {
+        "a.csv": "csv",
+        "A.TIF": "tiff",
+        "a.tiff": "tiff",
+        "a.nii": "nifti",
+        "a.NII.GZ": "nifti",
+        "slice.png": "png",
+        "a.csv.gz": None,
+        "a.tar.gz": None,
+        "a.gz": None,
+        "a": None,
+        "a.json": None,
+    }
     assert {name: format_of(tmp_path / name) for name in names} == names
     # any .gz used to count as NIfTI for the Review dock's export
     assert [export_format_of(n) for n in ("r.csv", "r.tiff", "r.nii.gz", "r.csv.gz")] == ["csv", "tif", "nii", None]

@@ -33,8 +33,10 @@ def lateral_distance(masks: np.ndarray, c: int) -> float:
 
 def assert_large_bowel_lateral(masks: np.ndarray, what: str) -> None:
     lb, sb = lateral_distance(masks, LB), lateral_distance(masks, SB)
-    assert lb > sb + MARGIN, (f"{what}: the large bowel lies {lb:.3f} from the midline, the small bowel {sb:.3f}: "
-                              "large_bowel and small_bowel look swapped")
+    assert lb > sb + MARGIN, (
+        f"{what}: the large bowel lies {lb:.3f} from the midline, the small bowel {sb:.3f}: "
+        "large_bowel and small_bowel look swapped"
+    )
 
 
 def test_the_check_sees_a_swap():

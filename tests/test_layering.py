@@ -23,15 +23,20 @@ def _imports(package: str):
 
 
 def test_the_plugin_never_imports_the_trainer():
-    found = [f"{p.relative_to(ROOT)}:{line} {module}" for p, line, module, _ in _imports("napari_gitseg")
-             if module.split(".")[0] == "training"]
+    found = [
+        f"{p.relative_to(ROOT)}:{line} {module}"
+        for p, line, module, _ in _imports("napari_gitseg")
+        if module.split(".")[0] == "training"
+    ]
     assert found == []
 
 
 def test_the_plugin_and_its_command_line_load_without_the_trainer():
-    code = ("import json, sys, napari_gitseg.cli, napari_gitseg.retrain, napari_gitseg.jobs, "
-            "napari_gitseg.events; napari_gitseg.cli.build_parser(); "
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'training')))")
+    code = (
+        "import json, sys, napari_gitseg.cli, napari_gitseg.retrain, napari_gitseg.jobs, "
+        "napari_gitseg.events; napari_gitseg.cli.build_parser(); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'training')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     # build_parser loads the trainer's commands through the gitseg.commands entry point, nothing else
     assert set(json.loads(out.strip().splitlines()[-1])) <= {"training", "training.cli"}

@@ -86,9 +86,7 @@ def test_combination_is_the_weighted_sum():
     logits = torch.randn(2, 3, 6, 6, generator=g)
     target = (torch.rand(2, 3, 6, 6, generator=g) > 0.5).float()
     combined = build_loss("0.3*bce + 0.7*tversky(alpha=0.7, beta=0.3)")
-    expected = 0.3 * build_loss("bce")(logits, target) + 0.7 * build_loss("tversky(alpha=0.7,beta=0.3)")(
-        logits, target
-    )
+    expected = 0.3 * build_loss("bce")(logits, target) + 0.7 * build_loss("tversky(alpha=0.7,beta=0.3)")(logits, target)
     assert combined(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
     total, terms = combined.forward_terms(logits, target)
     assert set(terms) == {"bce", "tversky"}
@@ -102,9 +100,7 @@ def test_set_terms_drop_ignored_and_zero_weight_samples(term):
     target = (torch.rand(3, 3, 6, 6, generator=g) > 0.5).float()
     loss = build_loss(term)
     kept = loss(logits[[0, 2]], target[[0, 2]]).item()
-    assert loss(logits, target, ignore=torch.tensor([False, True, False])).item() == pytest.approx(
-        kept, rel=1e-5
-    )
+    assert loss(logits, target, ignore=torch.tensor([False, True, False])).item() == pytest.approx(kept, rel=1e-5)
     assert loss(logits, target, weight=torch.tensor([1.0, 0.0, 1.0])).item() == pytest.approx(kept, rel=1e-5)
     assert loss(logits, target).item() != pytest.approx(kept, rel=1e-5)
 

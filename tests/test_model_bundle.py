@@ -24,8 +24,14 @@ from napari_gitseg.model.registry import ModelRegistry, RegistryError
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-CFG = ModelConfig(arch="Unet", encoder="tu-test_byobnet", k=3, stride=2, cls_head=True,
-                  arch_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})
+CFG = ModelConfig(
+    arch="Unet",
+    encoder="tu-test_byobnet",
+    k=3,
+    stride=2,
+    cls_head=True,
+    arch_kwargs={"decoder_channels": [32, 16, 16, 8, 8]},
+)
 
 
 def _model(seed: int = 0, config: ModelConfig = CFG):
@@ -42,8 +48,7 @@ def _model(seed: int = 0, config: ModelConfig = CFG):
 @pytest.fixture
 def saved(tmp_path):
     model = _model()
-    bundle = save_bundle(model, CFG, tmp_path / "m", metrics={"dice": 0.8}, training={"data": "phantom"},
-                         notes="test")
+    bundle = save_bundle(model, CFG, tmp_path / "m", metrics={"dice": 0.8}, training={"data": "phantom"}, notes="test")
     return model, bundle
 
 
@@ -85,8 +90,9 @@ def test_summary_names_the_network_input_date_dice_and_notes(tmp_path):
     assert lines[3].startswith("trained on rendered slices;") and lines[3].endswith("...") and len(lines[3]) <= 160
     plain = save_bundle(_model(), CFG, tmp_path / "plain", metrics={"val_dice": "n/a"})  # no number, no notes
     assert plain.summary().splitlines()[2] == f"created {plain.created[:10]}" and len(plain.summary().splitlines()) == 3
-    real = save_bundle(_model(), CFG, tmp_path / "real",
-                       training={"data": {"real_image_patients": ["case6", "case16"]}})
+    real = save_bundle(
+        _model(), CFG, tmp_path / "real", training={"data": {"real_image_patients": ["case6", "case16"]}}
+    )
     assert real.summary().splitlines()[3] == "learnt from real scans of 2 patients (case6, case16)"
 
 
@@ -322,9 +328,13 @@ def test_registry_writers_do_not_lose_versions(tmp_path):
 def test_metrics_with_numpy_values_and_nan_are_stored_as_json(tmp_path):
     import numpy as np
 
-    bundle = save_bundle(_model(), CFG, tmp_path / "m",
-                         metrics={"dice": np.float32(0.5), "hd": float("nan"), "per_slice": np.array([1.0, np.inf])},
-                         training={"folder": tmp_path})
+    bundle = save_bundle(
+        _model(),
+        CFG,
+        tmp_path / "m",
+        metrics={"dice": np.float32(0.5), "hd": float("nan"), "per_slice": np.array([1.0, np.inf])},
+        training={"folder": tmp_path},
+    )
     doc = json.loads(bundle.json_path.read_text())
     assert doc["metrics"] == {"dice": 0.5, "hd": None, "per_slice": [1.0, None]}
     assert doc["training"] == {"folder": str(tmp_path)}

@@ -90,13 +90,28 @@ def test_unknown_encoder_is_a_clear_error():
 
 
 def test_config_round_trips_and_validates():
-    cfg = ModelConfig(arch="fpn", encoder=TINY, k=5, stride=2, cls_head=True, input_size=(224, 192),
-                      arch_kwargs={"decoder_dropout": 0.1})
+    cfg = ModelConfig(
+        arch="fpn",
+        encoder=TINY,
+        k=5,
+        stride=2,
+        cls_head=True,
+        input_size=(224, 192),
+        arch_kwargs={"decoder_dropout": 0.1},
+    )
     data = cfg.to_dict()
     assert data["arch"] == "FPN" and data["classes"] == list(CLASSES) and data["input_size"] == [224, 192]
     assert ModelConfig.from_dict(data) == cfg
-    for bad in ({"k": 4}, {"k": 0}, {"stride": 0}, {"classes": ()}, {"classes": ("a", "a")},
-                {"input_size": (0, 5)}, {"cls_head": "yes"}, {"k": 3.0}):
+    for bad in (
+        {"k": 4},
+        {"k": 0},
+        {"stride": 0},
+        {"classes": ()},
+        {"classes": ("a", "a")},
+        {"input_size": (0, 5)},
+        {"cls_head": "yes"},
+        {"k": 3.0},
+    ):
         with pytest.raises(ValueError):
             ModelConfig(**bad)
     with pytest.raises(ValueError, match="unknown model config keys"):
@@ -125,8 +140,10 @@ def test_local_encoder_weights_load_strictly(tmp_path):
     for key, value in source.encoder.state_dict().items():
         assert torch.equal(value, target.encoder.state_dict()[key]), key
     # the decoder stays random: only the encoder was loaded
-    assert not torch.equal(source.decoder.state_dict()[next(iter(source.decoder.state_dict()))],
-                           target.decoder.state_dict()[next(iter(target.decoder.state_dict()))])
+    assert not torch.equal(
+        source.decoder.state_dict()[next(iter(source.decoder.state_dict()))],
+        target.decoder.state_dict()[next(iter(target.decoder.state_dict()))],
+    )
 
     # a torch file (weights_only) with an "encoder." prefix works too
     torch_path = tmp_path / "enc.pth"

@@ -4,8 +4,18 @@ import pytest
 
 from napari_gitseg.project import Project, default_project_folder
 
-HOSTILE = ["../../etc/passwd", "..", "/abs/olute", "case1/../../x", "..\\..\\win", "a\x00b", "", ".", "~root",
-           "case1_day0_slice_0001/../../../tmp"]
+HOSTILE = [
+    "../../etc/passwd",
+    "..",
+    "/abs/olute",
+    "case1/../../x",
+    "..\\..\\win",
+    "a\x00b",
+    "",
+    ".",
+    "~root",
+    "case1_day0_slice_0001/../../../tmp",
+]
 
 
 @pytest.mark.parametrize("name", HOSTILE)

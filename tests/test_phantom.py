@@ -193,9 +193,7 @@ def test_days_of_one_case_are_similar_but_not_identical():
 def test_make_phantom_cases_numbers_cases_and_days():
     stacks = make_phantom_cases(2, seed=4, days_per_case=2, n_slices=6, size=(48, 48))
     assert [s.name for s in stacks] == ["case1_day0", "case1_day1", "case2_day0", "case2_day1"]
-    assert np.array_equal(
-        stacks[0].image, make_phantom_case(4, case=1, day=0, n_slices=6, size=(48, 48)).image
-    )
+    assert np.array_equal(stacks[0].image, make_phantom_case(4, case=1, day=0, n_slices=6, size=(48, 48)).image)
     with pytest.raises(ValueError):
         make_phantom_cases(0, seed=4)
 

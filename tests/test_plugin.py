@@ -16,8 +16,14 @@ def test_manifest_is_valid_and_lists_every_contribution():
 
     manifest = PluginManifest.from_distribution("napari-gitseg")
     ids = {c.id for c in manifest.contributions.commands}
-    assert {"napari-gitseg.get_reader", "napari-gitseg.write_labels", "napari-gitseg.sample_phantom",
-            "napari-gitseg.segment_widget", "napari-gitseg.review_widget", "napari-gitseg.train_widget"} <= ids
+    assert {
+        "napari-gitseg.get_reader",
+        "napari-gitseg.write_labels",
+        "napari-gitseg.sample_phantom",
+        "napari-gitseg.segment_widget",
+        "napari-gitseg.review_widget",
+        "napari-gitseg.train_widget",
+    } <= ids
     for cmd in manifest.contributions.commands:  # every python_name resolves to a real object
         module, _, attr = cmd.python_name.partition(":")
         mod = __import__(module, fromlist=[attr])
@@ -66,8 +72,9 @@ def test_sample_data_and_writer_round_trip(make_napari_viewer, tmp_path):
     out = tmp_path / "organs.csv"
     from napari_gitseg._writer import write_labels
 
-    written = write_labels(str(out), labels.data, {"metadata": labels.metadata, "scale": labels.scale,
-                                                   "name": labels.name})
+    written = write_labels(
+        str(out), labels.data, {"metadata": labels.metadata, "scale": labels.scale, "name": labels.name}
+    )
     assert Path(written[0]).is_file()
     like = read_stack(_phantom_case_folder(tmp_path))
     back = read_masks(out, like)

@@ -24,8 +24,14 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 STOMACH = 2
 SIZE = 96
 # encoder depth 4: input divisor 16
-CFG = ModelConfig(arch="Unet", encoder="tu-test_byobnet", k=3, stride=1, cls_head=True,
-                  arch_kwargs={"encoder_depth": 4, "decoder_channels": [32, 16, 16, 8]})
+CFG = ModelConfig(
+    arch="Unet",
+    encoder="tu-test_byobnet",
+    k=3,
+    stride=1,
+    cls_head=True,
+    arch_kwargs={"encoder_depth": 4, "decoder_channels": [32, 16, 16, 8]},
+)
 
 
 def synthetic_stack(seed: int, n: int = 16, h: int = SIZE, w: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +81,11 @@ def trained():
         seg, cls = forward_logits(model, xb)
         p = torch.sigmoid(seg)
         soft_dice = 1 - (2 * (p * yb).sum() + 1) / (p.sum() + yb.sum() + 1)
-        loss = (soft_dice + torch.nn.functional.binary_cross_entropy_with_logits(seg, yb)
-                + 3 * torch.nn.functional.binary_cross_entropy_with_logits(cls, yb.amax((2, 3))))
+        loss = (
+            soft_dice
+            + torch.nn.functional.binary_cross_entropy_with_logits(seg, yb)
+            + 3 * torch.nn.functional.binary_cross_entropy_with_logits(cls, yb.amax((2, 3)))
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -97,8 +106,9 @@ def bundle_path(trained, tmp_path_factory):
 
 def test_masks_are_aligned_and_meaningful(trained, test_case, bundle_path):
     image, truth = test_case
-    stack = Stack(image=image, spacing=(3, 1.5, 1.5), slice_ids=[f"s{z}" for z in range(16)],
-                  source="synthetic", kind="test")
+    stack = Stack(
+        image=image, spacing=(3, 1.5, 1.5), slice_ids=[f"s{z}" for z in range(16)], source="synthetic", kind="test"
+    )
     pred = Predictor([bundle_path], device="cpu").predict(stack)
     assert isinstance(pred, Prediction)
     assert pred.masks.shape == truth.shape and pred.masks.dtype == bool
@@ -121,8 +131,9 @@ def test_predictor_matches_a_plain_forward_pass(trained, test_case):
     with torch.inference_mode():
         seg, _ = forward_logits(trained, torch.from_numpy(make_windows(volume, np.arange(16), 3, 1)))
     plain = torch.sigmoid(seg).numpy().transpose(1, 0, 2, 3)
-    pred = Predictor([(trained, CFG)], use_gate=False, crop_to_body=False, channels_last=False, amp=False,
-                     probs_dtype=np.float32).predict(image)
+    pred = Predictor(
+        [(trained, CFG)], use_gate=False, crop_to_body=False, channels_last=False, amp=False, probs_dtype=np.float32
+    ).predict(image)
     np.testing.assert_allclose(pred.probs, plain, atol=1e-4)
 
 
@@ -288,7 +299,9 @@ def test_bad_input_is_refused_clearly(trained):
 
 def test_constant_image_gives_empty_masks_and_a_warning(trained):
     calls = []
-    pred = Predictor([(trained, CFG)]).predict(np.full((4, 32, 32), 7, np.uint16), progress=lambda d, t: calls.append(d))
+    pred = Predictor([(trained, CFG)]).predict(
+        np.full((4, 32, 32), 7, np.uint16), progress=lambda d, t: calls.append(d)
+    )
     assert pred.empty_input and pred.warnings and "constant" in pred.warnings[0]
     assert not pred.masks.any() and pred.masks.shape == (3, 4, 32, 32)
     assert calls == [4]
@@ -500,8 +513,9 @@ def test_torch_jit_deprecation_never_reaches_a_warning_hook_installed_mid_build(
 
     def freeze_as_napari_opens(*args, **kwargs):  # the hook arrives while the graph is being built
         warnings.showwarning = lambda message, category, *rest, **kw: shown.append((category, str(message)))
-        warnings.warn("`torch.jit.freeze` is deprecated. Please use `torch.compile` instead.", FutureWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "`torch.jit.freeze` is deprecated. Please use `torch.compile` instead.", FutureWarning, stacklevel=2
+        )
         return freeze(*args, **kwargs)
 
     monkeypatch.setattr(torch.jit, "freeze", freeze_as_napari_opens)
@@ -519,8 +533,14 @@ def test_network_input_equals_resized_windows_at_the_stacks_edges():
 
     from napari_gitseg.predict.predictor import letterbox_geometry
 
-    config = ModelConfig(arch="Unet", encoder="tu-test_byobnet", k=3, stride=2, input_size=(64, 64),
-                         arch_kwargs={"encoder_depth": 4, "decoder_channels": [32, 16, 16, 8]})
+    config = ModelConfig(
+        arch="Unet",
+        encoder="tu-test_byobnet",
+        k=3,
+        stride=2,
+        input_size=(64, 64),
+        arch_kwargs={"encoder_depth": 4, "decoder_channels": [32, 16, 16, 8]},
+    )
     torch.manual_seed(0)
     predictor = Predictor([(build_model(config).eval(), config)], device="cpu", channels_last=False, freeze=False)
     volume = np.random.default_rng(0).random((7, 90, 70)).astype(np.float32)

@@ -40,7 +40,7 @@ def _cat_photo() -> torch.Tensor:
     img = data.chelsea()
     h, w = img.shape[:2]
     side = min(h, w)
-    crop = img[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+    crop = img[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
     rgb = transform.resize(crop, (224, 224), anti_aliasing=True).astype(np.float32)
     rgb = (rgb - np.array(LITE0_MEAN, np.float32)) / np.array(LITE0_STD, np.float32)
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous()
@@ -102,7 +102,9 @@ def test_a_truncated_or_foreign_file_is_refused_and_nothing_is_loaded(tmp_path):
         load_imagenet_encoder(model, longer)
     resnet = tmp_path / "resnet.pth"
     _write(resnet, build_model(ModelConfig(encoder="resnet18", k=3)).encoder.state_dict())
-    with pytest.raises(EncoderWeightsError, match=r"resnet\.pth: tensor #0 'conv1\.weight' has shape \(64, 3, 7, 7\).*conv_stem"):
+    with pytest.raises(
+        EncoderWeightsError, match=r"resnet\.pth: tensor #0 'conv1\.weight' has shape \(64, 3, 7, 7\).*conv_stem"
+    ):
         load_imagenet_encoder(model, resnet)
     pickled = tmp_path / "code.pth"
     torch.save({"not": object()}, pickled)

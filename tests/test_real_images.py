@@ -44,8 +44,13 @@ def scans(tmp_path) -> Path:
     stacks = [make_phantom_case(seed, case=case, n_slices=8, size=(40, 40)) for seed, case in ((0, 1), (1, 2))]
     keep = [0, 1, 2, 5, 6, 7]
     first = stacks[0]
-    stacks[0] = dataclasses.replace(first, image=first.image[keep], masks=first.masks[:, keep],
-                                    labelled=first.labelled[keep], slice_ids=[first.slice_ids[z] for z in keep])
+    stacks[0] = dataclasses.replace(
+        first,
+        image=first.image[keep],
+        masks=first.masks[:, keep],
+        labelled=first.labelled[keep],
+        slice_ids=[first.slice_ids[z] for z in keep],
+    )
     return write_uwmgi_dataset(tmp_path / "data", stacks)
 
 
@@ -76,7 +81,9 @@ def test_the_mixture_draws_real_slices_at_their_share(scans):
     from training.synthetic_dataset import MixedDataset, real_scan_slices
 
     real = real_scan_slices(read_labelled_scans([scans]), (32, 32), k=3, stride=2)
-    phantom = SliceDataset([make_phantom_case(5, n_slices=4, size=(32, 32))], k=3, stride=2, size=(32, 32), fit="resize")
+    phantom = SliceDataset(
+        [make_phantom_case(5, n_slices=4, size=(32, 32))], k=3, stride=2, size=(32, 32), fit="resize"
+    )
 
     class Rendered(list):
         names = ["case9_day0"]
@@ -95,17 +102,28 @@ def test_the_mixture_draws_real_slices_at_their_share(scans):
 
 
 def _train_args(**changes) -> argparse.Namespace:
-    args = {"data": None, "real_masks": "masks", "real_images": None, "real_share": 0.0, "leave_out": None,
-            "val": None, "val_items": 8, "phantom_share": 0.0}
+    args = {
+        "data": None,
+        "real_masks": "masks",
+        "real_images": None,
+        "real_share": 0.0,
+        "leave_out": None,
+        "val": None,
+        "val_items": 8,
+        "phantom_share": 0.0,
+    }
     args.update(changes)
     return argparse.Namespace(**args)
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"real_masks": None, "data": "scans", "real_images": ["x"]}, "go with --real-masks"),
-    ({"real_masks": None, "data": "scans", "leave_out": "case1"}, "go with --real-masks"),
-    ({"real_share": 0.5}, "needs --real-images"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"real_masks": None, "data": "scans", "real_images": ["x"]}, "go with --real-masks"),
+        ({"real_masks": None, "data": "scans", "leave_out": "case1"}, "go with --real-masks"),
+        ({"real_share": 0.5}, "needs --real-images"),
+    ],
+)
 def test_the_command_line_refuses_real_images_without_their_partners(changes, message):
     from training.cli import _training_data
 

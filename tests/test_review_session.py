@@ -152,8 +152,18 @@ def test_a_rounds_pseudo_labels_survive_the_repredict_after_promotion(tmp_path, 
     session.apply_prediction(masks, conf, "default")  # Segment with the bundled model, before any round
     pseudo_z = (2, 5, 9)
     trainer = LabelStore.open(tmp_path / "proj")  # the worker, at the end of the round that promoted v0001
-    trainer.save_many([{"slice_id": case.slice_ids[z], "masks": case.masks[:, z], "source": "pseudo",
-                        "model_version": "v0001", "confidence": 0.99} for z in pseudo_z])
+    trainer.save_many(
+        [
+            {
+                "slice_id": case.slice_ids[z],
+                "masks": case.masks[:, z],
+                "source": "pseudo",
+                "model_version": "v0001",
+                "confidence": 0.99,
+            }
+            for z in pseudo_z
+        ]
+    )
     trainer.close()
     assert session.sync() == list(pseudo_z)
     again, conf_again = fake_prediction(case, seed=1)

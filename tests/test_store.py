@@ -36,8 +36,11 @@ def store(tmp_path):
 
 def _hashes(folder):
     """sha256 of the store file and its WAL (the -shm file is a rebuildable index that holds no data)."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.glob(DB_NAME + "*")) if not p.name.endswith("-shm")}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.glob(DB_NAME + "*"))
+        if not p.name.endswith("-shm")
+    }
 
 
 def _assert_untouched(folder, before):
@@ -74,19 +77,25 @@ def test_prediction_never_overwrites_clinician_or_reviewed(store):
     store.save(IDS[0], mask(1), source="clinician")
     store.save(IDS[1], mask(2), source="model", model_version="v0002", confidence=0.2)
     assert store.set_reviewed(IDS[1], user="dr_c") == 2
-    results = store.save_many([
-        dict(slice_id=IDS[0], masks=mask(9), source="model", confidence=0.9),
-        dict(slice_id=IDS[1], masks=mask(9), source="pseudo", confidence=0.9),
-        dict(slice_id=IDS[2], masks=mask(9), source="model", confidence=0.9),
-    ])
+    results = store.save_many(
+        [
+            dict(slice_id=IDS[0], masks=mask(9), source="model", confidence=0.9),
+            dict(slice_id=IDS[1], masks=mask(9), source="pseudo", confidence=0.9),
+            dict(slice_id=IDS[2], masks=mask(9), source="model", confidence=0.9),
+        ]
+    )
     assert results == [None, None, 1]
     assert store.save(IDS[0], mask(9), source="pseudo") is None
     assert np.array_equal(store.latest(IDS[0]).masks, mask(1)) and store.latest(IDS[0]).version == 1
     reviewed = store.latest(IDS[1])
     assert np.array_equal(reviewed.masks, mask(2)) and reviewed.reviewed
     # the review is its own version and keeps the mask's provenance; the reviewer is its user
-    assert (reviewed.source, reviewed.model_version, reviewed.user, reviewed.note) == \
-        ("model", "v0002", "dr_c", "reviewed")
+    assert (reviewed.source, reviewed.model_version, reviewed.user, reviewed.note) == (
+        "model",
+        "v0002",
+        "dr_c",
+        "reviewed",
+    )
     assert store.set_reviewed(IDS[1]) == 2  # already reviewed: nothing new written
     # withdrawing the review of a prediction makes it a prediction again
     assert store.set_reviewed(IDS[1], False) == 3 and not store.latest(IDS[1]).reviewed
@@ -109,8 +118,9 @@ def test_revert_adds_a_version_and_keeps_history(store):
     rec = store.latest(IDS[0])
     assert np.array_equal(rec.masks, mask(1)) and rec.note == "revert to v1"
     assert rec.source == "clinician" and rec.user == "dr_z"  # a clinician's act: predictions keep off
-    assert [np.array_equal(store.get(IDS[0], h.version).masks, mask(s))
-            for h, s in zip(store.history(IDS[0]), (1, 2, 3, 1))] == [True] * 4
+    assert [
+        np.array_equal(store.get(IDS[0], h.version).masks, mask(s)) for h, s in zip(store.history(IDS[0]), (1, 2, 3, 1))
+    ] == [True] * 4
     assert store.save(IDS[0], mask(5), source="model") is None
     with pytest.raises(StoreError, match="no version 9"):
         store.revert(IDS[0], 9)
@@ -119,16 +129,27 @@ def test_revert_adds_a_version_and_keeps_history(store):
 
 def test_review_queue_is_least_confident_first_and_counts(store):
     confidences = [0.9, 0.1, 0.5, 0.3]
-    store.save_many([dict(slice_id=sid, masks=mask(i), source="model", confidence=c)
-                     for i, (sid, c) in enumerate(zip(IDS, confidences))])
+    store.save_many(
+        [
+            dict(slice_id=sid, masks=mask(i), source="model", confidence=c)
+            for i, (sid, c) in enumerate(zip(IDS, confidences))
+        ]
+    )
     store.save(IDS[5], mask(5), source="pseudo")  # no confidence: goes last, with the never-predicted
     assert store.review_queue(NAME) == [IDS[1], IDS[3], IDS[2], IDS[0], IDS[4], IDS[5]]
     store.set_reviewed(IDS[1])
     store.save(IDS[3], mask(7), source="clinician")
     store.save(IDS[0], mask(8), source="model", confidence=0.05)  # a newer prediction: its confidence counts
     assert store.review_queue(NAME) == [IDS[0], IDS[2], IDS[4], IDS[5]]
-    assert store.counts(NAME) == {"total": 6, "reviewed": 1, "clinician": 2, "pseudo": 1, "predicted": 2,
-                                  "interpolated": 0, "propagated": 0}
+    assert store.counts(NAME) == {
+        "total": 6,
+        "reviewed": 1,
+        "clinician": 2,
+        "pseudo": 1,
+        "predicted": 2,
+        "interpolated": 0,
+        "propagated": 0,
+    }
     assert store.clinician_slices(NAME) == [IDS[1], IDS[3]] == store.clinician_slices()
     assert store.pseudo_slices(NAME) == [IDS[5]]
     assert store.unreviewed_slices(NAME) == [IDS[0], IDS[2], IDS[4], IDS[5]]
@@ -148,8 +169,7 @@ def test_session_state_and_export(store):
     ids, masks, prov = store.export_masks(NAME, reviewed_only=True)
     assert ids == IDS and masks.shape == (3, *SHAPE) and masks.dtype == bool
     assert np.array_equal(masks[:, 0], mask(1)) and not masks[:, 1].any() and np.array_equal(masks[:, 3], mask(4))
-    assert [p["status"] for p in prov] == ["exported", "not reviewed", "no label", "exported", "no label",
-                                           "no label"]
+    assert [p["status"] for p in prov] == ["exported", "not reviewed", "no label", "exported", "no label", "no label"]
     assert prov[0]["user"] == "dr_a" and prov[1]["model_version"] == "v0003" and prov[3]["reviewed"]
     _, all_masks, _ = store.export_masks(NAME, reviewed_only=False)
     assert np.array_equal(all_masks[:, 1], mask(2)) and not all_masks[:, 2].any()
@@ -258,8 +278,9 @@ def test_older_schema_is_migrated_in_one_transaction(tmp_path, store, monkeypatc
     with pytest.raises(StoreError, match="older napari-gitseg"):  # read-only cannot upgrade
         LabelStore.open(folder, readonly=True)
 
-    monkeypatch.setitem(store_schema.MIGRATIONS, SCHEMA_VERSION,
-                        lambda conn: conn.execute("ALTER TABLE versions ADD COLUMN tool TEXT"))
+    monkeypatch.setitem(
+        store_schema.MIGRATIONS, SCHEMA_VERSION, lambda conn: conn.execute("ALTER TABLE versions ADD COLUMN tool TEXT")
+    )
     with LabelStore.open(folder) as migrated:
         assert np.array_equal(migrated.latest(IDS[0]).masks, mask(1))
         assert migrated.save(IDS[0], mask(2), source="clinician") == 2
@@ -295,8 +316,12 @@ def test_readonly_open_views_and_exports_but_never_writes(tmp_path, store):
     ro = LabelStore.open(tmp_path / "proj", readonly=True)
     assert np.array_equal(ro.latest(IDS[0]).masks, mask(1))
     assert ro.export_masks(NAME)[1][:, 0].any() and ro.integrity_check()
-    for write in (lambda: ro.save(IDS[1], mask(2), source="clinician"), lambda: ro.set_state("k", 1),
-                  lambda: ro.set_reviewed(IDS[0]), lambda: ro.revert(IDS[0], 1)):
+    for write in (
+        lambda: ro.save(IDS[1], mask(2), source="clinician"),
+        lambda: ro.set_state("k", 1),
+        lambda: ro.set_reviewed(IDS[0]),
+        lambda: ro.revert(IDS[0], 1),
+    ):
         with pytest.raises(StoreError, match="read-only"):
             write()
     ro.close()
@@ -380,8 +405,7 @@ def test_disk_full_keeps_the_last_committed_state(tmp_path, store):
         store.save(sid, mask(i), source="clinician")
     pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
     store._conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLite now sees a full disk
-    big = [dict(slice_id=sid, masks=mask(40 + i), source="clinician", note="x" * 200_000)
-           for i, sid in enumerate(IDS)]
+    big = [dict(slice_id=sid, masks=mask(40 + i), source="clinician", note="x" * 200_000) for i, sid in enumerate(IDS)]
     with pytest.raises(StoreError, match="disk is full"):
         store.save_many(big)
     for i, sid in enumerate(IDS[:3]):
@@ -416,8 +440,10 @@ def test_real_full_disk_on_a_small_tmpfs(tmp_path):
                         f.write(b"\0" * chunk)
                 except OSError as err:
                     assert err.errno == errno.ENOSPC
-        big = [dict(slice_id=sid, masks=np.random.default_rng(7 + i).random((3, 128, 128)) > 0.5,
-                    source="clinician") for i, sid in enumerate(ids)] * 3
+        big = [
+            dict(slice_id=sid, masks=np.random.default_rng(7 + i).random((3, 128, 128)) > 0.5, source="clinician")
+            for i, sid in enumerate(ids)
+        ] * 3
         with pytest.raises(StoreError, match="disk is full"):
             s.save_many(big)
         assert [len(s.history(sid)) for sid in ids] == [1, 0, 0, 0]
@@ -441,8 +467,12 @@ def _saver(folder: str, worker: int, n: int, barrier) -> None:
     barrier.wait()  # and then both write at once
     for i in range(n):
         if i % 10 == 9:
-            s.save_many([dict(slice_id=sid, masks=mask(worker * 1000 + i), source="clinician", note=f"{worker}:{i}")
-                         for sid in IDS[:2]])
+            s.save_many(
+                [
+                    dict(slice_id=sid, masks=mask(worker * 1000 + i), source="clinician", note=f"{worker}:{i}")
+                    for sid in IDS[:2]
+                ]
+            )
         else:
             s.save(IDS[i % 2], mask(worker * 1000 + i), source="clinician", note=f"{worker}:{i}")
         s.set_state(f"worker{worker}", i)
@@ -487,8 +517,12 @@ def test_threads_sharing_one_store_do_not_mix_transactions(store):
     def work(t):
         try:
             for i in range(15):
-                store.save_many([dict(slice_id=IDS[t], masks=mask(t * 100 + i), source="clinician"),
-                                 dict(slice_id=IDS[5], masks=mask(t * 100 + i), source="model")])
+                store.save_many(
+                    [
+                        dict(slice_id=IDS[t], masks=mask(t * 100 + i), source="clinician"),
+                        dict(slice_id=IDS[5], masks=mask(t * 100 + i), source="model"),
+                    ]
+                )
                 store.set_state(f"t{t}", i)
         except Exception as err:  # noqa: BLE001
             errors.append(err)
@@ -528,8 +562,12 @@ def test_a_version_number_collision_is_retried_then_reported(store):
     real = store._conn
     store.save(IDS[0], mask(1), source="clinician")
     store._conn = _CollidingConnection(real, collisions=1)
-    assert store.save_many([dict(slice_id=IDS[0], masks=mask(2), source="clinician"),
-                            dict(slice_id=IDS[1], masks=mask(3), source="clinician")]) == [2, 1]
+    assert store.save_many(
+        [
+            dict(slice_id=IDS[0], masks=mask(2), source="clinician"),
+            dict(slice_id=IDS[1], masks=mask(3), source="clinician"),
+        ]
+    ) == [2, 1]
     store._conn = _CollidingConnection(real, collisions=10)
     with pytest.raises(StoreError, match="UNIQUE"):
         store.save(IDS[0], mask(4), source="clinician")

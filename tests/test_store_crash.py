@@ -78,7 +78,7 @@ def verify(store: LabelStore, committed: dict) -> None:
                 if i % 7 == 0:
                     batches_seen.setdefault(i, set()).add(sid)
             elif h.note.startswith("revert to v"):
-                assert np.array_equal(rec.masks, contents[int(h.note[len("revert to v"):])])
+                assert np.array_equal(rec.masks, contents[int(h.note[len("revert to v") :])])
             else:
                 assert h.note in ("reviewed", "review withdrawn")
                 assert h.reviewed == (h.note == "reviewed")
@@ -104,8 +104,9 @@ def test_kill_during_saves_never_loses_a_committed_version(tmp_path):
     counter = 0
     kills = early_kills = 0
     while kills < KILLS:
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), str(counter)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(folder), str(counter)], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout.readline().strip() == "start"
         reported = []
         if kills % 6 == 5:  # now and then: kill while opening (WAL recovery, schema creation, register)
@@ -143,7 +144,9 @@ def test_kill_during_saves_never_loses_a_committed_version(tmp_path):
             verify(store, committed)
             store.close()
     writes = {i for _kind, i in committed.values()}
-    print(f"{kills} kills ({early_kills} while opening), {len(writes)} reported writes, "
-          f"{len(committed)} reported versions")
+    print(
+        f"{kills} kills ({early_kills} while opening), {len(writes)} reported writes, "
+        f"{len(committed)} reported versions"
+    )
     assert len(writes) >= 20, len(writes)  # the test really exercised the store (at least 1 write per kill)
     assert {kind for kind, _ in committed.values()} == {"save", "batch", "review", "revert"}

@@ -49,8 +49,12 @@ def test_assisted_slice_is_kept_from_predictions_and_never_replaces_clinician_wo
     assert store.save(IDS[0], mask(5), source=source) is None
     store.save(IDS[1], mask(1), source="model", confidence=0.2)
     assert store.save(IDS[1], mask(6), source=source) == 2  # a fill / propagation replaces a prediction
-    assert store.save_many([{"slice_id": IDS[1], "masks": mask(7), "source": "pseudo"},
-                            {"slice_id": IDS[1], "masks": mask(8), "source": "model"}]) == [None, None]
+    assert store.save_many(
+        [
+            {"slice_id": IDS[1], "masks": mask(7), "source": "pseudo"},
+            {"slice_id": IDS[1], "masks": mask(8), "source": "model"},
+        ]
+    ) == [None, None]
     assert store.save(IDS[1], mask(9), source=source) == 3  # doing it again is allowed
     assert store.save(IDS[1], mask(3), source="clinician") == 4  # and the clinician always may
     store.save(IDS[3], mask(3), source="imported", note="plan.dcm")  # a department's contours: a clinician label
@@ -100,8 +104,11 @@ def downgrade(folder, sources: tuple[str, ...], version: int) -> sqlite3.Connect
     raw.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
     raw.commit()
     with pytest.raises(sqlite3.IntegrityError):  # an old store cannot hold the new provenance
-        raw.execute("INSERT INTO versions (slice_id, version, source, reviewed, created, shape, masks, crc) "
-                    "VALUES (?, 9, ?, 0, 0, '[]', x'00', 0)", (IDS[1], sources[0]))
+        raw.execute(
+            "INSERT INTO versions (slice_id, version, source, reviewed, created, shape, masks, crc) "
+            "VALUES (?, 9, ?, 0, 0, '[]', x'00', 0)",
+            (IDS[1], sources[0]),
+        )
     return raw
 
 
@@ -122,8 +129,9 @@ def test_schema_2_store_is_migrated_keeping_every_version(tmp_path):
         assert [h.source for h in store.history(IDS[0])] == ["model", "clinician"]
         assert np.array_equal(store.get(IDS[0], 1).masks, mask(0))
         assert store.save(IDS[1], mask(1), source="interpolated") == 1
-        store.save_effort("s1", [{"slice_id": IDS[1], "seconds": 3.5, "strokes": 2, "painted_px": 40,
-                                  "accepted_unedited": False}])
+        store.save_effort(
+            "s1", [{"slice_id": IDS[1], "seconds": 3.5, "strokes": 2, "painted_px": 40, "accepted_unedited": False}]
+        )
         assert store.effort(NAME)[0]["strokes"] == 2
     raw = sqlite3.connect(tmp_path / "donor" / DB_NAME)
     assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)

@@ -66,8 +66,16 @@ def write_mask_folder(folder: Path, case_days: dict[str, np.ndarray], spacing: f
             h, w = masks.shape[-2:]
             for z in range(masks.shape[1]):
                 sid = f"{name}_slice_{z + 1:04d}"
-                slices.writerow([sid, w, h, f"{spacing:.2f}", f"{spacing:.2f}",
-                                 f"{case}/{name}/scans/slice_{z + 1:04d}_{w}_{h}_{spacing:.2f}_{spacing:.2f}.png"])
+                slices.writerow(
+                    [
+                        sid,
+                        w,
+                        h,
+                        f"{spacing:.2f}",
+                        f"{spacing:.2f}",
+                        f"{case}/{name}/scans/slice_{z + 1:04d}_{w}_{h}_{spacing:.2f}_{spacing:.2f}.png",
+                    ]
+                )
                 for c, cls in enumerate(CLASSES):
                     train.writerow([sid, cls, rle_encode(masks[c, z]) if masks[c, z].any() else ""])
     return folder
@@ -104,15 +112,29 @@ def _rewrite(folder: Path, name: str, edit) -> None:
     ("name", "edit", "message"),
     [
         ("slices.csv", lambda rows: [r for r in rows if r[0] != "case1_day0_slice_0005"], "gap in its slice numbers"),
-        ("train.csv", lambda rows: [r for r in rows if not r[0].startswith("case2_day0_slice_0003")],
-         "has no rows for case2_day0_slice_0003"),
-        ("slices.csv", lambda rows: [r[:1] + ["40"] + r[2:] if r[0] == "case1_day0_slice_0004" else r for r in rows],
-         "its file"),
-        ("slices.csv", lambda rows: [r[:3] + ["1.60", "1.60"] + r[5:] if r[0] == "case1_day0_slice_0004" else r
-                                     for r in rows], "changes its grid"),
+        (
+            "train.csv",
+            lambda rows: [r for r in rows if not r[0].startswith("case2_day0_slice_0003")],
+            "has no rows for case2_day0_slice_0003",
+        ),
+        (
+            "slices.csv",
+            lambda rows: [r[:1] + ["40"] + r[2:] if r[0] == "case1_day0_slice_0004" else r for r in rows],
+            "its file",
+        ),
+        (
+            "slices.csv",
+            lambda rows: [r[:3] + ["1.60", "1.60"] + r[5:] if r[0] == "case1_day0_slice_0004" else r for r in rows],
+            "changes its grid",
+        ),
         ("train.csv", lambda rows: rows + [["case9_day0_slice_0001", "stomach", ""]], "is not listed in"),
-        ("train.csv", lambda rows: [r[:2] + ["5759 10"] if r[0] == "case1_day0_slice_0002" and r[1] == "stomach"
-                                    else r for r in rows], "past the 72x80 image"),
+        (
+            "train.csv",
+            lambda rows: [
+                r[:2] + ["5759 10"] if r[0] == "case1_day0_slice_0002" and r[1] == "stomach" else r for r in rows
+            ],
+            "past the 72x80 image",
+        ),
     ],
     ids=["gap", "missing-id", "wrong-grid", "changed-spacing", "extra-id", "rle-past-image"],
 )
@@ -129,8 +151,20 @@ def test_body_background_holds_every_tissue_and_runs_superior_first():
     img = render_body_background(3, 4, 24, (96, 112))
     tissue = _draw_anatomy(3, 4).tissue
     assert img.shape == (24, 96, 112) and img.dtype == np.float32
-    for name in ("sc_fat", "muscle", "visceral_fat", "liver", "spleen", "kidney", "marrow", "vessel", "csf",
-                 "lung", "heart", "bladder"):
+    for name in (
+        "sc_fat",
+        "muscle",
+        "visceral_fat",
+        "liver",
+        "spleen",
+        "kidney",
+        "marrow",
+        "vessel",
+        "csf",
+        "lung",
+        "heart",
+        "bladder",
+    ):
         near = np.abs(img - tissue[name]) <= 0.03 * tissue[name]
         assert near.sum() > 20, f"no {name} in the background"
     lung = np.abs(img - tissue["lung"]) < 0.03 * tissue["lung"]
@@ -158,8 +192,9 @@ def test_scene_keeps_the_given_masks_exactly():
 def test_organs_are_painted_exactly_where_the_masks_are():
     masks = _organ_masks(4, 64, 64, 2)[:, 2]
     img = np.full((64, 64), -1.0, dtype=np.float32)
-    _paint_organs(img, masks, _organ_looks(np.random.default_rng(0)), np.zeros((64, 64), np.float32),
-                  np.random.default_rng(0))
+    _paint_organs(
+        img, masks, _organ_looks(np.random.default_rng(0)), np.zeros((64, 64), np.float32), np.random.default_rng(0)
+    )
     np.testing.assert_array_equal(img != -1.0, masks.any(axis=0))
 
 
@@ -231,8 +266,9 @@ def test_india_ink_darkens_exactly_the_interfaces():
     img = np.ones((32, 32), np.float32)
     _india_ink(img, background, [organ], 0.25)
     dark = img < 1.0
-    border = organ & ~np.pad(organ[1:-1, 1:-1] & organ[:-2, 1:-1] & organ[2:, 1:-1] & organ[1:-1, :-2]
-                             & organ[1:-1, 2:], 1)
+    border = organ & ~np.pad(
+        organ[1:-1, 1:-1] & organ[:-2, 1:-1] & organ[2:, 1:-1] & organ[1:-1, :-2] & organ[1:-1, 2:], 1
+    )
     expected = border.copy()
     expected[:, 16] = True  # the step, marked on the pixel right of it
     np.testing.assert_array_equal(dark, expected)
@@ -324,7 +360,9 @@ def test_mixed_dataset_draws_the_phantom_share_deterministically(mask_folder):
 
     source = RealMaskFolder(mask_folder)
     synthetic = SyntheticDataset(source, ["case1_day0"], size=(48, 48), seed=0, length=40)
-    phantom = SliceDataset([make_phantom_case(0, n_slices=6, size=(48, 48))], k=3, stride=2, size=(48, 48), fit="resize")
+    phantom = SliceDataset(
+        [make_phantom_case(0, n_slices=6, size=(48, 48))], k=3, stride=2, size=(48, 48), fit="resize"
+    )
     mixed = MixedDataset(synthetic, phantom, share=0.5, seed=1)
     kinds = [mixed[i]["provenance"] for i in range(40)]
     assert 8 <= kinds.count("phantom") <= 32 and kinds.count("synthetic") == 40 - kinds.count("phantom")

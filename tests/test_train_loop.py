@@ -29,8 +29,15 @@ from training.loop import (
 torch.set_num_threads(2)
 
 # a config that learns foreground within ~100 steps at 96 px (Dice-heavy loss, no augmentation)
-LEARN = {"epochs": 8, "batch_size": 4, "lr": 3e-3, "patience": 0, "augmentation": "none",
-         "loss": {"bce": 0.3, "dice": 0.7}, "max_steps_per_epoch": 12}
+LEARN = {
+    "epochs": 8,
+    "batch_size": 4,
+    "lr": 3e-3,
+    "patience": 0,
+    "augmentation": "none",
+    "loss": {"bce": 0.3, "dice": 0.7},
+    "max_steps_per_epoch": 12,
+}
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +186,14 @@ class OnTheFly(torch.utils.data.Dataset):
         gen = torch.Generator().manual_seed(self.accesses)
         image = torch.rand(self.k, self.size, self.size, generator=gen)
         masks = (image[:1] > 0.8).float().repeat(3, 1, 1)
-        return {"image": image, "masks": masks, "ignore": torch.zeros(3, dtype=torch.bool),
-                "weight": torch.tensor(1.0), "slice": i, "name": "toy"}
+        return {
+            "image": image,
+            "masks": masks,
+            "ignore": torch.zeros(3, dtype=torch.bool),
+            "weight": torch.tensor(1.0),
+            "slice": i,
+            "name": "toy",
+        }
 
 
 def test_a_dataset_made_on_the_fly_is_never_cached(cases, tmp_path):
@@ -200,12 +213,26 @@ def test_resume_state_loads_weights_only(cases, tmp_path):
     stop = threading.Event()
     cfg = _tiny(epochs=3)
     with pytest.raises(TrainingCancelled):
-        train(cfg, cases[:1], cases[1:2], tmp_path / "m",
-              on_event=lambda e: isinstance(e, ev.Metrics) and stop.set(), cancel=stop)
+        train(
+            cfg,
+            cases[:1],
+            cases[1:2],
+            tmp_path / "m",
+            on_event=lambda e: isinstance(e, ev.Metrics) and stop.set(),
+            cancel=stop,
+        )
     state = torch.load(tmp_path / "m.resume.pt", weights_only=True)  # no pickled code inside
     assert state["epoch"] == 1
-    other = _tiny(epochs=3, model={"arch": "Unet", "encoder": "resnet18", "k": 5, "stride": 1,
-                                   "arch_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}})
+    other = _tiny(
+        epochs=3,
+        model={
+            "arch": "Unet",
+            "encoder": "resnet18",
+            "k": 5,
+            "stride": 1,
+            "arch_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]},
+        },
+    )
     with pytest.raises(GitsegInputError, match="different model config"):
         train(other, cases[:1], cases[1:2], tmp_path / "m", resume=True)
 
@@ -310,8 +337,15 @@ def test_config_round_trip_and_checks():
     assert again == cfg and again.to_dict() == cfg.to_dict()
     json.dumps(cfg.to_dict())  # JSON-ready
     assert cfg.model_config().input_size == tuple(cfg.size)
-    for bad in ({"optimizer": "sgd"}, {"schedule": "step"}, {"epochs": 0}, {"lr": -1},
-                {"val_fraction": 1.5}, {"loss": {"hinge": 1}}, {"model": {"arch": "Unet", "k": 2}}):
+    for bad in (
+        {"optimizer": "sgd"},
+        {"schedule": "step"},
+        {"epochs": 0},
+        {"lr": -1},
+        {"val_fraction": 1.5},
+        {"loss": {"hinge": 1}},
+        {"model": {"arch": "Unet", "k": 2}},
+    ):
         with pytest.raises(ValueError):
             TrainConfig.from_dict({**cfg.to_dict(), **bad})
     with pytest.raises(ValueError, match="unknown preset"):
@@ -322,8 +356,13 @@ def test_fine_tuning_keeps_the_models_own_input_size(cases, tmp_path):
     first = train(_tiny(size=[64, 64]), cases[:2], cases[:1], tmp_path / "first")
     assert read_bundle_info(first.best_path).config.input_size == (64, 64)
     events: list = []
-    tuned = train(_tiny(size=[48, 48], init_from=str(first.best_path)), cases[:2], cases[:1], tmp_path / "tuned",
-                  on_event=events.append)
+    tuned = train(
+        _tiny(size=[48, 48], init_from=str(first.best_path)),
+        cases[:2],
+        cases[:1],
+        tmp_path / "tuned",
+        on_event=events.append,
+    )
     assert read_bundle_info(tuned.best_path).config.input_size == (64, 64)
     assert any(isinstance(e, ev.Log) and "model's input size [64, 64]" in e.text for e in events)
 

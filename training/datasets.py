@@ -92,17 +92,13 @@ def _pad_or_crop(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def letterbox(
-    image: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
+def letterbox(image: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (ch, h, w) tensors to fit in ``size`` keeping the aspect ratio, then zero-pad to ``size``."""
     h, w = image.shape[-2:]
     scale = min(size[0] / h, size[1] / w)
     nh, nw = max(1, min(size[0], round(h * scale))), max(1, min(size[1], round(w * scale)))
     if (nh, nw) != (h, w):
-        image = F.interpolate(
-            image[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1
-        )[0]
+        image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)[0]
         masks = F.interpolate(masks[None], size=(nh, nw), mode="nearest-exact")[0]
     top, left = (size[0] - nh) // 2, (size[1] - nw) // 2
     pad = (left, size[1] - nw - left, top, size[0] - nh - top)
@@ -176,9 +172,7 @@ class SliceDataset(Dataset):
         if stack.masks is None:
             raise GitsegInputError(stack.source, f"stack {name} has no ground-truth masks to train on")
         if tuple(stack.classes) != self.classes:
-            raise GitsegInputError(
-                stack.source, f"stack {name} has classes {stack.classes}, expected {self.classes}"
-            )
+            raise GitsegInputError(stack.source, f"stack {name} has classes {stack.classes}, expected {self.classes}")
         if name in self.names:
             raise GitsegInputError(stack.source, f"two stacks share the name {name!r}")
         try:
@@ -186,9 +180,7 @@ class SliceDataset(Dataset):
         except ValueError as exc:
             raise GitsegInputError(stack.source, f"cannot normalise stack {name}: {exc}") from exc
         masks = np.asarray(stack.masks, dtype=bool)
-        labelled = (
-            np.ones(volume.shape[0], bool) if stack.labelled is None else np.asarray(stack.labelled, bool)
-        )
+        labelled = np.ones(volume.shape[0], bool) if stack.labelled is None else np.asarray(stack.labelled, bool)
         box = body_bbox(volume, threshold, margin) if self.crop_to_body else (slice(None), slice(None))
         self.names.append(name)
         self._images.append(np.ascontiguousarray(volume[:, box[0], box[1]]))
@@ -203,11 +195,7 @@ class SliceDataset(Dataset):
         index = {n: i for i, n in enumerate(self.names)}
         if slices is None:
             return [(i, int(z)) for i, lab in enumerate(self._labelled) for z in np.flatnonzero(lab)]
-        pairs = (
-            [(name, z) for name, zs in slices.items() for z in zs]
-            if isinstance(slices, Mapping)
-            else list(slices)
-        )
+        pairs = [(name, z) for name, zs in slices.items() for z in zs] if isinstance(slices, Mapping) else list(slices)
         out = []
         for name, z in pairs:
             if isinstance(name, (int, np.integer)) and 0 <= int(name) < len(self.names):
@@ -218,9 +206,7 @@ class SliceDataset(Dataset):
             z = int(z)
             n_z = self._images[i].shape[0]
             if not 0 <= z < n_z:
-                raise GitsegInputError(
-                    stacks[i].source, f"slice index {z} is outside stack {name} (0..{n_z - 1})"
-                )
+                raise GitsegInputError(stacks[i].source, f"slice index {z} is outside stack {name} (0..{n_z - 1})")
             if not self._labelled[i][z]:
                 raise GitsegInputError(stacks[i].source, f"slice {z} of stack {name} has no ground truth")
             out.append((i, z))

@@ -55,8 +55,13 @@ class FinetuneRecipe:
     keep_start: float = 0.25  # share of the starting model's weights in the result (WiSE-FT; module docstring)
     loss: tuple = (("bce", 0.5), ("dice", 0.5))  # pixel terms (module docstring)
     cls_weight: float = 0.2  # the classification head's term, when the start model has a head
-    augmentation: tuple = (("hflip", 0.0), ("shift_scale_rotate", 0.6), ("grid", 0.3), ("brightness_contrast", 0.5),
-                           ("dropout", 0.2))
+    augmentation: tuple = (
+        ("hflip", 0.0),
+        ("shift_scale_rotate", 0.6),
+        ("grid", 0.3),
+        ("brightness_contrast", 0.5),
+        ("dropout", 0.2),
+    )
 
     def steps(self, n_labels: int) -> int:
         """Optimiser steps for ``n_labels`` labelled slices."""
@@ -70,8 +75,9 @@ class FinetuneRecipe:
 RECIPE = FinetuneRecipe()
 
 
-def finetune_config(config: TrainConfig, n_labels: int, recipe: FinetuneRecipe = RECIPE,
-                    cls_head: bool | None = None) -> TrainConfig:
+def finetune_config(
+    config: TrainConfig, n_labels: int, recipe: FinetuneRecipe = RECIPE, cls_head: bool | None = None
+) -> TrainConfig:
     """``config`` (which must fine-tune: ``init_from`` set) with the recipe for ``n_labels`` slices.
 
     ``cls_head``: whether the start model has a classification head (its loss term needs one);
@@ -109,8 +115,9 @@ def finetune_config(config: TrainConfig, n_labels: int, recipe: FinetuneRecipe =
     )
 
 
-def round_config(config: TrainConfig, init_from: str | None, n_labels: int,
-                 cls_head: bool | None = None) -> TrainConfig:
+def round_config(
+    config: TrainConfig, init_from: str | None, n_labels: int, cls_head: bool | None = None
+) -> TrainConfig:
     """The config a round trains with: from scratch without ``init_from``; else fine-tuning from it,
     with the recipe for ``n_labels`` slices unless ``config.few_label_recipe`` is off (``cls_head``:
     as in ``finetune_config``)."""

@@ -131,8 +131,9 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ data
-def check_stacks(stacks: Sequence[Stack], classes: Sequence[str], what: str = "training",
-                 allow_empty: bool = False) -> list[Stack]:
+def check_stacks(
+    stacks: Sequence[Stack], classes: Sequence[str], what: str = "training", allow_empty: bool = False
+) -> list[Stack]:
     """Validate labelled stacks for training; returns them with masks in the order of ``classes``.
 
     Raises ``GitsegInputError`` naming the stack for: no masks, masks whose shape does not match the
@@ -156,8 +157,9 @@ def check_stacks(stacks: Sequence[Stack], classes: Sequence[str], what: str = "t
         expected = (len(stack.classes), *stack.image.shape)
         if masks.shape != expected:
             raise GitsegInputError(
-                src, f"labels of stack {stack.name} have shape {masks.shape}, but the stack needs {expected} "
-                f"(classes x slices x rows x columns of the image {stack.image.shape})"
+                src,
+                f"labels of stack {stack.name} have shape {masks.shape}, but the stack needs {expected} "
+                f"(classes x slices x rows x columns of the image {stack.image.shape})",
             )
         unknown = [c for c in stack.classes if c not in classes]
         if unknown:
@@ -172,8 +174,9 @@ def check_stacks(stacks: Sequence[Stack], classes: Sequence[str], what: str = "t
             stack = dataclasses.replace(stack, masks=masks[order], classes=classes)
         labelled = np.ones(stack.image.shape[0], bool) if stack.labelled is None else np.asarray(stack.labelled, bool)
         if labelled.shape != (stack.image.shape[0],):
-            raise GitsegInputError(src, f"stack {stack.name}: labelled flags {labelled.shape} for "
-                                        f"{stack.image.shape[0]} slices")
+            raise GitsegInputError(
+                src, f"stack {stack.name}: labelled flags {labelled.shape} for {stack.image.shape[0]} slices"
+            )
         n_labelled += int(labelled.sum())
         n_nonempty += int(np.asarray(stack.masks)[:, labelled].any(axis=(0, 2, 3)).sum())
         out.append(stack)
@@ -194,8 +197,9 @@ def block_split(z_labelled: Sequence[int], val_fraction: float, seed: int) -> se
     """Validation slices of one case: one contiguous block of its labelled slices (about ``val_fraction``)."""
     z = np.sort(np.asarray(list(z_labelled), dtype=np.int64))
     if len(z) < 2:
-        raise GitsegInputError(None, f"cannot hold out validation slices from {len(z)} labelled slice(s): "
-                                     "label at least 2 slices")
+        raise GitsegInputError(
+            None, f"cannot hold out validation slices from {len(z)} labelled slice(s): label at least 2 slices"
+        )
     n_blocks = min(len(z), max(2, int(round(1.0 / float(val_fraction)))))
     blocks = np.array_split(z, n_blocks)
     inner = list(range(1, n_blocks - 1)) or list(range(n_blocks))  # the ends are often organ-free
@@ -203,7 +207,9 @@ def block_split(z_labelled: Sequence[int], val_fraction: float, seed: int) -> se
     return {int(v) for v in blocks[pick]}
 
 
-def split_validation(stacks: Sequence[Stack], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Stack], list[Stack]]:
+def split_validation(
+    stacks: Sequence[Stack], val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[Stack], list[Stack]]:
     """(train, validation) stacks: whole cases apart, or with a single case, blocks of slices.
 
     With one case, both sides get copies of the stacks whose ``labelled`` flags select their slices.
@@ -342,7 +348,11 @@ def _set_bn_eval(model: torch.nn.Module) -> None:
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    return (
+        model.module
+        if hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        else model
+    )
 
 
 def state_digest(model: torch.nn.Module) -> str:
@@ -358,8 +368,9 @@ def state_digest(model: torch.nn.Module) -> str:
 
 # ------------------------------------------------------------------------------------------ validation
 @torch.inference_mode()
-def validate(model: torch.nn.Module, dataset, device: torch.device, classes: Sequence[str],
-             batch_size: int = 16, autocast=None) -> dict:
+def validate(
+    model: torch.nn.Module, dataset, device: torch.device, classes: Sequence[str], batch_size: int = 16, autocast=None
+) -> dict:
     """Validation metrics of ``model`` on ``dataset`` at its resolution, per stack, with ``evaluate_cases``."""
     from training.metrics import evaluate_cases
 
@@ -367,7 +378,10 @@ def validate(model: torch.nn.Module, dataset, device: torch.device, classes: Seq
     model.eval()
     loader = torch.utils.data.DataLoader(
         _Cached(dataset, cache=False) if not isinstance(dataset, _Cached) else dataset,
-        batch_size=batch_size, shuffle=False, collate_fn=_collate, num_workers=0,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=_collate,
+        num_workers=0,
     )
     per_stack: dict[str, list] = {}
     try:
@@ -571,8 +585,9 @@ def _prepare_data(config, train_data, val_data, model_config, normalization, pro
     train_ds = _as_dataset(train_data, config, model_config, normalization, "training", provenance)
     val_ds = _as_dataset(val_data, config, model_config, normalization, "validation")
     if not config.init_from and not is_on_the_fly(train_ds) and _dataset_all_empty(train_ds):
-        raise GitsegInputError(None, f"all {len(train_ds)} labelled training slices have empty masks: "
-                                     "there is no organ to learn")
+        raise GitsegInputError(
+            None, f"all {len(train_ds)} labelled training slices have empty masks: there is no organ to learn"
+        )
     return train_ds, val_ds
 
 
@@ -591,12 +606,19 @@ def _make_loader(train_set, config: TrainConfig, generator: torch.Generator):
     world = ddp.world_size()
     if ddp.is_active():
         sampler = torch.utils.data.distributed.DistributedSampler(
-            train_set, num_replicas=world, rank=ddp.rank(), shuffle=True, seed=int(config.seed), drop_last=False)
+            train_set, num_replicas=world, rank=ddp.rank(), shuffle=True, seed=int(config.seed), drop_last=False
+        )
     else:
         sampler = torch.utils.data.RandomSampler(train_set, generator=generator)
     drop_last = drops_last_batch(math.ceil(len(train_set) / world), config.batch_size)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, sampler=sampler,
-                                         collate_fn=_collate, num_workers=0, drop_last=drop_last)
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        collate_fn=_collate,
+        num_workers=0,
+        drop_last=drop_last,
+    )
     steps = len(loader)
     if config.max_steps_per_epoch:
         steps = min(steps, int(config.max_steps_per_epoch))
@@ -611,8 +633,9 @@ def _set_up_optimiser(model: torch.nn.Module, config: TrainConfig, lr: float, to
     if config.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps), eta_min=lr * 0.01)
     elif config.schedule == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
-                                                               patience=max(1, int(config.patience) // 2))
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=max(1, int(config.patience) // 2)
+        )
     else:
         scheduler = None
     return optimizer, scheduler
@@ -628,8 +651,7 @@ def _set_up(config, train_data, val_data, out_stem, emit, cancel, device, proven
     if fine_tune and model_config.input_size and list(config.size or []) != list(model_config.input_size):
         # a model fine-tuned at another size than it learnt (and is predicted) at lost Dice
         # (the quick preset's 96 px on the 160 px default model); keep the model's own size
-        emit(ev.Log(f"fine-tuning at the model's input size {list(model_config.input_size)} "
-                    f"instead of {config.size}"))
+        emit(ev.Log(f"fine-tuning at the model's input size {list(model_config.input_size)} instead of {config.size}"))
         config = config.replace(size=list(model_config.input_size))
     train_ds, val_ds = _prepare_data(config, train_data, val_data, model_config, normalization, provenance)
     cache = _fits_in_memory(train_ds, val_ds)
@@ -651,13 +673,33 @@ def _set_up(config, train_data, val_data, out_stem, emit, cancel, device, proven
     net = model
     if ddp.is_active():
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     return _Run(
-        config=config, model_config=model_config, normalization=normalization, init_path=init_path,
-        device=device, net=net, train_ds=train_ds, val_ds=val_ds, val_set=val_set, loader=loader,
-        generator=generator, augment=augment, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
-        scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), amp_dtype=amp_dtype,
-        epochs=epochs, steps=steps, lr=lr, out_stem=out_stem, emit=emit, cancel=cancel, t_start=t_start,
+        config=config,
+        model_config=model_config,
+        normalization=normalization,
+        init_path=init_path,
+        device=device,
+        net=net,
+        train_ds=train_ds,
+        val_ds=val_ds,
+        val_set=val_set,
+        loader=loader,
+        generator=generator,
+        augment=augment,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
+        amp_dtype=amp_dtype,
+        epochs=epochs,
+        steps=steps,
+        lr=lr,
+        out_stem=out_stem,
+        emit=emit,
+        cancel=cancel,
+        t_start=t_start,
         result=TrainResult(config=config.to_dict()),
     )
 
@@ -695,7 +737,10 @@ def _resume(run: _Run) -> None:
         return
     state = _load_state(run.state_path)
     saved_cfg = json.loads(state["config"])
-    if saved_cfg.get("model") != run.config.to_dict().get("model") or saved_cfg.get("init_from") != run.config.init_from:
+    if (
+        saved_cfg.get("model") != run.config.to_dict().get("model")
+        or saved_cfg.get("init_from") != run.config.init_from
+    ):
         raise GitsegInputError(run.state_path, "the resume state was written for a different model config")
     _unwrap(run.net).load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
@@ -718,23 +763,26 @@ def _resume(run: _Run) -> None:
 
 def _save_resume_state(run: _Run) -> None:
     """Everything ``_resume`` needs to continue after ``run.epoch`` exactly as an uninterrupted run."""
-    _save_state(run.state_path, {
-        "format": _STATE_FORMAT,
-        "epoch": run.epoch,
-        "model": {k: v.detach().cpu() for k, v in _unwrap(run.net).state_dict().items()},
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else {},
-        "rng": torch.get_rng_state(),
-        "sampler_rng": run.generator.get_state(),
-        "augment_rng": run.augment.get_state(),
-        "best_dice": -1.0 if run.best_dice is None else float(run.best_dice),
-        "best_epoch": run.best_epoch,
-        "bad_epochs": run.bad_epochs,
-        "history": json.dumps(run.history),
-        "config": json.dumps(run.config.to_dict()),
-        "weight_sum": run.weight_sum or {},
-        "averaged_epochs": json.dumps(run.averaged_epochs),
-    })
+    _save_state(
+        run.state_path,
+        {
+            "format": _STATE_FORMAT,
+            "epoch": run.epoch,
+            "model": {k: v.detach().cpu() for k, v in _unwrap(run.net).state_dict().items()},
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict() if run.scheduler is not None else {},
+            "rng": torch.get_rng_state(),
+            "sampler_rng": run.generator.get_state(),
+            "augment_rng": run.augment.get_state(),
+            "best_dice": -1.0 if run.best_dice is None else float(run.best_dice),
+            "best_epoch": run.best_epoch,
+            "bad_epochs": run.bad_epochs,
+            "history": json.dumps(run.history),
+            "config": json.dumps(run.config.to_dict()),
+            "weight_sum": run.weight_sum or {},
+            "averaged_epochs": json.dumps(run.averaged_epochs),
+        },
+    )
 
 
 # ---- epochs ------------------------------------------------------------------------------------------
@@ -763,8 +811,9 @@ def _add_to_average(run: _Run) -> None:
         return
     state = _unwrap(run.net).state_dict()
     if run.weight_sum is None:
-        run.weight_sum = {k: v.detach().to("cpu", torch.float64, copy=True) for k, v in state.items()
-                          if v.is_floating_point()}
+        run.weight_sum = {
+            k: v.detach().to("cpu", torch.float64, copy=True) for k, v in state.items() if v.is_floating_point()
+        }
     else:
         for k, total in run.weight_sum.items():
             total += state[k].detach().to("cpu", torch.float64)
@@ -799,19 +848,33 @@ def _write_blend(run: _Run) -> None:
     model, _bundle = load_bundle(run.json_path, device="cpu")
     start, _ = load_bundle(run.init_path, device="cpu")
     start_state = start.state_dict()
-    model.load_state_dict({k: (v * (1 - share) + start_state[k] * share).to(v.dtype) if v.is_floating_point() else v
-                           for k, v in model.state_dict().items()})
-    _install_weights(run, model.to(run.device), run.best_epoch,
-                     f"weights mixed with the starting model ({share:.0%} of it)", kept_start=share)
+    model.load_state_dict(
+        {
+            k: (v * (1 - share) + start_state[k] * share).to(v.dtype) if v.is_floating_point() else v
+            for k, v in model.state_dict().items()
+        }
+    )
+    _install_weights(
+        run,
+        model.to(run.device),
+        run.best_epoch,
+        f"weights mixed with the starting model ({share:.0%} of it)",
+        kept_start=share,
+    )
 
 
 def _install_weights(run: _Run, model: torch.nn.Module, epoch: int, what: str, **training: object) -> None:
     """Validate ``model`` (weights made from the run's epochs) and write it as the run's bundle, ``training``
     added to the bundle's training record (with the averaged epochs, when there are any)."""
-    metrics = validate(model, run.val_set, run.device, run.model_config.classes, run.config.val_batch_size,
-                       run.autocast)
-    run.emit(ev.Log(f"{what}: validation Dice {float(metrics['mean_dice']):.4f} "
-                    f"(before: {run.best_dice}, epoch {run.best_epoch})"))
+    metrics = validate(
+        model, run.val_set, run.device, run.model_config.classes, run.config.val_batch_size, run.autocast
+    )
+    run.emit(
+        ev.Log(
+            f"{what}: validation Dice {float(metrics['mean_dice']):.4f} "
+            f"(before: {run.best_dice}, epoch {run.best_epoch})"
+        )
+    )
     run.best_dice, run.best_epoch = float(metrics["mean_dice"]), epoch
     run.result.best_metrics = metrics
     if ddp.is_main():
@@ -846,8 +909,17 @@ def _train_epoch(run: _Run) -> list[float]:
         losses.append(loss)
         run.done_steps += 1
         run.result.steps += 1
-        run.emit(ev.Progress(epoch=run.epoch, epochs=run.epochs, step=step, steps=run.steps, loss=loss,
-                             fraction=min(1.0, run.done_steps / total_steps), phase="train"))
+        run.emit(
+            ev.Progress(
+                epoch=run.epoch,
+                epochs=run.epochs,
+                step=step,
+                steps=run.steps,
+                loss=loss,
+                fraction=min(1.0, run.done_steps / total_steps),
+                phase="train",
+            )
+        )
     if run.cancelled():
         raise TrainingCancelled(_finish(run, cancelled=True))
     return losses
@@ -873,8 +945,9 @@ def _train_step(run: _Run, batch: dict) -> float | None:
     if nonfinite:
         run.n_nonfinite += 1
         if run.n_nonfinite > max(3, run.steps):
-            raise FloatingPointError(f"training diverged: the loss was not finite in {run.n_nonfinite} steps "
-                                     f"(lower the lr, now {run.lr:g})")
+            raise FloatingPointError(
+                f"training diverged: the loss was not finite in {run.n_nonfinite} steps (lower the lr, now {run.lr:g})"
+            )
         return None
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)
@@ -888,16 +961,31 @@ def _validate_epoch(run: _Run, losses: list[float]) -> dict:
     """Validation metrics after the epoch; updates the history, the plateau schedule and the events."""
     if ddp.is_active():  # BatchNorm running statistics drift apart per rank: take rank 0's everywhere
         ddp.broadcast_buffers(_unwrap(run.net))
-    metrics = validate(_unwrap(run.net), run.val_set, run.device, run.model_config.classes,
-                       run.config.val_batch_size, run.autocast)
+    metrics = validate(
+        _unwrap(run.net), run.val_set, run.device, run.model_config.classes, run.config.val_batch_size, run.autocast
+    )
     dice = float(metrics["mean_dice"])
     train_loss = float(np.mean(losses)) if losses else None
     if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         run.scheduler.step(dice)
-    run.history.append({"epoch": run.epoch, "train_loss": train_loss, "val_dice": dice,
-                        "val_score": metrics["score"], "lr": run.optimizer.param_groups[0]["lr"]})
-    run.emit(ev.Metrics(epoch=run.epoch, train_loss=train_loss, val_dice=dice, val_score=float(metrics["score"]),
-                        per_class={c: v.get("dice") for c, v in metrics["per_class"].items()}))
+    run.history.append(
+        {
+            "epoch": run.epoch,
+            "train_loss": train_loss,
+            "val_dice": dice,
+            "val_score": metrics["score"],
+            "lr": run.optimizer.param_groups[0]["lr"],
+        }
+    )
+    run.emit(
+        ev.Metrics(
+            epoch=run.epoch,
+            train_loss=train_loss,
+            val_dice=dice,
+            val_score=float(metrics["score"]),
+            per_class={c: v.get("dice") for c, v in metrics["per_class"].items()},
+        )
+    )
     return metrics
 
 

@@ -117,9 +117,7 @@ def parse_loss_spec(spec: str | Mapping) -> tuple[dict[str, float], dict[str, di
 def _make_term(name: str, opts: dict) -> nn.Module | None:
     """The smp module for one term (None for the cls term, computed directly)."""
     if name == "bce":
-        return smp.losses.SoftBCEWithLogitsLoss(
-            reduction="none", ignore_index=None, smooth_factor=opts["smooth"]
-        )
+        return smp.losses.SoftBCEWithLogitsLoss(reduction="none", ignore_index=None, smooth_factor=opts["smooth"])
     if name == "focal":
         # binary mode with reduction="none" keeps the per-element loss; multilabel focal is the same
         # binary focal loss on every (class, pixel) element
@@ -159,9 +157,7 @@ def _expand(mask: torch.Tensor, ref: torch.Tensor, what: str) -> torch.Tensor:
     try:
         return mask.expand_as(ref)
     except RuntimeError as exc:
-        raise ValueError(
-            f"{what} of shape {tuple(mask.shape)} does not fit targets {tuple(ref.shape)}"
-        ) from exc
+        raise ValueError(f"{what} of shape {tuple(mask.shape)} does not fit targets {tuple(ref.shape)}") from exc
 
 
 class CombinedLoss(nn.Module):
@@ -172,9 +168,7 @@ class CombinedLoss(nn.Module):
         settings = settings or {}
         self.weights = {k: float(v) for k, v in weights.items()}
         self.settings = {t: {**TERM_PARAMS[t], **dict(settings.get(t, {}))} for t in self.weights}
-        self.terms = nn.ModuleDict(
-            {t: m for t in self.weights if (m := _make_term(t, self.settings[t])) is not None}
-        )
+        self.terms = nn.ModuleDict({t: m for t in self.weights if (m := _make_term(t, self.settings[t])) is not None})
 
     @property
     def needs_cls(self) -> bool:
@@ -211,9 +205,7 @@ class CombinedLoss(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss and the unweighted value of each term (floats, for logging)."""
         if logits.shape != target.shape or logits.dim() != 4:
-            raise ValueError(
-                f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must both be (N, C, H, W)"
-            )
+            raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must both be (N, C, H, W)")
         target = target.to(logits.dtype)
         keep = torch.ones_like(target, dtype=torch.bool)
         if ignore is not None:
@@ -257,13 +249,9 @@ class CombinedLoss(nn.Module):
     ) -> torch.Tensor:
         """Weighted BCE of the classification head against "the slice shows the organ"."""
         if cls_logits is None:
-            raise ValueError(
-                "the loss has a 'cls' term but no cls_logits were given (model without cls head?)"
-            )
+            raise ValueError("the loss has a 'cls' term but no cls_logits were given (model without cls head?)")
         if cls_logits.shape != target.shape[:2]:
-            raise ValueError(
-                f"cls_logits {tuple(cls_logits.shape)} must be (N, C) = {tuple(target.shape[:2])}"
-            )
+            raise ValueError(f"cls_logits {tuple(cls_logits.shape)} must be (N, C) = {tuple(target.shape[:2])}")
         has_organ = (target.amax(dim=(2, 3)) > 0.5).to(cls_logits.dtype)
         keep_nc = keep.any(dim=(2, 3)).to(cls_logits.dtype) * w[:, None]
         per = F.binary_cross_entropy_with_logits(cls_logits, has_organ, reduction="none")

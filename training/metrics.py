@@ -138,9 +138,7 @@ def normalized_hausdorff(
         sampling = 1.0 / shape  # each axis scaled to [0, 1) as in MLE-bench
         max_dist = math.sqrt(p.ndim)
     else:
-        raise ValueError(
-            f"unknown hd_normalization {hd_normalization!r}; expected one of {HD_NORMALIZATIONS}"
-        )
+        raise ValueError(f"unknown hd_normalization {hd_normalization!r}; expected one of {HD_NORMALIZATIONS}")
     dist = hausdorff_distance(p, t, sampling=None if sampling is None else tuple(sampling))
     return float(min(dist / max_dist, 1.0))
 
@@ -304,9 +302,7 @@ def evaluate_cases(
         spacing = case[3] if len(case) == 4 else None
         if pred is None or true is None:
             raise ValueError(f"case {i}: prediction or ground truth masks are missing")
-        stats.append(
-            _case_stats(pred, true, labelled, classes, spacing, empty_dice, empty_hausdorff, hd_normalization)
-        )
+        stats.append(_case_stats(pred, true, labelled, classes, spacing, empty_dice, empty_hausdorff, hd_normalization))
     if not stats:
         raise ValueError("no case to evaluate")
     return _summarise(stats, classes)

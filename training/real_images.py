@@ -49,12 +49,20 @@ def contiguous_runs(stack: Stack) -> list[Stack]:
     for lo, hi in zip([0, *cuts], [*cuts, len(numbers)], strict=True):
         prefix, first = _run_name(stack.slice_ids[lo])
         ids = [f"{prefix}_z{first}_slice_{_run_name(s)[1]}" for s in stack.slice_ids[lo:hi]]
-        runs.append(dataclasses.replace(
-            stack, image=stack.image[lo:hi], slice_ids=ids,
-            masks=None if stack.masks is None else stack.masks[:, lo:hi],
-            labelled=None if stack.labelled is None else stack.labelled[lo:hi],
-            meta={**stack.meta, "slice_numbers": numbers[lo:hi],
-                  "original_slice_ids": list(stack.slice_ids[lo:hi])}))
+        runs.append(
+            dataclasses.replace(
+                stack,
+                image=stack.image[lo:hi],
+                slice_ids=ids,
+                masks=None if stack.masks is None else stack.masks[:, lo:hi],
+                labelled=None if stack.labelled is None else stack.labelled[lo:hi],
+                meta={
+                    **stack.meta,
+                    "slice_numbers": numbers[lo:hi],
+                    "original_slice_ids": list(stack.slice_ids[lo:hi]),
+                },
+            )
+        )
     return runs
 
 
@@ -74,13 +82,17 @@ def read_labelled_scans(folders: Sequence[str | Path], exclude_patients: Iterabl
         found = [run for cd in case_day_folders(folder) for run in contiguous_runs(read_case_day(cd))]
         found = [s for s in found if s.masks is not None and s.labelled is not None and bool(s.labelled.any())]
         if not found:
-            raise GitsegInputError(folder, "holds no labelled slice (is its train.csv beside or above the case folders?)")
+            raise GitsegInputError(
+                folder, "holds no labelled slice (is its train.csv beside or above the case folders?)"
+            )
         stacks += found
     unknown = sorted(exclude - set(patients_of(stacks)))
     if unknown:
-        raise GitsegInputError(folders[0] if len(folders) == 1 else None,
-                               f"patients to leave out {', '.join(unknown)} are not in "
-                               f"{', '.join(str(f) for f in folders)} (patients: {', '.join(patients_of(stacks))})")
+        raise GitsegInputError(
+            folders[0] if len(folders) == 1 else None,
+            f"patients to leave out {', '.join(unknown)} are not in "
+            f"{', '.join(str(f) for f in folders)} (patients: {', '.join(patients_of(stacks))})",
+        )
     return [s for s in stacks if patient_of(s) not in exclude]
 
 

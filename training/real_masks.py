@@ -96,15 +96,21 @@ def _slice_row(path: Path, row: list[str], line: int) -> SliceRow:
     except ValueError as err:
         raise GitsegInputError(path, f"line {line}: {err}") from err
     if item.width <= 0 or item.height <= 0 or not (item.spacing_x > 0 and item.spacing_y > 0):
-        raise GitsegInputError(path, f"line {line}: {sid} has grid {item.width}x{item.height} and spacing "
-                                     f"{item.spacing_x}x{item.spacing_y}; both must be positive")
+        raise GitsegInputError(
+            path,
+            f"line {line}: {sid} has grid {item.width}x{item.height} and spacing "
+            f"{item.spacing_x}x{item.spacing_y}; both must be positive",
+        )
     try:
         name = parse_slice_filename(Path(item.file).name)
     except ValueError as err:
         raise GitsegInputError(path, f"line {line}: {err}") from err
     if (name.width, name.height) != (item.width, item.height) or name.number != parse_slice_id(sid)[2]:
-        raise GitsegInputError(path, f"line {line}: {sid} says {item.width}x{item.height} but its file "
-                                     f"{item.file} says slice {name.number}, {name.width}x{name.height}")
+        raise GitsegInputError(
+            path,
+            f"line {line}: {sid} says {item.width}x{item.height} but its file "
+            f"{item.file} says slice {name.number}, {name.width}x{name.height}",
+        )
     return item
 
 
@@ -114,8 +120,12 @@ def _check_case_day(path: Path, name: str, rows: list[SliceRow]) -> None:
     if numbers != expected:
         missing = sorted(set(expected) - set(numbers))
         gap = missing[0] if missing else numbers[-1]
-        raise GitsegInputError(path, f"case-day {name} has a gap in its slice numbers (slice {gap:04d} is "
-                                     f"missing between {numbers[0]:04d} and {numbers[-1]:04d})")
+        raise GitsegInputError(
+            path,
+            f"case-day {name} has a gap in its slice numbers (slice {gap:04d} is "
+            f"missing between {numbers[0]:04d} and {numbers[-1]:04d})",
+        )
+
     def grid(r: SliceRow) -> tuple:
         return r.height, r.width, r.spacing_y, r.spacing_x
 
@@ -131,7 +141,9 @@ def decode_case_day(table: TrainTable, name: str, rows: list[SliceRow], slices_p
     masks = np.zeros((len(CLASSES), len(rows), height, width), dtype=bool)
     for z, row in enumerate(rows):
         if row.sid not in table:
-            raise GitsegInputError(table.path, f"has no rows for {row.sid}, which {slices_path} lists on line {row.line}")
+            raise GitsegInputError(
+                table.path, f"has no rows for {row.sid}, which {slices_path} lists on line {row.line}"
+            )
         masks[:, z] = decode_slice(table, row.sid, (height, width), CLASSES, f" in {slices_path}")
     return CaseDayMasks(name, masks, (rows[0].spacing_y, rows[0].spacing_x), [r.sid for r in rows])
 

@@ -41,9 +41,7 @@ def _shuffled(groups: dict[str, list[int]], seed: int) -> list[str]:
     return [names[i] for i in order]
 
 
-def split_by_case(
-    ids: Iterable[str], val_fraction: float = 0.2, seed: int = 0
-) -> tuple[list[str], list[str]]:
+def split_by_case(ids: Iterable[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
     """Split ids into (train, validation) by case, with about ``val_fraction`` of the ids in validation.
 
     Whole groups are moved to validation in a seeded order until the share is closest to the target;

@@ -88,8 +88,9 @@ def letterbox_masks(masks: np.ndarray, size: tuple[int, int] | None) -> tuple[np
 BODY_WIDTH_MM = (290.0, 370.0)  # left-right width of an adult abdomen, drawn per case-day
 
 
-def build_scene(name: str, masks: np.ndarray, size: tuple[int, int] | None, seed: int,
-                spacing_mm: float = 1.5) -> Scene:
+def build_scene(
+    name: str, masks: np.ndarray, size: tuple[int, int] | None, seed: int, spacing_mm: float = 1.5
+) -> Scene:
     """The :class:`Scene` of a case-day's real ``masks`` (C, Z, H, W) with column spacing ``spacing_mm``:
     letterboxed to ``size`` with a phantom body (case drawn from ``seed`` and the name) of a real width
     in mm fitted around the organs."""
@@ -139,12 +140,18 @@ class RenderOptions:
             raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
         if "blur" in data:
             blur = data["blur"]
-            if not (isinstance(blur, (list, tuple)) and len(blur) == 2 and all(
-                    isinstance(b, (int, float)) and not isinstance(b, bool) for b in blur) and 0 <= blur[0] <= blur[1]):
+            if not (
+                isinstance(blur, (list, tuple))
+                and len(blur) == 2
+                and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in blur)
+                and 0 <= blur[0] <= blur[1]
+            ):
                 raise ValueError(f"blur must be [low, high] sigmas with 0 <= low <= high, got {blur!r}")
             data["blur"] = (float(blur[0]), float(blur[1]))
         for key, value in data.items():
-            if key != "blur" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+            if key != "blur" and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1
+            ):
                 raise ValueError(f"{key} must be a share between 0 and 1, got {value!r}")
         return cls(**{k: (v if k == "blur" else float(v)) for k, v in data.items()})
 
@@ -156,8 +163,9 @@ class RenderOptions:
 DEFAULT_RENDER = RenderOptions()
 
 
-def render_window(scene: Scene, zs: list[int], rng: np.random.Generator,
-                  options: RenderOptions = DEFAULT_RENDER) -> np.ndarray:
+def render_window(
+    scene: Scene, zs: list[int], rng: np.random.Generator, options: RenderOptions = DEFAULT_RENDER
+) -> np.ndarray:
     """A new MR-like look of the slices ``zs`` of ``scene``: float32 (len(zs), H, W), positive."""
     n_z = scene.n_slices
     zs = [int(np.clip(z, 0, n_z - 1)) for z in zs]
@@ -183,8 +191,7 @@ def render_window(scene: Scene, zs: list[int], rng: np.random.Generator,
             _india_ink(img, scene.background[z], [*scene.masks[:, z], *(e & ~organs for e, _v in blobs)], ink)
         sharp[z] = img
     w = float(rng.uniform(0.0, 0.25))  # partial volume of the 3 mm neighbours
-    out = np.stack([(1 - 2 * w) * sharp[z] + w * sharp[max(0, z - 1)] + w * sharp[min(n_z - 1, z + 1)]
-                    for z in zs])
+    out = np.stack([(1 - 2 * w) * sharp[z] + w * sharp[max(0, z - 1)] + w * sharp[min(n_z - 1, z + 1)] for z in zs])
     out = _acquire(out, rng, options.blur)
     if len(zs) > 1 and rng.random() < options.p_isolated:
         out[:] = out[len(zs) // 2]
@@ -251,15 +258,17 @@ class _OrganLook:
 def _organ_looks(rng: np.random.Generator) -> list[_OrganLook]:
     looks = []
     for _ in CLASSES:
-        looks.append(_OrganLook(
-            content=float(rng.uniform(0.05, 1.0)),
-            wall=float(rng.uniform(0.0, 0.7)),
-            wall_px=float(rng.uniform(0.6, 2.5)),
-            spread=float(rng.uniform(0.0, 0.35)),
-            texture=float(rng.uniform(0.02, 0.25)),
-            air=float(rng.uniform(0.0, 0.12)),
-            air_level=float(rng.uniform(0.05, 0.35)) if rng.random() < 0.5 else 0.0,
-        ))
+        looks.append(
+            _OrganLook(
+                content=float(rng.uniform(0.05, 1.0)),
+                wall=float(rng.uniform(0.0, 0.7)),
+                wall_px=float(rng.uniform(0.6, 2.5)),
+                spread=float(rng.uniform(0.0, 0.35)),
+                texture=float(rng.uniform(0.02, 0.25)),
+                air=float(rng.uniform(0.0, 0.12)),
+                air_level=float(rng.uniform(0.05, 0.35)) if rng.random() < 0.5 else 0.0,
+            )
+        )
     return looks
 
 
@@ -283,7 +292,11 @@ class _Loops:
     spread: float
 
 
-_LOOP_RADIUS = {_SB: (2.5, 6.0), _LB: (4.0, 9.0), _ST: (4.0, 10.0)}  # cell radius in training-grid pixels (160 px: ~2.5 mm each)
+_LOOP_RADIUS = {
+    _SB: (2.5, 6.0),
+    _LB: (4.0, 9.0),
+    _ST: (4.0, 10.0),
+}  # cell radius in training-grid pixels (160 px: ~2.5 mm each)
 
 
 def _loop_cells(rng: np.random.Generator, shape: tuple[int, int], radius: float) -> _Loops:
@@ -301,12 +314,21 @@ def _organ_cells(rng: np.random.Generator, shape: tuple[int, int], options: Rend
     """Per organ, the cells of one sample (shared by its slices): each bowel with ``p_loops``, the stomach
     with ``p_stomach_cells``; nothing is drawn for an option at 0."""
     shares = {_SB: options.p_loops, _LB: options.p_loops, _ST: options.p_stomach_cells}
-    return {c: _loop_cells(rng, shape, float(rng.uniform(*radius)))
-            for c, radius in _LOOP_RADIUS.items() if shares[c] > 0 and rng.random() < shares[c]}
+    return {
+        c: _loop_cells(rng, shape, float(rng.uniform(*radius)))
+        for c, radius in _LOOP_RADIUS.items()
+        if shares[c] > 0 and rng.random() < shares[c]
+    }
 
 
-def _paint_organs(img: np.ndarray, masks: np.ndarray, looks: list[_OrganLook], tex: np.ndarray,
-                  rng: np.random.Generator, loops: dict[int, _Loops] | None = None) -> None:
+def _paint_organs(
+    img: np.ndarray,
+    masks: np.ndarray,
+    looks: list[_OrganLook],
+    tex: np.ndarray,
+    rng: np.random.Generator,
+    loops: dict[int, _Loops] | None = None,
+) -> None:
     """Paint walls and contents of the organs of one slice (large bowel, small bowel, stomach on top)."""
     for c in (_LB, _SB, _ST):
         mask = masks[c]
@@ -376,14 +398,21 @@ def _clutter(rng: np.random.Generator, scene: Scene, zs: list[int]) -> dict[int,
     for z in zs:
         dz = z - centre
         live = np.flatnonzero(np.abs(dz) <= span)
-        out[z] = [(((rows - ys[pick[i]] - dz * drift[i, 0]) / radius[i, 0]) ** 2
-                   + ((cols - xs[pick[i]] - dz * drift[i, 1]) / radius[i, 1]) ** 2 < 1.0, float(values[i]))
-                  for i in live]
+        out[z] = [
+            (
+                ((rows - ys[pick[i]] - dz * drift[i, 0]) / radius[i, 0]) ** 2
+                + ((cols - xs[pick[i]] - dz * drift[i, 1]) / radius[i, 1]) ** 2
+                < 1.0,
+                float(values[i]),
+            )
+            for i in live
+        ]
     return out
 
 
-def _paint_distractors(img: np.ndarray, blobs: list[tuple[np.ndarray, float]], organs: np.ndarray,
-                       body: np.ndarray, tex: np.ndarray) -> None:
+def _paint_distractors(
+    img: np.ndarray, blobs: list[tuple[np.ndarray, float]], organs: np.ndarray, body: np.ndarray, tex: np.ndarray
+) -> None:
     for ellipse, value in blobs:
         inside = ellipse & body & ~organs
         img[inside] = value * (1.0 + 0.1 * tex[inside])

@@ -29,10 +29,20 @@ from training.synthesis import DEFAULT_RENDER, RenderOptions, Scene, build_scene
 class SyntheticDataset(Dataset):
     """2.5D samples rendered from the real masks of ``names`` in ``source`` (see the module docstring)."""
 
-    def __init__(self, source: RealMaskFolder, names: Sequence[str], k: int = 3, stride: int = 2,
-                 size: tuple[int, int] = (160, 160), seed: int = 0, length: int = 1_000_000,
-                 on_the_fly: bool = True, organ_share: float = 0.8, normalization: dict | None = None,
-                 render: RenderOptions = DEFAULT_RENDER):
+    def __init__(
+        self,
+        source: RealMaskFolder,
+        names: Sequence[str],
+        k: int = 3,
+        stride: int = 2,
+        size: tuple[int, int] = (160, 160),
+        seed: int = 0,
+        length: int = 1_000_000,
+        on_the_fly: bool = True,
+        organ_share: float = 0.8,
+        normalization: dict | None = None,
+        render: RenderOptions = DEFAULT_RENDER,
+    ):
         window_indices(1, k, stride)  # validates k and stride
         if not names:
             raise ValueError("a synthetic dataset needs at least one case-day")
@@ -94,8 +104,15 @@ class MixedDataset(Dataset):
 
     on_the_fly = True
 
-    def __init__(self, synthetic: SyntheticDataset, phantom: Dataset | None, share: float, seed: int = 0,
-                 real: Dataset | None = None, real_share: float = 0.0):
+    def __init__(
+        self,
+        synthetic: SyntheticDataset,
+        phantom: Dataset | None,
+        share: float,
+        seed: int = 0,
+        real: Dataset | None = None,
+        real_share: float = 0.0,
+    ):
         for name, value, part in (("phantom", share, phantom), ("real", real_share, real)):
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"the {name} share must be in [0, 1], got {value}")
@@ -113,8 +130,10 @@ class MixedDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, int(index), 7])
         draw = rng.random()
-        for part, lo, hi, kind in ((self.phantom, 0.0, self.share, "phantom"),
-                                   (self.real, self.share, self.share + self.real_share, "real")):
+        for part, lo, hi, kind in (
+            (self.phantom, 0.0, self.share, "phantom"),
+            (self.real, self.share, self.share + self.real_share, "real"),
+        ):
             if lo <= draw < hi:
                 item = dict(part[int(rng.integers(len(part)))])
                 item["provenance"] = kind
@@ -122,8 +141,9 @@ class MixedDataset(Dataset):
         return self.synthetic[index]
 
 
-def phantom_slices(size: tuple[int, int], k: int, stride: int, n_cases: int = 6, seed: int = 7,
-                   normalization: dict | None = None) -> Dataset:
+def phantom_slices(
+    size: tuple[int, int], k: int, stride: int, n_cases: int = 6, seed: int = 7, normalization: dict | None = None
+) -> Dataset:
     """Every slice of ``n_cases`` phantom scans (144 x 266 x 266), letterboxed to ``size``."""
     from napari_gitseg.phantom import make_phantom_cases
     from training.datasets import SliceDataset
@@ -139,10 +159,20 @@ def real_scan_slices(stacks, size: tuple[int, int], k: int, stride: int, normali
     return SliceDataset(list(stacks), k=k, stride=stride, size=tuple(size), fit="resize", normalization=normalization)
 
 
-def synthetic_datasets(folder, size: tuple[int, int], k: int, stride: int, seed: int = 0,
-                       val_fraction: float = 0.15, val_items: int = 128, phantom_share: float = 0.0,
-                       normalization: dict | None = None, synthesis: dict | None = None,
-                       real_scans=(), real_share: float = 0.0) -> tuple[Dataset, SyntheticDataset, dict]:
+def synthetic_datasets(
+    folder,
+    size: tuple[int, int],
+    k: int,
+    stride: int,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    val_items: int = 128,
+    phantom_share: float = 0.0,
+    normalization: dict | None = None,
+    synthesis: dict | None = None,
+    real_scans=(),
+    real_share: float = 0.0,
+) -> tuple[Dataset, SyntheticDataset, dict]:
     """(training, validation, description) datasets rendered around the real masks in ``folder``,
     split by patient; the description (recorded in the bundle) names the case-days of each side.
     With ``phantom_share`` > 0 that share of the training items are phantom slices, with
@@ -171,8 +201,8 @@ def synthetic_datasets(folder, size: tuple[int, int], k: int, stride: int, seed:
         "render_options": render.to_dict(),
         "train_case_days": train_names,
         "val_case_days": val_names,
-        "train_patients": sorted({n.split('_')[0] for n in train_names}),
-        "val_patients": sorted({n.split('_')[0] for n in val_names}),
+        "train_patients": sorted({n.split("_")[0] for n in train_names}),
+        "val_patients": sorted({n.split("_")[0] for n in val_names}),
         "val_items": val_items,
         "phantom_share": phantom_share,
         "phantom": "gitseg phantom --cases 6 --seed 7 (144 slices, 266 px)" if phantom_share > 0 else None,

@@ -72,8 +72,10 @@ def load_job(source: str | os.PathLike | dict) -> dict:
     known = {**_COMMON, **JOB_KINDS[kind]}
     unknown = [key for key in job if key not in known]
     if unknown:
-        raise JobError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
-                       f"{', '.join(repr(k) for k in unknown)} for a {kind!r} job (known: {', '.join(known)})")
+        raise JobError(
+            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(k) for k in unknown)} for a {kind!r} job (known: {', '.join(known)})"
+        )
     missing = [key for key in _REQUIRED[kind] if job.get(key) in (None, "")]
     if missing:
         raise JobError(f"{where}: a {kind!r} job needs {', '.join(repr(k) for k in missing)}")
@@ -112,16 +114,32 @@ def run_job(job: dict, emit, cancel: threading.Event | None = None, config=None)
     if kind == "bootstrap":
         from training.bootstrap import run_bootstrap
 
-        report = run_bootstrap(stacks, labels=job["labels"], rounds=job["rounds"], keep=job["keep"],
-                               out=job["out"], config=config, on_event=emit, cancel=cancel)
+        report = run_bootstrap(
+            stacks,
+            labels=job["labels"],
+            rounds=job["rounds"],
+            keep=job["keep"],
+            out=job["out"],
+            config=config,
+            on_event=emit,
+            cancel=cancel,
+        )
         return {k: v for k, v in report.items() if k != "config"}
     from training.loop import train
 
     val = read_stacks(job["val_data"]) if job["val_data"] else None
     out = Path(job["out"]) / str(job["name"] or "model")
-    result = train(config, stacks, val, out, on_event=emit, cancel=cancel, resume=bool(job["resume"]),
-                   data_description={"data": str(job["data"]), "val_data": job["val_data"]},
-                   notes=str(job["notes"] or ""))
+    result = train(
+        config,
+        stacks,
+        val,
+        out,
+        on_event=emit,
+        cancel=cancel,
+        resume=bool(job["resume"]),
+        data_description={"data": str(job["data"]), "val_data": job["val_data"]},
+        notes=str(job["notes"] or ""),
+    )
     return result.to_dict()
 
 
@@ -141,8 +159,9 @@ class _EventWriter:
 
 def _error_event(err: BaseException, kind: str | None = None) -> ev.Error:
     tail = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-6:])
-    return ev.Error(message=str(err) or type(err).__name__, kind=kind or type(err).__name__,
-                    traceback_tail=tail[-4000:])
+    return ev.Error(
+        message=str(err) or type(err).__name__, kind=kind or type(err).__name__, traceback_tail=tail[-4000:]
+    )
 
 
 def execute(job_source: str | os.PathLike | dict, emit, cancel: threading.Event | None = None) -> int:

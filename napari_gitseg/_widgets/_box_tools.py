@@ -52,8 +52,14 @@ class BoxTools:
         self._refine_boxes = PushButton(text=f"Refine by boxes ({shortcut_text('refine_boxes')})")
         self._propagate = PushButton(text=f"Propagate ({shortcut_text('propagate')})")
         self._direction = ComboBox(choices=DIRECTIONS, value=0, tooltip="Which way Propagate goes")
-        self._box_status = status_label(value="" if self.box_unavailable is None else f"Box tools off: {self.box_unavailable}")
-        for action, button in (("box", self._box), ("refine_boxes", self._refine_boxes), ("propagate", self._propagate)):
+        self._box_status = status_label(
+            value="" if self.box_unavailable is None else f"Box tools off: {self.box_unavailable}"
+        )
+        for action, button in (
+            ("box", self._box),
+            ("refine_boxes", self._refine_boxes),
+            ("propagate", self._propagate),
+        ):
             button.tooltip = tooltip(action) if self.box_unavailable is None else self.box_unavailable
             button.enabled = False  # on with the review, if LiteMedSAM is installed
         self._box.changed.connect(self.toggle_box_mode)
@@ -85,6 +91,7 @@ class BoxTools:
             preload_compute_modules()
             import_package()
             import torch.nn.functional  # noqa: F401  (the mask decoder's upsampling)
+
             self._box_imports_done = True
         if self._boxes is None:
             from napari_gitseg.box_worker import BoxWorker
@@ -129,8 +136,10 @@ class BoxTools:
         layer.events.mode.connect(self._on_layer_mode)
         self._box_mode = True
         self._box.text = f"■ Box on ({shortcut_text('box')})"
-        self._box_status.value = ("Drag a box around the organ piece (Shift: over your strokes too; Ctrl: clear "
-                                  "the organ in the box); B again or a paint tool to stop.")
+        self._box_status.value = (
+            "Drag a box around the organ piece (Shift: over your strokes too; Ctrl: clear "
+            "the organ in the box); B again or a paint tool to stop."
+        )
         self._want_embeddings()
 
     def _leave_box_mode(self) -> None:
@@ -159,8 +168,9 @@ class BoxTools:
         while event.type == "mouse_move":
             self._show_box(z, first, layer.world_to_data(event.position)[-2:])
             yield
-        self.draw_box(first, layer.world_to_data(event.position)[-2:], erase="Control" in mods,
-                      over_strokes="Shift" in mods)
+        self.draw_box(
+            first, layer.world_to_data(event.position)[-2:], erase="Control" in mods, over_strokes="Shift" in mods
+        )
 
     def _show_box(self, z: int, first, second) -> None:
         """Draw the rectangle being dragged on the ``… boxes`` layer (made on first use, never made active)."""
@@ -169,8 +179,13 @@ class BoxTools:
         if self._box_layer is None or self._box_layer not in self._viewer.layers:
             active = self._viewer.layers.selection.active
             self._box_layer = self._viewer.add_shapes(
-                ndim=3, name=f"{self._session.name} boxes", face_color="transparent", edge_width=2,
-                scale=self._layer.scale, translate=self._layer.translate)
+                ndim=3,
+                name=f"{self._session.name} boxes",
+                face_color="transparent",
+                edge_width=2,
+                scale=self._layer.scale,
+                translate=self._layer.translate,
+            )
             self._box_layer.editable = False
             self._viewer.layers.selection.active = active  # the review layer keeps the keys
         colour = COLORS.get(self._organ.value, (1, 1, 1, 1))
@@ -201,8 +216,10 @@ class BoxTools:
             from napari_gitseg.medsam import is_blank
 
             if is_blank(self._session.stack.image[self._z][box.slices]):
-                show_error(f"Review: the box on slice {self._z} holds a blank image (one grey value): "
-                           "nothing to segment there.")
+                show_error(
+                    f"Review: the box on slice {self._z} holds a blank image (one grey value): "
+                    "nothing to segment there."
+                )
                 return None
         return self._run_boxes([box], erase=erase, over_strokes=over_strokes)
 
@@ -295,8 +312,10 @@ class BoxTools:
             show_error(f"Review: propagate: {fut.exception()}")
         reached = sorted(result.propagated)
         span = f"slices {reached[0]}-{reached[-1]}" if reached else "no slice"
-        self._unsaved.value = (f"✓ {result.organ.replace('_', ' ')} propagated from slice {result.z0} to {span} "
-                               f"({len(reached)}): review them (not training labels until accepted; Shift+I undoes)")
+        self._unsaved.value = (
+            f"✓ {result.organ.replace('_', ' ')} propagated from slice {result.z0} to {span} "
+            f"({len(reached)}): review them (not training labels until accepted; Shift+I undoes)"
+        )
         self._refresh_status()
 
     def _close_boxes(self) -> None:
@@ -337,11 +356,15 @@ def _propagate_job(dock, session, result, start: np.ndarray, direction: int, can
         return segmenter.segment_scored(segmenter.embedding(image[z], (session.name, z)), boxes)
 
     def job() -> None:
-        protected = {session.index[sid] for sid in dock._io.submit(session.store.clinician_slices, session.name)
-                     .result() if sid in session.index}
-        for step in ((1, -1) if direction == 0 else (direction,)):
-            for z, organ, _boxes in carry(start, result.z0, step, n, segment, dock.propagation,
-                                          stop_at=protected.__contains__, cancel=cancel):
+        protected = {
+            session.index[sid]
+            for sid in dock._io.submit(session.store.clinician_slices, session.name).result()
+            if sid in session.index
+        }
+        for step in (1, -1) if direction == 0 else (direction,):
+            for z, organ, _boxes in carry(
+                start, result.z0, step, n, segment, dock.propagation, stop_at=protected.__contains__, cancel=cancel
+            ):
                 if not dock._io.submit(session.store_propagated, result, z, organ).result():
                     break  # a slice the clinician labelled meanwhile: stop this way
                 dock._show_propagated(z, len(result.propagated))

@@ -131,8 +131,11 @@ def preload_compute_modules() -> None:
 
 def image_layer_names(viewer) -> list[str]:
     """Names of the 3-D (or 2-D) image layers in the viewer, newest first."""
-    return [layer.name for layer in reversed(viewer.layers) if isinstance(layer, Image) and layer.ndim in (2, 3)
-            and not layer.rgb]
+    return [
+        layer.name
+        for layer in reversed(viewer.layers)
+        if isinstance(layer, Image) and layer.ndim in (2, 3) and not layer.rgb
+    ]
 
 
 def find_layer(viewer, name: str | None):

@@ -34,10 +34,12 @@ class LossDicePlot(QWidget):
             plot.getAxis("left").enableAutoSIPrefix(False)
             plot.getAxis("left").setWidth(48)  # both plots' axes line up
         self._loss_curve = self._loss_plot.plot([], [], pen=pg.mkPen(_GREY, width=1))
-        self._dice_curve = self._dice_plot.plot([], [], pen=pg.mkPen(_GREEN, width=2), symbol="o", symbolSize=6,
-                                                symbolBrush=_GREEN, symbolPen=None)
-        self._hint = pg.TextItem("loss and validation Dice appear here during a round", color=(140, 140, 140),
-                                 anchor=(0.5, 0.5))
+        self._dice_curve = self._dice_plot.plot(
+            [], [], pen=pg.mkPen(_GREEN, width=2), symbol="o", symbolSize=6, symbolBrush=_GREEN, symbolPen=None
+        )
+        self._hint = pg.TextItem(
+            "loss and validation Dice appear here during a round", color=(140, 140, 140), anchor=(0.5, 0.5)
+        )
         self._loss_plot.addItem(self._hint)
         self._hint.setPos(0.5, 0.5)
         self.clear()

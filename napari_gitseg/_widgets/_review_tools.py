@@ -27,10 +27,19 @@ class CorrectionTools:
 
     # ---- faster correction: fill between, refine ------------------------------------------------------
     def _key_actions(self) -> dict:
-        actions = {"accept": self.accept_slice, "next": self.next_slice, "previous": self.previous_slice,
-                   "revert": self.revert_slice, "fill": self.fill_between, "undo_fill": self.undo_fill,
-                   "refine": self.refine_slice, "learn": self.learn_from_corrections, "box": self.toggle_box_mode,
-                   "refine_boxes": self.refine_by_boxes, "propagate": self.propagate}
+        actions = {
+            "accept": self.accept_slice,
+            "next": self.next_slice,
+            "previous": self.previous_slice,
+            "revert": self.revert_slice,
+            "fill": self.fill_between,
+            "undo_fill": self.undo_fill,
+            "refine": self.refine_slice,
+            "learn": self.learn_from_corrections,
+            "box": self.toggle_box_mode,
+            "refine_boxes": self.refine_by_boxes,
+            "propagate": self.propagate,
+        }
         for i, organ in enumerate(CLASSES):
             actions[f"organ_{i + 1}"] = lambda organ=organ: self.select_organ(organ)
         return actions
@@ -76,8 +85,10 @@ class CorrectionTools:
         for z in result.filled:
             self.effort.assisted(z)
         name = result.organ.replace("_", " ")
-        self._unsaved.value = (f"✓ {name} filled on {len(result.filled)} slice(s) between {result.z0} and "
-                               f"{result.z1}: review them (not training labels until accepted)")
+        self._unsaved.value = (
+            f"✓ {name} filled on {len(result.filled)} slice(s) between {result.z0} and "
+            f"{result.z1}: review them (not training labels until accepted)"
+        )
         self._refresh_status()
 
     def undo_fill(self) -> Future | None:
@@ -128,13 +139,22 @@ class CorrectionTools:
 
         corrected = self._io.submit(session.corrected_labels).result()
         if len(corrected) < MIN_CORRECTED:
-            raise ValueError(f"correct or accept at least {MIN_CORRECTED} slices of this scan first "
-                             f"({len(corrected)} so far): learning starts from them, one is held out to check it")
+            raise ValueError(
+                f"correct or accept at least {MIN_CORRECTED} slices of this scan first "
+                f"({len(corrected)} so far): learning starts from them, one is held out to check it"
+            )
         prediction = self._model_prediction(session, cancel)
         model_labels = masks_to_labels(prediction.masks, tuple(session.stack.classes))
         targets = [z for z in range(len(session.stack.slice_ids)) if z not in corrected]
-        new, check = learn_from_corrections(session.stack.image, prediction.probs, model_labels, corrected, targets,
-                                            progress=self._show_learn_progress, cancel=cancel)
+        new, check = learn_from_corrections(
+            session.stack.image,
+            prediction.probs,
+            model_labels,
+            corrected,
+            targets,
+            progress=self._show_learn_progress,
+            cancel=cancel,
+        )
         if cancel.is_set():  # the review closed meanwhile: store nothing
             raise AdaptCancelled("learning from corrections was cancelled")
         return self._io.submit(session.store_learned, new, len(corrected), check, prediction.confidence).result()
@@ -148,7 +168,10 @@ class CorrectionTools:
             return cached[2]
         self._show_learn_progress("predicting", 0, 1)
         prediction = self._load_predictor().predict(
-            session.stack, cancel=cancel, progress=lambda done, total: self._show_learn_progress("predicting", done, total))
+            session.stack,
+            cancel=cancel,
+            progress=lambda done, total: self._show_learn_progress("predicting", done, total),
+        )
         if self._session is session and self._model_path == model:  # still the scan and model it was run for
             self._learn_prediction = (session, model, prediction)
         return prediction
@@ -156,8 +179,12 @@ class CorrectionTools:
     @ensure_main_thread
     @when_alive
     def _show_learn_progress(self, stage: str, done: int, total: int) -> None:
-        words = {"predicting": "running the model", "check": "checking on held-out corrected slices",
-                 "fit": "learning", "apply": "relabelling"}
+        words = {
+            "predicting": "running the model",
+            "check": "checking on held-out corrected slices",
+            "fit": "learning",
+            "apply": "relabelling",
+        }
         self._unsaved.value = f"Learning from your corrections: {words.get(stage, stage)} {done}/{total}…"
 
     @ensure_main_thread
@@ -178,15 +205,19 @@ class CorrectionTools:
         check = result.check
         scored = f" (held-out corrected slices: Dice {check.model_dice:.2f} model, {check.corrector_dice:.2f} learned)"
         if not result.relabelled and not check.passed:
-            self._unsaved.value = (f"Nothing changed: learning from your corrections did not beat the model "
-                                   f"(by {check.min_gain:g} Dice at least){scored}")
+            self._unsaved.value = (
+                f"Nothing changed: learning from your corrections did not beat the model "
+                f"(by {check.min_gain:g} Dice at least){scored}"
+            )
             return
         self._fills.append(result)
         self._show_changed(result.relabelled)
         for z in result.relabelled:
             self.effort.assisted(z)
-        self._unsaved.value = (f"✓ {len(result.relabelled)} slice(s) relabelled from {result.corrected} corrected "
-                               f"slice(s){scored}: review them (Shift+I undoes it)")
+        self._unsaved.value = (
+            f"✓ {len(result.relabelled)} slice(s) relabelled from {result.corrected} corrected "
+            f"slice(s){scored}: review them (Shift+I undoes it)"
+        )
         self._refresh_status()
 
     def _show_changed(self, slices: list[int]) -> None:
@@ -240,8 +271,11 @@ class CorrectionTools:
         probs, zs = slice_probabilities(self._load_predictor(), self._session.stack.image, z, neighbours)
         classes = tuple(self._session.stack.classes)
         centre = refine_labels(probs[:, zs.index(z)], origin, current, painted, classes)
-        others = {zn: refine_neighbour(probs[:, i], self._session.labels_of(zn), origin, current, painted, classes)
-                  for i, zn in enumerate(zs) if zn != z}
+        others = {
+            zn: refine_neighbour(probs[:, i], self._session.labels_of(zn), origin, current, painted, classes)
+            for i, zn in enumerate(zs)
+            if zn != z
+        }
         return centre, others
 
     @ensure_main_thread

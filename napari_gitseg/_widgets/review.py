@@ -126,8 +126,11 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
         self._accept = PushButton(text=f"Accept slice ✓ ({shortcut_text('accept')})")
         self._versions = ComboBox(label="Version", choices=[])
         self._revert = PushButton(text=f"Revert to version ({shortcut_text('revert')})")
-        self._organ = ComboBox(label="Organ", choices=[(f"{c.replace('_', ' ')} ({i + 1})", c)
-                                                       for i, c in enumerate(CLASSES)], value="stomach")
+        self._organ = ComboBox(
+            label="Organ",
+            choices=[(f"{c.replace('_', ' ')} ({i + 1})", c) for i, c in enumerate(CLASSES)],
+            value="stomach",
+        )
         self._fill = PushButton(text=f"Fill between ({shortcut_text('fill')})")
         self._undo_fill = PushButton(text=f"Undo fill / learn / propagate ({shortcut_text('undo_fill')})")
         self._learn = PushButton(text=f"Learn from corrections ({shortcut_text('learn')})")
@@ -143,12 +146,39 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
         fill = Container(widgets=[self._fill, self._undo_fill], layout="horizontal", labels=False)
         refine = Container(widgets=[self._refine, self._refine_neighbours], layout="horizontal", labels=False)
         boxes = self._init_box_tools()
-        self.extend([self._image, self._folder, self._open, self._status, self._unsaved, nav, self._accept,
-                     self._organ, fill, refine, boxes, self._learn, self._effort_status, self._versions, self._revert,
-                     vis, self._export_path, self._export_format, self._export])
-        for action, button in (("previous", self._prev), ("next", self._next), ("accept", self._accept),
-                               ("revert", self._revert), ("fill", self._fill), ("undo_fill", self._undo_fill),
-                               ("refine", self._refine), ("learn", self._learn)):
+        self.extend(
+            [
+                self._image,
+                self._folder,
+                self._open,
+                self._status,
+                self._unsaved,
+                nav,
+                self._accept,
+                self._organ,
+                fill,
+                refine,
+                boxes,
+                self._learn,
+                self._effort_status,
+                self._versions,
+                self._revert,
+                vis,
+                self._export_path,
+                self._export_format,
+                self._export,
+            ]
+        )
+        for action, button in (
+            ("previous", self._prev),
+            ("next", self._next),
+            ("accept", self._accept),
+            ("revert", self._revert),
+            ("fill", self._fill),
+            ("undo_fill", self._undo_fill),
+            ("refine", self._refine),
+            ("learn", self._learn),
+        ):
             button.tooltip = tooltip(action)
         self._organ.tooltip = "The organ you paint, fill, refine, box and propagate [1 / 2 / 3]"
         self._set_enabled(False)
@@ -209,8 +239,11 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
         self.flush() if self._session else None
         stack = stack_from_layer(layer)
         show_only_stack(self._viewer, layer, stack.name)  # the review layer lies over this image, not another scan
-        folder = str(self._folder.value) if self._project_override or str(self._folder.value) not in ("", ".") \
+        folder = (
+            str(self._folder.value)
+            if self._project_override or str(self._folder.value) not in ("", ".")
             else str(Project.for_stack(stack.source, stack.name).folder)
+        )
         self._folder.value = folder
         self._status.value = "Opening the label store…"
         fut = self._io.submit(self._open_session, folder, stack)
@@ -322,8 +355,10 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
     def _saved(self, fut: Future, z: int, accepted: bool, before: np.ndarray) -> None:
         err = fut.exception()
         if err is not None:
-            show_error(f"Review: slice {z} NOT saved: {err}. Your edit is still on screen; fix the problem and "
-                       "save again (Accept).")
+            show_error(
+                f"Review: slice {z} NOT saved: {err}. Your edit is still on screen; fix the problem and "
+                "save again (Accept)."
+            )
             self._unsaved.value = "● NOT SAVED — see the error message"
             if z == self._z:
                 self._snapshot = before  # the edit still differs from what is stored: the next save retries
@@ -453,8 +488,12 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
             return
         self._save_current(wait=True)
         version = getattr(prediction, "model_version", None)
-        fut = self._io.submit(self._session.apply_prediction, prediction.masks, prediction.confidence,
-                              None if version is None else str(version))
+        fut = self._io.submit(
+            self._session.apply_prediction,
+            prediction.masks,
+            prediction.confidence,
+            None if version is None else str(version),
+        )
         fut.add_done_callback(self._prediction_applied)
 
     @ensure_main_thread
@@ -484,8 +523,10 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
     def _show_counts(self, fut: Future) -> None:
         if fut.exception() is None:
             c = fut.result()
-            self._status.value = (f"Reviewed {c.get('reviewed', 0)} of {c.get('total', 0)} · "
-                                  f"labelled slices in training: {c.get('clinician', 0)}")
+            self._status.value = (
+                f"Reviewed {c.get('reviewed', 0)} of {c.get('total', 0)} · "
+                f"labelled slices in training: {c.get('clinician', 0)}"
+            )
 
     def _refresh_versions(self) -> None:
         if self._session is None or self._z is None:
@@ -508,8 +549,19 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
             set_class_visibility(self._layer, {c: box.value for c, box in self._visible.items()})
 
     def _set_enabled(self, on: bool) -> None:
-        for w in (self._prev, self._next, self._accept, self._revert, self._versions, self._export, self._fill,
-                  self._undo_fill, self._refine, self._learn, *self._box_widgets()):
+        for w in (
+            self._prev,
+            self._next,
+            self._accept,
+            self._revert,
+            self._versions,
+            self._export,
+            self._fill,
+            self._undo_fill,
+            self._refine,
+            self._learn,
+            *self._box_widgets(),
+        ):
             w.enabled = on
 
     def _on_layer_removed(self, event) -> None:

@@ -48,12 +48,11 @@ _log = logging.getLogger(__name__)
 TOOLTIPS = {
     "image": "The image layer (scan) to segment; its organs open as a labels layer over it",
     "device": "auto: the GPU when PyTorch finds one (CUDA or Apple MPS), else the CPU; "
-              "the masks are the same on every CPU",
+    "the masks are the same on every CPU",
     "tta": "Also run the model on the left-right mirrored scan and average the two: about twice the time",
     "uncertainty": "Add a layer showing where the model hesitates (entropy of its probabilities, 0-1): "
-                   "the places to check first",
-    "run": "Segment the whole scan in the background: the slice on screen first, then outward; "
-           "napari stays usable",
+    "the places to check first",
+    "run": "Segment the whole scan in the background: the slice on screen first, then outward; napari stays usable",
     "cancel": "Stop the run; its partial prediction layer is removed",
     "show": "Show or hide one organ in the prediction layer",
 }
@@ -110,10 +109,27 @@ class SegmentWidget(JobDock):
         self._visible = {c: CheckBox(text=c.replace("_", " "), value=True) for c in CLASSES}
         buttons = Container(widgets=[self._run, self._cancel_btn], layout="horizontal", labels=False)
         vis = Container(widgets=list(self._visible.values()), layout="horizontal", labels=False, label="Show")
-        self.extend([self._image, self._model, self._device, self._tta, self._uncertainty, buttons,
-                     self._progress, self._status, vis])
-        for key, widget in (("image", self._image), ("device", self._device), ("tta", self._tta),
-                            ("uncertainty", self._uncertainty), ("run", self._run), ("cancel", self._cancel_btn)):
+        self.extend(
+            [
+                self._image,
+                self._model,
+                self._device,
+                self._tta,
+                self._uncertainty,
+                buttons,
+                self._progress,
+                self._status,
+                vis,
+            ]
+        )
+        for key, widget in (
+            ("image", self._image),
+            ("device", self._device),
+            ("tta", self._tta),
+            ("uncertainty", self._uncertainty),
+            ("run", self._run),
+            ("cancel", self._cancel_btn),
+        ):
             widget.tooltip = TOOLTIPS[key]
         for box in self._visible.values():
             box.tooltip = TOOLTIPS["show"]
@@ -167,8 +183,9 @@ class SegmentWidget(JobDock):
         z = int(self._viewer.dims.current_step[0]) if stack.shape[0] > 1 else 0
         z = min(max(z, 0), stack.shape[0] - 1)
         self._stack = stack
-        data, kwargs, _ = labels_layer_data(stack, np.zeros((len(CLASSES), *stack.shape), bool),
-                                            name=f"{stack.name} prediction", role="prediction")
+        data, kwargs, _ = labels_layer_data(
+            stack, np.zeros((len(CLASSES), *stack.shape), bool), name=f"{stack.name} prediction", role="prediction"
+        )
         kwargs["metadata"]["gitseg"]["model"] = model
         self.result_layer = ensure_labels_layer(self._viewer, kwargs["name"], data, kwargs)
         self._apply_visibility()
@@ -176,9 +193,14 @@ class SegmentWidget(JobDock):
 
         self._cancel.clear()
         worker = thread_worker(
-            run_prediction, start_thread=False,
-            connect={"yielded": self._on_update, "returned": self._on_done, "errored": self._on_error,
-                     "finished": self._on_finished},
+            run_prediction,
+            start_thread=False,
+            connect={
+                "yielded": self._on_update,
+                "returned": self._on_done,
+                "errored": self._on_error,
+                "finished": self._on_finished,
+            },
         )(model, stack, z, self._device.value, self._tta.value, self._cancel)
         self._worker = worker
         self._set_running(True)
@@ -215,8 +237,9 @@ class SegmentWidget(JobDock):
             # every slice was painted as its batch arrived: only the metadata is new
             layer.metadata.setdefault("gitseg", {}).update({"masks": prediction.masks, **extra})
         else:
-            data, kwargs, _ = labels_layer_data(stack, prediction.masks, name=f"{stack.name} prediction",
-                                                role="prediction", extra=extra)
+            data, kwargs, _ = labels_layer_data(
+                stack, prediction.masks, name=f"{stack.name} prediction", role="prediction", extra=extra
+            )
             self.result_layer = ensure_labels_layer(self._viewer, kwargs["name"], data, kwargs)
         self._apply_visibility()
         if self._uncertainty.value:
@@ -226,8 +249,15 @@ class SegmentWidget(JobDock):
                 old = find_layer(self._viewer, name)
                 if old is not None:
                     self._viewer.layers.remove(old)
-                self._viewer.add_image(uncertainty, name=name, scale=stack.spacing, colormap="magma",
-                                       blending="additive", opacity=0.6, contrast_limits=(0, 1))
+                self._viewer.add_image(
+                    uncertainty,
+                    name=name,
+                    scale=stack.spacing,
+                    colormap="magma",
+                    blending="additive",
+                    opacity=0.6,
+                    contrast_limits=(0, 1),
+                )
         set_progress(self._progress, 100)
         secs = getattr(prediction, "seconds", None)
         self._status.value = f"Done: {stack.shape[0]} slices" + (f" in {secs:.1f} s" if secs else "")
@@ -263,8 +293,9 @@ class SegmentWidget(JobDock):
         model = str(self._model.value or "")
         if not model or not Path(model).is_file():
             return
-        self.warm_up_thread = threading.Thread(target=warm_up_quietly, args=(model, self._device.value),
-                                               name="gitseg-model-warm-up", daemon=True)
+        self.warm_up_thread = threading.Thread(
+            target=warm_up_quietly, args=(model, self._device.value), name="gitseg-model-warm-up", daemon=True
+        )
         self.warm_up_thread.start()
 
     # ---- UI bits --------------------------------------------------------------------------------

@@ -36,14 +36,16 @@ from ._plot import LossDicePlot
 
 PRESETS = ("quick", "cpu", "gpu")
 TOOLTIPS = {
-    "preset": ("How long a round trains.\n"
-               "quick: 40 steps (about half a minute); from a model, the few-label recipe cut short.\n"
-               "cpu: the full few-label recipe (a dozen slices: about 6 minutes on 2 cores).\n"
-               "gpu: as cpu, in larger batches with mixed precision (needs a CUDA GPU)."),
+    "preset": (
+        "How long a round trains.\n"
+        "quick: 40 steps (about half a minute); from a model, the few-label recipe cut short.\n"
+        "cpu: the full few-label recipe (a dozen slices: about 6 minutes on 2 cores).\n"
+        "gpu: as cpu, in larger batches with mixed precision (needs a CUDA GPU)."
+    ),
     "keep": "How many of the new model's most confident predictions of unreviewed slices are saved as\n"
-            "pseudo-labels for the next round (never over a clinician's slice).",
+    "pseudo-labels for the next round (never over a clinician's slice).",
     "retrain": "Train a candidate on the accepted slices in the background; it replaces the active model\n"
-               "only if it scores higher on the clinician's held-out slices.",
+    "only if it scores higher on the clinician's held-out slices.",
     "cancel_btn": "Stop the round at its next step; the active model and the labels stay as they were.",
     "versions": "The project's model versions (validation Dice); the active one predicts.",
     "activate": "Make the chosen version the active model (re-predicts the unreviewed slices).",
@@ -110,10 +112,15 @@ class TrainWidget(JobDock):
         self.plot.clear()
         self.events_seen = []
         self._outcome = ""
-        job = round_job(project, preset=self._preset.value, keep=self._keep.value,
-                        overrides={"num_threads": trainer_threads_beside_gui()})
+        job = round_job(
+            project,
+            preset=self._preset.value,
+            keep=self._keep.value,
+            overrides={"num_threads": trainer_threads_beside_gui()},
+        )
         worker = thread_worker(
-            iter_round_events, start_thread=False,  # progress in the dock (see segment.py: no activity GIF)
+            iter_round_events,
+            start_thread=False,  # progress in the dock (see segment.py: no activity GIF)
             connect={"yielded": self.show_event, "errored": self._on_error, "finished": self._on_finished},
         )(job, self._cancel)
         self._worker = worker
@@ -171,9 +178,11 @@ class TrainWidget(JobDock):
         project = str(self._project.value or "")
         if project in ("", "."):
             return
-        worker = thread_worker(registry_versions, start_thread=False,
-                               connect={"returned": self._show_versions,
-                                        "errored": lambda e: show_error(f"Model registry: {e}")})(project)
+        worker = thread_worker(
+            registry_versions,
+            start_thread=False,
+            connect={"returned": self._show_versions, "errored": lambda e: show_error(f"Model registry: {e}")},
+        )(project)
         worker.start()
 
     @when_alive
@@ -192,9 +201,11 @@ class TrainWidget(JobDock):
 
     def _announce_version(self, version: str) -> None:
         """Look up the bundle of ``version`` in the registry (off the GUI thread), then announce it."""
-        worker = thread_worker(Project(self._project.value).model_path, start_thread=False,
-                               connect={"returned": self._announce,
-                                        "errored": lambda e: show_error(f"Model registry: {e}")})(version)
+        worker = thread_worker(
+            Project(self._project.value).model_path,
+            start_thread=False,
+            connect={"returned": self._announce, "errored": lambda e: show_error(f"Model registry: {e}")},
+        )(version)
         worker.start()
 
     @ensure_main_thread
@@ -209,9 +220,11 @@ class TrainWidget(JobDock):
         project = str(self._project.value or "")
         if project in ("", "."):
             return
-        worker = thread_worker(activate_version, start_thread=False,
-                               connect={"returned": self._switched,
-                                        "errored": lambda e: show_error(f"Model registry: {e}")})(project, version)
+        worker = thread_worker(
+            activate_version,
+            start_thread=False,
+            connect={"returned": self._switched, "errored": lambda e: show_error(f"Model registry: {e}")},
+        )(project, version)
         worker.start()
 
     @ensure_main_thread

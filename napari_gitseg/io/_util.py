@@ -69,9 +69,7 @@ def atomic_output(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{full_suffix(path)}"
-    )
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{full_suffix(path)}")
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -143,11 +143,7 @@ def _multiframe(path: Path, ds, pixels: np.ndarray) -> Stack:
     try:
         measures = group.PixelMeasuresSequence[0]
         spacing_yx = _floats(measures.PixelSpacing, 2)
-        thickness = (
-            _float(measures.get("SpacingBetweenSlices"))
-            or _float(measures.get("SliceThickness"))
-            or thickness
-        )
+        thickness = _float(measures.get("SpacingBetweenSlices")) or _float(measures.get("SliceThickness")) or thickness
     except (AttributeError, IndexError, KeyError):
         spacing_yx = _floats(ds.get("PixelSpacing"), 2)
     positions = []
@@ -250,7 +246,8 @@ def _check_same_geometry(path: Path, datasets: list):
             )
         if str(ds.get("FrameOfReferenceUID", "")) != str(first.get("FrameOfReferenceUID", "")):
             raise GitsegInputError(
-                path, f"mixes frames of reference: {first_file.name} has {first.get('FrameOfReferenceUID', '')}, "
+                path,
+                f"mixes frames of reference: {first_file.name} has {first.get('FrameOfReferenceUID', '')}, "
                 f"{file.name} has {ds.get('FrameOfReferenceUID', '')}",
             )
         its = _floats(ds.get("ImageOrientationPatient"), 6)
@@ -337,11 +334,23 @@ def _read_dicom(path: Path) -> Stack:
         files.append(file.name)
         paths.append(str(file))
     image = check_pixels(path, _apply_rescale(slices, rescales))
-    meta: dict = {"modality": str(first.get("Modality", "")), "series_uid": str(first.get("SeriesInstanceUID", "")),
-                  "orientation": cosines, "files": files, "paths": paths, "label_files": label_files}
+    meta: dict = {
+        "modality": str(first.get("Modality", "")),
+        "series_uid": str(first.get("SeriesInstanceUID", "")),
+        "orientation": cosines,
+        "files": files,
+        "paths": paths,
+        "label_files": label_files,
+    }
     if skipped:
         notes.append(f"skipped {skipped} non-image or non-DICOM files")
     if notes:
         meta["note"] = "; ".join(notes)
-    return Stack(image=np.ascontiguousarray(image), spacing=spacing, slice_ids=generic_slice_ids(name, image.shape[0]),
-                 source=str(path), kind="dicom", meta=meta)
+    return Stack(
+        image=np.ascontiguousarray(image),
+        spacing=spacing,
+        slice_ids=generic_slice_ids(name, image.shape[0]),
+        source=str(path),
+        kind="dicom",
+        meta=meta,
+    )

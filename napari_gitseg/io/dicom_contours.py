@@ -54,8 +54,9 @@ def _simplify(points: np.ndarray) -> np.ndarray:
     return points[turn]
 
 
-def mask_to_polygons(mask: np.ndarray, min_pixels: int = MIN_COMPONENT_PIXELS,
-                     smooth_sigma: float = 0.0) -> list[np.ndarray]:
+def mask_to_polygons(
+    mask: np.ndarray, min_pixels: int = MIN_COMPONENT_PIXELS, smooth_sigma: float = 0.0
+) -> list[np.ndarray]:
     """Closed polygons ``(N, 2)`` of (row, column) pixel coordinates outlining a 2-D mask, holes included."""
     from skimage.measure import find_contours
 

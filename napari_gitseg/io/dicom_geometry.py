@@ -69,11 +69,17 @@ class SeriesGeometry:
         """Refuse labels file ``path`` when the series or Frames of Reference it cites are not this series'."""
         series, frames = set(series) - {""}, set(frames) - {""}
         if series and self.series_instance_uid not in series:
-            raise GitsegInputError(path, f"references series {', '.join(sorted(series))}, which is not open "
-                                         f"(open: {self.source}, series {self.series_instance_uid})")
+            raise GitsegInputError(
+                path,
+                f"references series {', '.join(sorted(series))}, which is not open "
+                f"(open: {self.source}, series {self.series_instance_uid})",
+            )
         if frames and self.frame_of_reference_uid not in frames:
-            raise GitsegInputError(path, f"is in Frame of Reference {', '.join(sorted(frames))}, not that of the "
-                                         f"open series {self.source} ({self.frame_of_reference_uid})")
+            raise GitsegInputError(
+                path,
+                f"is in Frame of Reference {', '.join(sorted(frames))}, not that of the "
+                f"open series {self.source} ({self.frame_of_reference_uid})",
+            )
 
     def to_pixels(self, z: int, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows, columns) as floats of patient points (N, 3) lying on slice ``z``."""
@@ -101,8 +107,11 @@ def _check_same(paths: list[Path], headers: list, keyword: str, what: str) -> No
     first = str(headers[0].get(keyword, ""))
     for path, ds in zip(paths[1:], headers[1:]):
         if str(ds.get(keyword, "")) != first:
-            raise GitsegInputError(path.parent, f"mixes {what}: {paths[0].name} has {first or '(none)'}, "
-                                                f"{path.name} has {ds.get(keyword, '') or '(none)'}")
+            raise GitsegInputError(
+                path.parent,
+                f"mixes {what}: {paths[0].name} has {first or '(none)'}, "
+                f"{path.name} has {ds.get(keyword, '') or '(none)'}",
+            )
 
 
 def geometry_from_headers(source: str | Path, paths: list[Path], headers: list) -> SeriesGeometry:
@@ -129,8 +138,11 @@ def geometry_from_headers(source: str | Path, paths: list[Path], headers: list) 
         positions.append(pos)
     rows, cols = int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0)
     return SeriesGeometry(
-        source=str(source), shape=(len(headers), rows, cols), positions=np.asarray(positions, float),
-        orientation=np.asarray(orientation, float), pixel_spacing=(spacing[0], spacing[1]),
+        source=str(source),
+        shape=(len(headers), rows, cols),
+        positions=np.asarray(positions, float),
+        orientation=np.asarray(orientation, float),
+        pixel_spacing=(spacing[0], spacing[1]),
         frame_of_reference_uid=_uid(first_path, first, "FrameOfReferenceUID"),
         study_instance_uid=_uid(first_path, first, "StudyInstanceUID"),
         series_instance_uid=_uid(first_path, first, "SeriesInstanceUID"),
@@ -146,11 +158,15 @@ def load_series(stack) -> SeriesGeometry:
 
     paths = [Path(p) for p in stack.meta.get("paths", ())]
     if stack.kind != "dicom" or not paths:
-        raise GitsegInputError(stack.source, "is not a DICOM series; RT-STRUCT and SEG need one "
-                                             "(export with --with-images to write the images as DICOM too)")
+        raise GitsegInputError(
+            stack.source,
+            "is not a DICOM series; RT-STRUCT and SEG need one "
+            "(export with --with-images to write the images as DICOM too)",
+        )
     if len(paths) != stack.shape[0]:
-        raise GitsegInputError(stack.source, "is a multi-frame DICOM file; RT-STRUCT and SEG export need a "
-                                             "series of single-frame images")
+        raise GitsegInputError(
+            stack.source, "is a multi-frame DICOM file; RT-STRUCT and SEG export need a series of single-frame images"
+        )
     headers = []
     for path in paths:
         try:

@@ -78,9 +78,12 @@ def find_series_folder(path: Path, uids: set[str]) -> Path:
     for folder in candidates:
         if not folder.name.startswith(".") and _series_uid_of(folder) in uids:
             return folder
-    raise GitsegInputError(path, f"references series {', '.join(sorted(uids)) or '(none named)'}, which is not "
-                                 f"open and not found in {base} or the folders in and beside it; open the series "
-                                 "folder together with this file")
+    raise GitsegInputError(
+        path,
+        f"references series {', '.join(sorted(uids)) or '(none named)'}, which is not "
+        f"open and not found in {base} or the folders in and beside it; open the series "
+        "folder together with this file",
+    )
 
 
 def masks_from_file(path: str | Path, stack, classes: tuple[str, ...] | None = None):
@@ -101,7 +104,7 @@ def masks_from_file(path: str | Path, stack, classes: tuple[str, ...] | None = N
     labelled = np.zeros(stack.shape[0], bool)
     hit = np.flatnonzero(masks.any(axis=(0, 2, 3)))
     if hit.size:
-        labelled[hit[0]: hit[-1] + 1] = True
+        labelled[hit[0] : hit[-1] + 1] = True
     note = "; ".join([n for n in (stack.meta.get("note"), *notes) if n])
     meta = {**stack.meta, "masks_source": str(path), **({"note": note} if note else {})}
     return replace(stack, masks=masks, labelled=labelled, classes=classes, meta=meta)

@@ -71,8 +71,14 @@ def _contours(geometry: SeriesGeometry, mask: np.ndarray, min_pixels: int, smoot
     return items
 
 
-def _roi_items(geometry: SeriesGeometry, masks: np.ndarray, classes: tuple[str, ...], algorithm: str,
-               min_pixels: int, smooth_sigma: float) -> tuple[list, list, list]:
+def _roi_items(
+    geometry: SeriesGeometry,
+    masks: np.ndarray,
+    classes: tuple[str, ...],
+    algorithm: str,
+    min_pixels: int,
+    smooth_sigma: float,
+) -> tuple[list, list, list]:
     from pydicom.dataset import Dataset
 
     rois, contours, observations = [], [], []
@@ -99,9 +105,16 @@ def _roi_items(geometry: SeriesGeometry, masks: np.ndarray, classes: tuple[str, 
     return rois, contours, observations
 
 
-def build_rtstruct(geometry: SeriesGeometry, masks: np.ndarray, classes: tuple[str, ...], *,
-                   label: str = "gitseg organs", algorithm: str = "SEMIAUTOMATIC",
-                   min_pixels: int = MIN_COMPONENT_PIXELS, smooth_sigma: float = 0.0):
+def build_rtstruct(
+    geometry: SeriesGeometry,
+    masks: np.ndarray,
+    classes: tuple[str, ...],
+    *,
+    label: str = "gitseg organs",
+    algorithm: str = "SEMIAUTOMATIC",
+    min_pixels: int = MIN_COMPONENT_PIXELS,
+    smooth_sigma: float = 0.0,
+):
     """The RT-STRUCT dataset for per-class masks ``(C, Z, Y, X)`` on ``geometry``'s series."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -139,7 +152,8 @@ def build_rtstruct(geometry: SeriesGeometry, masks: np.ndarray, classes: tuple[s
     return ds
 
 
-def write_rtstruct(path: str | Path, geometry: SeriesGeometry, masks: np.ndarray, classes: tuple[str, ...],
-                   **options) -> Path:
+def write_rtstruct(
+    path: str | Path, geometry: SeriesGeometry, masks: np.ndarray, classes: tuple[str, ...], **options
+) -> Path:
     """Write the RT-STRUCT of ``masks`` on ``geometry``'s series to ``path`` (atomically)."""
     return save_atomic(build_rtstruct(geometry, masks, classes, **options), path)

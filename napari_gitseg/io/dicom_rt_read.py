@@ -24,8 +24,12 @@ _EDGE_TOL = 0.05  # pixels beyond the outer pixel edges still counted as inside 
 def check_references(path: Path, ds, geometry: SeriesGeometry) -> None:
     """Refuse an RT-STRUCT whose Frame of Reference or series is not the open series'."""
     frames = list(ds.get("ReferencedFrameOfReferenceSequence", []) or [])
-    series = {str(s.get("SeriesInstanceUID", "")) for f in frames for st in f.get("RTReferencedStudySequence", [])
-              for s in st.get("RTReferencedSeriesSequence", [])}
+    series = {
+        str(s.get("SeriesInstanceUID", ""))
+        for f in frames
+        for st in f.get("RTReferencedStudySequence", [])
+        for s in st.get("RTReferencedSeriesSequence", [])
+    }
     uids = {str(f.get("FrameOfReferenceUID", "")) for f in frames}
     uids |= {str(r.get("ReferencedFrameOfReferenceUID", "")) for r in ds.get("StructureSetROISequence", [])}
     geometry.check_cited(path, series, uids)
@@ -38,15 +42,19 @@ def _contour_polygon(path: Path, roi: str, n: int, item, geometry: SeriesGeometr
         raise GitsegInputError(path, f"ROI {roi!r} contour {n} has unreadable ContourData ({err})") from err
     z = geometry.slice_of(points)
     if z is None:
-        raise GitsegInputError(path, f"ROI {roi!r} contour {n} lies outside the image: on no slice plane of "
-                                     f"{geometry.source}")
+        raise GitsegInputError(
+            path, f"ROI {roi!r} contour {n} lies outside the image: on no slice plane of {geometry.source}"
+        )
     rows, cols = geometry.to_pixels(z, points)
     _zn, h, w = geometry.shape
     lo = -0.5 - _EDGE_TOL
     if rows.min() < lo or cols.min() < lo or rows.max() > h - 0.5 + _EDGE_TOL or cols.max() > w - 0.5 + _EDGE_TOL:
-        raise GitsegInputError(path, f"ROI {roi!r} contour {n} on slice {z + 1} lies outside the image "
-                                     f"(rows {rows.min():.1f}..{rows.max():.1f}, columns {cols.min():.1f}.."
-                                     f"{cols.max():.1f} of {h}x{w})")
+        raise GitsegInputError(
+            path,
+            f"ROI {roi!r} contour {n} on slice {z + 1} lies outside the image "
+            f"(rows {rows.min():.1f}..{rows.max():.1f}, columns {cols.min():.1f}.."
+            f"{cols.max():.1f} of {h}x{w})",
+        )
     return z, np.stack([rows, cols], axis=1)
 
 
@@ -64,8 +72,9 @@ def _roi_mask(path: Path, roi: str, contour, geometry: SeriesGeometry) -> np.nda
     return mask
 
 
-def read_rtstruct_masks(path: str | Path, ds, geometry: SeriesGeometry,
-                        classes: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+def read_rtstruct_masks(
+    path: str | Path, ds, geometry: SeriesGeometry, classes: tuple[str, ...]
+) -> tuple[np.ndarray, list[str]]:
     """(masks (C, Z, Y, X) bool, notes) of the organ ROIs of RT-STRUCT ``ds`` on ``geometry``."""
     path = Path(path)
     check_references(path, ds, geometry)
@@ -82,7 +91,10 @@ def read_rtstruct_masks(path: str | Path, ds, geometry: SeriesGeometry,
         masks[classes.index(cls)] |= _roi_mask(path, name, contour, geometry)
         found.append(name)
     if not found:
-        raise GitsegInputError(path, f"holds no ROI named as one of the organs {', '.join(classes)} "
-                                     f"(ROIs: {', '.join(names.values()) or 'none'})")
+        raise GitsegInputError(
+            path,
+            f"holds no ROI named as one of the organs {', '.join(classes)} "
+            f"(ROIs: {', '.join(names.values()) or 'none'})",
+        )
     notes = [f"ignored ROIs that are not organs of ours: {', '.join(others)}"] if others else []
     return masks, notes

@@ -84,8 +84,10 @@ def _slices(stack, affine: np.ndarray, uids: dict):
     dx, dy = float(np.linalg.norm(affine[:3, 0])), float(np.linalg.norm(affine[:3, 1]))
     row_dir, col_dir = affine[:3, 0] / dx, affine[:3, 1] / dy
     if float(np.cross(row_dir, col_dir) @ affine[:3, 2]) <= 0:
-        raise GitsegInputError(stack.source, "slices run against the slice normal (left-handed grid); "
-                                             "cannot write a DICOM series in this order")
+        raise GitsegInputError(
+            stack.source,
+            "slices run against the slice normal (left-handed grid); cannot write a DICOM series in this order",
+        )
     thickness = float(abs(np.cross(row_dir, col_dir) @ affine[:3, 2]))
     for z in range(pixels.shape[0]):
         ds = _base(stack, uids, note)
@@ -104,8 +106,9 @@ def _slices(stack, affine: np.ndarray, uids: dict):
         yield ds
 
 
-def write_dicom_series(folder: str | Path, stack, affine: np.ndarray | None = None,
-                       uids: dict | None = None) -> list[Path]:
+def write_dicom_series(
+    folder: str | Path, stack, affine: np.ndarray | None = None, uids: dict | None = None
+) -> list[Path]:
     """Write ``stack`` as a derived MR series into the new folder ``folder``; returns the files in z order.
 
     ``uids`` may fix ``study``, ``series`` and ``frame`` (Frame of Reference) UIDs.

@@ -25,13 +25,10 @@ def summarize_stack(stack: Stack) -> dict:
         "first_slice_id": stack.slice_ids[0] if stack.slice_ids else None,
     }
     if stack.masks is not None:
-        labelled = (
-            np.ones(stack.shape[0], bool) if stack.labelled is None else np.asarray(stack.labelled, bool)
-        )
+        labelled = np.ones(stack.shape[0], bool) if stack.labelled is None else np.asarray(stack.labelled, bool)
         info["n_labelled_slices"] = int(labelled.sum())
         info["class_slices"] = {
-            cls: int((stack.masks[c].any(axis=(1, 2)) & labelled).sum())
-            for c, cls in enumerate(stack.classes)
+            cls: int((stack.masks[c].any(axis=(1, 2)) & labelled).sum()) for c, cls in enumerate(stack.classes)
         }
     if stack.meta.get("masks_source"):
         info["masks_source"] = str(stack.meta["masks_source"])

@@ -83,9 +83,7 @@ def _load(path: Path):
             or abs(np.linalg.det(affine[:3, :3])) < 1e-12
             or np.isnan(io_orientation(affine)).any()
         ):
-            raise GitsegInputError(
-                path, "has a degenerate orientation (affine or voxel sizes are zero or invalid)"
-            )
+            raise GitsegInputError(path, "has a degenerate orientation (affine or voxel sizes are zero or invalid)")
     return img
 
 
@@ -135,12 +133,8 @@ def read_nifti(path: str | Path) -> Stack:
     if len(shape) < 3:
         raise GitsegInputError(path, f"is {len(shape)}-D (shape {img.shape}); expected a 3-D volume")
     if len(shape) == 4:
-        hint = (
-            "; it is a gitseg mask file: open it as masks" if _descrip(img).startswith(MASKS_DESCRIP) else ""
-        )
-        raise GitsegInputError(
-            path, f"holds {shape[3]} volumes (shape {img.shape}); expected one 3-D volume{hint}"
-        )
+        hint = "; it is a gitseg mask file: open it as masks" if _descrip(img).startswith(MASKS_DESCRIP) else ""
+        raise GitsegInputError(path, f"holds {shape[3]} volumes (shape {img.shape}); expected one 3-D volume{hint}")
     if len(shape) > 4:
         raise GitsegInputError(path, f"is {len(shape)}-D (shape {img.shape}); expected a 3-D volume")
     data = _data(path, img).reshape(shape)
@@ -165,9 +159,7 @@ def read_nifti(path: str | Path) -> Stack:
 
 def _check_grid(path: Path, affine: np.ndarray, shape: tuple[int, ...], like: Stack) -> None:
     if tuple(shape) != like.shape:
-        raise GitsegInputError(
-            path, f"has shape {tuple(shape)} (z, y, x) but the image {like.source} has {like.shape}"
-        )
+        raise GitsegInputError(path, f"has shape {tuple(shape)} (z, y, x) but the image {like.source} has {like.shape}")
     like_affine = like.meta.get("lps_affine")
     if like_affine is not None and not np.allclose(affine, like_affine, atol=1e-3):
         raise GitsegInputError(path, f"is not on the same voxel grid (affine) as the image {like.source}")
@@ -198,9 +190,7 @@ def read_nifti_labels(path: str | Path, mapping: dict[int, str], like: Stack) ->
         raise GitsegInputError(path, f"label volume has pixel type {data.dtype}")
     labels, _, affine = _to_zyx(path, img, data)
     _check_grid(path, affine, labels.shape, like)
-    masks = np.stack(
-        [np.isin(labels, [v for v, name in mapping.items() if name == cls]) for cls in like.classes]
-    )
+    masks = np.stack([np.isin(labels, [v for v, name in mapping.items() if name == cls]) for cls in like.classes])
     return replace(
         like,
         masks=masks,

@@ -94,9 +94,7 @@ def read_stack(path: str | Path) -> Stack:
     stacks = read_stacks(path)
     if len(stacks) != 1:
         names = ", ".join(s.name for s in stacks[:5]) + (" ..." if len(stacks) > 5 else "")
-        raise GitsegInputError(
-            path, f"holds {len(stacks)} stacks ({names}); open one case-day folder or file"
-        )
+        raise GitsegInputError(path, f"holds {len(stacks)} stacks ({names}); open one case-day folder or file")
     return stacks[0]
 
 

@@ -37,9 +37,7 @@ class Stack:
         if self.image.ndim != 3:
             raise ValueError(f"{self.source}: Stack image must be (z, y, x), got shape {self.image.shape}")
         if len(self.slice_ids) != self.image.shape[0]:
-            raise ValueError(
-                f"{self.source}: {len(self.slice_ids)} slice ids for {self.image.shape[0]} slices"
-            )
+            raise ValueError(f"{self.source}: {len(self.slice_ids)} slice ids for {self.image.shape[0]} slices")
         if len(self.spacing) != 3:
             raise ValueError(f"{self.source}: spacing must be (z, y, x), got {self.spacing}")
         self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]

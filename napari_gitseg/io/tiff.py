@@ -205,9 +205,7 @@ def read_tiff_masks(path: str | Path, like: Stack) -> Stack:
     data, _, _, imagej = _read_series(path)
     n_z, n_c, height, width = data.shape
     if (n_z, height, width) != like.shape:
-        raise GitsegInputError(
-            path, f"masks are {(n_z, height, width)} but the image {like.source} is {like.shape}"
-        )
+        raise GitsegInputError(path, f"masks are {(n_z, height, width)} but the image {like.source} is {like.shape}")
     if data.dtype.kind not in "uib":
         raise GitsegInputError(path, f"mask pixels are {data.dtype}; expected integers")
     classes = like.classes
@@ -225,9 +223,7 @@ def read_tiff_masks(path: str | Path, like: Stack) -> Stack:
             raise GitsegInputError(path, f"label values {int(labels.min())}..{top} are not 0..{len(classes)}")
         masks = labels_to_masks(labels, classes)
     else:
-        raise GitsegInputError(
-            path, f"has {n_c} channels; expected {len(classes)} (one per class) or 1 (labels)"
-        )
+        raise GitsegInputError(path, f"has {n_c} channels; expected {len(classes)} (one per class) or 1 (labels)")
     return replace(
         like,
         masks=masks,

@@ -68,9 +68,7 @@ def read_train_csv(path: str | Path) -> TrainTable:
                 raise GitsegInputError(path, "is empty; expected the header 'id,class,segmentation'")
             names = tuple(h.strip() for h in header)
             if names not in (HEADER, SUBMISSION_HEADER):
-                raise GitsegInputError(
-                    path, f"line 1: header {','.join(names)!r} is not 'id,class,segmentation'"
-                )
+                raise GitsegInputError(path, f"line 1: header {','.join(names)!r} is not 'id,class,segmentation'")
             for row in reader:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue
@@ -83,13 +81,9 @@ def read_train_csv(path: str | Path) -> TrainTable:
                 if not sid:
                     raise GitsegInputError(path, f"line {line}: empty id")
                 if cls not in CLASSES:
-                    raise GitsegInputError(
-                        path, f"line {line}: class {cls!r} is not one of {', '.join(CLASSES)}"
-                    )
+                    raise GitsegInputError(path, f"line {line}: class {cls!r} is not one of {', '.join(CLASSES)}")
                 if (sid, cls) in table.lines:
-                    raise GitsegInputError(
-                        path, f"line {line}: {sid} {cls} repeats line {table.lines[(sid, cls)]}"
-                    )
+                    raise GitsegInputError(path, f"line {line}: {sid} {cls} repeats line {table.lines[(sid, cls)]}")
                 try:
                     check_rle_syntax(rle)
                 except RLEError as err:
@@ -105,8 +99,9 @@ def read_train_csv(path: str | Path) -> TrainTable:
     return table
 
 
-def decode_slice(table: dict[str, dict[str, str]], sid: str, shape: tuple[int, int], classes: Sequence[str],
-                 context: str = "") -> np.ndarray:
+def decode_slice(
+    table: dict[str, dict[str, str]], sid: str, shape: tuple[int, int], classes: Sequence[str], context: str = ""
+) -> np.ndarray:
     """The masks ``(C, Y, X)`` bool of slice ``sid`` (classes without a row are empty);
     ``GitsegInputError`` naming the table's file and line when an RLE does not fit ``shape``."""
     height, width = shape

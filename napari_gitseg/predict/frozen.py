@@ -89,8 +89,11 @@ def fold_batchnorms(model: torch.nn.Module, example: torch.Tensor) -> int:
     """
     calls: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = []
     kinds = (torch.nn.Conv2d, torch.nn.BatchNorm2d)
-    hooks = [m.register_forward_hook(lambda mod, args, out: calls.append((mod, args[0], out)))
-             for m in model.modules() if isinstance(m, kinds)]
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: calls.append((mod, args[0], out)))
+        for m in model.modules()
+        if isinstance(m, kinds)
+    ]
     try:
         with torch.inference_mode():
             model(example)
@@ -99,8 +102,13 @@ def fold_batchnorms(model: torch.nn.Module, example: torch.Tensor) -> int:
             h.remove()
     folded = 0
     for (conv, _, conv_out), (bn, bn_in, _) in zip(calls, calls[1:]):
-        if (isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d)
-                and bn_in is conv_out and bn.affine and bn.track_running_stats):
+        if (
+            isinstance(conv, torch.nn.Conv2d)
+            and isinstance(bn, torch.nn.BatchNorm2d)
+            and bn_in is conv_out
+            and bn.affine
+            and bn.track_running_stats
+        ):
             _fold_pair(conv, bn)
             folded += 1
     return folded
@@ -108,8 +116,9 @@ def fold_batchnorms(model: torch.nn.Module, example: torch.Tensor) -> int:
 
 @torch.no_grad()
 def _fold_pair(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> None:
-    conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
-                                                  bn.eps, bn.weight, bn.bias)
+    conv.weight, conv.bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
     bn.weight.fill_(1.0)
     bn.bias.zero_()
     bn.running_mean.zero_()

@@ -357,10 +357,18 @@ class Predictor:
         def result(crop=None, empty=False) -> Prediction:
             timings["total"] = time.perf_counter() - t_start
             return Prediction(
-                probs=probs, masks=masks, confidence=confidence,
-                gate=None if gate_pc is None else gate_pc.max(axis=0), gate_per_class=gate_pc,
-                classes=self.classes, model_versions=self.versions, timings=timings, warnings=warnings,
-                crop_box=crop, device=str(self.device), empty_input=empty,
+                probs=probs,
+                masks=masks,
+                confidence=confidence,
+                gate=None if gate_pc is None else gate_pc.max(axis=0),
+                gate_per_class=gate_pc,
+                classes=self.classes,
+                model_versions=self.versions,
+                timings=timings,
+                warnings=warnings,
+                crop_box=crop,
+                device=str(self.device),
+                empty_input=empty,
             )
 
         if is_cancelled(cancel):

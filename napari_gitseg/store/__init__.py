@@ -11,5 +11,13 @@ from napari_gitseg.store.label_store import (
     VersionInfo,
 )
 
-__all__ = ["BUSY_TIMEOUT_S", "DB_NAME", "SCHEMA_VERSION", "SOURCES", "LabelStore", "SliceRecord", "StoreError",
-           "VersionInfo"]
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "DB_NAME",
+    "SCHEMA_VERSION",
+    "SOURCES",
+    "LabelStore",
+    "SliceRecord",
+    "StoreError",
+    "VersionInfo",
+]

@@ -75,8 +75,16 @@ _CHUNK = 500  # slice ids per query (SQLite's host-parameter limit is far above)
 
 T = TypeVar("T")
 
-__all__ = ["BUSY_TIMEOUT_S", "DB_NAME", "SCHEMA_VERSION", "SOURCES", "LabelStore", "SliceRecord",
-           "StoreError", "VersionInfo"]
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "DB_NAME",
+    "SCHEMA_VERSION",
+    "SOURCES",
+    "LabelStore",
+    "SliceRecord",
+    "StoreError",
+    "VersionInfo",
+]
 
 
 class StoreError(Exception):  # not RuntimeError: superqt's thread workers swallow those silently
@@ -142,9 +150,16 @@ def _unpack(blob: bytes, shape_text: str, crc: int, where: str) -> np.ndarray:
 
 # SQLite's primary result codes (``sqlite3.SQLITE_*`` exist only from Python 3.11 on)
 _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
-_MESSAGES = {"database is locked": _BUSY, "database table is locked": _LOCKED, "readonly database": _READONLY,
-             "disk I/O error": _IOERR, "malformed": _CORRUPT, "database or disk is full": _FULL,
-             "unable to open database file": _CANTOPEN, "file is not a database": _NOTADB}
+_MESSAGES = {
+    "database is locked": _BUSY,
+    "database table is locked": _LOCKED,
+    "readonly database": _READONLY,
+    "disk I/O error": _IOERR,
+    "malformed": _CORRUPT,
+    "database or disk is full": _FULL,
+    "unable to open database file": _CANTOPEN,
+    "file is not a database": _NOTADB,
+}
 
 
 def _error_code(err: BaseException) -> int | None:
@@ -160,28 +175,31 @@ def _store_error(path: Path, err: BaseException, action: str) -> StoreError:
     """A StoreError that says what went wrong with ``path`` while doing ``action``, in plain words."""
     code, text = _error_code(err), str(err)
     if code == _FULL or getattr(err, "errno", None) == errno.ENOSPC:
-        return StoreError(f"{path}: the disk is full; {action} failed and nothing was saved (the versions saved "
-                          f"before are intact). Free some space and save again. ({text})")
+        return StoreError(
+            f"{path}: the disk is full; {action} failed and nothing was saved (the versions saved "
+            f"before are intact). Free some space and save again. ({text})"
+        )
     if code == _READONLY or getattr(err, "errno", None) == errno.EROFS:
-        return StoreError(f"{path}: the label store is read-only; {action} failed. Open it with readonly=True "
-                          f"to view or export, or use a writable project folder. ({text})")
+        return StoreError(
+            f"{path}: the label store is read-only; {action} failed. Open it with readonly=True "
+            f"to view or export, or use a writable project folder. ({text})"
+        )
     if code in (_BUSY, _LOCKED):
-        return StoreError(f"{path}: another napari-gitseg window or process kept the label store busy for more "
-                          f"than {BUSY_TIMEOUT_S:.0f} s; {action} failed and nothing was saved. Try again. ({text})")
+        return StoreError(
+            f"{path}: another napari-gitseg window or process kept the label store busy for more "
+            f"than {BUSY_TIMEOUT_S:.0f} s; {action} failed and nothing was saved. Try again. ({text})"
+        )
     if code in (_CORRUPT, _NOTADB):
-        return StoreError(f"{path}: not a napari-gitseg label store, or the file is damaged; {action} failed. "
-                          f"({text})")
+        return StoreError(f"{path}: not a napari-gitseg label store, or the file is damaged; {action} failed. ({text})")
     if code == _IOERR:
-        return StoreError(f"{path}: the disk reported an I/O error; {action} failed and nothing was saved. "
-                          f"({text})")
+        return StoreError(f"{path}: the disk reported an I/O error; {action} failed and nothing was saved. ({text})")
     if code == _CANTOPEN:
         return StoreError(f"{path}: cannot open the label store file; {action} failed. ({text})")
     return StoreError(f"{path}: {action} failed ({text})")
 
 
 def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
-    conn = sqlite3.connect(target, uri=uri, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                           check_same_thread=False)
+    conn = sqlite3.connect(target, uri=uri, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     return conn
 
@@ -201,9 +219,11 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
     # only be read as immutable, which would silently ignore committed changes still in the WAL.
     wal = path.with_name(path.name + "-wal")
     if wal.exists() and wal.stat().st_size > 0:
-        raise StoreError(f"{path}: the folder is read-only and the store has saved changes still in {wal.name} "
-                         "that cannot be read without write access; copy the project folder somewhere "
-                         "writable and open it there")
+        raise StoreError(
+            f"{path}: the folder is read-only and the store has saved changes still in {wal.name} "
+            "that cannot be read without write access; copy the project folder somewhere "
+            "writable and open it there"
+        )
     conn = _connect(base + "?immutable=1", uri=True)
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -218,11 +238,15 @@ def _check_version(path: Path, version: int | None, migrate: bool) -> None:
     if version == schema.NOT_A_STORE:
         raise StoreError(f"{path}: an SQLite file that is not a napari-gitseg label store")
     if version is not None and version > SCHEMA_VERSION:
-        raise StoreError(f"{path}: written by a newer napari-gitseg (schema {version} > {SCHEMA_VERSION}); "
-                         "upgrade napari-gitseg to open it (the store was not changed)")
+        raise StoreError(
+            f"{path}: written by a newer napari-gitseg (schema {version} > {SCHEMA_VERSION}); "
+            "upgrade napari-gitseg to open it (the store was not changed)"
+        )
     if not migrate and version is not None and version < SCHEMA_VERSION:
-        raise StoreError(f"{path}: written by an older napari-gitseg (schema {version} < {SCHEMA_VERSION}); "
-                         "open it once with write access to upgrade it")
+        raise StoreError(
+            f"{path}: written by an older napari-gitseg (schema {version} < {SCHEMA_VERSION}); "
+            "open it once with write access to upgrade it"
+        )
 
 
 # ---- the store ----------------------------------------------------------------------------------
@@ -232,8 +256,7 @@ class LabelStore:
     One connection per store object; safe to share between threads (calls are serialised).
     """
 
-    _COLS = ("slice_id, version, source, user, model_version, reviewed, confidence, note, created, "
-             "shape, masks, crc")
+    _COLS = "slice_id, version, source, user, model_version, reviewed, confidence, note, created, shape, masks, crc"
 
     def __init__(self, conn: sqlite3.Connection, path: Path, user: str, readonly: bool):
         self._conn = conn
@@ -246,16 +269,16 @@ class LabelStore:
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, folder: str | os.PathLike, user: str | None = None, create: bool = True,
-             readonly: bool = False) -> LabelStore:
+    def open(
+        cls, folder: str | os.PathLike, user: str | None = None, create: bool = True, readonly: bool = False
+    ) -> LabelStore:
         """Open (or create) the store in ``folder``; ``readonly=True`` to view or export only."""
         folder = Path(folder)
         path = folder / DB_NAME
         user = user or _default_user()
         if readonly or path.exists():
             if not path.is_file():
-                raise StoreError(f"{path}: no label store here" if not path.exists() else
-                                 f"{path}: not a file")
+                raise StoreError(f"{path}: no label store here" if not path.exists() else f"{path}: not a file")
             # look before writing anything: a newer or foreign store must stay untouched
             try:
                 conn = _connect_readonly(path)
@@ -283,8 +306,10 @@ class LabelStore:
             except OSError as err:
                 raise _store_error(folder, err, "creating the project folder") from err
         if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-            raise StoreError(f"{path}: the label store is read-only here; open it with readonly=True to view or "
-                             "export, or choose a writable project folder")
+            raise StoreError(
+                f"{path}: the label store is read-only here; open it with readonly=True to view or "
+                "export, or choose a writable project folder"
+            )
         try:
             conn = _connect(str(path))
         except sqlite3.Error as err:
@@ -306,8 +331,7 @@ class LabelStore:
                     self._conn.execute("PRAGMA journal_mode = WAL").fetchone()
                     break
                 except sqlite3.OperationalError as err:
-                    if _error_code(err) not in (_BUSY, _LOCKED) or \
-                            time.monotonic() > deadline:
+                    if _error_code(err) not in (_BUSY, _LOCKED) or time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
             self._conn.execute("PRAGMA synchronous = FULL")
@@ -388,15 +412,23 @@ class LabelStore:
                 raise _store_error(self.path, err, "reading the label store") from err
 
     # ---- stacks --------------------------------------------------------------------------------
-    def register_stack(self, name: str, slice_ids: Sequence[str], shape: Sequence[int],
-                       spacing: Sequence[float], source: str | os.PathLike | None = None,
-                       classes: Sequence[str] = CLASSES) -> None:
+    def register_stack(
+        self,
+        name: str,
+        slice_ids: Sequence[str],
+        shape: Sequence[int],
+        spacing: Sequence[float],
+        source: str | os.PathLike | None = None,
+        classes: Sequence[str] = CLASSES,
+    ) -> None:
         """Record a stack (idempotent); refuses the same name with another shape, slice ids or classes."""
         shape = tuple(int(s) for s in shape)
         slice_ids, classes = [str(s) for s in slice_ids], tuple(str(c) for c in classes)
         if len(shape) != 3 or min(shape) < 1 or len(slice_ids) != shape[0]:
-            raise StoreError(f"{self.path}: stack {name!r}: {len(slice_ids)} slice ids for shape {shape} "
-                             "(expected (Z, Y, X) with one id per slice)")
+            raise StoreError(
+                f"{self.path}: stack {name!r}: {len(slice_ids)} slice ids for shape {shape} "
+                "(expected (Z, Y, X) with one id per slice)"
+            )
         if len(set(slice_ids)) != len(slice_ids):
             raise StoreError(f"{self.path}: stack {name!r}: slice ids are not unique")
         spacing = [float(s) for s in spacing]
@@ -404,34 +436,52 @@ class LabelStore:
             raise StoreError(f"{self.path}: stack {name!r}: spacing {spacing} is not (z, y, x)")
 
         def same_as_stored(row: tuple) -> bool:
-            stored_ids, stored_shape, stored_classes = json.loads(row[0]), tuple(json.loads(row[1])), \
-                tuple(json.loads(row[2]))
+            stored_ids, stored_shape, stored_classes = (
+                json.loads(row[0]),
+                tuple(json.loads(row[1])),
+                tuple(json.loads(row[2])),
+            )
             if stored_shape != shape or stored_ids != slice_ids or stored_classes != classes:
                 raise StoreError(
                     f"{self.path}: a different stack named {name!r} is already in this store (shape "
                     f"{stored_shape} vs {shape}, {len(stored_ids)} vs {len(slice_ids)} slices, classes "
-                    f"{stored_classes} vs {classes}); refusing to mix up labels")
+                    f"{stored_classes} vs {classes}); refusing to mix up labels"
+                )
             return True
 
         rows = self._read("SELECT slice_ids, shape, classes FROM stacks WHERE name = ?", (name,))
         if not (rows and same_as_stored(rows[0])):
+
             def insert(conn: sqlite3.Connection) -> None:
                 row = conn.execute("SELECT slice_ids, shape, classes FROM stacks WHERE name = ?", (name,)).fetchone()
                 if row is not None and same_as_stored(row):
                     return  # another window registered it meanwhile
                 taken = []
                 for i in range(0, len(slice_ids), _CHUNK):
-                    part = slice_ids[i:i + _CHUNK]
-                    taken += conn.execute(f"SELECT slice_id, stack FROM slices WHERE slice_id IN "
-                                          f"({','.join('?' * len(part))})", part).fetchall()
+                    part = slice_ids[i : i + _CHUNK]
+                    taken += conn.execute(
+                        f"SELECT slice_id, stack FROM slices WHERE slice_id IN ({','.join('?' * len(part))})", part
+                    ).fetchall()
                 if taken:
-                    raise StoreError(f"{self.path}: slice {taken[0][0]!r} already belongs to stack {taken[0][1]!r}; "
-                                     f"refusing to register it again under {name!r}")
-                conn.execute("INSERT INTO stacks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (name, json.dumps(slice_ids), json.dumps(shape), json.dumps(spacing),
-                              None if source is None else str(source), json.dumps(list(classes)), time.time()))
-                conn.executemany("INSERT INTO slices VALUES (?, ?, ?)",
-                                 [(sid, name, z) for z, sid in enumerate(slice_ids)])
+                    raise StoreError(
+                        f"{self.path}: slice {taken[0][0]!r} already belongs to stack {taken[0][1]!r}; "
+                        f"refusing to register it again under {name!r}"
+                    )
+                conn.execute(
+                    "INSERT INTO stacks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        json.dumps(slice_ids),
+                        json.dumps(shape),
+                        json.dumps(spacing),
+                        None if source is None else str(source),
+                        json.dumps(list(classes)),
+                        time.time(),
+                    ),
+                )
+                conn.executemany(
+                    "INSERT INTO slices VALUES (?, ?, ?)", [(sid, name, z) for z, sid in enumerate(slice_ids)]
+                )
 
             self._write(insert, f"registering stack {name!r}")
         for sid in slice_ids:
@@ -447,31 +497,61 @@ class LabelStore:
         if not rows:
             raise StoreError(f"{self.path}: no stack named {name!r} in this store")
         ids, shape, spacing, source, classes = rows[0]
-        return {"name": name, "slice_ids": json.loads(ids), "shape": tuple(json.loads(shape)),
-                "spacing": tuple(json.loads(spacing)), "source": source, "classes": tuple(json.loads(classes))}
+        return {
+            "name": name,
+            "slice_ids": json.loads(ids),
+            "shape": tuple(json.loads(shape)),
+            "spacing": tuple(json.loads(spacing)),
+            "source": source,
+            "classes": tuple(json.loads(classes)),
+        }
 
     def _shape_of(self, slice_id: str) -> tuple[int, int, int]:
         if slice_id not in self._shapes:
-            rows = self._read("SELECT s.shape, s.classes FROM slices l JOIN stacks s ON s.name = l.stack "
-                              "WHERE l.slice_id = ?", (slice_id,))
+            rows = self._read(
+                "SELECT s.shape, s.classes FROM slices l JOIN stacks s ON s.name = l.stack WHERE l.slice_id = ?",
+                (slice_id,),
+            )
             if not rows:
-                raise StoreError(f"{self.path}: slice {slice_id!r} belongs to no registered stack "
-                                 "(register_stack first)")
+                raise StoreError(
+                    f"{self.path}: slice {slice_id!r} belongs to no registered stack (register_stack first)"
+                )
             shape, classes = json.loads(rows[0][0]), json.loads(rows[0][1])
             self._shapes[slice_id] = (len(classes), int(shape[1]), int(shape[2]))
         return self._shapes[slice_id]
 
     # ---- writing -------------------------------------------------------------------------------
-    def save(self, slice_id: str, masks: np.ndarray, *, source: str, model_version: str | None = None,
-             confidence: float | None = None, reviewed: bool | None = False, user: str | None = None,
-             note: str | None = None) -> int | None:
+    def save(
+        self,
+        slice_id: str,
+        masks: np.ndarray,
+        *,
+        source: str,
+        model_version: str | None = None,
+        confidence: float | None = None,
+        reviewed: bool | None = False,
+        user: str | None = None,
+        note: str | None = None,
+    ) -> int | None:
         """Save a new version of one slice; returns it, or None when a prediction meets clinician work.
 
         ``reviewed=None`` keeps the review state of the latest version (an edit of an accepted
         slice stays accepted), read in the same transaction as the write.
         """
-        return self.save_many([dict(slice_id=slice_id, masks=masks, source=source, model_version=model_version,
-                                    confidence=confidence, reviewed=reviewed, user=user, note=note)])[0]
+        return self.save_many(
+            [
+                dict(
+                    slice_id=slice_id,
+                    masks=masks,
+                    source=source,
+                    model_version=model_version,
+                    confidence=confidence,
+                    reviewed=reviewed,
+                    user=user,
+                    note=note,
+                )
+            ]
+        )[0]
 
     def _prepare_item(self, item: dict) -> tuple:
         sid = item.get("slice_id")
@@ -481,8 +561,7 @@ class LabelStore:
         masks = np.asarray(item["masks"])
         if masks.dtype != bool:
             if masks.dtype.kind not in "iu" or (masks.size and (masks.min() < 0 or masks.max() > 1)):
-                raise StoreError(f"{self.path}: masks for {sid} must be boolean (or 0/1 integers), "
-                                 f"got {masks.dtype}")
+                raise StoreError(f"{self.path}: masks for {sid} must be boolean (or 0/1 integers), got {masks.dtype}")
             masks = masks.astype(bool)
         shape = self._shape_of(sid)
         if masks.shape != shape:
@@ -496,8 +575,18 @@ class LabelStore:
         user = item.get("user") or (self.user if source == "clinician" else None)
         model_version = item.get("model_version")
         reviewed = item.get("reviewed", False)
-        return (sid, source, user, None if model_version is None else str(model_version),
-                None if reviewed is None else int(bool(reviewed)), conf, item.get("note"), shape_text, blob, crc)
+        return (
+            sid,
+            source,
+            user,
+            None if model_version is None else str(model_version),
+            None if reviewed is None else int(bool(reviewed)),
+            conf,
+            item.get("note"),
+            shape_text,
+            blob,
+            crc,
+        )
 
     @staticmethod
     def _refuses(new_source: str, last_source: str, last_reviewed: bool, keep: Sequence[str] = ()) -> bool:
@@ -523,25 +612,29 @@ class LabelStore:
             results: list[int | None] = []
             now = time.time()
             for sid, source, user, model_version, reviewed, conf, note, shape_text, blob, crc in prepared:
-                last = conn.execute("SELECT version, source, reviewed FROM versions WHERE slice_id = ? "
-                                    "ORDER BY version DESC LIMIT 1", (sid,)).fetchone()
+                last = conn.execute(
+                    "SELECT version, source, reviewed FROM versions WHERE slice_id = ? ORDER BY version DESC LIMIT 1",
+                    (sid,),
+                ).fetchone()
                 if last is not None and self._refuses(source, last[1], bool(last[2]), keep):
                     results.append(None)  # a prediction never overwrites a clinician's correction
                     continue
                 version = 1 if last is None else last[0] + 1
                 if reviewed is None:
                     reviewed = int(bool(last is not None and last[2]))
-                conn.execute(f"INSERT INTO versions ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             (sid, version, source, user, model_version, reviewed, conf, note, now, shape_text,
-                              blob, crc))
+                conn.execute(
+                    f"INSERT INTO versions ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (sid, version, source, user, model_version, reviewed, conf, note, now, shape_text, blob, crc),
+                )
                 results.append(version)
             return results
 
         return self._write(work, f"saving {len(prepared)} slice(s)")
 
     def _latest_row(self, conn: sqlite3.Connection, slice_id: str) -> dict | None:
-        row = conn.execute(f"SELECT {self._COLS} FROM versions WHERE slice_id = ? ORDER BY version DESC LIMIT 1",
-                           (slice_id,)).fetchone()
+        row = conn.execute(
+            f"SELECT {self._COLS} FROM versions WHERE slice_id = ? ORDER BY version DESC LIMIT 1", (slice_id,)
+        ).fetchone()
         return None if row is None else dict(zip(self._COLS.split(", "), row))
 
     def set_reviewed(self, slice_id: str, reviewed: bool = True, user: str | None = None) -> int:
@@ -552,16 +645,23 @@ class LabelStore:
         the latest version number is returned either way. Withdrawing review of a slice that a
         clinician edited leaves it protected from predictions (the edit still stands).
         """
+
         def work(conn: sqlite3.Connection) -> int:
             last = self._latest_row(conn, slice_id)
             if last is None:
                 raise StoreError(f"{self.path}: slice {slice_id!r} has no saved version to review")
             if bool(last["reviewed"]) == bool(reviewed):
                 return int(last["version"])
-            last.update(version=last["version"] + 1, reviewed=int(bool(reviewed)), user=user or self.user,
-                        note="reviewed" if reviewed else "review withdrawn", created=time.time())
-            conn.execute(f"INSERT INTO versions ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         tuple(last.values()))
+            last.update(
+                version=last["version"] + 1,
+                reviewed=int(bool(reviewed)),
+                user=user or self.user,
+                note="reviewed" if reviewed else "review withdrawn",
+                created=time.time(),
+            )
+            conn.execute(
+                f"INSERT INTO versions ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tuple(last.values())
+            )
             return int(last["version"])
 
         return self._write(work, f"marking {slice_id} {'reviewed' if reviewed else 'unreviewed'}")
@@ -575,18 +675,35 @@ class LabelStore:
         clinician never saw, or the screen differs) the masks are saved as a reviewed clinician
         version, so nothing unseen is ever flagged reviewed.
         """
-        item = self._prepare_item({"slice_id": slice_id, "masks": masks, "source": "clinician",
-                                   "user": user, "reviewed": True, "note": "accepted as shown"})
+        item = self._prepare_item(
+            {
+                "slice_id": slice_id,
+                "masks": masks,
+                "source": "clinician",
+                "user": user,
+                "reviewed": True,
+                "note": "accepted as shown",
+            }
+        )
         blob, crc = item[-2], item[-1]
 
         def work(conn: sqlite3.Connection) -> int:
             last = self._latest_row(conn, slice_id)
-            if last is not None and last["version"] == seen_version and last["crc"] == crc and \
-                    bytes(last["masks"]) == blob:
+            if (
+                last is not None
+                and last["version"] == seen_version
+                and last["crc"] == crc
+                and bytes(last["masks"]) == blob
+            ):
                 if last["reviewed"]:
                     return int(last["version"])
-                last.update(version=last["version"] + 1, reviewed=1, user=user or self.user, note="reviewed",
-                            created=time.time())
+                last.update(
+                    version=last["version"] + 1,
+                    reviewed=1,
+                    user=user or self.user,
+                    note="reviewed",
+                    created=time.time(),
+                )
                 row = tuple(last.values())
             else:
                 row = (item[0], 1 if last is None else last["version"] + 1, *item[1:7], time.time(), *item[7:])
@@ -602,19 +719,23 @@ class LabelStore:
         skipped (None) when its latest version is no longer the one to undo (the clinician or
         another window changed it since). One transaction for all.
         """
+
         def work(conn: sqlite3.Connection) -> list[int | None]:
             out: list[int | None] = []
             for sid, version, replaced in items:
                 last = self._latest_row(conn, sid)
-                old = conn.execute(f"SELECT {self._COLS} FROM versions WHERE slice_id = ? AND version = ?",
-                                   (sid, int(version))).fetchone()
+                old = conn.execute(
+                    f"SELECT {self._COLS} FROM versions WHERE slice_id = ? AND version = ?", (sid, int(version))
+                ).fetchone()
                 if last is None or old is None or last["version"] != replaced:
                     out.append(None)
                     continue
                 row = dict(zip(self._COLS.split(", "), old))
                 row.update(version=last["version"] + 1, note=f"{note}: back to v{version}", created=time.time())
-                conn.execute(f"INSERT INTO versions ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             tuple(row.values()))
+                conn.execute(
+                    f"INSERT INTO versions ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    tuple(row.values()),
+                )
                 out.append(int(row["version"]))
             return out
 
@@ -629,15 +750,27 @@ class LabelStore:
         version = int(version)
 
         def work(conn: sqlite3.Connection) -> int:
-            old = conn.execute("SELECT shape, masks, crc FROM versions WHERE slice_id = ? AND version = ?",
-                               (slice_id, version)).fetchone()
+            old = conn.execute(
+                "SELECT shape, masks, crc FROM versions WHERE slice_id = ? AND version = ?", (slice_id, version)
+            ).fetchone()
             if old is None:
                 raise StoreError(f"{self.path}: slice {slice_id!r} has no version {version}")
             last = self._latest_row(conn, slice_id)
             new = last["version"] + 1
-            conn.execute(f"INSERT INTO versions ({self._COLS}) VALUES (?, ?, 'clinician', ?, NULL, ?, NULL, ?, ?, ?, "
-                         "?, ?)", (slice_id, new, user or self.user, int(last["reviewed"]), f"revert to v{version}",
-                                   time.time(), old[0], old[1], old[2]))
+            conn.execute(
+                f"INSERT INTO versions ({self._COLS}) VALUES (?, ?, 'clinician', ?, NULL, ?, NULL, ?, ?, ?, ?, ?)",
+                (
+                    slice_id,
+                    new,
+                    user or self.user,
+                    int(last["reviewed"]),
+                    f"revert to v{version}",
+                    time.time(),
+                    old[0],
+                    old[1],
+                    old[2],
+                ),
+            )
             return new
 
         return self._write(work, f"reverting {slice_id} to v{version}")
@@ -645,17 +778,26 @@ class LabelStore:
     # ---- reading -------------------------------------------------------------------------------
     def _record(self, row: Sequence, with_masks: bool = True) -> VersionInfo:
         sid, version, source, user, model_version, reviewed, conf, note, created, shape_text, blob, crc = row
-        info = dict(slice_id=sid, version=int(version), source=source, user=user, model_version=model_version,
-                    reviewed=bool(reviewed), confidence=None if conf is None else float(conf), note=note,
-                    created=float(created))
+        info = dict(
+            slice_id=sid,
+            version=int(version),
+            source=source,
+            user=user,
+            model_version=model_version,
+            reviewed=bool(reviewed),
+            confidence=None if conf is None else float(conf),
+            note=note,
+            created=float(created),
+        )
         if not with_masks:
             return VersionInfo(**info)
         return SliceRecord(**info, masks=_unpack(blob, shape_text, crc, f"{self.path} [{sid} v{version}]"))
 
     def latest(self, slice_id: str) -> SliceRecord | None:
         """The latest version of a slice with its masks, or None if never saved."""
-        rows = self._read(f"SELECT {self._COLS} FROM versions WHERE slice_id = ? ORDER BY version DESC LIMIT 1",
-                          (slice_id,))
+        rows = self._read(
+            f"SELECT {self._COLS} FROM versions WHERE slice_id = ? ORDER BY version DESC LIMIT 1", (slice_id,)
+        )
         return self._record(rows[0]) if rows else None
 
     def latest_many(self, slice_ids: Sequence[str]) -> dict[str, SliceRecord | None]:
@@ -667,11 +809,12 @@ class LabelStore:
                 self._conn.execute("BEGIN")
                 rows = []
                 for i in range(0, len(ids), _CHUNK):
-                    part = ids[i:i + _CHUNK]
+                    part = ids[i : i + _CHUNK]
                     rows += self._conn.execute(
                         f"SELECT {self._COLS} FROM versions v WHERE slice_id IN ({','.join('?' * len(part))}) "
                         "AND version = (SELECT MAX(version) FROM versions w WHERE w.slice_id = v.slice_id)",
-                        part).fetchall()
+                        part,
+                    ).fetchall()
             except sqlite3.Error as err:
                 raise _store_error(self.path, err, "reading the label store") from err
             finally:
@@ -682,14 +825,18 @@ class LabelStore:
 
     def latest_versions(self, stack: str) -> dict[str, int]:
         """Latest version number of each saved slice of ``stack`` (no masks read: cheap to poll)."""
-        rows = self._read("SELECT v.slice_id, MAX(v.version) FROM versions v JOIN slices s ON s.slice_id = v.slice_id "
-                          "WHERE s.stack = ? GROUP BY v.slice_id", (stack,))
+        rows = self._read(
+            "SELECT v.slice_id, MAX(v.version) FROM versions v JOIN slices s ON s.slice_id = v.slice_id "
+            "WHERE s.stack = ? GROUP BY v.slice_id",
+            (stack,),
+        )
         return {r[0]: int(r[1]) for r in rows}
 
     def get(self, slice_id: str, version: int) -> SliceRecord:
         """One specific version of a slice (StoreError if it does not exist)."""
-        rows = self._read(f"SELECT {self._COLS} FROM versions WHERE slice_id = ? AND version = ?",
-                          (slice_id, int(version)))
+        rows = self._read(
+            f"SELECT {self._COLS} FROM versions WHERE slice_id = ? AND version = ?", (slice_id, int(version))
+        )
         if not rows:
             raise StoreError(f"{self.path}: slice {slice_id!r} has no version {version}")
         return self._record(rows[0])
@@ -701,9 +848,11 @@ class LabelStore:
 
     def _latest_meta(self, stack: str | None = None) -> list[tuple[str, str, bool, float | None]]:
         """(slice id, source, reviewed, confidence) of the latest version of each saved slice, in stack/z order."""
-        query = ("SELECT v.slice_id, v.source, v.reviewed, v.confidence FROM versions v "
-                 "JOIN slices s ON s.slice_id = v.slice_id JOIN stacks k ON k.name = s.stack "
-                 "WHERE v.version = (SELECT MAX(version) FROM versions w WHERE w.slice_id = v.slice_id)")
+        query = (
+            "SELECT v.slice_id, v.source, v.reviewed, v.confidence FROM versions v "
+            "JOIN slices s ON s.slice_id = v.slice_id JOIN stacks k ON k.name = s.stack "
+            "WHERE v.version = (SELECT MAX(version) FROM versions w WHERE w.slice_id = v.slice_id)"
+        )
         params: tuple = ()
         if stack is not None:
             query, params = query + " AND s.stack = ?", (stack,)
@@ -764,8 +913,10 @@ class LabelStore:
             text = json.dumps(value)
         except (TypeError, ValueError) as err:
             raise StoreError(f"{self.path}: session value {key!r} is not JSON-serialisable ({err})") from err
-        self._write(lambda conn: conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, text)),
-                    f"saving session value {key!r}")
+        self._write(
+            lambda conn: conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, text)),
+            f"saving session value {key!r}",
+        )
 
     def get_state(self, key: str, default: Any = None) -> Any:
         """Read a session value (``default`` if unset)."""
@@ -779,16 +930,31 @@ class LabelStore:
         """Record (replace) the effort of review ``session`` on slices: dicts with ``slice_id``, ``seconds``,
         ``strokes``, ``painted_px`` and ``accepted_unedited``."""
         now = time.time()
-        values = [(session, r["slice_id"], r.get("user") or self.user, float(r["seconds"]), int(r["strokes"]),
-                   int(r["painted_px"]), int(bool(r["accepted_unedited"])), now) for r in rows]
+        values = [
+            (
+                session,
+                r["slice_id"],
+                r.get("user") or self.user,
+                float(r["seconds"]),
+                int(r["strokes"]),
+                int(r["painted_px"]),
+                int(bool(r["accepted_unedited"])),
+                now,
+            )
+            for r in rows
+        ]
         if values:
-            self._write(lambda conn: conn.executemany("INSERT OR REPLACE INTO effort VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                                      values), f"saving the effort of {len(values)} slice(s)")
+            self._write(
+                lambda conn: conn.executemany("INSERT OR REPLACE INTO effort VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values),
+                f"saving the effort of {len(values)} slice(s)",
+            )
 
     def effort(self, stack: str | None = None) -> list[dict]:
         """Every effort row (of ``stack``), oldest session first, slices in z order."""
-        query = (f"SELECT {', '.join('e.' + c for c in self._EFFORT_COLS)}, s.stack, s.z FROM effort e "
-                 "JOIN slices s ON s.slice_id = e.slice_id")
+        query = (
+            f"SELECT {', '.join('e.' + c for c in self._EFFORT_COLS)}, s.stack, s.z FROM effort e "
+            "JOIN slices s ON s.slice_id = e.slice_id"
+        )
         params: tuple = ()
         if stack is not None:
             query, params = query + " WHERE s.stack = ?", (stack,)
@@ -818,9 +984,18 @@ class LabelStore:
             if rec is None:
                 provenance.append({"id": sid, "z": z, "status": "no label"})
                 continue
-            entry = {"id": sid, "z": z, "version": rec.version, "source": rec.source, "user": rec.user,
-                     "model_version": rec.model_version, "reviewed": rec.reviewed, "confidence": rec.confidence,
-                     "note": rec.note, "saved": rec.created}
+            entry = {
+                "id": sid,
+                "z": z,
+                "version": rec.version,
+                "source": rec.source,
+                "user": rec.user,
+                "model_version": rec.model_version,
+                "reviewed": rec.reviewed,
+                "confidence": rec.confidence,
+                "note": rec.note,
+                "saved": rec.created,
+            }
             if reviewed_only and not self._protected(rec.source, rec.reviewed):
                 entry["status"] = "not reviewed"
             else:
@@ -833,5 +1008,7 @@ class LabelStore:
         """SQLite's integrity check plus every stored mask's checksum; True when all is sound."""
         if self._read("PRAGMA integrity_check")[0][0] != "ok":
             return False
-        return all(_checksum(blob, shape_text) == crc
-                   for shape_text, blob, crc in self._read("SELECT shape, masks, crc FROM versions"))
+        return all(
+            _checksum(blob, shape_text) == crc
+            for shape_text, blob, crc in self._read("SELECT shape, masks, crc FROM versions")
+        )

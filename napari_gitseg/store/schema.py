@@ -43,13 +43,11 @@ TABLES = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE stacks (name TEXT PRIMARY KEY, slice_ids TEXT NOT NULL, shape TEXT NOT NULL,"
     " spacing TEXT NOT NULL, source TEXT, classes TEXT NOT NULL, created REAL NOT NULL)",
-    "CREATE TABLE slices (slice_id TEXT PRIMARY KEY, stack TEXT NOT NULL REFERENCES stacks(name),"
-    " z INTEGER NOT NULL)",
+    "CREATE TABLE slices (slice_id TEXT PRIMARY KEY, stack TEXT NOT NULL REFERENCES stacks(name), z INTEGER NOT NULL)",
     VERSIONS_TABLE.format(name="versions"),
     "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     EFFORT_TABLE,
 )
-
 
 
 def _rebuild_versions(conn: sqlite3.Connection) -> None:
@@ -77,8 +75,11 @@ def _allow_propagated(conn: sqlite3.Connection) -> None:
 
 
 # from version N to N + 1; each runs inside the open transaction of the caller
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _allow_imported, 2: _allow_interpolated_add_effort,
-                                                               3: _allow_propagated}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _allow_imported,
+    2: _allow_interpolated_add_effort,
+    3: _allow_propagated,
+}
 
 NOT_A_STORE = 0  # read_version: tables that are not ours
 
@@ -101,8 +102,9 @@ def create(conn: sqlite3.Connection) -> None:
     """Create the current schema in an empty database (inside the caller's transaction)."""
     for statement in TABLES:
         conn.execute(statement)
-    conn.executemany("INSERT INTO meta VALUES (?, ?)",
-                     [("schema_version", str(SCHEMA_VERSION)), ("created_by", APP_NAME)])
+    conn.executemany(
+        "INSERT INTO meta VALUES (?, ?)", [("schema_version", str(SCHEMA_VERSION)), ("created_by", APP_NAME)]
+    )
 
 
 def migrate(conn: sqlite3.Connection, from_version: int) -> None:
