@@ -31,8 +31,12 @@ test: install
 	$(XRUN) $(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
+LINTED := napari_gitseg training tests benchmarks setup.py
+
+# ruff's rules and its formatter (line length and the rest in pyproject.toml); CI runs it before the tests
 lint: install
-	$(VENV)/bin/ruff check napari_gitseg training tests benchmarks
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 bench: install
 	$(PY) benchmarks/bench_predict.py

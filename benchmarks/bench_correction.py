@@ -1,125 +1,21 @@
 """Correction effort: a simulated clinician corrects model predictions until every slice has Dice >= 0.95.
 
-Run:  .venv/bin/python benchmarks/bench_correction.py            (a 144-slice phantom + the real slices)
-      options: --slices N, --every K (the clinician corrects every K-th slice in arm b), --model BUNDLE.json,
-               --brush R (brush radius in pixels), --no-real, --json OUT
+Run:  .venv/bin/python benchmarks/bench_correction.py [--cases phantom,mr,slices,volumes] [--folds F ...]
+      [--every K] [--brush R] [--model BUNDLE.json] [--no-retrain] [--no-boxes] [--embeddings DIR] [--json OUT]
 
-Protocol (the usual NoC protocol of interactive segmentation, with a brush): each stroke paints the
-largest remaining error region (8-connected pixels whose label differs from the truth, per target
-label) with the truth's label, along the region's medial axis with a round brush of radius
-``--brush`` px (a thick region takes several strokes), until the slice's Dice (mean over the organs
-present in truth or labels; empty vs empty = 1) reaches 0.95, or 40 strokes.
-
-(a) brush only: every slice starts from the model's prediction and is corrected with the brush.
-(b) brush + fill between + refine: every K-th slice (and the last) starts from the prediction and
-    is corrected with brush strokes, each followed by Refine (napari_gitseg.refine; kept when it
-    does not lower Dice, else undone: the clinician's Ctrl+Z); then each organ present on either
-    end of a gap is filled between the two corrected slices (napari_gitseg.interpolate, ITK's
-    morphological contour interpolation), kept when it does not lower the gap's mean Dice, else
-    undone (the clinician looks over the gap and presses Undo fill, as Refine is undone), and the
-    slices between are corrected the same way.
-    On the real slices (isolated, not contiguous) arm b is brush + refine only.
-(c) brush + refine + retrain (phantom only; ``--no-retrain`` skips it): the key slices as in (b), saved
-    as clinician labels of a project; one Retrain round as the Train dock starts it (the few-label
-    recipe, promotion only if the frozen clinician slices score higher); the slices between start
-    from the project's active model afterwards and are corrected with brush + refine.
-(d) brush + refine + learn from corrections: the key slices as in (b); then Learn from corrections
-    (``napari_gitseg.adapt``, the Review dock's Shift+L: a per-scan pixel classifier fitted on the
-    key slices as the clinician left them, used only when it beats the model on held-out key slices);
-    the slices between start from its output and are corrected with brush + refine.
-Cases: the phantom; the real TotalSegmentator MR volume (20 contiguous slices, arms a, b, d); the
-real UW slices (isolated, arms a and b).
-
-Refine uses the model's probabilities of the first prediction: re-running the model on a slice
-gives the same probabilities (the model takes no strokes as input), so they are computed once.
-Reported per case and arm: strokes and painted pixels per slice, fill / refine actions, the share of
-slices accepted unedited, and (b)'s strokes as a share of (a)'s (goal: <= 50 % on the phantom).
-
-Measured (2 CPU cores, AMD EPYC Zen 3, AVX2 only, the shipped default model, seed 11, brush radius
-3 px, every 4th slice; ``--no-retrain``, 1 min 23 s):
-
-| case | arm | slices | strokes | str/sl | px/slice | fills | refines | unedited | reached | start | vs a |
-|---|---|---|---|---|---|---|---|---|---|---|---|
-| phantom (144 sl) | a brush only | 144 | 473 | 3.28 | 297 | 0 | 0 | 45% | 100% | 0.902 |  |
-| phantom (144 sl) | b brush + fill + refine | 144 | 643 | 4.47 | 407 | 48 | 561 | 41% | 100% | 0.882 | 136% |
-| phantom (144 sl) | d brush + refine + learn | 144 | 403 | 2.80 | 183 | 0 | 332 | 51% | 100% | 0.926 | 85% |
-| TotalSeg MR (20 sl) | a brush only | 20 | 313 | 15.65 | 500 | 0 | 0 | 0% | 100% | 0.225 |  |
-| TotalSeg MR (20 sl) | b brush + fill + refine | 20 | 156 | 7.80 | 242 | 13 | 138 | 0% | 100% | 0.386 | 50% |
-| TotalSeg MR (20 sl) | d brush + refine + learn | 20 | 136 | 6.80 | 198 | 0 | 118 | 0% | 100% | 0.585 | 43% |
-| real UW (18 sl) | a brush only | 18 | 573 | 31.83 | 11836 | 0 | 0 | 0% | 56% | 0.309 |  |
-| real UW (18 sl) | b brush + refine | 18 | 439 | 24.39 | 10703 | 0 | 424 | 0% | 89% | 0.309 | 77% |
-
-Learn from corrections took 18 s (phantom, 37 key slices) and 14 s (TotalSeg MR, 6 key slices);
-held-out check on the key slices 0.927 vs 0.926 (phantom) and 0.565 vs 0.229 (MR); the slices
-between start at Dice 0.935 instead of the model's 0.902 (phantom) and 0.741 instead of 0.227 (MR).
-On the phantom the key slices teach little: the simulated clinician stops at Dice 0.95 and leaves
-the model's thin boundary errors in them, so the corrector learns to keep those too (fitted on the
-key slices' exact truth instead, the slices between would take 77 strokes instead of 314, measured
-before the last refactor of the features' scale, which moved (d) from 90 % to 85 %). On the
-real MR volume, where the model is far off, the corrections carry.
-
-Earlier run with arm (c) (same model and settings, without ``--no-retrain``):
-
-| case | arm | slices | strokes | str/sl | px/slice | fills | refines | unedited | reached | start | vs a |
-|---|---|---|---|---|---|---|---|---|---|---|---|
-| phantom (144 sl) | a brush only | 144 | 473 | 3.28 | 297 | 0 | 0 | 45% | 100% | 0.902 |  |
-| phantom (144 sl) | b brush + fill + refine | 144 | 643 | 4.47 | 407 | 48 | 561 | 41% | 100% | 0.882 | 136% |
-| phantom (144 sl) | c brush + refine + retrain | 144 | 474 | 3.29 | 296 | 0 | 395 | 45% | 100% | 0.902 | 100% |
-
-arm c: Retrain round 81 s (28 epochs), its model NOT promoted (frozen-slice Dice 0.872 vs 0.894).
-(The model before it: a 493, b 669 = 136 %, c 499 = 101 %, round not promoted, 0.913 vs 0.920.)
-
-With the fill undone where it lowers the gap's Dice (the rule since session 15; before it every fill
-was kept, as in the tables above), the same Xeon run gives phantom b 540 strokes against a's 483
-(112 %, 25 of the 48 fills undone), TotalSeg MR b 50 %, real UW b 77 %.
-
-The goal (b <= 50 % of a, on the phantom) is NOT met: (b) takes more strokes than (a), (c) as many,
-(d) 85 %. (On the real MR volume (b) takes 50 % and (d) 43 %.) Why the phantom resists, measured:
-
-* 93 % of the model's wrong pixels are boundary bands along organs it did find, not missed organs,
-  false organs or the wrong organ. A band is thin and broken into pieces, so each piece costs a
-  stroke, whatever filled the slice before.
-* The phantom's organs change a lot over 4 slices (12 mm): interpolated outlines start the slices
-  between lower than the model's prediction, so fill between does not save strokes there.
-* The errors are confident (median probability 0.06 on missed pixels, 0.89 on false ones), so
-  Refine, which grows a stroke through the model's probabilities, adds little, and no per-organ
-  threshold fitted on the corrected slices helps the others (best gain +0.007 Dice, large bowel).
-* Retraining on the 37 corrected key slices does not carry to the slices between (scratch runs of
-  ``training.loop.train`` on them, Dice of the 107 slices between, model before: 0.910): the
-  recipe as shipped 0.899-0.902 (the frozen clinician slices drop too, so the round is rightly not
-  promoted); BatchNorm frozen 0.909; BatchNorm frozen and no augmentation, lr 2e-4, 111 steps 0.923
-  (the best seen; about 0.1 stroke per slice). BatchNorm statistics of one scan's slices hurt even
-  at 37 slices, and the recipe's augmentation (chosen for other patients) hurts within one scan.
-* The 160-px network input is not the limit: a perfect model at 160 px would score Dice 0.994.
-
-The same run on a 2-core Intel Xeon (family 6 model 167, AVX512-BF16 / AMX; 1 min 11 s): a 483,
-b 645 (134 %), d 482 (100 %); TotalSeg MR b 50 %, d 43 %; real UW b 77 %. Arm d differs from the
-AMD run because Learn's held-out check is a tie on the phantom (here 0.926 learned vs 0.927 model,
-so the slices between keep the model's output; on the AMD machine 0.927 vs 0.926, so they took the
-corrector's): the corrector is fitted in fp32 on the CPU, and its last digits follow the processor.
-Since session 15 the corrector must gain 0.005 Dice on the held-out slices (``AdaptConfig.min_gain``),
-so such a tie keeps the model's output on every processor.
-
-The arithmetic of the goal: the 37 key slices alone take 106 strokes (22 % of a's 483), so b <= 50 %
-needs the 107 slices between to take at most 135 (1.3 per slice), against 376 from the model's
-prediction. What else was tried for their start (scripts, same key slices, same protocol):
-
-| start of the slices between | start Dice | strokes (between) | b in all |
-|---|---|---|---|
-| the model's prediction | 0.902 | 376 | 100 % |
-| fill between alone (as arm b) | 0.880 | 554 | 137 % |
-| the model's organs cut to the interpolated outline + 1 / 3 / 6 px | 0.910 / 0.907 / 0.906 | 373 / 363 / 357 | 99 / 97 / 96 % |
-| mean of the model's and the interpolation's signed distance maps | 0.912 | 352 | 95 % |
-| the clinician's change of the outline on the key slices (signed distance of corrected minus model, +-8 px) carried to the model's outline between | 0.921-0.924 | 376-388 | 100-102 % |
-| ... the same from key slices equal to the truth (an upper bound) | 0.928 | 328 | >= 90 % |
-| Learn with the clinician's changed pixels weighted 5x / 20x | (check failed: 0.924 / 0.876 vs 0.927) | 376 | 100 % |
-
-Even perfect key slices carried by the best rule leave 328 strokes: the model's boundary errors on
-one slice are not those of its neighbours 3-9 mm away, so nothing learned from the key slices
-removes enough of the broken bands on the slices between.
-
-What might: an image-edge-aware brush (a quick random-walker snap of the predicted boundary lowered
-Dice here, 0.83 -> 0.65; not pursued), or a network whose boundaries are right to the pixel.
+Protocol (the NoC protocol of interactive segmentation, with a brush): each stroke paints the largest
+remaining error region with the truth's label along its medial axis (round brush of ``--brush`` px),
+until the slice's mean Dice reaches 0.95 or 40 strokes. Arms:
+(a) brush only, from the model's prediction;
+(b) every K-th slice corrected with brush + Refine, fill between the corrected slices, brush the rest;
+(c) as (b), then one Retrain round before the slices between (phantom only);
+(d) as (b), then Learn from corrections (Shift+L) before the slices between;
+(e) a box (one stroke, LiteMedSAM) around each missed or wrong piece, Propagate, brush the rest
+    (``correction_boxes``; contiguous scans only).
+Cases: the phantom, the TotalSegmentator MR volume, the real UW slices (a, b) and the real UW volumes
+(a, e; ``--folds``: each from a model that never saw the patient). Reported: strokes and painted
+pixels per slice, actions, the share accepted unedited, and each arm's strokes as a share of (a)'s.
+Measurement history: ``docs/correction-effort.md``.
 """
 
 from __future__ import annotations
@@ -439,11 +335,11 @@ def box_row(name: str, cases, radius: int, boxes: dict, a: dict) -> dict:
     return dict(case=name, arm="e box + propagate + brush", **e, strokes_vs_a=e["strokes"] / max(1, a["strokes"]))
 
 
-def run_volumes(name: str, stacks, predictor, radius: int, boxes: dict | None) -> list[dict]:
-    """Arms (a) and (e) on whole real scans (each predicted and corrected on its own)."""
+def run_volumes(name: str, stacks, predictors, radius: int, boxes: dict | None) -> list[dict]:
+    """Arms (a) and (e) on whole real scans (each predicted by ``predictors(stack)`` and corrected on its own)."""
     cases = []
     for stack in stacks:
-        pred, truth, _probs, _t = predict_all(predictor, [stack])
+        pred, truth, _probs, _t = predict_all(predictors(stack), [stack])
         cases.append((stack, pred, truth))
     arms = [brush_only(pred, truth, radius) for _stack, pred, truth in cases]  # scans of other sizes
     a = ArmResult([s for arm in arms for s in arm.slices], seconds=sum(arm.seconds for arm in arms)).row()
@@ -503,12 +399,34 @@ def _box_tools(folder: str | None) -> dict | None:
     return {"segmenter": BoxSegmenter(), "folder": None if folder is None else Path(folder)}
 
 
+def _never_seen(folds, fallback):
+    """stack -> a Predictor of the first bundle of ``folds`` that never saw the stack's patient (else ``fallback``)."""
+    from bench_real import bundle_for, fold_bundles, patient_of
+
+    from napari_gitseg.predict import Predictor
+
+    bundles = fold_bundles(folds)
+
+    def pick(stack):
+        bundle = bundle_for([patient_of(stack)], bundles)
+        print(f"{stack.name}: model {bundle or 'given by --model'}")
+        return fallback if bundle is None else Predictor([bundle])
+
+    return pick
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--slices", type=int, default=144)
     parser.add_argument("--every", type=int, default=4)
     parser.add_argument("--brush", type=int, default=3)
     parser.add_argument("--model", default=None)
+    parser.add_argument(
+        "--folds",
+        nargs="*",
+        default=[],
+        help="real volumes: per patient the first of these bundles that never saw it (else --model)",
+    )
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--no-real", action="store_true")
     parser.add_argument("--json", default=None)
@@ -569,7 +487,7 @@ def main(argv=None) -> int:
 
         volumes = read_stacks(REAL_VOLUMES)
         n = sum(len(st.slice_ids) for st in volumes)
-        rows += run_volumes(f"real UW volumes ({n} sl)", volumes, predictor, args.brush, boxes)
+        rows += run_volumes(f"real UW volumes ({n} sl)", volumes, _never_seen(args.folds, predictor), args.brush, boxes)
     if not args.no_real and "slices" in cases and REAL.is_dir():
         from napari_gitseg.io import read_stacks
 

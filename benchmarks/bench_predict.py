@@ -453,9 +453,8 @@ def _report(results: dict, variants, n_slices: int, bundle_path, image, visible:
     for name, _ in variants:
         r = results[name]
         t = min(r["times"])
-        print(
-            f"{name:58s} {t:7.2f} {t_naive / t:7.2f}x {r['dice']:7.4f} {r['dice'] - d_naive:+8.4f} {min(r['first']):9.3f}"
-        )
+        gain, first = r["dice"] - d_naive, min(r["first"])
+        print(f"{name:58s} {t:7.2f} {t_naive / t:7.2f}x {r['dice']:7.4f} {gain:+8.4f} {first:9.3f}")
     best = results[STEPS[-1][0]]
     t_best = min(best["times"])
     print()
@@ -467,7 +466,8 @@ def _report(results: dict, variants, n_slices: int, bundle_path, image, visible:
     bf16 = results[BF16_STEP[0]]
     print(
         f"CPU bf16 (opt-in): {min(bf16['times']):.2f} s ({t_best / min(bf16['times']):.2f}x the fp32 "
-        f"defaults), Dice {bf16['dice']:.4f} vs fp32 {best['dice']:.4f} (difference {bf16['dice'] - best['dice']:+.4f}; "
+        f"defaults), Dice {bf16['dice']:.4f} vs fp32 {best['dice']:.4f} "
+        f"(difference {bf16['dice'] - best['dice']:+.4f}; "
         f"on by default only if within 0.005 and faster)"
     )
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,8 +13,9 @@ Leave-patient-out: a figure on a real patient comes from a model that never saw 
 new default model learnt from every real scan above, so each patient is scored with a **fold bundle**
 (``--folds``: bundles trained by ``benchmarks/train_default_model.sh`` with ``LEAVE_OUT=...``); the
 bundle for a patient (volume or slice) is the first one whose JSON
-(``training.data.real_image_patients``) does not list that patient. The shipped bundle scores only the MR volume and any patient it never saw. A
-bundle that does not record which real patients it saw is refused. The old bundle (``--old``,
+(``training.data.real_image_patients``) does not list that patient. The shipped bundle scores only
+the MR volume and any patient it never saw. A bundle that does not record which real patients it saw is
+refused. The old bundle (``--old``,
 default: ``resources/models/default.*`` of git ``OLD_REV``, the last model trained without real
 images) never saw any.
 

@@ -4,8 +4,9 @@ Run:  xvfb-run -a .venv/bin/python benchmarks/screenshot_box.py --out resources/
 
 A real UW-Madison scan (``../shared/data/uwmgi-real-volumes``, case146 day 25) is opened and segmented
 with the bundled model; in the Review dock the box tool (B) is turned on and a box is dragged around
-the stomach on the slice where the model drew it worst (of those with a large stomach) (the drag played in through the layer's own drag callback, as a mouse does);
-LiteMedSAM's mask replaces the stomach inside the box. The window is captured with the box shown.
+the stomach on the slice where the model drew it worst (of those with a large stomach; the drag is
+played in through the layer's own drag callback, as a mouse does); LiteMedSAM's mask replaces the stomach
+inside the box. The window is captured with the box shown.
 """
 
 from __future__ import annotations

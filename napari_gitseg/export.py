@@ -16,7 +16,7 @@ _EXPORT_FORMAT = {"csv": "csv", "tiff": "tif", "nifti": "nii"}  # io.format_of -
 
 
 def export_format_of(path: str | Path) -> str | None:
-    """The export format (``csv``, ``tif``, ``nii``) ``path``'s extension names, or None (``.dcm``: RT-STRUCT or SEG)."""
+    """The export format (``csv``, ``tif``, ``nii``) ``path``'s extension names; None for ``.dcm`` (RT-STRUCT/SEG)."""
     return _EXPORT_FORMAT.get(format_of(path))
 
 

@@ -14,8 +14,9 @@ last slice, at ``max_slices``, at a slice ``stop_at`` names (a clinician-labelle
 On each slice it reaches, the organ becomes exactly what was carried (``set_organ``): pieces of
 that organ the model had drawn elsewhere on the slice are dropped (the clinician's corrected slice
 said which pieces there are; a piece that appears further on is added with a box), pixels of other
-organs under the carried mask become this organ, and the other organs stay as they were. ``carry`` is a generator: the Review dock stores each
-slice as it comes (provenance ``propagated``). No Qt here; ``segment(z, boxes)`` is any callable
+organs under the carried mask become this organ, and the other organs stay as they were. ``carry``
+is a generator: the Review dock stores each slice as it comes (provenance ``propagated``). No Qt here;
+``segment(z, boxes)`` is any callable
 returning ``(masks (N, Y, X), scores (N,))`` for slice ``z`` (``medsam.BoxSegmenter``).
 """
 

@@ -192,7 +192,7 @@ class CombinedLoss(nn.Module):
         weight: torch.Tensor | None = None,
         cls_logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Total loss: ``logits``/``target`` (N, C, H, W); optional ``ignore``, ``weight`` (N,), ``cls_logits`` (N, C)."""
+        """Total loss of ``logits``/``target`` (N, C, H, W); optional ``ignore``, ``weight`` (N,), ``cls_logits``."""
         return self.forward_terms(logits, target, ignore, weight, cls_logits)[0]
 
     def forward_terms(

@@ -4,8 +4,9 @@ Dropping an RT-STRUCT/SEG file opens the series it references with its organs as
 series is looked for in the file's folder, its sub-folders and the folders beside it (where
 PACS exports and ``gitseg export --with-images`` put it). A series folder that also holds an
 RT-STRUCT/SEG opens with those labels (when they cannot be placed on it, the images open with a
-note saying why; a dropped RT-STRUCT/SEG file itself is refused with the reason). The imported slices (``labelled``) run from the first to
-the last slice with any organ contour: a structure set says nothing about slices it does not
+note saying why; a dropped RT-STRUCT/SEG file itself is refused with the reason). The imported
+slices (``labelled``) run from the first to the last slice with any organ contour: a structure set says
+nothing about slices it does not
 reach. ``meta["masks_source"]`` names the file the labels came from.
 """
 

@@ -99,7 +99,7 @@ def read_stack(path: str | Path) -> Stack:
 
 
 def read_masks(path: str | Path, like: Stack) -> Stack:
-    """Read masks for ``like`` from a ``.csv`` (RLE), ``.tif/.tiff`` or ``.nii/.nii.gz`` file; returns ``like`` with masks."""
+    """Read masks for ``like`` from a ``.csv`` (RLE), ``.tif``/``.tiff`` or ``.nii[.gz]`` file; ``like`` with masks."""
     from dataclasses import replace
 
     path = Path(path)

@@ -238,7 +238,7 @@ def write_tiff(
     spacing: tuple[float, float, float],
     classes: tuple[str, ...] = CLASSES,
 ) -> Path:
-    """Write per-class masks ``(C, Z, Y, X)`` (ZCYX hyperstack) or labels ``(Z, Y, X)`` as an ImageJ TIFF, atomically."""
+    """Write per-class masks ``(C, Z, Y, X)`` (ZCYX hyperstack) or labels ``(Z, Y, X)`` as an ImageJ TIFF (atomic)."""
     import tifffile
 
     data = np.asarray(masks_or_labels)
