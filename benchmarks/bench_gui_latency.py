@@ -12,21 +12,8 @@ Goal: stall < 50 ms for (a) and (b).
 Run under a display: ``xvfb-run -a .venv/bin/python benchmarks/bench_gui_latency.py``
 (``--why`` also prints the GUI thread's Python stacks sampled during each longest stall).
 
-What the stalls are (2-core AMD EPYC Zen 3, software OpenGL under Xvfb): one redraw of the
-canvas after a labels refresh costs 45-57 ms here whatever gitseg does (the "napari alone" line),
-so a step that shows a new result cannot stay under 50 ms on this machine; what remains in the
-docks' own handlers is 2-4 ms per event. ``QProgressBar.setValue`` used to repaint synchronously
-(31-44 ms of window composition inside each progress event, found with ``--why`` and cProfile);
-the docks now set progress through ``_common.set_progress``, painted with the next ordinary
-update. Not measured in these phases: after a *promoted* round the new model is loaded and its
-frozen graphs built on a background thread, and ``torch.jit.trace`` / ``torch.jit.freeze`` hold
-the GIL for up to ~150 ms at a time (a 5 ms ticker beside a thread building the default model).
-
-On a 2-core Intel Xeon with AVX512/AMX (same software OpenGL): napari alone 25-31 ms; Segment's
-cold first prediction 31-48 ms and a 144-slice prediction 39-58 ms (4 runs); a retraining round
-55-61 ms, one stall per round, in the repaint right after its ``Done`` event (each validation point
-on the plot: 44-45 ms; the plot itself paints in 3 ms; a status-line change 20-30 ms whether or not
-its wrapping changes the dock's layout). A trainer process at niceness 10 changed nothing (55-57 ms).
+What the stalls are on two 2-core machines, and what was fixed (progress is set through
+``_common.set_progress`` so that it paints with the next ordinary update): ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations

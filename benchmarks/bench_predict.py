@@ -6,33 +6,18 @@ Run:  .venv/bin/python benchmarks/bench_predict.py            (about 10 minutes 
       options: --model BUNDLE.json, --compile (add torch.compile), --site DIR (where onnxruntime
       and onnx were ``pip install --target``-ed; ONNX Runtime is tried when importable)
 
-Data: one phantom scan (``napari_gitseg.phantom.make_phantom_case``; 144 slices of 266 x 266
-by default) with exact masks. Model: ``--model``, else ``resources/models/default.json`` when
-present; otherwise a Unet/resnet18 (k=3, stride 2, classification head) is trained for a few
-minutes on other phantom scans in a child process and cached in the temp folder (the output
-says which).
+Data: one phantom scan (``make_phantom_case``, 144 slices of 266 x 266) with exact masks. Model:
+``--model``, else ``resources/models/default.json``, else a small Unet trained once on other phantom
+scans in a child process and cached in the temp folder (the output says which).
 
-(a) naive: ``model.eval()``, ``torch.no_grad()``, eager fp32, batches of 8 in slice order,
-    every slice, the full frame (padded to the divisor, or letterboxed to the model's
-    ``input_size`` as in training), torch's default threads.
-(b) the Predictor, step by step (each line adds one thing to the line above it), then bf16
-    on the CPU (the ``GITSEG_CPU_BF16=1`` opt-in: frozen graphs of a bf16 copy of the model; the
-    defaults are fp32 on every CPU; among the extras also eager bf16 autocast) and some alternatives
-    (batch size, threads, TTA, ONNX Runtime, torch.compile) measured the same way.
+(a) naive: ``model.eval()``, ``torch.no_grad()``, eager fp32, batches of 8 in slice order, full frame.
+(b) the Predictor, step by step (each line adds one thing to the line above it), then bf16 on the
+    CPU (``GITSEG_CPU_BF16=1``) and alternatives (batch size, threads, TTA, ONNX Runtime, compile).
 
-Timings are noisy on a shared machine: variants are interleaved and each is repeated; the
-table shows the fastest repeat. Dice is the challenge's: per slice and class, empty-vs-empty
-counts 1, averaged. "visible" is the latency until the slice on screen (the middle one) has
-its masks, from the start of the call. Peak RSS is measured in a fresh child process that
-only loads the model and the scan and segments it once (VmHWM).
-
-Tried outside this script and not kept (2-core Xeon with AMX, the default model, the 144-slice
-phantom at 160 px): int8 post-training quantization (``torch.ao`` FX graph mode, the x86 backend's
-default qconfig, calibrated on 72 of the slices) ran the whole network in 0.74 s against 1.45 s
-for eager fp32, i.e. no faster than the Predictor's frozen fp32 graphs with the gate (0.63 s of
-network), and its masks agreed with fp32 only to Dice 0.79 (the depthwise convolutions of
-EfficientNet-Lite do not survive per-tensor activation quantization); ``torch.ao`` quantization is
-also deprecated upstream.
+Variants are interleaved and repeated; the table shows the fastest repeat. Dice is the challenge's;
+"visible" is the latency until the slice on screen (the middle one) has its masks; peak RSS comes
+from a fresh child process. The full method, results and what was tried and not kept:
+``docs/benchmarks.md``.
 """
 
 from __future__ import annotations

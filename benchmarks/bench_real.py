@@ -1,35 +1,22 @@
 """Benchmark: the default model on real MRI it never saw, old bundle against new, side by side in one run.
 
-Data (``../shared/data``; the benchmark prints a message and exits 0 when it is absent):
-
-* ``uwmgi-real-volumes/``: four real scans with the challenge's masks (patients 6, 16, 102: 144 slices;
-  146: 43), scored by **3-D Dice** per organ (every slice's pixels pooled) and its mean per volume;
-* ``uwmgi-real-slices/``: 18 isolated real slices of 5 more patients, scored per (slice, organ) row;
-* ``totalsegmentator-examples/example_mr_sm.nii.gz``: a real abdominal MR volume (20 slices, 3 mm) with
-  TotalSegmentator's labels (colon -> large_bowel, small bowel + duodenum -> small_bowel, stomach),
-  zero-shot for every bundle.
+Usage: ``python benchmarks/bench_real.py --folds out/folds [--old A.json] [--new B.json] [--out DIR]``
+(about 3 minutes without ``--slice-rounds``). Data from ``../shared/data`` (absent: a message, exit 0):
+four real volumes with the challenge's masks (``uwmgi-real-volumes/``, scored by 3-D Dice per organ),
+18 isolated real slices of 5 more patients (``uwmgi-real-slices/``, per (slice, organ) row) and
+TotalSegmentator's example MR volume (zero-shot for every bundle).
 
 Leave-patient-out: a figure on a real patient comes from a model that never saw that patient. The
-new default model learnt from every real scan above, so each patient is scored with a **fold bundle**
-(``--folds``: bundles trained by ``benchmarks/train_default_model.sh`` with ``LEAVE_OUT=...``); the
-bundle for a patient (volume or slice) is the first one whose JSON
-(``training.data.real_image_patients``) does not list that patient. The shipped bundle scores only
-the MR volume and any patient it never saw. A bundle that does not record which real patients it saw is
-refused. The old bundle (``--old``,
-default: ``resources/models/default.*`` of git ``OLD_REV``, the last model trained without real
-images) never saw any.
+default model learnt from every real scan above, so each patient is scored with a **fold bundle**
+(``--folds``: trained by ``benchmarks/train_default_model.sh`` with ``LEAVE_OUT=...``), the first whose
+JSON (``training.data.real_image_patients``) does not list that patient; a bundle that does not record
+its real patients is refused. The old bundle (``--old``, default: ``resources/models/default.*`` of git
+``OLD_REV``, the last model trained without real images) never saw any.
 
-``--slice-rounds`` adds the older measurement on the 18 slices: leave-one-patient-out GUI rounds
-(``retrain.round_job`` -> ``training.worker``) fine-tuning each bundle on the other patients' slices,
-and the label-efficiency curve with 3 / 6 / 12 of them. The clinician's loop on a whole real scan is
-``benchmarks/bench_real_loop.py``.
-
-Metrics (``training.metrics``): "Dice <organ>" and "mean Dice" on slices count only the (slice, organ)
-rows where the organ is in the truth or the prediction; "3-D Dice" pools a volume's pixels; "challenge
-Dice" is the challenge's per-row mean with empty vs empty = 1, "challenge score" = 0.4 Dice + 0.6 (1 - HD).
-
-Usage: ``python benchmarks/bench_real.py --folds out/folds [--old A.json] [--new B.json] [--out DIR]``
-(about 3 minutes without ``--slice-rounds``).
+``--slice-rounds`` adds leave-one-patient-out GUI rounds on the 18 slices (each bundle fine-tuned on
+the other patients' slices) and the label-efficiency curve with 3 / 6 / 12 of them. The data and the
+metrics (``training.metrics``) in detail: ``docs/benchmarks.md``. The clinician's loop on a whole real
+scan is ``benchmarks/bench_real_loop.py``.
 """
 
 from __future__ import annotations

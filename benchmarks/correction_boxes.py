@@ -2,28 +2,20 @@
 
 The clinician goes through a scan slice by slice (z ascending). On each slice:
 
-1. **Propagation in** (from the slices before, see 5): every organ being carried is carried onto
-   this slice (``napari_gitseg.propagate.carry_step``, LiteMedSAM; the organ becomes the carried
-   mask, ``propagate.set_organ``); when that lowers the slice's Dice, the clinician undoes that
-   organ's propagation (Shift+I: one stroke) and it is no longer carried.
-2. **Wrong pieces** (per organ, the pieces of which less than half lies on that organ in truth):
-   with 3 or more, one erase box (Ctrl-drag: the organ cleared inside the box) over all of them;
-   fewer: napari's fill bucket in background on each (one click each). One stroke each.
-3. **Boxes**: every true piece of an organ (8-connected, at least ``MIN_PIECE`` px) whose labels
-   agree with the truth inside its box below ``PIECE_DICE`` (missed, cut or mislabelled) gets a
-   box: the piece's bounding box grown by ``BOX_MARGIN`` px (a hand is not exact), worst piece
-   first. A box is one stroke; it is kept when the slice's Dice rises, else undone (Ctrl+Z, the
-   stroke still counts). Pieces that are roughly right are left to the brush.
-4. **Brush** the rest: the protocol of arms (a)-(d) (``bench_correction.correct``, no Refine).
-5. **Propagate** (Shift+B, one stroke per organ): an organ that took a kept box on this slice,
-   or that was carried in and still needed correcting, is carried on from this slice as corrected.
-   An organ carried in that needed nothing keeps being carried from its propagated mask (the
-   propagation runs on without a key).
+1. **Propagation in**: organs carried from the slices before (LiteMedSAM, ``propagate.carry_step``)
+   land on this slice; an organ whose propagation lowers the slice's Dice is undone (one stroke)
+   and no longer carried.
+2. **Wrong pieces** of an organ are erased: one erase box over 3 or more, else a fill-bucket click each.
+3. **Boxes**: each true piece that disagrees with the truth (Dice in its box below ``PIECE_DICE``) gets
+   a box grown by ``BOX_MARGIN`` px, worst first; one stroke each, kept only when the slice's Dice rises.
+4. **Brush** the rest with the protocol of arms (a)-(d) (``bench_correction.correct``, no Refine).
+5. **Propagate** (one stroke per organ) every organ that took a kept box, or needed correcting after
+   it was carried in; an organ carried in that needed nothing keeps being carried.
 
-The policy's thresholds (``PIECE_DICE`` 0.6; 0.85 and 0.7 took more strokes) were chosen on the
-real volume case146 (43 slices) and then run unchanged on the other cases. Embeddings are cached
-on disk (``--embeddings DIR``, fp16, per stack and slice) so reruns cost only the mask decoder;
-only slices a box or a propagation reaches are embedded.
+The policy's thresholds were chosen on one real volume and then run unchanged on the other cases;
+every step in detail: ``docs/correction-effort.md``. Embeddings are cached on disk (``--embeddings
+DIR``, fp16, per stack and slice) so reruns cost only the mask decoder; only slices a box or a
+propagation reaches are embedded.
 """
 
 from __future__ import annotations

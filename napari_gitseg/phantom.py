@@ -3,27 +3,20 @@
 It is the bundled sample data, the test data of the project and the data the default model
 is trained on, so it imitates the UW-Madison GI Tract challenge scans: axial 16-bit slices
 (3 mm apart), radiological orientation (patient's right on the image's left, anterior at
-the top), bright subcutaneous and visceral fat, dark muscle, liver and spine, a stomach
-with fluid and an air-fluid level, many tortuous small-bowel loops with bright content and
-feathery folds, a large-bowel frame with darker mottled content and haustra, and masks of
-``CLASSES`` that may overlap at a few boundaries like the real ground truth.
+the top), bright fat, dark muscle, liver and spine, a stomach with an air-fluid level, tortuous
+small-bowel loops, a large-bowel frame with mottled content, and masks of ``CLASSES`` that may
+overlap at a few boundaries like the real ground truth.
 
-Geometry. Anatomy lives in normalised coordinates: ``u`` (patient right -> left, i.e.
-image left -> right), ``v`` (anterior -> posterior, image top -> bottom), in units of half
-the image's short side, and ``z`` (feet -> head) over a fixed extent, so the same case
-fits any image size or slice count (``spacing_mm`` is metadata only). Slice 1 is the most
-inferior (pelvis), the last the most superior (lung bases). The first and last ~15-22 % of
-slices hold no organ of ``CLASSES``.
+Geometry. Anatomy lives in normalised coordinates (``u`` patient right -> left, ``v`` anterior ->
+posterior, ``z`` feet -> head), so the same case fits any image size or slice count (``spacing_mm``
+is metadata only). Slice 1 is the most inferior (pelvis); the first and last ~15-22 % of slices
+hold no organ of ``CLASSES``.
 
-Rendering. Solid organs are smooth ellipsoid-like blobs evaluated slice by slice inside
-their bounding boxes; bowel and stomach are sphere-swept tubes splatted into signed
-distance fields, from which masks, walls, lumen content, folds and overlaps are derived.
-Then an in-plane blur (k-space truncation), a smooth multiplicative bias field (coil
-shading), a per-case intensity scale (maximum about 100-1000) and Rician noise (magnitude
-of a complex Gaussian) are applied. Every random draw comes from generators seeded by
-``(seed, case)`` (anatomy) and ``(seed, case, day)`` (follow-up shift, deformation,
-filling, bias, noise), so equal arguments give bit-identical output and the days of one
-case share their anatomy.
+Rendering. Organs are smooth blobs and sphere-swept tubes (signed distance fields give masks, walls,
+content, folds), then blur, a bias field, a per-case intensity scale and Rician noise. Every random
+draw comes from generators seeded by ``(seed, case)`` (anatomy) and ``(seed, case, day)`` (follow-up
+changes, noise), so equal arguments give bit-identical output and the days of one case share their
+anatomy. The full description: ``docs/package-notes.md``.
 """
 
 from __future__ import annotations

@@ -4,24 +4,11 @@
 ``image`` (N, k, H, W) float in [0, 1] and ``masks`` (N, C, H, W) returns both transformed, the masks
 moved exactly like the image (geometric steps) and untouched by the intensity steps.
 
-Steps, in order (``spec`` keys; every step draws its parameters per sample):
-
-==================  ===========================================  ======================================
-key                 kornia transform                             applied to
-==================  ===========================================  ======================================
-hflip, vflip        RandomHorizontalFlip / RandomVerticalFlip    image and masks (exact)
-rotate              RandomRotation (±``degrees``)                image (bilinear) and masks (nearest)
-shift_scale_rotate  RandomAffine (translate, scale, degrees)     image (bilinear) and masks (nearest)
-elastic             RandomElasticTransform                       image (bilinear) and masks (nearest)
-grid                RandomThinPlateSpline (grid distortion)      image and masks in one warp; binary
-                                                                 masks re-thresholded at 0.5
-brightness_contrast RandomBrightness + RandomContrast            image only
-gamma               RandomGamma (``gamma`` range)                image only (off by default)
-noise               RandomGaussianNoise (``std``)                image only (off by default)
-blur                RandomGaussianBlur (``sigma`` range)         image only (off by default)
-dropout             RandomErasing × ``holes`` (coarse dropout)   image only (masks keep the organ)
-mixup               same λ ~ Beta(α, α) for image and masks      both; masks become soft
-==================  ===========================================  ======================================
+Steps, in order (``spec`` keys; every step draws its parameters per sample): geometric ``hflip``,
+``vflip``, ``rotate``, ``shift_scale_rotate``, ``elastic``, ``grid`` (image bilinear, masks nearest or
+exact); intensity ``brightness_contrast``, ``gamma``, ``noise``, ``blur`` (the last three off by
+default) and ``dropout`` (coarse dropout, image only); ``mixup`` (masks become soft). The kornia
+transform behind each key: ``docs/training-notes.md``.
 
 ``spec`` is ``None``/``"default"`` (``DEFAULT_AUGMENTATION``), ``"none"``, or a dict merged over the
 default (``{"base": "none", ...}`` starts from nothing). A step's value is a probability (default

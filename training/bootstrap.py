@@ -3,29 +3,22 @@
 Two entry points share one recipe:
 
 ``run_bootstrap(stacks, labels=100, rounds=R, keep=K, out=DIR)`` simulates the workflow on fully
-labelled data (phantom or challenge cases), for benchmarks and ``gitseg bootstrap``:
-
-1. Whole cases are held apart as the frozen validation set (their labels play the clinician's
-   validation labels; with a single case, blocks of slices are held apart instead).
-2. Round 0 trains on ``labels`` slices spread evenly over the other cases (the rest of their
-   truth is hidden: masks zeroed, ``labelled`` False) and registers the model in the
-   ``ModelRegistry`` at ``DIR/models`` as the first active version.
-3. Round r >= 1: the active model predicts every unlabelled slice (``Predictor``); slices are
-   ranked by the predictor's per-slice confidence and the ``r * keep`` most confident become
-   pseudo-labels (provenance ``"pseudo"``, loss weight ``config.pseudo_weight``; at most
-   ``config.pseudo_max_empty`` of them organ-free slices; they only ever fill unlabelled slices, so
-   they never mix with clinician labels). A candidate is fine-tuned from the active model on
-   clinician + pseudo labels and promoted only if its Dice on the frozen validation set (whole
-   stacks through the ``Predictor``, scored with ``training.metrics``) beats the active model's.
-4. ``DIR/bootstrap_report.json`` and ``DIR/bootstrap_report.png`` (frozen-set Dice per round).
+labelled data (phantom or challenge cases), for benchmarks and ``gitseg bootstrap``: whole cases are
+held apart as the frozen validation set; round 0 trains on ``labels`` slices spread over the other
+cases (the rest of their truth hidden) and registers the model in the ``ModelRegistry`` at
+``DIR/models``; each later round r predicts every unlabelled slice, takes the ``r * keep`` most
+confident as pseudo-labels (lower loss weight, never over clinician labels), fine-tunes a candidate
+from the active model and promotes it only if its Dice on the frozen set beats the active model's.
+Report: ``DIR/bootstrap_report.json`` and ``.png`` (frozen-set Dice per round).
 
 ``run_round_from_store(project, config, keep=K)`` runs ONE round on a project folder for the GUI's
-Retrain button: the clinician labels and kept pseudo-labels of every stack in the project's label
-store, images from the project's snapshots, a frozen validation split of the clinician labels (by
-case, or by blocks of slices with one case; remembered in the store so later rounds score on the
-same slices), fine-tuning from the registry's active model (else the bundled default model, else
-from scratch), promotion only if better on that split, and finally the ``keep`` most confident
-predictions of the active model on unreviewed slices written back to the store as ``"pseudo"``.
+Retrain button: clinician labels and kept pseudo-labels from the project's label store, a frozen
+validation split of the clinician labels (remembered, so later rounds score on the same slices),
+fine-tuning from the active model (else the default model, else from scratch), promotion only if
+better, and the ``keep`` most confident predictions on unreviewed slices stored as ``"pseudo"``.
+
+A candidate is judged on slices it never trained on, so a round never replaces the active model by
+one that does worse there. Every step in detail: ``docs/training-notes.md``.
 """
 
 from __future__ import annotations

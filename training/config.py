@@ -6,31 +6,18 @@ config is written in full into every bundle's JSON, so a model says how it was t
 
 Presets (``preset(name, **overrides)``):
 
-* ``quick``: a small network (U-Net, MobileNetV3-small) at 96 px for 40 steps: tests and the GUI
-  demo (well under a minute; it learns the background and the coarse organs, not fine detail).
-  When it fine-tunes a model (a round after the first, or a project that starts from the default
-  model) it follows the few-label recipe cut to 40 steps: on the real slices, five
-  leave-one-patient-out rounds on all of the other patients' slices, the held-out patient's mean
-  Dice 0.413 in 2.6 minutes for the five (the full recipe: 0.447 in ~14; the quick preset's own
-  schedule at lr 5e-3, used before: 0.281, below the start's 0.302).
+* ``quick``: a small U-Net (MobileNetV3-small) at 96 px for 40 steps, for tests and the GUI demo;
+  when it fine-tunes a model it follows the few-label recipe (``training.finetune``) cut to 40 steps;
 * ``cpu`` (the default): one bootstrap round on ~100 labelled slices in at most ~5 minutes on two
-  CPU cores: a U-Net with a MobileNetV3 encoder and a slim decoder, 2.5D k=3 stride=2, slices
-  letterboxed to 160 px.
+  CPU cores (U-Net, MobileNetV3 encoder, slim decoder, 2.5D k=3 stride=2, letterboxed to 160 px);
 * ``gpu``: a U-Net/ResNet-34 at 256 px, longer schedule, mixed precision.
 
-Image size and fit. With ``fit="resize"`` (default) every slice is scaled to fit ``size`` keeping
-its aspect ratio and padded, and the model records ``input_size = size`` so the predictor does the
-same. With ``fit="crop"`` slices keep their pixel size (cropped to the body and padded/cropped to
-``size`` in training); the model runs at native resolution at prediction time.
-
-Which weights a run keeps. By default the epoch with the best validation Dice. With
-``average_last = N`` the bundle holds the mean weights of the run's last N epochs (stochastic weight
-averaging; BatchNorm statistics averaged too), validated once more; the default model's third stage
-uses it (measured there, zero-shot on the real slices: the average 0.302, the 8 single epochs
-0.293-0.320, the epoch with the best synthetic validation Dice 0.269; it smooths the epoch-to-epoch
-swings rather than beating the best late epochs). When fine-tuning, ``keep_start = a`` mixes the
-result with the weights it started from: ``(1 - a) * fine-tuned + a * start`` (WiSE-FT, Wortsman et al.
-2022: the fine-tuned model keeps more of what the start knew about other scans), validated once more.
+``fit="resize"`` (default) letterboxes every slice to ``size`` and the model records ``input_size``
+so the predictor does the same; ``fit="crop"`` keeps the pixel size (native resolution when
+predicting). A run keeps the epoch with the best validation Dice, or with ``average_last = N`` the
+mean weights of its last N epochs; ``keep_start = a`` mixes a fine-tuned result with the weights it
+started from, ``(1 - a) * fine-tuned + a * start`` (WiSE-FT). Details and the measurements behind
+these settings: ``docs/training-notes.md``.
 """
 
 from __future__ import annotations

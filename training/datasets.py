@@ -3,26 +3,18 @@
 :class:`SliceDataset` takes ``Stack`` objects with masks (any source: readers, the phantom, the label
 store through :meth:`SliceDataset.from_arrays`) and yields, for slice ``z`` of a stack:
 
-* ``image`` (k, H, W) float32: the 2.5D window of ``z`` (``napari_gitseg.model.windows.make_windows``,
-  the same ``k`` and ``stride`` as the model), from the stack normalised once with
-  ``napari_gitseg.model.normalize.normalize_stack`` (cached per stack at construction);
+* ``image`` (k, H, W) float32: the 2.5D window of ``z`` (``make_windows``, the model's ``k`` and
+  ``stride``) from the stack normalised once with ``normalize_stack``, as the predictor does;
 * ``masks`` (C, H, W) float32 and ``has_organ`` (C,) float32 (targets of a classification head);
 * ``ignore`` (C,) bool: with ``ignore_ambiguous=True``, True for a class on the first and last
-  annotated slice of each run of that organ along z (loss weight 0 there). A run's end counts only
-  where the next slice is labelled and empty, so a run that leaves the stack or meets an unlabelled
-  slice is not flagged;
-* ``weight`` float32: per-sample loss weight (explicit ``weights``, else ``provenance_weights`` of the
-  sample's provenance, else 1) — e.g. pseudo-labels at 0.5;
-* ``provenance`` str (who labelled it: ``"clinician"``, ``"pseudo"``, ... or ``""``), ``name`` (stack),
-  ``slice`` (z index), ``slice_id``.
+  annotated slice of each run of that organ along z (loss weight 0 there);
+* ``weight`` float32: per-sample loss weight (``weights``, else ``provenance_weights``, else 1);
+* ``provenance`` str, ``name`` (stack), ``slice`` (z index), ``slice_id``.
 
-Size. Slices are brought to the training ``size`` (H, W) (``None`` keeps the native size; batches
-then need stacks of one size). Optionally the stack is first cropped to its body bounding box
-(``crop_to_body``: the largest bright component of the mean normalised slice, plus a margin; one box
-per stack, so every window and mask is cropped the same way). Then ``fit="crop"`` (default) pads
-with 0 (the normalised background) or centre-crops each axis — no interpolation, the pixel size is
-kept; ``fit="resize"`` scales the slice to fit inside ``size`` keeping its aspect ratio (bilinear for
-the image, nearest for masks) and pads the rest.
+Size. Slices are brought to ``size`` (H, W) (``None`` keeps the native size), optionally after one
+body crop per stack (``crop_to_body``). ``fit="crop"`` (default) pads with 0 or centre-crops, keeping
+the pixel size; ``fit="resize"`` scales to fit, keeping the aspect ratio, and pads the rest.
+Every detail: ``docs/training-notes.md``.
 """
 
 from __future__ import annotations

@@ -4,26 +4,17 @@ A GUI round (``training.bootstrap.run_round_from_store``) and ``gitseg train --i
 from a trained bundle and have few labels. :func:`finetune_config` turns a preset into the recipe
 for ``n`` labelled slices:
 
-* **length in steps, scaled to the label count**: ``steps_per_label`` optimiser steps per labelled
-  slice, at least ``min_steps`` and at most ``max_steps`` (each step a batch of ``batch_size``), in
-  epochs of one pass over the labels (at most ``steps_per_epoch`` steps), so that early stopping on
-  the frozen validation slices can act;
-* **learning rate** ``lr`` (lower than training from scratch: the features are already there),
-  scaled down in proportion below ``lr_full_from`` training slices (2 slices: a third of it);
-* **which layers train**: all weights; BatchNorm statistics stay frozen below ``bn_free_from`` labels (a
-  batch of a few near-identical slices gives statistics that do not describe the next scan). Freezing
-  the whole encoder (the decoder and heads train: 0.36 M of 3.73 M weights) did worse (see below);
-* **augmentation**: the default geometric and intensity steps without left-right flips (the
-  stomach is on the patient's left; a flip teaches nothing true);
-* **early stopping** after ``patience_steps`` steps (whole epochs) without a gain on the frozen set.
-* **loss**: BCE + Dice, plus the classification head's BCE (weight 0.2) when the start model has one
-  (the default model's own training loss); the preset's loss (BCE + Tversky weighted against false
-  positives) is for training from scratch; without its term the classification head (the empty-slice
-  gate) gets no gradient while the encoder under it changes (on the real slices below the gate changed
-  no result with either loss: the candidates score the same with the gate off);
-* **mixing with the start**: the round's model is ``keep_start`` (a quarter) of the weights it started
-  from plus three quarters of the fine-tuned ones (WiSE-FT, Wortsman et al. 2022), so it keeps more of
-  what the start knew about other patients' scans.
+* **length**: ``steps_per_label`` steps per labelled slice, between ``min_steps`` and ``max_steps``, in
+  epochs of one pass over the labels, with early stopping after ``patience_steps`` steps without a
+  gain on the frozen validation slices;
+* **learning rate** ``lr``, lower than from scratch, scaled down below ``lr_full_from`` training slices;
+* **layers**: all weights train; BatchNorm statistics stay frozen below ``bn_free_from`` labels (a few
+  near-identical slices give statistics that do not describe the next scan);
+* **augmentation**: the default steps without left-right flips (the stomach is on the patient's left);
+* **loss**: BCE + Dice, plus the classification head's BCE (weight 0.2) when the start model has one,
+  so that the empty-slice gate keeps learning while the encoder under it changes;
+* **mixing with the start**: ``keep_start`` (a quarter) of the start's weights plus three quarters of
+  the fine-tuned ones (WiSE-FT), so the model keeps more of what it knew about other patients' scans.
 
 Each setting was chosen by leave-one-patient-out GUI rounds on the real slices
 (``benchmarks/bench_real.py --slice-rounds``); the tables are in ``docs/finetune-recipe.md``.

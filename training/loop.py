@@ -3,38 +3,20 @@
 ``train(config, train_data, val_data, out_stem)`` trains the network ``config`` describes (or
 fine-tunes the bundle ``config.init_from``) and writes the best epoch's model as a bundle at
 ``out_stem`` (``STEM.safetensors`` + ``STEM.json``; the JSON holds the full config, a description
-of the data, the validation metrics and the command line). What it does:
+of the data, the validation metrics and the command line). In short:
 
-* data: ``SliceDataset``\\ s, or lists of ``Stack``\\ s with masks (checked first: labels whose shape
-  does not match the stack, classes the model does not have, no labelled slice, only empty labels
-  all raise ``GitsegInputError`` naming the stack). ``val_data=None`` holds out a validation split
-  of the training stacks by case (or, with one case, by blocks of slices): ``split_validation``;
-* optimisation: Adam or AdamW, cosine (per step) or plateau (per epoch, on validation Dice)
-  learning-rate schedule, batch augmentation on the device (``training.augment``), the combined
-  loss (``training.losses``) with per-sample weights (pseudo-labels weigh less), mixed precision on
-  CUDA only, deterministic seeding (model init, sampling order, augmentation);
-* validation after each epoch with ``training.metrics.evaluate_cases`` (the implementation behind
-  ``gitseg eval``), per stack, at the training resolution;
-* checkpoints: the best bundle is replaced only by a better epoch and only atomically (a failure
-  while writing, e.g. a full disk, leaves the previous best bundle intact and raises
-  ``CheckpointWriteError``); after every epoch the resume state (model, optimizer, scheduler,
-  counters, random states) goes to ``STEM.resume.pt``, a torch file that loads with
-  ``weights_only=True``; ``resume=True`` continues from it. It is removed when a run completes;
-* early stopping after ``patience`` epochs without a validation Dice gain of ``min_delta``;
-* cancellation (``cancel``: a ``threading.Event`` or a callable) is checked before every step and
-  raises ``TrainingCancelled`` with the partial result; the last best bundle stays intact;
-* DistributedDataParallel when ``torch.distributed`` is initialised (see ``training.ddp``):
-  ``DistributedSampler``, every rank validates, rank 0 decides and writes.
+* data: ``SliceDataset``\\ s or ``Stack``\\ s with masks (bad labels raise ``GitsegInputError`` naming
+  the stack); ``val_data=None`` holds out a validation split by case (``split_validation``);
+* optimisation: Adam or AdamW, cosine or plateau schedule, augmentation on the device
+  (``training.augment``), the combined loss (``training.losses``), mixed precision on CUDA only;
+* validation after each epoch with ``training.metrics.evaluate_cases`` (as ``gitseg eval``), early
+  stopping after ``patience`` epochs, ``cancel`` checked before every step (``TrainingCancelled``);
+* checkpoints: the best bundle is only ever replaced atomically (``CheckpointWriteError`` leaves the
+  previous one intact); ``STEM.resume.pt`` after every epoch lets ``resume=True`` continue;
+* DistributedDataParallel when ``torch.distributed`` is initialised (``training.ddp``).
 
-Reproducibility. ``config.seed`` fixes the initial weights (``torch.manual_seed`` before the model is
-built), the order of the samples (a private ``torch.Generator``), the augmentation (its own
-generator) and the validation split; nothing reads Python's or numpy's global random state, so
-other code drawing from them does not change a run. On the CPU, with the same torch build and the
-same number of threads, two runs give bit-identical weights, and a resumed run (``resume=True``)
-continues exactly as the uninterrupted one (tested). Not bit-reproducible: runs on different
-thread counts or CPUs (reduction order), CUDA runs (non-deterministic cuDNN/atomics kernels; we do
-not force ``torch.use_deterministic_algorithms``, which would slow training), mixed precision, and
-DDP runs compared with single-process runs (different batches per step).
+``config.seed`` makes a CPU run bit-reproducible (same torch build and thread count), resumed or not.
+Every point above in detail, and what is not reproducible: ``docs/training-notes.md``.
 """
 
 from __future__ import annotations

@@ -4,31 +4,15 @@
 ``<term>_<param>`` settings, e.g. ``{"bce": 0.5, "tversky": 0.5, "tversky_alpha": 0.7,
 "tversky_beta": 0.3}``, or a string ``"0.5*bce + 0.5*tversky(alpha=0.7, beta=0.3)"``.
 
-Terms (all on logits ``(N, C, H, W)`` and targets in [0, 1] of the same shape):
+Terms (on logits ``(N, C, H, W)`` and targets in [0, 1] of the same shape): ``bce``, ``focal``,
+``dice``, ``tversky`` (``alpha`` weighs false positives, ``beta`` false negatives), ``jaccard`` and
+``lovasz`` (smp's classes), and ``cls``, the BCE of the classification head on "slice has organ"
+(needs ``cls_logits``). The smp class and the settings of each term: ``docs/training-notes.md``.
 
-=========  =====================================================  ==============================
-term       smp class                                              settings
-=========  =====================================================  ==============================
-bce        ``SoftBCEWithLogitsLoss``                              ``smooth`` (label smoothing)
-focal      ``FocalLoss`` (per element, binary form == multilabel)  ``alpha``, ``gamma``
-dice       ``DiceLoss("multilabel")``                             ``smooth``, ``log``
-tversky    ``TverskyLoss("multilabel")``                          ``alpha`` (FP), ``beta`` (FN),
-                                                                  ``gamma``, ``smooth``, ``log``
-jaccard    ``JaccardLoss("multilabel")``                          ``smooth``, ``log``
-lovasz     ``LovaszLoss("multilabel")``                           ``per_image``
-cls        BCE of the classification head on "slice has organ"   (needs ``cls_logits``)
-=========  =====================================================  ==============================
-
-Ignoring and weighting. ``ignore`` (bool, True = no loss) broadcasts to the targets and may be per
-slice ``(N,)``, per slice and class ``(N, C)`` (the "ambiguous first/last annotated slice" option) or
-per pixel ``(N, C, H, W)``; ``weight`` ``(N,)`` is a per-sample weight (pseudo-labels < 1).
-
-* pixel-wise terms (bce, focal) take both exactly: ``sum(weight * loss over kept elements) /
-  number of kept elements``, so a batch of half-weight samples gives half the loss;
-* set-level terms (dice, tversky, jaccard, lovasz) cannot weight samples: ignored elements and
-  samples of weight 0 are removed through smp's ``ignore_index`` (the same as dropping them from the
-  batch for that term), and other weights are treated as 1;
-* the cls term is a weighted BCE per (sample, class), ignoring like the pixel-wise terms.
+``ignore`` (bool, True = no loss; per slice, per slice and class, or per pixel) and ``weight`` (per
+sample; pseudo-labels < 1): the pixel-wise terms (bce, focal) and cls take both exactly (a batch of
+half-weight samples gives half the loss); the set-level terms (dice, tversky, jaccard, lovasz) drop
+ignored elements and samples of weight 0 through smp's ``ignore_index`` and treat other weights as 1.
 """
 
 from __future__ import annotations

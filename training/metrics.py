@@ -1,50 +1,21 @@
 """Segmentation metrics: one implementation for the trainer and ``gitseg eval`` (numpy/scipy only).
 
-Everything here follows the UW-Madison GI Tract Image Segmentation challenge (Kaggle, 2022).
+Everything here follows the UW-Madison GI Tract Image Segmentation challenge (Kaggle, 2022), so a
+figure from ``gitseg eval`` or a training run compares with the challenge's scores:
 
-How we read the challenge's rule
---------------------------------
-Source: the competition's *Evaluation* page, kaggle.com/competitions/uw-madison-gi-tract-image-segmentation
-(text quoted in public task descriptions), plus the public code that implemented it: the
-MLE-bench grader for this competition (github.com/openai/mle-bench,
-``mlebench/competitions/uw-madison-gi-tract-image-segmentation/grade.py``) and the widely copied
-notebook "50 times faster way get hausdorff with monai" (Kaggle user yiheng), which most public
-training notebooks used for validation.
+* **score** = ``0.4 * Dice + 0.6 * (1 - HD)``;
+* **Dice** per 2-D image, i.e. per (slice, class) row, averaged over the rows; prediction and truth
+  both empty score ``empty_dice`` (default 1: a correct "no organ here" is a perfect answer);
+* **Hausdorff** per case and class on the 3-D stack of slices (slice depth 1), over every mask voxel,
+  symmetric, divided by the volume's diagonal (``hd_normalization="diagonal"``); both empty: 0, one
+  empty: 1 (the worst);
+* ``labelled`` (Z,) limits the slices that count; ``spacing`` gives a physical distance instead (not
+  the challenge's rule).
 
-* **Score** = ``0.4 * Dice + 0.6 * (1 - HD)`` (page: "weight of 0.4 for the Dice metric and 0.6 for the
-  Hausdorff distance", where a smaller distance must score higher, hence ``1 - HD``).
-* **Dice** is computed per 2-D image, i.e. per (slice, class) row of the submission, and averaged over
-  all rows ("the mean of the Dice coefficients for each image"). The page's text defines Dice as 0
-  when prediction and truth are both empty; the host later said such rows are skipped (MLE-bench cites
-  discussion 324934 and uses ``nanmean``); the public notebooks score them 1. We default to **1**
-  (``empty_dice=1.0``): a correct "no organ here" is a perfect answer, and it keeps the per-slice mean
-  in [0, 1] with 1 reachable. ``empty_dice=0.0`` gives the page's literal reading and
-  ``empty_dice=float("nan")`` the skip reading.
-* **Hausdorff** is 3-D per case: "we construct 3D volumes by combining each 2-D segmentation with slice
-  depth as the Z coordinate (slice depth set to 1)" and use scipy's point-set Hausdorff (every mask
-  voxel, not only the surface), symmetric. "The expected / predicted pixel locations are normalized by
-  image size to create a bounded 0-1 score": we divide the voxel-index distance by the largest possible
-  one, the diagonal ``sqrt(Z² + Y² + X²)`` of the volume (``hd_normalization="diagonal"``, the notebooks'
-  ``max_dist``). MLE-bench instead scales each axis to [0, 1] and divides by sqrt(3)
-  (``hd_normalization="unit_cube"``). We compute it per class (the notebooks' way) and average over
-  classes and cases. Both empty: 0 (perfect; ``empty_hausdorff=float("nan")`` skips instead, as
-  MLE-bench does); exactly one empty: 1 (the worst score).
-* ``labelled`` (Z,) limits the slices that count: Dice/IoU rows and confusion counts come from the
-  labelled slices only, and for the Hausdorff volumes the other slices are treated as empty in both
-  prediction and truth (so z positions, and the diagonal, stay those of the whole stack).
-* ``spacing=(z, y, x)`` in mm switches to a physical distance normalised by the physical diagonal
-  (optional; not the challenge's rule).
-
-``dice_per_slice`` itself lives in ``napari_gitseg.overlap`` (Learn from corrections scores with it too).
-
-Other metrics (not part of the score): IoU per slice (same empty rule as Dice), and precision, recall and
-mean pixel accuracy from the confusion counts pooled over the counted slices. Mean pixel accuracy
-(mPA) for one class is the mean of the per-class accuracies of the binary {organ, background}
-problem, ``(TP/(TP+FN) + TN/(TN+FP)) / 2`` (FCN's "mean accuracy"); a ratio with a zero denominator
-counts as 1 when the other side has no error either, else 0.
-
-The exact distance uses Euclidean distance transforms (``scipy.ndimage.distance_transform_edt``) on
-the bounding box of both masks, which equals scipy's ``directed_hausdorff`` on the voxel coordinates.
+Also, not part of the score: IoU per slice, and precision, recall and mean pixel accuracy from the
+confusion counts pooled over the counted slices. ``dice_per_slice`` itself lives in
+``napari_gitseg.overlap``. Where the rule was read, the readings we did not take (``empty_dice=0`` or
+NaN, ``hd_normalization="unit_cube"``) and the exact definitions: ``docs/training-notes.md``.
 """
 
 from __future__ import annotations

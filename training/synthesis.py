@@ -2,31 +2,21 @@
 
 The challenge's real masks (``training.real_masks``) have no images. A :class:`Scene` puts one
 case-day's masks on the training grid and renders a phantom body around them
-(``napari_gitseg.phantom.render_body_background``: skin, subcutaneous and visceral fat, muscle,
-spine, vessels, liver, spleen, kidneys, lung bases; fitted so the real organs lie inside the
-abdominal wall). :func:`render_window` then draws a new look for every sample:
+(``napari_gitseg.phantom.render_body_background``, fitted so the real organs lie inside the
+abdominal wall). :func:`render_window` then draws a new look for every sample, so that the model
+learns the real organs' shapes rather than one contrast:
 
-1. **tissue contrast**: a random lookup curve over the phantom's T2 levels gives every tissue a new
-   intensity (so T1-, T2- and any-weighted looks are all seen; with ``p_t2`` the curve stays close to
-   T2);
-2. **organs**: each real organ gets a wall (1-3 px at its border) and contents of random intensity:
-   small bowel fluid per loop with feathery folds, large bowel mottled stool with air bubbles,
-   stomach fluid with debris and (sometimes) an air-fluid level on its anterior side;
-3. **distractors**: random unlabelled blobs (pancreas, duodenum, uterus, cysts...) so that "any blob
-   in the belly" is not an organ;
-4. **acquisition**: partial-volume mixing of the 3 mm neighbours, in-plane blur, a lower acquired
-   resolution now and then, a smooth coil bias field, intensity scale, Rician noise, gamma;
+1. **tissue contrast**: a random lookup curve gives every tissue a new intensity (T1-, T2-, any-weighted);
+2. **organs**: a wall and random contents per organ (bowel fluid and folds, stool and air, stomach fluid);
+3. **distractors**: unlabelled blobs, so that "any blob in the belly" is not an organ;
+4. **acquisition**: partial volume, blur, lower resolution, bias field, intensity scale, Rician noise, gamma;
 5. now and then the neighbours are replaced by the centre slice (isolated slices, as in exports).
 
-Optional steps (:class:`RenderOptions`, off by default; ``TrainConfig.synthesis`` turns them on):
-bowel masks split into packed loops / haustra (walled cells of a random size, each with its own
-content, the same cells on the neighbouring slices: a real bowel mask outlines a cluster of loops),
-the stomach split into cells too, bSSFP's dark "India-ink" lines at tissue interfaces, both fats
-mapped to one bright value, and clutter: many small unlabelled structures around the organs that
-drift from slice to slice (mesenteric vessels, nodes).
-
-The masks are never changed: the organs of the image are exactly the given masks. Every draw comes
-from the ``numpy.random.Generator`` passed in, so a seed gives the same image.
+Optional steps (:class:`RenderOptions`, off by default; ``TrainConfig.synthesis`` turns them on): bowel
+and stomach split into walled cells, bSSFP's dark interface lines, one bright fat, drifting clutter.
+Each step in detail: ``docs/training-notes.md``. The masks are never changed: the organs of the image
+are exactly the given masks. Every draw comes from the ``numpy.random.Generator`` passed in, so a seed
+gives the same image.
 """
 
 from __future__ import annotations

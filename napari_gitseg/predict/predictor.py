@@ -5,34 +5,18 @@ chosen device. ``iter_predict`` is a generator that yields a ``PredictionUpdate`
 batch (so a viewer can paint the overlay as it fills, the slice on screen first) and
 returns the final ``Prediction``; ``predict`` runs it to the end. No Qt here.
 
-What happens to a stack:
+What happens to a stack: checks (a constant image gives empty masks without running the network);
+normalisation exactly as in training (``normalize_stack``); one body crop per stack
+(``crop_to_body``), the result pasted back into the full frame; slices ordered outward from
+``first_slice``; per batch and model, 2.5D windows through the network (frozen fp32 graphs on the
+CPU, see ``predict/frozen.py``; autocast on CUDA), optional flip TTA, ensemble members averaged;
+the empty-slice gate (``use_gate``) skips the decoder on slices below ``gate_threshold``; masks =
+probability > ``threshold``, small components optionally removed (``min_component_px``).
 
-1. Checks: 2-D or 3-D numeric array with at least one slice, no NaN/inf. A constant image
-   holds nothing to segment: empty masks and a warning, no network run.
-2. Normalisation exactly as in training: ``normalize_stack`` with each bundle's spec.
-3. Body crop (``crop_to_body``): one bounding box of the body per stack (Otsu on the max
-   projection, plus a margin); the network runs on that box only and the result is pasted
-   back into the full frame (outside it: probability 0). The box is widened to a multiple
-   of the encoder's divisor inside the frame where possible, so no padding is needed.
-4. Order: ``first_slice`` first (alone in a small first batch), then outward from it.
-5. Per batch, per model: 2.5D windows, zero padding to the divisor, forward pass under
-   ``torch.inference_mode`` (autocast fp16/bf16 on CUDA; fp32 on the CPU unless bf16 is asked
-   for, see ``amp`` and ``cpu_bf16``; on the CPU in fp32 through frozen graphs, see
-   ``freeze`` and ``predict/frozen.py``), sigmoid; with ``tta_flips``
-   the flipped copies run in the same batch and are flipped back and averaged. Ensemble
-   members are averaged (probabilities), each with its own k/stride windows and
-   normalisation.
-6. Empty-slice gate (``use_gate``, models with a classification head): the encoder runs
-   first; slices whose gate probability (max over classes, averaged over TTA copies and
-   members) is below ``gate_threshold`` skip the decoder: their probabilities are 0 and
-   their masks empty.
-7. Masks = probability > ``threshold``, then optional removal of components smaller than
-   ``min_component_px`` pixels (per class, per slice).
-
-Confidence per slice (``Prediction.confidence``, in [0, 1], higher = more confident): one
-minus the mean, over the slice's organ candidates (pixels where any class has p >= 0.05),
-of the pixel's normalised binary entropy ``H(p)/ln 2`` (its most uncertain class); a slice
-with no candidate pixel has confidence 1, and a gated slice has ``1 - H(gate probability)``.
+``Prediction.confidence`` per slice (in [0, 1], higher = more confident) is one minus the mean
+normalised binary entropy over the slice's organ candidate pixels: the review queue offers the least
+confident slices first, the bootstrap takes the most confident as pseudo-labels.
+Every step in detail: ``docs/package-notes.md``.
 """
 
 from __future__ import annotations

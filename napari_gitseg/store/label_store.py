@@ -1,46 +1,23 @@
 """LabelStore: every saved mask is a new version, in one SQLite file per project folder.
 
-Layout (``<project>/gitseg_labels.sqlite``, WAL journal, ``synchronous=FULL``; tables in
-``schema.py``):
+The store (``<project>/gitseg_labels.sqlite``, tables in ``schema.py``) holds the image stacks a
+project registered, every saved version of every slice's masks with its provenance (``clinician``,
+``model``, ``pseudo``, ``imported``, ``interpolated``, ``propagated``), user, model version, review
+flag, confidence and note, small session values (``state``) and the clinician's effort per review
+session (``effort``). Rows are never updated or deleted, so the whole history stays readable.
 
-- ``stacks`` / ``slices``: each registered image stack (slice ids, shape, spacing, source,
-  classes) and which stack and z each slice id belongs to.
-- ``versions``: one row per saved version of one slice: the per-class masks (bit-packed,
-  zlib-compressed, with a CRC-32 over data and shape that every read verifies), their
-  provenance (``clinician`` / ``model`` / ``pseudo`` / ``imported``: read from a DICOM RT-STRUCT or SEG,
-  the file named in the note / ``interpolated``: filled between two corrected slices /
-  ``propagated``: carried from a corrected slice with box prompts; the user who saved it; the model
-  version),
-  the reviewed flag, the model's confidence, a note and a timestamp (seconds since the epoch).
-  Rows are never updated or deleted: marking a slice reviewed and reverting it write new
-  versions too, so the whole history, review state included, stays readable.
-- ``state``: small JSON session values (active model, last slice viewed).
-- ``effort``: the clinician's effort per review session and slice (seconds, strokes, painted
-  pixels, accepted unedited; see ``napari_gitseg.effort``).
+It is built so that a clinician's work is never lost or silently overwritten:
 
-Rules:
+- every write is one fsynced transaction: a crash or power loss leaves every committed version
+  intact, a full disk fails with ``StoreError`` and changes nothing; two napari windows may write;
+- clinician work is protected in ONE place, the write transaction (``_refuses``): a prediction never
+  replaces a clinician label, nor a slice interpolated or propagated from clinician slices
+  (``ASSISTED``); ``save`` then returns None;
+- ``accept`` stores exactly the masks the clinician saw (as a new version if another window or the
+  trainer saved something meanwhile);
+- a newer schema is refused, an older one migrated; a read-only store opens with ``readonly=True``.
 
-- Every write is one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, fsynced), so a crash or
-  power loss at any instant leaves every committed version intact; SQLite's WAL recovery runs
-  on the next open. A full disk fails the write with ``StoreError`` and changes nothing.
-- Two processes (two napari windows) may write at once: writers take turns (busy timeout
-  ``BUSY_TIMEOUT_S``), a version number is unique per slice and versions are dense (1, 2, ...).
-- Clinician work is protected in ONE place, the write transaction (``_refuses``): a prediction
-  (``source="model"`` or ``"pseudo"``) never replaces a slice whose latest version is a clinician
-  label (by a clinician, ``clinician`` or ``imported``, or reviewed) or interpolated / propagated
-  from the clinician's slices (``ASSISTED``); an interpolation or propagation never replaces a
-  clinician label. ``save`` returns None and ``save_many`` gives None for such a slice; a write may
-  leave further sources in place (``save_many(..., keep=("pseudo",))``: the GUI's re-prediction keeps
-  the pseudo-labels a round stored for the next one). An
-  interpolated or propagated slice is a clinician label (what training uses, ``clinician_slices``)
-  only once accepted.
-- ``accept`` stores exactly the masks the clinician saw as the reviewed version: it marks the
-  latest version reviewed only when that is the version the clinician's screen showed, with the
-  same masks; if another window or the trainer saved something meanwhile, what was on screen is
-  saved as a new clinician version instead.
-- A store written by a newer schema is refused and left untouched; an older one is migrated
-  in one transaction. A read-only folder or file is refused for writing with a clear message;
-  ``LabelStore.open(folder, readonly=True)`` views and exports it.
+The full layout and rules: ``docs/store-notes.md``.
 """
 
 from __future__ import annotations
