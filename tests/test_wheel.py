@@ -59,6 +59,9 @@ def test_wheel_carries_the_manifest_and_the_default_model(tmp_path):
     # the licence as an SPDX expression (metadata 2.4; the TOML-table form stops building in 2027) and its text
     assert "License-Expression: BSD-3-Clause" in headers
     assert "License-File: LICENSE" in headers
+    from napari_gitseg import __version__
+
+    assert f"Version: {__version__}" in headers  # the one version source: the package's __version__
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
     site = tmp_path / "site"
