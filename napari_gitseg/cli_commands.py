@@ -21,8 +21,6 @@ def cmd_predict(args) -> int:
     out = Path(args.out)
     if len(stacks) > 1 and (args.format or format_of(out) != "csv"):
         raise GitsegInputError(args.out, f"{len(stacks)} stacks found: only a .csv output can hold several")
-    import numpy as np
-
     all_masks = []
     for stack in stacks:
         bar = _bar(stack.shape[0], f"predict {stack.name}")
@@ -38,11 +36,10 @@ def cmd_predict(args) -> int:
         out = written[-1]
     elif len(stacks) == 1:
         write_masks(out, all_masks[0], stacks[0])
-    else:
-        from napari_gitseg.io import write_rle_csv
+    else:  # each case-day its own scan, whatever its grid
+        from napari_gitseg.io import write_scans_rle_csv
 
-        ids = [sid for s in stacks for sid in s.slice_ids]
-        write_rle_csv(out, ids, np.concatenate(all_masks, axis=1))
+        write_scans_rle_csv(out, [(s.slice_ids, m) for s, m in zip(stacks, all_masks)])
     print(f"wrote {out}")
     return 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_gitseg.io import GitsegInputError, atomic_output, format_of, stem_of, write_masks, write_rle_csv
+from napari_gitseg.io import GitsegInputError, atomic_output, format_of, stem_of, write_masks, write_scans_rle_csv
 from napari_gitseg.io.stack import Stack
 from napari_gitseg.project import Project
 
@@ -91,9 +91,8 @@ def export_store(
         store.close()
     written: list[Path] = []
     if fmt == "csv":
-        ids = [sid for _i, sids, _m, _p in results for sid in sids]
-        masks = np.concatenate([m for _i, _s, m, _p in results], axis=1)
-        written.append(Path(write_rle_csv(out, ids, masks)))
+        scans = [(sids, masks) for _i, sids, masks, _p in results]  # each stack on its own grid
+        written.append(Path(write_scans_rle_csv(out, scans)))
         provenance = {info["name"]: prov for info, _s, _m, prov in results}
         targets = [(out, provenance)]
     elif FORMATS[fmt] == ".dcm":

@@ -11,7 +11,7 @@ from napari_gitseg.io.nifti import TOTALSEG_CT_LABELS, TOTALSEG_MR_LABELS, read_
 from napari_gitseg.io.read import detect_kind, iter_stacks, read_masks, read_stack, read_stacks
 from napari_gitseg.io.rle import RLEError, rle_decode, rle_encode
 from napari_gitseg.io.stack import Stack
-from napari_gitseg.io.train_csv import masks_for_stack, read_train_csv, write_rle_csv
+from napari_gitseg.io.train_csv import masks_for_stack, read_train_csv, write_rle_csv, write_scans_rle_csv
 from napari_gitseg.io.uwmgi import write_uwmgi_dataset
 from napari_gitseg.io.write import write_masks
 
@@ -37,5 +37,6 @@ __all__ = [
     "stem_of",
     "write_masks",
     "write_rle_csv",
+    "write_scans_rle_csv",
     "write_uwmgi_dataset",
 ]

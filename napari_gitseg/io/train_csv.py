@@ -160,6 +160,26 @@ def write_rle_csv(
     Only slices with ``labelled`` True are written (all when None); ``column="predicted"``
     gives the challenge's submission header.
     """
+    return _write_rows(Path(path), _rle_rows(slice_ids, masks, labelled, classes), column)
+
+
+def write_scans_rle_csv(
+    path: str | Path,
+    scans: Sequence[tuple[Sequence[str], np.ndarray]],
+    *,
+    classes: tuple[str, ...] = CLASSES,
+    column: str = "segmentation",
+) -> Path:
+    """Write several scans' ``(slice ids, masks (C, Z, Y, X))`` into one CSV; each scan keeps its own grid.
+
+    The challenge's train folder mixes grids (case-days of 266, 310 and 360 px), so scans are never stacked.
+    """
+    rows = [row for ids, masks in scans for row in _rle_rows(ids, masks, None, classes)]
+    return _write_rows(Path(path), rows, column)
+
+
+def _rle_rows(slice_ids, masks, labelled, classes) -> list[tuple[str, str, str]]:
+    """The ``(id, class, rle)`` rows of one scan, its shapes checked first."""
     masks = np.asarray(masks)
     if masks.ndim != 4 or masks.shape[0] != len(classes):
         raise ValueError(f"masks must be (C={len(classes)}, Z, Y, X), got shape {masks.shape}")
@@ -167,13 +187,12 @@ def write_rle_csv(
         raise ValueError(f"{len(slice_ids)} slice ids for {masks.shape[1]} mask slices")
     if labelled is not None and len(labelled) != len(slice_ids):
         raise ValueError(f"labelled has {len(labelled)} entries for {len(slice_ids)} slices")
-    rows = [
+    return [
         (sid, cls, rle_encode(masks[c, z]))
         for z, sid in enumerate(slice_ids)
         if labelled is None or labelled[z]
         for c, cls in enumerate(classes)
     ]
-    return _write_rows(Path(path), rows, column)
 
 
 def write_train_table(path: str | Path, table: dict[str, dict[str, str]], order: Sequence[str]) -> Path:
