@@ -40,6 +40,7 @@ import numpy as np
 
 from napari_gitseg.classes import CLASSES
 from napari_gitseg.store import schema
+from napari_gitseg.store.review_order import review_order
 from napari_gitseg.store.schema import DB_NAME, SCHEMA_VERSION
 
 SOURCES = ("clinician", "model", "pseudo", "imported", "interpolated", "propagated")
@@ -108,6 +109,15 @@ def _pack(masks: np.ndarray) -> tuple[bytes, str, int]:
     blob = zlib.compress(bits.tobytes(), 6)
     shape_text = json.dumps([int(s) for s in masks.shape])
     return blob, shape_text, _checksum(blob, shape_text)
+
+
+def _any_pixel(blob: bytes) -> bool:
+    """Whether packed masks hold any set pixel (the padding bits are 0); a damaged blob counts as holding one
+    (reading the slice reports the damage)."""
+    try:
+        return bool(np.frombuffer(zlib.decompress(blob), dtype=np.uint8).any())
+    except zlib.error:
+        return True
 
 
 def _unpack(blob: bytes, shape_text: str, crc: int, where: str) -> np.ndarray:
@@ -854,19 +864,32 @@ class LabelStore:
         return [sid for sid in self.stack_info(stack)["slice_ids"] if sid not in protected]
 
     def review_queue(self, stack: str) -> list[str]:
-        """Unreviewed slices of ``stack``, least confident first; those without a confidence last (z order)."""
+        """Unreviewed slices of ``stack`` in review order (``review_order``: least confident first, slices the
+        model left empty later, spread over the scan); those without a confidence last (z order)."""
         ids = self.stack_info(stack)["slice_ids"]
         meta = {r[0]: r for r in self._latest_meta(stack)}
-        scored, unscored = [], []
+        scored, unscored, reviewed = [], [], []
         for z, sid in enumerate(ids):
             r = meta.get(sid)
             if r is not None and self._protected(r[1], r[2]):
-                continue
-            if r is None or r[3] is None:
+                reviewed.append(z)
+            elif r is None or r[3] is None:
                 unscored.append(sid)
             else:
-                scored.append((r[3], z, sid))
-        return [sid for _c, _z, sid in sorted(scored)] + unscored
+                scored.append((z, r[3]))
+        organ = self._latest_has_organ(stack)
+        zs = [z for z, _c in scored]
+        order = review_order(zs, [c for _z, c in scored], [organ[ids[z]] for z in zs], reviewed, len(ids))
+        return [ids[z] for z in order] + unscored
+
+    def _latest_has_organ(self, stack: str) -> dict[str, bool]:
+        """Whether the latest version of each saved slice of ``stack`` holds any organ pixel."""
+        rows = self._read(
+            "SELECT v.slice_id, v.masks FROM versions v JOIN slices s ON s.slice_id = v.slice_id "
+            "WHERE s.stack = ? AND v.version = (SELECT MAX(version) FROM versions w WHERE w.slice_id = v.slice_id)",
+            (stack,),
+        )
+        return {sid: _any_pixel(blob) for sid, blob in rows}
 
     def counts(self, stack: str) -> dict[str, int]:
         """Counts for the status line: total, reviewed, clinician (edited or reviewed), and the unreviewed
