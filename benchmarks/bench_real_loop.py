@@ -151,6 +151,8 @@ def two_rounds(project: Path, stack, bundle: Path, chosen: list[int], args) -> d
         "round_seconds": t1 - t0,
         "pseudo": first.get("pseudo_written", 0),
     }
+    if args.one_round:
+        return row | {"bootstrap": row["round"], "bootstrap_outcome": "not run", "bootstrap_seconds": 0.0}
     active, outcome, _second = _click(project, active, 0, args)
     row.update(
         {
@@ -218,6 +220,7 @@ def _parse(argv):
     p.add_argument("--volumes", help="only these patients (comma-separated caseN)")
     p.add_argument("--preset", default="quick", help="training preset of the rounds (default quick)")
     p.add_argument("--config", help="JSON object of training settings over the preset")
+    p.add_argument("--one-round", action="store_true", help="no bootstrap click (e.g. for the long cpu preset)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "out" / "bench_real_loop"))
