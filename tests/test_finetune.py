@@ -156,7 +156,8 @@ def test_the_recipe_adapts_a_model_to_a_tiny_labelled_set(tmp_path):
     import torch
 
     from napari_gitseg.model.bundle import load_bundle
-    from training.loop import build_dataset, train, validate
+    from training.loop import build_dataset, train
+    from training.validation import validate
 
     torch.manual_seed(0)
     small = {"batch_size": 4, "num_threads": 2, "size": [64, 64], "loss": {"bce": 0.3, "dice": 0.7}}

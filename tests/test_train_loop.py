@@ -17,14 +17,14 @@ from napari_gitseg.model.bundle import load_bundle, read_bundle_info
 from napari_gitseg.model.factory import build_model
 from napari_gitseg.phantom import make_phantom_case
 from training.config import TrainConfig, load_config, preset
+from training.ddp import state_digest
 from training.loop import (
     CheckpointWriteError,
     TrainingCancelled,
     build_dataset,
-    state_digest,
     train,
-    validate,
 )
+from training.validation import validate
 
 torch.set_num_threads(2)
 
@@ -197,11 +197,11 @@ class OnTheFly(torch.utils.data.Dataset):
 
 
 def test_a_dataset_made_on_the_fly_is_never_cached(cases, tmp_path):
-    from training.loop import _Cached
+    from training.train_data import Cached
 
     toy = OnTheFly()
     assert not torch.equal(toy[0]["image"], toy[0]["image"])
-    assert _Cached(toy, cache=True).cache is None and _Cached(cases, cache=True).cache == {}
+    assert Cached(toy, cache=True).cache is None and Cached(cases, cache=True).cache == {}
     toy.accesses = 0
     result = train(_tiny(epochs=2, max_steps_per_epoch=2), toy, cases[:1], tmp_path / "fly")
     assert result.steps == 4 and result.best_path is not None
@@ -269,7 +269,7 @@ def test_disk_full_keeps_the_previous_best_bundle(cases, tmp_path, monkeypatch):
     def full_disk(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("training.loop.save_bundle", full_disk)
+    monkeypatch.setattr("training.checkpoints.save_bundle", full_disk)
     with pytest.raises(CheckpointWriteError, match="disk is full") as info:
         train(_tiny(epochs=1, seed=1), cases[:1], cases[1:2], tmp_path / "m")
     assert info.value.errno == errno.ENOSPC
@@ -375,16 +375,17 @@ def _bundle_state(path) -> dict:
 def test_average_last_writes_the_mean_weights_of_the_last_epochs(cases, tmp_path, monkeypatch):
     import copy
 
-    import training.loop as loop
+    import training.checkpoints as checkpoints
+    from training.ddp import unwrap
 
     seen: dict[int, dict] = {}
-    real_save = loop._save_resume_state
+    real_save = checkpoints.save_resume_state
 
     def save_and_record(run):  # called once per epoch, after the epoch's weights are final
-        seen[run.epoch] = copy.deepcopy(loop._unwrap(run.net).state_dict())
+        seen[run.epoch] = copy.deepcopy(unwrap(run.net).state_dict())
         real_save(run)
 
-    monkeypatch.setattr(loop, "_save_resume_state", save_and_record)
+    monkeypatch.setattr(checkpoints, "save_resume_state", save_and_record)
     cfg = _tiny(epochs=3, max_steps_per_epoch=2, average_last=2)
     result = train(cfg, cases[:1], cases[1:2], tmp_path / "avg")
     assert sorted(seen) == [1, 2, 3]

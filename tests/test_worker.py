@@ -153,7 +153,7 @@ def test_execute_reports_a_full_disk(dataset, tmp_path, monkeypatch):
     def full_disk(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("training.loop.save_bundle", full_disk)
+    monkeypatch.setattr("training.checkpoints.save_bundle", full_disk)
     events: list = []
     code = execute(
         {"kind": "train", "data": str(dataset), "out": str(tmp_path), "preset": "quick", "config": TINY}, events.append

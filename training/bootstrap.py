@@ -446,8 +446,8 @@ def _store_stacks(project: Project, store) -> list[dict]:
 
 def _frozen_split(entries: list[dict], store, val_fraction: float, seed: int) -> dict[str, set[int]]:
     """Validation slices {stack: z set} of the clinician labels, remembered in the store between rounds."""
-    from training.loop import block_split
     from training.splits import case_of, split_by_case
+    from training.train_data import block_split
 
     labelled_cases = sorted({case_of(e["name"]) for e in entries if e["clinician"]})
     mode = "case" if len(labelled_cases) >= 2 else "blocks"

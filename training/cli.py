@@ -186,7 +186,8 @@ def cmd_train(args) -> int:
     """Train a model on DATA; the best epoch's bundle goes to OUT/NAME.json (+ .safetensors)."""
     _passive_threads()
     from training import ddp
-    from training.loop import TrainingCancelled, state_digest, train
+    from training.ddp import state_digest
+    from training.loop import TrainingCancelled, train
 
     config = config_from_args(args)
     distributed = ddp.setup(config.device)

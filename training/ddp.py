@@ -28,6 +28,8 @@ __all__ = [
     "local_world_size",
     "rank",
     "setup",
+    "state_digest",
+    "unwrap",
     "world_size",
 ]
 
@@ -140,3 +142,23 @@ def barrier() -> None:
     """Wait for every rank (no-op without a process group)."""
     if is_active():
         dist.barrier()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (any other model as it is)."""
+    return (
+        model.module
+        if hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        else model
+    )
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """A short SHA-256 of the model's parameters and buffers (to compare replicas)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, value in sorted(unwrap(model).state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

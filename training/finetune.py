@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 
 from training.config import TrainConfig
-from training.loop import batches_per_pass
+from training.train_data import batches_per_pass
 
 __all__ = ["FinetuneRecipe", "RECIPE", "finetune_config", "round_config"]
 
