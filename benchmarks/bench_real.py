@@ -298,10 +298,10 @@ def candidates_kept(dest: Path):
     the benchmark score the fine-tuned model itself as well as what the clinician ends up with.
     The round itself runs unchanged (the wrapper only copies files after training returns).
     """
-    import training.bootstrap as bootstrap
+    import training.store_round as store_round
     from napari_gitseg.model.bundle import bundle_paths
 
-    real_train, kept = bootstrap.train, []
+    real_train, kept = store_round.train, []
 
     def train_and_keep(*args, **kwargs):
         result = real_train(*args, **kwargs)
@@ -313,11 +313,11 @@ def candidates_kept(dest: Path):
             kept.append(folder / Path(result.best_path).name)
         return result
 
-    bootstrap.train = train_and_keep
+    store_round.train = train_and_keep
     try:
         yield kept
     finally:
-        bootstrap.train = real_train
+        store_round.train = real_train
 
 
 def gui_round(project: Path, preset: str, overrides: dict, keep: int = 0) -> tuple[Path, dict]:

@@ -15,14 +15,14 @@ from napari_gitseg.model.registry import ModelRegistry
 from napari_gitseg.phantom import make_phantom_case
 from napari_gitseg.project import Project
 from training.bootstrap import (
-    _with_pseudo,
     choose_labelled,
-    plot_effort_curve,
     run_bootstrap,
     run_round_from_store,
     select_pseudo,
 )
+from training.bootstrap_plots import plot_effort_curve
 from training.config import preset
+from training.pseudo_labels import with_pseudo
 
 torch.set_num_threads(2)
 
@@ -71,7 +71,7 @@ def test_pseudo_labels_never_replace_clinician_labels(cases):
     masks = np.where(lab[None, :, None, None], stack.masks, False)
     clinician = {stack.name: type(stack)(**{**stack.__dict__, "masks": masks, "labelled": lab})}
     pred = ~stack.masks  # a prediction that disagrees everywhere
-    stacks, prov = _with_pseudo(clinician, {stack.name: (pred, None)}, [(stack.name, 3), (stack.name, 5)])
+    stacks, prov = with_pseudo(clinician, {stack.name: (pred, None)}, [(stack.name, 3), (stack.name, 5)])
     out = stacks[0]
     assert prov[stack.name] == {3: "clinician", 8: "clinician", 5: "pseudo"}
     assert np.array_equal(out.masks[:, 3], stack.masks[:, 3])  # the clinician's, not the prediction
