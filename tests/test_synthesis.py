@@ -13,7 +13,8 @@ from scipy import ndimage
 from napari_gitseg.classes import CLASSES
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.io.rle import rle_encode
-from napari_gitseg.phantom import _draw_anatomy, render_body_background
+from napari_gitseg.phantom import render_body_background
+from napari_gitseg.phantom.anatomy import draw_anatomy
 from training.config import TrainConfig
 from training.real_masks import RealMaskFolder, read_case_days, split_patients
 from training.synthesis import (
@@ -149,7 +150,7 @@ def test_disagreeing_csvs_are_refused_naming_the_file(tmp_path, name, edit, mess
 
 def test_body_background_holds_every_tissue_and_runs_superior_first():
     img = render_body_background(3, 4, 24, (96, 112))
-    tissue = _draw_anatomy(3, 4).tissue
+    tissue = draw_anatomy(3, 4).tissue
     assert img.shape == (24, 96, 112) and img.dtype == np.float32
     for name in (
         "sc_fat",
