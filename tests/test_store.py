@@ -260,6 +260,7 @@ def test_older_schema_is_migrated_in_one_transaction(tmp_path, store, monkeypatc
     new = SCHEMA_VERSION + 1
     monkeypatch.setattr(store_schema, "SCHEMA_VERSION", new)
     monkeypatch.setattr("napari_gitseg.store.label_store.SCHEMA_VERSION", new)
+    monkeypatch.setattr("napari_gitseg.store.sqlite.SCHEMA_VERSION", new)
 
     def broken(conn):
         conn.execute("ALTER TABLE versions ADD COLUMN half_done TEXT")
