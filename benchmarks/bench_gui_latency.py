@@ -167,9 +167,9 @@ def _box_latency(app, review, case, probe: StallProbe, results: dict) -> None:
     """The box tools with LiteMedSAM (Review dock): ms from a box to its mask on screen, on a slice not seen
     before (its embedding computed then) and once the embedding is cached; Propagate over 10 slices; the
     longest event-loop stall during each."""
-    from napari_gitseg.boxes import mask_box
     from napari_gitseg.classes import LABEL_VALUES
-    from napari_gitseg.propagate import PropagationConfig
+    from napari_gitseg.review.boxes import mask_box
+    from napari_gitseg.review.propagate import PropagationConfig
 
     stomach = case.masks[list(case.classes).index("stomach")]
     zs = [int(z) for z in np.nonzero(stomach.sum(axis=(1, 2)) > 200)[0]]

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 from bench_correction import ArmResult, SliceResult, correct, slice_dice
 
-from napari_gitseg.boxes import apply_box, piece_boxes
 from napari_gitseg.classes import LABEL_VALUES
-from napari_gitseg.medsam import BoxSegmenter, Embedding, resized_shape
-from napari_gitseg.propagate import PropagationConfig, carry_step, set_organ
+from napari_gitseg.review.boxes import apply_box, piece_boxes
+from napari_gitseg.review.medsam import BoxSegmenter, Embedding, resized_shape
+from napari_gitseg.review.propagate import PropagationConfig, carry_step, set_organ
 
 BOX_MARGIN = 2
 MIN_PIECE = 12
@@ -73,7 +73,7 @@ class DiskEmbeddings:
         return emb
 
     def segment(self, z: int, boxes):
-        """(masks, scores) of ``boxes`` on slice ``z`` (the ``segment`` callable of ``napari_gitseg.propagate``)."""
+        """(masks, scores) of ``boxes`` on slice ``z``: the ``segment`` callable of ``review.propagate``."""
         return self.segmenter.segment_scored(self(z), boxes)
 
 
@@ -121,7 +121,7 @@ def erase_wrong(labels, truth, res: BoxSliceResult):
     """Step 2a, per organ: its wrong pieces erased; with ``ERASE_BOX_FROM`` of them or more by one erase box
     (Ctrl-drag: the organ cleared inside the box) over all of them, else by napari's fill bucket in
     background on each (one click each)."""
-    from napari_gitseg.boxes import mask_box
+    from napari_gitseg.review.boxes import mask_box
 
     for value in LABEL_VALUES.values():
         pieces = wrong_pieces(labels, truth, value)

@@ -70,7 +70,7 @@ def windows_of(stack) -> tuple[torch.Tensor, torch.Tensor]:
 
 def medsam_features(x: torch.Tensor) -> torch.Tensor:
     """LiteMedSAM image embeddings (N, 256, 64, 64) of inputs in [0, 1]."""
-    from napari_gitseg.medsam import load_model
+    from napari_gitseg.review.medsam import load_model
 
     encoder = load_model().image_encoder
     with torch.inference_mode():

@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="out/screenshots")
     parser.add_argument("--case", default="case146_day25")
     args = parser.parse_args(argv)
-    from napari_gitseg.boxes import mask_box
     from napari_gitseg.classes import LABEL_VALUES
     from napari_gitseg.io import read_stacks
+    from napari_gitseg.review.boxes import mask_box
 
     stack = next(s for s in read_stacks(VOLUMES) if s.name == args.case)
     app, viewer, widget = review_window(stack, "napari-gitseg: a box on a real slice")

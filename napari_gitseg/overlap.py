@@ -1,7 +1,7 @@
 """Overlap of masks: the Dice of each 2-D image, one implementation for the plugin and the trainer.
 
 ``training.metrics`` (the challenge's score, ``gitseg eval``) and Learn from corrections
-(``napari_gitseg.adapt``) both score with ``dice_per_slice``; it lives here because the plugin
+(``napari_gitseg.review.adapt``) both score with ``dice_per_slice``; it lives here because the plugin
 never imports ``training``.
 """
 

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from napari_gitseg.io.stack import Stack
-from napari_gitseg.medsam import Embedding, EmbeddingCache, resized_shape
+from napari_gitseg.review.medsam import Embedding, EmbeddingCache, resized_shape
 
 
 def disk_stack(n: int = 9, size: int = 64, radii=(0, 6, 9, 12, 14, 12, 9, 6, 0), name: str = "case7_day1") -> Stack:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_gitseg.adapt import AdaptCancelled, AdaptConfig, CorrectorCheck, learn_from_corrections, mean_dice
 from napari_gitseg.classes import labels_to_masks
-from napari_gitseg.review import ReviewSession
+from napari_gitseg.review.adapt import AdaptCancelled, AdaptConfig, CorrectorCheck, learn_from_corrections, mean_dice
+from napari_gitseg.review.session import ReviewSession
 from napari_gitseg.store import LabelStore
 
 FAST = AdaptConfig(steps=300)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from box_fakes import FakeSegmenter, disk_stack
 
-from napari_gitseg import medsam
-from napari_gitseg.box_worker import BoxWorker, neighbourhood
-from napari_gitseg.boxes import Box, BoxError, apply_box, box_from_corners, mask_box, piece_boxes
-from napari_gitseg.propagate import PropagationConfig, carry, set_organ
+from napari_gitseg.review import medsam
+from napari_gitseg.review.box_worker import BoxWorker, neighbourhood
+from napari_gitseg.review.boxes import Box, BoxError, apply_box, box_from_corners, mask_box, piece_boxes
+from napari_gitseg.review.propagate import PropagationConfig, carry, set_organ
 
 
 def test_box_from_corners_any_order_clipped_and_refused_without_area():

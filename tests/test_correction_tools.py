@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from napari_gitseg.classes import LABEL_VALUES, masks_to_labels
-from napari_gitseg.effort import EffortLog, effort_csv_path, summary_text, write_effort_csv
-from napari_gitseg.interpolate import fill_between, itk_available
-from napari_gitseg.refine import refine_labels, refine_neighbour
-from napari_gitseg.review import ReviewSession
+from napari_gitseg.review.effort import EffortLog, effort_csv_path, summary_text, write_effort_csv
+from napari_gitseg.review.interpolate import fill_between, itk_available
+from napari_gitseg.review.refine import refine_labels, refine_neighbour
+from napari_gitseg.review.session import ReviewSession
 from napari_gitseg.store import LabelStore
 
 

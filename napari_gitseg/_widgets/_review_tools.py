@@ -2,8 +2,8 @@
 saved by others, effort.
 
 A mixin of ``ReviewWidget`` (napari_gitseg/_widgets/review.py): it uses the dock's state (session,
-layer, current slice, store thread) and stays thin; the work is in ``napari_gitseg.review``,
-``interpolate``, ``refine``, ``adapt`` and ``effort``.
+layer, current slice, store thread) and stays thin; the work is in ``napari_gitseg.review``
+(``session``, ``interpolate``, ``refine``, ``adapt`` and ``effort``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from superqt.utils import ensure_main_thread
 
 from napari_gitseg.classes import CLASSES, LABEL_VALUES
-from napari_gitseg.effort import summary_text
+from napari_gitseg.review.effort import summary_text
 
 from ._common import show_error, show_info, when_alive
 
@@ -134,8 +134,8 @@ class CorrectionTools:
         return self._learning
 
     def _learn_job(self, session, cancel: threading.Event):
-        from napari_gitseg.adapt import MIN_CORRECTED, AdaptCancelled, learn_from_corrections
         from napari_gitseg.classes import masks_to_labels
+        from napari_gitseg.review.adapt import MIN_CORRECTED, AdaptCancelled, learn_from_corrections
 
         corrected = self._io.submit(session.corrected_labels).result()
         if len(corrected) < MIN_CORRECTED:
@@ -190,8 +190,8 @@ class CorrectionTools:
     @ensure_main_thread
     @when_alive
     def _learned(self, fut: Future) -> None:
-        from napari_gitseg.adapt import AdaptCancelled
         from napari_gitseg.predict import PredictionCancelled
+        from napari_gitseg.review.adapt import AdaptCancelled
 
         error = fut.exception()
         if error is not None:
@@ -266,7 +266,7 @@ class CorrectionTools:
         return fut
 
     def _refine_job(self, z: int, neighbours: int, origin, current, painted):
-        from napari_gitseg.refine import refine_labels, refine_neighbour, slice_probabilities
+        from napari_gitseg.review.refine import refine_labels, refine_neighbour, slice_probabilities
 
         probs, zs = slice_probabilities(self._load_predictor(), self._session.stack.image, z, neighbours)
         classes = tuple(self._session.stack.classes)

@@ -3,7 +3,7 @@ Refine, the box tools (``_box_tools``), keyboard shortcuts and the effort log.
 
 All store I/O runs on one background thread (``_StoreThread``), in submission order, so the
 GUI never waits on disk and a correction is saved before the next one is taken; the model for
-Refine runs on a second one. The workflow itself is ``napari_gitseg.review.ReviewSession``,
+Refine runs on a second one. The workflow itself is in ``napari_gitseg.review``: ``session.ReviewSession``,
 ``interpolate``, ``refine`` and ``effort`` (tested without Qt); versions saved by other windows
 or the background trainer are polled (``ReviewSession.sync``) and shown on slices not being edited.
 """
@@ -20,10 +20,10 @@ from napari.layers import Labels
 from superqt.utils import ensure_main_thread
 
 from napari_gitseg.classes import CLASSES
-from napari_gitseg.effort import EffortLog
 from napari_gitseg.layers import labels_layer_data, stack_from_layer
 from napari_gitseg.project import Project
-from napari_gitseg.review import LEARNED, REFINED
+from napari_gitseg.review.effort import EffortLog
+from napari_gitseg.review.session import LEARNED, REFINED
 
 from ._box_tools import BoxTools
 from ._common import (
@@ -102,7 +102,7 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
         self.predictions_shown = 0  #: model predictions stored and drawn on the review layer so far
         self.syncs_shown = 0  #: versions saved by others (trainer, other windows) drawn so far
         self.effort = EffortLog()  #: this session's effort (time, strokes, painted pixels per slice)
-        self.interpolation = "auto"  #: Fill between method (napari_gitseg.interpolate.METHODS)
+        self.interpolation = "auto"  #: Fill between method (napari_gitseg.review.interpolate.METHODS)
         self._compute = _StoreThread()  # the model for Refine runs here, never on the store thread
         self._predictor = None
         self._model_path: str | None = None
@@ -251,7 +251,7 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
 
     @staticmethod
     def _open_session(folder: str, stack):
-        from napari_gitseg.review import ReviewSession
+        from napari_gitseg.review.session import ReviewSession
 
         project = Project(folder)
         session = ReviewSession(project.open_store(), stack)
@@ -464,7 +464,7 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
         from napari_gitseg.export import export_store
 
         def export(folder: str, name: str) -> list:
-            from napari_gitseg.effort import export_effort
+            from napari_gitseg.review.effort import export_effort
 
             written = export_store(folder, path, fmt, name, with_images=True)
             return [*written, export_effort(folder, path, name)]  # the clinician's effort, beside the masks

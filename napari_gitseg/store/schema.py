@@ -31,7 +31,7 @@ VERSIONS_TABLE = (
     " note TEXT, created REAL NOT NULL, shape TEXT NOT NULL, masks BLOB NOT NULL, crc INTEGER NOT NULL,"
     " UNIQUE (slice_id, version))"
 )
-# the clinician's effort per review session and slice (schema 3 on; see napari_gitseg.effort)
+# the clinician's effort per review session and slice (schema 3 on; see napari_gitseg.review.effort)
 EFFORT_TABLE = (
     "CREATE TABLE effort (session TEXT NOT NULL, slice_id TEXT NOT NULL REFERENCES slices(slice_id),"
     " user TEXT, seconds REAL NOT NULL, strokes INTEGER NOT NULL, painted_px INTEGER NOT NULL,"

@@ -44,7 +44,7 @@ class PropagateResult:
 @dataclass
 class LearnResult:
     """What one Learn from corrections did: the corrected slices it learned from, the slices relabelled,
-    the held-out check (``napari_gitseg.adapt.CorrectorCheck``) and how to undo it."""
+    the held-out check (``napari_gitseg.review.adapt.CorrectorCheck``) and how to undo it."""
 
     corrected: int
     check: object
@@ -208,7 +208,7 @@ class ReviewSession:
         strictly between; each is saved with provenance ``"interpolated"`` (not a clinician label
         until accepted). Clinician-labelled slices between are left alone (the store refuses them).
         """
-        from napari_gitseg.interpolate import fill_between
+        from napari_gitseg.review.interpolate import fill_between
 
         classes = tuple(self.stack.classes)
         if organ not in classes:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_gitseg.boxes import Box
+from napari_gitseg.review.boxes import Box
 
 __all__ = [
     "INSTALL_HINT",

@@ -2,7 +2,7 @@
 
 ``EffortLog`` is fed by the Review dock (slice entered / left, each brush stroke, Accept) and
 keeps, per slice, the labels as they were before the first stroke and the pixels painted since
-(what ``napari_gitseg.refine`` needs). Its rows go to the label store's ``effort`` table
+(what ``napari_gitseg.review.refine`` needs). Its rows go to the label store's ``effort`` table
 (``LabelStore.save_effort``), and from there to a CSV beside exported masks
 (``write_effort_csv``) and to the bootstrap report (minutes of clinician effort). No Qt here.
 """

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_gitseg.boxes import Box, piece_boxes
+from napari_gitseg.review.boxes import Box, piece_boxes
 
 __all__ = ["PropagationConfig", "carry", "carry_step", "set_organ"]
 

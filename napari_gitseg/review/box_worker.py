@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from napari_gitseg.medsam import BoxSegmenter
+from napari_gitseg.review.medsam import BoxSegmenter
 
 __all__ = ["BoxWorker", "neighbourhood"]
 
