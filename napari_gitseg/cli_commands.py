@@ -28,7 +28,7 @@ def cmd_predict(args) -> int:
         bar.close()
         all_masks.append(pred.masks)
     if args.format in ("rtstruct", "seg"):
-        from napari_gitseg.dicom_export import write_dicom_labels
+        from napari_gitseg.io.dicom.export import write_dicom_labels
 
         written = write_dicom_labels(
             out, stacks[0], all_masks[0], args.format, with_images=args.with_images, algorithm="AUTOMATIC"

@@ -29,7 +29,7 @@ def provenance_path(out: Path) -> Path:
 def _source_stack(project: Project, info: dict) -> Stack:
     """The images of a stored stack: re-read from its source, else the project's snapshot."""
     from napari_gitseg.io import detect_kind, read_stack
-    from napari_gitseg.io.dicom import read_dicom
+    from napari_gitseg.io.dicom.series import read_dicom
 
     source = info["source"] or ""
     kind = detect_kind(source) if source else None
@@ -47,7 +47,7 @@ def _source_stack(project: Project, info: dict) -> Stack:
 def _export_dicom(
     project: Project, out: Path, fmt: str, results: list, with_images: bool, smooth_sigma: float
 ) -> tuple[list, list]:
-    from napari_gitseg.dicom_export import write_dicom_labels
+    from napari_gitseg.io.dicom.export import write_dicom_labels
 
     written, targets = [], []
     for info, _ids, masks, prov in results:
@@ -71,7 +71,7 @@ def export_store(
     """Write the store's masks: one CSV for all stacks, or one TIFF/NIfTI/RT-STRUCT/SEG per stack.
 
     RT-STRUCT and SEG cite the stack's DICOM series; ``with_images`` writes other stacks' images
-    as a DICOM series first (see ``dicom_export``); ``smooth_sigma`` smooths RT-STRUCT contours
+    as a DICOM series first (see ``io.dicom.export``); ``smooth_sigma`` smooths RT-STRUCT contours
     (pixels, 0 = off). Returns the paths written.
     """
     if fmt not in FORMATS:

@@ -1,6 +1,6 @@
 """Seed a label store with a department's planning contours (DICOM RT-STRUCT or SEG).
 
-Each slice the file labels (``dicom_labels``: first to last contoured slice) is saved with
+Each slice the file labels (``io.dicom.labels``: first to last contoured slice) is saved with
 provenance ``imported`` and the file named in the note, so it counts as a clinician label and
 predictions never replace it. Slices a clinician already edited, reviewed or imported are kept
 as they are (a saved correction is never replaced by something the clinician did not see).

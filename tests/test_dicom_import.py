@@ -11,12 +11,12 @@ import pytest
 
 from napari_gitseg.classes import CLASSES
 from napari_gitseg.cli import main
-from napari_gitseg.dicom_export import images_folder, write_dicom_labels
 from napari_gitseg.import_labels import import_labels
 from napari_gitseg.io import GitsegInputError, read_stack, stack_info
-from napari_gitseg.io.dicom import read_dicom
-from napari_gitseg.io.dicom_labels import masks_from_file
-from napari_gitseg.io.dicom_write import write_dicom_series
+from napari_gitseg.io.dicom.export import images_folder, write_dicom_labels
+from napari_gitseg.io.dicom.labels import masks_from_file
+from napari_gitseg.io.dicom.series import read_dicom
+from napari_gitseg.io.dicom.write import write_dicom_series
 from napari_gitseg.phantom import make_phantom_case
 from napari_gitseg.store import LabelStore
 

@@ -16,13 +16,13 @@ import pydicom
 import pytest
 
 from napari_gitseg.classes import CLASSES
-from napari_gitseg.dicom_export import images_folder, write_dicom_labels
 from napari_gitseg.io import GitsegInputError, read_stack
-from napari_gitseg.io.dicom import read_dicom
-from napari_gitseg.io.dicom_contours import clean_mask
-from napari_gitseg.io.dicom_geometry import load_series
-from napari_gitseg.io.dicom_names import TG263_NAMES, display_rgb
-from napari_gitseg.io.dicom_write import write_dicom_series
+from napari_gitseg.io.dicom.contours import clean_mask
+from napari_gitseg.io.dicom.export import images_folder, write_dicom_labels
+from napari_gitseg.io.dicom.geometry import load_series
+from napari_gitseg.io.dicom.names import TG263_NAMES, display_rgb
+from napari_gitseg.io.dicom.series import read_dicom
+from napari_gitseg.io.dicom.write import write_dicom_series
 from napari_gitseg.phantom import make_phantom_case
 
 ST, SB = CLASSES.index("stomach"), CLASSES.index("small_bowel")
@@ -219,7 +219,7 @@ def test_totalsegmentator_mr_volume_as_dicom(tmp_path, io_shared_data, dciodvfy)
 
 
 def test_smoothing_is_optional_and_stays_close(tmp_path):
-    from napari_gitseg.io.dicom_contours import mask_to_polygons, polygons_to_mask
+    from napari_gitseg.io.dicom.contours import mask_to_polygons, polygons_to_mask
 
     phantom = make_phantom_case(1, n_slices=8, size=(64, 64))
     mask = phantom.masks[0][np.argmax(phantom.masks[0].sum(axis=(1, 2)))]

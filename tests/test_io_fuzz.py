@@ -22,7 +22,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from napari_gitseg.io import GitsegInputError, read_train_csv, rle_decode, rle_encode
-from napari_gitseg.io.dicom import read_dicom
+from napari_gitseg.io.dicom.series import read_dicom
 from napari_gitseg.io.nifti import read_nifti
 from napari_gitseg.io.rle import RLEError
 from napari_gitseg.io.tiff import read_tiff

@@ -21,7 +21,7 @@ from napari_gitseg.io import (
     read_stacks,
     stack_info,
 )
-from napari_gitseg.io.dicom import read_dicom
+from napari_gitseg.io.dicom.series import read_dicom
 from napari_gitseg.io.nifti import TOTALSEG_CT_LABELS, TOTALSEG_MR_LABELS, read_nifti
 from napari_gitseg.io.tiff import read_tiff
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from napari_gitseg.classes import LABEL_VALUES
-from napari_gitseg.dicom_export import images_folder
 from napari_gitseg.io import read_stack
+from napari_gitseg.io.dicom.export import images_folder
 from napari_gitseg.layers import image_layer_data
 from napari_gitseg.phantom import make_phantom_case
 

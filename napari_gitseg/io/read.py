@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from napari_gitseg.io._util import format_of, full_suffix
-from napari_gitseg.io.dicom import looks_like_dicom
-from napari_gitseg.io.dicom_labels import read_dicom_with_labels
+from napari_gitseg.io.dicom.labels import read_dicom_with_labels
+from napari_gitseg.io.dicom.series import looks_like_dicom
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.io.nifti import read_nifti, read_nifti_masks
 from napari_gitseg.io.stack import Stack

@@ -1,6 +1,6 @@
 """Per-organ masks as a DICOM Segmentation (SEG) object, written and read with highdicom.
 
-One BINARY segment per organ (label and SNOMED CT code from ``dicom_names``, colour as
+One BINARY segment per organ (label and SNOMED CT code from ``names``, colour as
 CIELab); highdicom writes the frames in source-image order with the per-frame references
 (source SOP Instance, plane position) and dimension index the standard requires, and omits
 empty frames. Overlapping organs survive (each segment has its own frames). Reading refuses, with
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_gitseg.io.dicom_common import MANUFACTURER, save_atomic, software_version
-from napari_gitseg.io.dicom_geometry import SeriesGeometry
-from napari_gitseg.io.dicom_names import SNOMED, TG263_NAMES, display_rgb, organ_of
+from napari_gitseg.io.dicom.common import MANUFACTURER, save_atomic, software_version
+from napari_gitseg.io.dicom.geometry import SeriesGeometry
+from napari_gitseg.io.dicom.names import SNOMED, TG263_NAMES, display_rgb, organ_of
 from napari_gitseg.io.errors import GitsegInputError
 
 

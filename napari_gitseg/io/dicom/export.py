@@ -24,9 +24,9 @@ def images_folder(out: str | Path) -> Path:
 
 def series_geometry_for(stack, out: str | Path, fmt: str, with_images: bool):
     """The DICOM series the labels will cite: the stack's own, or one written beside ``out``."""
-    from napari_gitseg.io.dicom import read_dicom
-    from napari_gitseg.io.dicom_geometry import load_series
-    from napari_gitseg.io.dicom_write import write_dicom_series
+    from napari_gitseg.io.dicom.geometry import load_series
+    from napari_gitseg.io.dicom.series import read_dicom
+    from napari_gitseg.io.dicom.write import write_dicom_series
 
     if stack.kind == "dicom":
         return load_series(stack), []
@@ -53,8 +53,8 @@ def write_dicom_labels(
     smooth_sigma: float = 0.0,
 ) -> list[Path]:
     """Write ``masks`` (C, Z, Y, X) of ``stack`` as ``fmt`` (rtstruct|seg) at ``out``; returns the paths written."""
-    from napari_gitseg.io.dicom_rt import write_rtstruct
-    from napari_gitseg.io.dicom_seg import write_seg
+    from napari_gitseg.io.dicom.rt import write_rtstruct
+    from napari_gitseg.io.dicom.seg import write_seg
 
     if fmt not in DICOM_FORMATS:
         raise GitsegInputError(out, f"unknown DICOM format {fmt!r} (choose from {', '.join(DICOM_FORMATS)})")

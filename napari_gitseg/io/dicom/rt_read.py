@@ -1,6 +1,6 @@
 """Read the organ ROIs of a DICOM RT-STRUCT as masks on the series it references.
 
-Each ROI whose name is one of our organs (``dicom_names.organ_of``) becomes that organ's mask:
+Each ROI whose name is one of our organs (``names.organ_of``) becomes that organ's mask:
 its CLOSED_PLANAR contours are placed on the slice whose plane holds them and filled with the
 even-odd rule (inner contours are holes). Other ROIs (BODY, PTV, ...) are listed in the notes.
 Refused with the file named: another Frame of Reference or series than the open one, a contour
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_gitseg.io.dicom_contours import polygons_to_mask
-from napari_gitseg.io.dicom_geometry import SeriesGeometry
-from napari_gitseg.io.dicom_names import organ_of
+from napari_gitseg.io.dicom.contours import polygons_to_mask
+from napari_gitseg.io.dicom.geometry import SeriesGeometry
+from napari_gitseg.io.dicom.names import organ_of
 from napari_gitseg.io.errors import GitsegInputError
 
 _EDGE_TOL = 0.05  # pixels beyond the outer pixel edges still counted as inside the image

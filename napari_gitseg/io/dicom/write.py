@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_gitseg.io.dicom_common import MANUFACTURER, software_version, stamp_now
+from napari_gitseg.io.dicom.common import MANUFACTURER, software_version, stamp_now
 from napari_gitseg.io.errors import GitsegInputError
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_gitseg.io.dicom import LABEL_MODALITIES, read_dicom
-from napari_gitseg.io.dicom_geometry import load_series
+from napari_gitseg.io.dicom.geometry import load_series
+from napari_gitseg.io.dicom.series import LABEL_MODALITIES, read_dicom
 from napari_gitseg.io.errors import GitsegInputError
 
 _PROBE = 5  # files looked at per candidate folder
@@ -89,8 +89,8 @@ def find_series_folder(path: Path, uids: set[str]) -> Path:
 
 def masks_from_file(path: str | Path, stack, classes: tuple[str, ...] | None = None):
     """Return ``stack`` with the organ masks of RT-STRUCT/SEG ``path`` (which must reference it)."""
-    from napari_gitseg.io.dicom_rt_read import read_rtstruct_masks
-    from napari_gitseg.io.dicom_seg import read_seg_masks
+    from napari_gitseg.io.dicom.rt_read import read_rtstruct_masks
+    from napari_gitseg.io.dicom.seg import read_seg_masks
 
     path = Path(path)
     classes = tuple(classes or stack.classes)

@@ -4,7 +4,7 @@ Built with pydicom (highdicom has no RT-STRUCT; rt-utils needs OpenCV, whose bun
 with napari's, and joins holes with a "pin hole" cut instead of inner contours). One ROI per
 organ (TG-263 name, fixed colour, interpreted type ORGAN); each slice's outline is written as
 CLOSED_PLANAR contours in patient coordinates (LPS, mm), holes as inner contours (even-odd rule;
-see ``dicom_contours``), each citing its image's SOP Instance UID. The structure set cites the
+see ``contours``), each citing its image's SOP Instance UID. The structure set cites the
 Frame of Reference, study, series and every image of the series.
 """
 
@@ -14,16 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_gitseg.io.dicom_common import (
+from napari_gitseg.io.dicom.common import (
     MANUFACTURER,
     copy_patient_study,
     save_atomic,
     software_version,
     stamp_now,
 )
-from napari_gitseg.io.dicom_contours import MIN_COMPONENT_PIXELS, mask_to_polygons
-from napari_gitseg.io.dicom_geometry import SeriesGeometry
-from napari_gitseg.io.dicom_names import TG263_NAMES, display_rgb
+from napari_gitseg.io.dicom.contours import MIN_COMPONENT_PIXELS, mask_to_polygons
+from napari_gitseg.io.dicom.geometry import SeriesGeometry
+from napari_gitseg.io.dicom.names import TG263_NAMES, display_rgb
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management, cited for the study

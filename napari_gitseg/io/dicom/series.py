@@ -32,7 +32,7 @@ from napari_gitseg.io.stack import Stack
 DICOM_SUFFIXES = FORMAT_SUFFIXES["dicom"]
 _ORIENTATION_TOL = 1e-3
 _POSITION_TOL = 1e-3  # mm
-LABEL_MODALITIES = ("RTSTRUCT", "SEG")  # label objects that lie beside a series (read by dicom_labels)
+LABEL_MODALITIES = ("RTSTRUCT", "SEG")  # label objects that lie beside a series (read by io.dicom.labels)
 
 
 def has_dicom_magic(path: str | Path) -> bool:
