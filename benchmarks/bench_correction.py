@@ -415,7 +415,8 @@ def _never_seen(folds, fallback):
     return pick
 
 
-def main(argv=None) -> int:
+def _parse(argv):
+    """The command line (module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--slices", type=int, default=144)
     parser.add_argument("--every", type=int, default=4)
@@ -441,66 +442,49 @@ def main(argv=None) -> int:
         default="phantom,mr,slices,volumes",
         help="which cases, comma-separated: phantom, mr (TotalSeg MR), slices, volumes (real UW)",
     )
-    args = parser.parse_args(argv)
-    cases = set(args.cases.split(","))
-    if args.torch_threads:
-        import torch
+    return parser.parse_args(argv)
 
-        torch.set_num_threads(args.torch_threads)
+
+def _phantom_rows(args, model, predictor, boxes) -> list[dict]:
+    """The arms on a phantom case (arm c's round in a temporary project unless ``--work``)."""
     from napari_gitseg.phantom import make_phantom_case
-    from napari_gitseg.predict import Predictor
-    from napari_gitseg.resources import default_model_path
 
-    model = args.model or default_model_path()
-    if model is None:
-        raise SystemExit("no model: pass --model BUNDLE.json")
-    predictor = Predictor([model])
-    boxes = None if args.no_boxes else _box_tools(args.embeddings)
     with tempfile.TemporaryDirectory(prefix="gitseg-correction-") as tmp:
         retrain = (
             None
             if args.no_retrain
             else {"bundle": Path(model), "work": Path(args.work or tmp) / "round", "threads": args.threads}
         )
-        rows = (
-            []
-            if "phantom" not in cases
-            else run_case(
-                f"phantom ({args.slices} sl)",
-                [make_phantom_case(args.seed, n_slices=args.slices)],
-                predictor,
-                args.brush,
-                args.every,
-                retrain,
-                boxes,
-            )
-        )
-    if not args.no_real and "mr" in cases and TOTALSEG_MR[0].is_file():
+        case = make_phantom_case(args.seed, n_slices=args.slices)
+        return run_case(f"phantom ({args.slices} sl)", [case], predictor, args.brush, args.every, retrain, boxes)
+
+
+def _real_rows(args, cases: set[str], predictor, boxes) -> list[dict]:
+    """The arms on the real data of ``../shared`` that ``cases`` names (skipped where it is absent)."""
+    from napari_gitseg.io import read_stacks
+
+    rows: list[dict] = []
+    if "mr" in cases and TOTALSEG_MR[0].is_file():
         from bench_real import read_totalseg_mr
 
         volume = read_totalseg_mr(*TOTALSEG_MR)
-        rows += run_case(
-            f"TotalSeg MR ({len(volume.slice_ids)} sl)", [volume], predictor, args.brush, args.every, boxes=boxes
-        )
-    if not args.no_real and "volumes" in cases and REAL_VOLUMES.is_dir():
-        from napari_gitseg.io import read_stacks
-
+        name = f"TotalSeg MR ({len(volume.slice_ids)} sl)"
+        rows += run_case(name, [volume], predictor, args.brush, args.every, boxes=boxes)
+    if "volumes" in cases and REAL_VOLUMES.is_dir():
         volumes = read_stacks(REAL_VOLUMES)
         n = sum(len(st.slice_ids) for st in volumes)
         rows += run_volumes(f"real UW volumes ({n} sl)", volumes, _never_seen(args.folds, predictor), args.brush, boxes)
-    if not args.no_real and "slices" in cases and REAL.is_dir():
-        from napari_gitseg.io import read_stacks
-
+    if "slices" in cases and REAL.is_dir():
         stacks = read_stacks(REAL)
         n = sum(len(st.slice_ids) for st in stacks)
         rows += run_case(f"real UW ({n} sl)", stacks, predictor, args.brush, None)
-    elif not args.no_real and "slices" in cases:
+    elif "slices" in cases:
         print(f"(real slices skipped: {REAL} not found)")
-    print(
-        f"model: {model}; brush radius {args.brush} px; target Dice {TARGET_DICE}; "
-        f"arms b and c correct every {args.every}th phantom slice first"
-    )
-    print_table(rows)
+    return rows
+
+
+def _print_round_notes(rows: list[dict]) -> None:
+    """One line per arm (c) or (d) row: its round's time and verdict."""
     for r in rows:
         if "round_s" in r and r["arm"].startswith("d"):
             print(
@@ -515,6 +499,33 @@ def main(argv=None) -> int:
                 f"{'promoted' if r['promoted'] else 'NOT promoted'} (frozen-slice Dice {r['candidate_dice']} "
                 f"vs {r['baseline_dice']})"
             )
+
+
+def main(argv=None) -> int:
+    """Run the arms on the chosen cases; print the table (and write it as JSON with ``--json``)."""
+    args = _parse(argv)
+    cases = set(args.cases.split(","))
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    from napari_gitseg.predict import Predictor
+    from napari_gitseg.resources import default_model_path
+
+    model = args.model or default_model_path()
+    if model is None:
+        raise SystemExit("no model: pass --model BUNDLE.json")
+    predictor = Predictor([model])
+    boxes = None if args.no_boxes else _box_tools(args.embeddings)
+    rows = _phantom_rows(args, model, predictor, boxes) if "phantom" in cases else []
+    if not args.no_real:
+        rows += _real_rows(args, cases, predictor, boxes)
+    print(
+        f"model: {model}; brush radius {args.brush} px; target Dice {TARGET_DICE}; "
+        f"arms b and c correct every {args.every}th phantom slice first"
+    )
+    print_table(rows)
+    _print_round_notes(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
