@@ -16,8 +16,9 @@ from napari_gitseg.model.factory import ModelConfig, build_model, forward_logits
 from napari_gitseg.model.normalize import normalize_stack
 from napari_gitseg.model.windows import make_windows
 from napari_gitseg.predict import Prediction, PredictionCancelled, PredictionUpdate, Predictor
+from napari_gitseg.predict.inference import _confidence
 from napari_gitseg.predict.postprocess import binary_entropy, body_box, remove_small_components
-from napari_gitseg.predict.predictor import _confidence, slice_order
+from napari_gitseg.predict.predictor import slice_order
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -531,7 +532,7 @@ def test_network_input_equals_resized_windows_at_the_stacks_edges():
     bit for bit, as stacking the windows first and resizing each (the naive way), edges included."""
     import torch.nn.functional as F
 
-    from napari_gitseg.predict.predictor import letterbox_geometry
+    from napari_gitseg.predict.inference import letterbox_geometry
 
     config = ModelConfig(
         arch="Unet",

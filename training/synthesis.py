@@ -60,7 +60,7 @@ def letterbox_masks(masks: np.ndarray, size: tuple[int, int] | None) -> tuple[np
     import torch
     import torch.nn.functional as F
 
-    from napari_gitseg.predict.predictor import letterbox_geometry
+    from napari_gitseg.predict.inference import letterbox_geometry
 
     masks = np.asarray(masks, dtype=bool)
     h, w = masks.shape[-2:]

@@ -16,32 +16,31 @@ probability > ``threshold``, small components optionally removed (``min_componen
 ``Prediction.confidence`` per slice (in [0, 1], higher = more confident) is one minus the mean
 normalised binary entropy over the slice's organ candidate pixels: the review queue offers the least
 confident slices first, the bootstrap takes the most confident as pseudo-labels.
-Every step in detail: ``docs/package-notes.md``.
+Every step in detail: ``docs/package-notes.md``. The network pass is in ``predict/inference.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from napari_gitseg.cancel import Cancel, is_cancelled
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.model.bundle import ModelBundle, load_bundle
 from napari_gitseg.model.device import pick_device, torch_threads
-from napari_gitseg.model.factory import ModelConfig, input_divisor, pad_to_divisor
+from napari_gitseg.model.factory import ModelConfig, input_divisor
 from napari_gitseg.model.normalize import DEFAULT_NORMALIZATION, normalize_stack
-from napari_gitseg.model.windows import window_indices
-from napari_gitseg.predict.frozen import FrozenModel, decode_eager, encode_eager
+from napari_gitseg.predict.frozen import FrozenModel
+from napari_gitseg.predict.inference import TORCH_DTYPES, BatchInference, Member, splittable
 from napari_gitseg.predict.postprocess import binary_entropy, body_box, remove_small_components
+from napari_gitseg.predict.precision import cpu_bf16_enabled, cpu_has_native_bf16
+from napari_gitseg.predict.prediction import Prediction, PredictionCancelled, PredictionUpdate
 
 __all__ = [
     "Prediction",
@@ -54,55 +53,6 @@ __all__ = [
 ]
 
 Progress = Callable[[int, int], None] | None
-
-
-class PredictionCancelled(Exception):
-    """The prediction was cancelled (raised between batches)."""
-
-
-class PredictionUpdate(NamedTuple):
-    """One finished batch: ``done`` of ``total`` slices, which ``slices``, their probs and masks (C, n, Y, X)."""
-
-    done: int
-    total: int
-    slices: np.ndarray
-    probs: np.ndarray
-    masks: np.ndarray
-
-
-@dataclass
-class Prediction:
-    """The result for one stack; arrays are aligned with the stack (Z, Y, X)."""
-
-    probs: np.ndarray  # (C, Z, Y, X) float16 (or float32), per-class sigmoid probabilities
-    masks: np.ndarray  # (C, Z, Y, X) bool
-    confidence: np.ndarray  # (Z,) float32 in [0, 1], higher = more confident (see module docstring)
-    gate: np.ndarray | None  # (Z,) max-over-classes "slice holds an organ" probability, None without a cls head
-    gate_per_class: np.ndarray | None  # (C, Z)
-    classes: tuple[str, ...]
-    model_versions: list[str]
-    timings: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    crop_box: tuple[int, int, int, int] | None = None  # (y0, y1, x0, x1) the network saw, None = full frame
-    device: str = "cpu"
-    empty_input: bool = False  # True for a constant image: nothing was segmented
-
-    @property
-    def model_version(self) -> str:
-        """The model version label (``+``-joined for an ensemble)."""
-        return "+".join(self.model_versions)
-
-    @property
-    def seconds(self) -> float:
-        """Wall time of the whole prediction."""
-        return float(self.timings.get("total", 0.0))
-
-    def uncertainty(self) -> np.ndarray:
-        """Per-pixel uncertainty (Z, Y, X) float32 in [0, 1]: max over classes of the normalised entropy."""
-        out = np.zeros(self.probs.shape[1:], dtype=np.float32)
-        for z in range(self.probs.shape[1]):
-            out[z] = binary_entropy(self.probs[:, z]).max(axis=0)
-        return out
 
 
 def slice_order(n_slices: int, first_slice: int | None) -> np.ndarray:
@@ -120,70 +70,20 @@ def slice_order(n_slices: int, first_slice: int | None) -> np.ndarray:
     return np.asarray(order, dtype=np.int64)
 
 
-CPU_BF16_ENV = "GITSEG_CPU_BF16"
-
-
-def cpu_bf16_enabled() -> bool:
-    """True when ``$GITSEG_CPU_BF16`` asks for bf16 on the CPU (``1``/``true``/``yes``/``on``): frozen bf16
-    graphs for bundles (``predict/frozen.py``), bf16 autocast for models handed over in memory.
-
-    Off by default on every CPU, so a stack gets the same probabilities on any processor
-    (fp32). bf16 was measured with ``benchmarks/bench_predict.py`` on the default model (see
-    README.md, "CPU precision"); it is an opt-in, and slow where the CPU only emulates bf16
-    (no AVX512-BF16 / AMX, see ``cpu_has_native_bf16``).
-    """
-    return os.environ.get(CPU_BF16_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # private helpers moved: report no hardware bf16
-        return False
-
-
 @dataclass
-class _Member:
-    model: torch.nn.Module
-    config: ModelConfig
-    normalization: dict
-    version: str
-    divisor: int
-    split: bool  # encoder / decoder / heads reachable separately (smp's standard forward)
-    frozen: FrozenModel | None = None  # frozen graphs (CPU; fp32, or bf16 when asked for); None = eager
+class _Outputs:
+    """What a prediction fills batch by batch (aligned with the stack), and its records."""
 
-    def forward(self, x: torch.Tensor):
-        """The model's output for ``x`` (a tensor or a tuple)."""
-        return self.model(x) if self.frozen is None else self.frozen.forward(x)
-
-    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """(encoder features, classification logits); ``split`` members only."""
-        return encode_eager(self.model, x) if self.frozen is None else self.frozen.encode(x)
-
-    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Segmentation logits from encoder features; ``split`` members only."""
-        return decode_eager(self.model, features) if self.frozen is None else self.frozen.decode(features)
+    probs: np.ndarray  # (C, Z, Y, X) in probs_dtype
+    masks: np.ndarray  # (C, Z, Y, X) bool
+    confidence: np.ndarray  # (Z,)
+    gate_pc: np.ndarray | None  # (C, Z) gate probabilities, None without a gate
+    t_start: float
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
-def _splittable(model: torch.nn.Module) -> bool:
-    from segmentation_models_pytorch.base import SegmentationModel
-
-    return (
-        isinstance(model, SegmentationModel)
-        and type(model).forward is SegmentationModel.forward
-        and getattr(model, "classification_head", None) is not None
-    )
-
-
-def letterbox_geometry(h: int, w: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(rows, cols, top, left) of an h x w slice scaled to fit ``size`` keeping its aspect ratio, centred."""
-    scale = min(size[0] / h, size[1] / w)
-    nh, nw = max(1, min(size[0], round(h * scale))), max(1, min(size[1], round(w * scale)))
-    return nh, nw, (size[0] - nh) // 2, (size[1] - nw) // 2
-
-
-class Predictor:
+class Predictor(BatchInference):
     """Runs one model or an ensemble on stacks; see the module docstring for every step."""
 
     def __init__(
@@ -244,7 +144,7 @@ class Predictor:
         self.channels_last = bool(channels_last)
         self.num_threads = num_threads
         self.probs_dtype = np.dtype(probs_dtype)
-        if self.probs_dtype not in _TORCH_DTYPES:
+        if self.probs_dtype not in TORCH_DTYPES:
             raise ValueError(f"probs_dtype must be float16 or float32, got {self.probs_dtype}")
         self.autocast_dtype: torch.dtype | None = None
         if amp and self.device.type == "cuda":
@@ -261,7 +161,7 @@ class Predictor:
                 )
 
     # ---- set-up -------------------------------------------------------------------------------
-    def _load_member(self, item, freeze: bool | None) -> _Member:
+    def _load_member(self, item, freeze: bool | None) -> Member:
         owned = not isinstance(item, tuple)
         if isinstance(item, ModelBundle):
             model, bundle = load_bundle(item.json_path, device="cpu")
@@ -288,7 +188,7 @@ class Predictor:
         frozen = None
         if (owned if freeze is None else freeze) and self.device.type == "cpu":
             frozen = FrozenModel(model, dtype=self.autocast_dtype or torch.float32)
-        return _Member(model, config, dict(norm), version, input_divisor(model), _splittable(model), frozen)
+        return Member(model, config, dict(norm), version, input_divisor(model), splittable(model), frozen)
 
     @property
     def versions(self) -> list[str]:
@@ -327,56 +227,78 @@ class Predictor:
         """
         t_start = time.perf_counter()
         image, source = self._check_input(stack_or_image)
-        n_slices = image.shape[0]
-        order = slice_order(n_slices, first_slice)
-        n_classes = len(self.classes)
-        timings: dict[str, float] = {}
-        warnings: list[str] = []
-        probs = np.zeros((n_classes, *image.shape), dtype=self.probs_dtype)
-        masks = np.zeros((n_classes, *image.shape), dtype=bool)
-        confidence = np.ones(n_slices, dtype=np.float32)
-        has_gate = self.use_gate and any(m.config.cls_head for m in self.members)
-        gate_pc = np.zeros((n_classes, n_slices), dtype=np.float32) if has_gate else None
-
-        def result(crop=None, empty=False) -> Prediction:
-            timings["total"] = time.perf_counter() - t_start
-            return Prediction(
-                probs=probs,
-                masks=masks,
-                confidence=confidence,
-                gate=None if gate_pc is None else gate_pc.max(axis=0),
-                gate_per_class=gate_pc,
-                classes=self.classes,
-                model_versions=self.versions,
-                timings=timings,
-                warnings=warnings,
-                crop_box=crop,
-                device=str(self.device),
-                empty_input=empty,
-            )
-
+        order = slice_order(image.shape[0], first_slice)
+        out = self._new_outputs(image.shape, t_start)
         if is_cancelled(cancel):
             raise PredictionCancelled("prediction cancelled before it started")
         if float(image.min()) == float(image.max()):
-            warnings.append(f"{source or 'image'}: the image is constant; nothing to segment (empty masks)")
-            if gate_pc is not None:
-                gate_pc[:] = 0.0
-            timings["first_slice"] = time.perf_counter() - t_start
-            if progress is not None:
-                progress(n_slices, n_slices)
-            yield PredictionUpdate(n_slices, n_slices, order, probs[:, order], masks[:, order])
-            return result(empty=True)
+            yield self._constant_image(out, order, source, progress)
+            return self._result(out, empty=True)
+        crop, member_volumes = self._network_inputs(image, source, out.timings)
+        box = crop if crop is not None else (0, image.shape[1], 0, image.shape[2])
+        batches = self._batches(order, first_slice is not None)
+        yield from self._predict_batches(out, member_volumes, box, batches, cancel, progress)
+        return self._result(out, crop=crop)
 
+    def _new_outputs(self, shape: tuple, t_start: float) -> _Outputs:
+        """Empty outputs for a stack of ``shape`` (Z, Y, X): nothing found yet, every slice confident."""
+        n_classes = len(self.classes)
+        has_gate = self.use_gate and any(m.config.cls_head for m in self.members)
+        return _Outputs(
+            probs=np.zeros((n_classes, *shape), dtype=self.probs_dtype),
+            masks=np.zeros((n_classes, *shape), dtype=bool),
+            confidence=np.ones(shape[0], dtype=np.float32),
+            gate_pc=np.zeros((n_classes, shape[0]), dtype=np.float32) if has_gate else None,
+            t_start=t_start,
+        )
+
+    def _result(self, out: _Outputs, crop=None, empty: bool = False) -> Prediction:
+        """The ``Prediction`` of the filled outputs (the total time is taken now)."""
+        out.timings["total"] = time.perf_counter() - out.t_start
+        return Prediction(
+            probs=out.probs,
+            masks=out.masks,
+            confidence=out.confidence,
+            gate=None if out.gate_pc is None else out.gate_pc.max(axis=0),
+            gate_per_class=out.gate_pc,
+            classes=self.classes,
+            model_versions=self.versions,
+            timings=out.timings,
+            warnings=out.warnings,
+            crop_box=crop,
+            device=str(self.device),
+            empty_input=empty,
+        )
+
+    @staticmethod
+    def _constant_image(out: _Outputs, order: np.ndarray, source, progress: Progress) -> PredictionUpdate:
+        """A constant image has nothing to segment: its one update (empty masks) with a warning."""
+        n_slices = len(out.confidence)
+        out.warnings.append(f"{source or 'image'}: the image is constant; nothing to segment (empty masks)")
+        if out.gate_pc is not None:
+            out.gate_pc[:] = 0.0
+        out.timings["first_slice"] = time.perf_counter() - out.t_start
+        if progress is not None:
+            progress(n_slices, n_slices)
+        return PredictionUpdate(n_slices, n_slices, order, out.probs[:, order], out.masks[:, order])
+
+    def _network_inputs(self, image: np.ndarray, source, timings: dict) -> tuple:
+        """(crop box or None, each member's normalised volume cut to it), timed as normalize and crop."""
         t0 = time.perf_counter()
         volumes = self._normalized(image, source)
         timings["normalize"] = time.perf_counter() - t0
-
         t0 = time.perf_counter()
         crop = self._crop_box(volumes[0]) if self.crop_to_body else None
         timings["crop"] = time.perf_counter() - t0
         y0, y1, x0, x1 = crop if crop is not None else (0, image.shape[1], 0, image.shape[2])
-        member_volumes = [v[:, y0:y1, x0:x1] for v in volumes]
-        batches = self._batches(order, first_slice is not None)
+        return crop, [v[:, y0:y1, x0:x1] for v in volumes]
+
+    def _predict_batches(
+        self, out: _Outputs, member_volumes: list, box: tuple, batches: list, cancel: Cancel, progress: Progress
+    ) -> Generator[PredictionUpdate, None, None]:
+        """Run the batches, fill ``out`` (pasted back at ``box`` of the full slice) and yield each update."""
+        n_slices = len(out.confidence)
+        timings = out.timings
         timings["network"] = 0.0
         timings["postprocess"] = 0.0
         done = 0
@@ -389,18 +311,17 @@ class Predictor:
                 timings["network"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 if g_batch is not None:
-                    gate_pc[:, batch] = g_batch
+                    out.gate_pc[:, batch] = g_batch
                 m_batch = self._gate_and_clean(m_batch, conf, g_batch)
-                confidence[batch] = conf
-                full_p, full_m = self._uncrop(p_batch, m_batch, image.shape[1:], (y0, y1, x0, x1))
-                probs[:, batch], masks[:, batch] = full_p, full_m
+                out.confidence[batch] = conf
+                full_p, full_m = self._uncrop(p_batch, m_batch, out.masks.shape[2:], box)
+                out.probs[:, batch], out.masks[:, batch] = full_p, full_m
                 done += len(batch)
                 timings["postprocess"] += time.perf_counter() - t0
-                timings.setdefault("first_slice", time.perf_counter() - t_start)
+                timings.setdefault("first_slice", time.perf_counter() - out.t_start)
                 if progress is not None:
                     progress(done, n_slices)
                 yield PredictionUpdate(done, n_slices, batch, full_p, full_m)
-        return result(crop=crop)
 
     # ---- internals ----------------------------------------------------------------------------
     def _uncrop(self, probs: np.ndarray, masks: np.ndarray, shape: tuple, box: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -480,123 +401,6 @@ class Predictor:
         if (y1 - y0) * (x1 - x0) >= 0.9 * h * w:
             return None
         return y0, y1, x0, x1
-
-    def _prepare(self, member: _Member, volume: np.ndarray, batch: np.ndarray) -> tuple[torch.Tensor, Callable]:
-        """Network input (n * flips, k, H', W') and a function mapping its logits back to (n, C, h, w)."""
-        # each slice the windows need is resized once (a slice is in up to k windows), then stacked
-        idx = window_indices(volume.shape[0], member.config.k, member.config.stride)[np.asarray(batch)]
-        needed, where = np.unique(idx, return_inverse=True)
-        planes = torch.from_numpy(np.ascontiguousarray(volume[needed], dtype=np.float32))[:, None]
-        planes = planes.to(self.device, non_blocking=True)
-        h, w = planes.shape[-2:]
-        size = member.config.input_size
-        if size is not None:
-            nh, nw, top, left = letterbox_geometry(h, w, size)
-            planes = F.interpolate(planes, size=(nh, nw), mode="bilinear", align_corners=False, antialias=(nh < h))
-            planes = F.pad(planes, (left, size[1] - nw - left, top, size[0] - nh - top))
-        x = planes[:, 0][torch.from_numpy(where.reshape(idx.shape)).to(planes.device)]
-        x, pads = pad_to_divisor(x, member.divisor)
-        if len(self.flips) > 1:
-            x = torch.cat([x if not dims else torch.flip(x, dims) for dims in self.flips])
-        if self.channels_last and self.device.type in ("cpu", "cuda"):
-            x = x.contiguous(memory_format=torch.channels_last)
-
-        def restore(logits: torch.Tensor) -> torch.Tensor:
-            top_, bottom_, left_, right_ = pads
-            hh, ww = logits.shape[-2:]
-            logits = logits[..., top_ : hh - bottom_, left_ : ww - right_]
-            if size is not None:
-                logits = logits[..., top : top + nh, left : left + nw]
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)  # in the model dtype
-            return logits
-
-        return x, restore
-
-    def _unflip_mean(self, t: torch.Tensor, n: int) -> torch.Tensor:
-        """Average the TTA copies stacked along the batch ((n * flips, ...) -> (n, ...)).
-
-        Spatial maps (4-D) are flipped back first; per-slice vectors (gate logits, 2-D) are not.
-        """
-        acc = None
-        for dims, part in zip(self.flips, t.split(n)):
-            if dims and part.ndim == 4:
-                part = torch.flip(part, dims)
-            acc = part if acc is None else acc + part
-        return acc if len(self.flips) == 1 else acc / len(self.flips)
-
-    @torch.inference_mode()
-    def _infer(self, volumes: list[np.ndarray], batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        """One batch: probabilities (C, n, h, w) in ``probs_dtype``, masks (C, n, h, w) before gating and
-        post-processing, confidence (n,), gate probabilities (C, n) or None."""
-        n = len(batch)
-        autocast = (  # frozen members run their own precision (predict/frozen.py)
-            torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None and any(m.frozen is None for m in self.members)
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            # phase 1: inputs, encoders and gates (full forward for models without a usable gate)
-            staged = []
-            gates = []
-            for member, volume in zip(self.members, volumes):
-                x, restore = self._prepare(member, volume, batch)
-                if self.use_gate and member.split:
-                    features, cls = member.encode(x)
-                    cls = cls.float()
-                    gates.append(torch.sigmoid(self._unflip_mean(cls, n)))
-                    staged.append((member, restore, features, None))
-                else:
-                    out = member.forward(x)
-                    seg, cls = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
-                    if self.use_gate and member.config.cls_head and cls is not None:
-                        gates.append(torch.sigmoid(self._unflip_mean(cls.float(), n)))
-                    staged.append((member, restore, None, seg))
-            gate = torch.stack(gates).mean(0) if gates else None  # (n, C)
-            open_idx = None
-            if gate is not None:
-                open_idx = torch.nonzero(gate.max(dim=1).values >= self.gate_threshold).flatten()
-            # phase 2: decoders (only for slices the gate lets through)
-            acc = None
-            for member, restore, features, seg in staged:
-                if seg is None:
-                    if open_idx is not None and len(open_idx) < n:
-                        probs = torch.zeros((n, len(self.classes), *volumes[0].shape[1:]), device=self.device)
-                        if len(open_idx):
-                            sel = torch.cat([open_idx + i * n for i in range(len(self.flips))])
-                            sub = [f[sel] for f in features]
-                            logits = member.decode(sub)
-                            p = torch.sigmoid(self._unflip_mean(restore(logits).float(), len(open_idx)))
-                            probs[open_idx] = p
-                    else:
-                        logits = member.decode(features)
-                        probs = torch.sigmoid(self._unflip_mean(restore(logits).float(), n))
-                else:
-                    probs = torch.sigmoid(self._unflip_mean(restore(seg).float(), n))
-                acc = probs if acc is None else acc + probs
-            if len(staged) > 1:
-                acc = acc / len(staged)
-        # thresholds, confidence and the dtype conversion stay in torch: numpy converts the tiny
-        # probabilities of the background to float16 (subnormals) about ten times slower
-        conf = _confidence(acc).cpu().numpy()
-        by_class = acc.permute(1, 0, 2, 3)  # (C, n, h, w) view; each line below copies once
-        masks = (by_class > self.threshold).contiguous().cpu().numpy()
-        probs = by_class.to(_TORCH_DTYPES[self.probs_dtype], memory_format=torch.contiguous_format).cpu().numpy()
-        g = None if gate is None else gate.t().contiguous().cpu().numpy()
-        return probs, masks, conf, g
-
-
-_TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
-
-
-def _confidence(p: torch.Tensor, candidate: float = 0.05) -> torch.Tensor:
-    """Per-slice confidence (module docstring) of (n, C, h, w) float32 probabilities: (n,) float32 in [0, 1]."""
-    region = (p >= candidate).any(dim=1)  # (n, h, w); organ candidates are few: work on them only
-    where = region.nonzero()
-    q = p.permute(0, 2, 3, 1)[region].clamp(1e-6, 1 - 1e-6)  # (m, C)
-    worst = (-(q * torch.log2(q) + (1 - q) * torch.log2(1 - q))).amax(dim=1)
-    total = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device).index_add_(0, where[:, 0], worst)
-    count = region.sum(dim=(1, 2))
-    return torch.where(count > 0, 1 - total / count.clamp(min=1), torch.ones_like(total))
 
 
 def _widen(lo: int, hi: int, size: int, div: int) -> tuple[int, int]:
