@@ -88,6 +88,16 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check values and types; ValueError naming the setting."""
+        self._check_model()
+        self._check_numbers()
+        self._check_synthesis_and_normalization()
+        self._check_choices()
+        self._check_size()
+        self._check_device_and_init()
+        self._check_loss_and_augmentation()
+
+    def _check_model(self) -> None:
+        """The model config is an object ``ModelConfig`` accepts."""
         from napari_gitseg.model.factory import ModelConfig
 
         if not isinstance(self.model, dict):
@@ -96,6 +106,9 @@ class TrainConfig:
             ModelConfig.from_dict(self.model)
         except (ValueError, TypeError) as err:
             raise ValueError(f"model: {err}") from err
+
+    def _check_numbers(self) -> None:
+        """Counts are integers, rates and weights non-negative numbers, fractions in their ranges."""
         for name in ("epochs", "batch_size", "patience", "val_batch_size"):
             _check_int(name, getattr(self, name), 1 if name != "patience" else 0)
         for name in ("max_steps_per_epoch", "finetune_epochs", "num_threads", "finetune_max_steps"):
@@ -119,6 +132,9 @@ class TrainConfig:
         self.keep_start = float(self.keep_start)
         if not 0.0 <= float(self.pseudo_max_empty) <= 1.0:
             raise ValueError(f"pseudo_max_empty must be in [0, 1], got {self.pseudo_max_empty!r}")
+
+    def _check_synthesis_and_normalization(self) -> None:
+        """The renderer options and the normalisation are ones their modules accept."""
         if not isinstance(self.synthesis, dict):
             raise ValueError(f"synthesis must be an object of renderer options, got {self.synthesis!r}")
         if self.synthesis:  # checked here so that a typo fails before a long run starts
@@ -135,6 +151,9 @@ class TrainConfig:
                 check_normalization(self.normalization)
             except (ValueError, TypeError) as err:
                 raise ValueError(f"normalization: {err}") from err
+
+    def _check_choices(self) -> None:
+        """Optimiser, schedule and fit are known names; switches are true or false."""
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "plateau", "none"):
@@ -144,6 +163,9 @@ class TrainConfig:
         for name in ("crop_to_body", "ignore_ambiguous", "amp", "freeze_bn", "few_label_recipe"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    def _check_size(self) -> None:
+        """``size`` is [height, width] of at least 32 (an integer means a square), or null with fit 'crop'."""
         if isinstance(self.size, int) and not isinstance(self.size, bool):
             self.size = [self.size, self.size]
         if self.size is not None:
@@ -156,10 +178,16 @@ class TrainConfig:
             self.size = [int(s) for s in self.size]
         elif self.fit == "resize":
             raise ValueError("size null (native resolution) needs fit 'crop'")
+
+    def _check_device_and_init(self) -> None:
+        """Device and starting bundle are strings when given."""
         if self.device is not None and not isinstance(self.device, str):
             raise ValueError(f"device must be a string such as 'cpu' or 'cuda', got {self.device!r}")
         if self.init_from is not None and not isinstance(self.init_from, str):
             raise ValueError(f"init_from must be a bundle path, got {self.init_from!r}")
+
+    def _check_loss_and_augmentation(self) -> None:
+        """The loss and the augmentation are specs their modules accept."""
         from training.augment import resolve_spec
         from training.losses import parse_loss_spec
 
