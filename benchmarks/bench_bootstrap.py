@@ -58,12 +58,32 @@ def phantom_benchmark(args, out: Path) -> dict:
     """Full supervision vs. bootstrap on phantom cases; returns the numbers it printed."""
     import torch
 
-    from napari_gitseg.phantom import make_phantom_case
-    from training.bootstrap import run_bootstrap
-    from training.config import preset
-    from training.loop import split_validation, train
-
     torch.set_num_threads(args.threads)
+    pool, test, config, (train_stacks, val_stacks) = _phantom_cases(args)
+    full = _full_supervision_arm(config, train_stacks, val_stacks, test, out)
+    boot = _bootstrap_arm(args, config, pool, test, out)
+    report, round0, final = boot.pop("report"), boot["round0_test"], boot["final_test"]
+    ratio = final["dice"] / full["test"]["dice"] if full["test"]["dice"] else float("nan")
+    _say(f"{report['labels']} labels, round 0 only: test Dice {round0['dice']:.4f}")
+    _say(
+        f"{report['labels']} labels + {args.rounds} bootstrap rounds (active {report['final_version']}): "
+        f"test Dice {final['dice']:.4f} (score {final['score']:.4f}), {boot['seconds'] / 60:.1f} min in all"
+    )
+    _say(f"ratio bootstrap / full supervision: {ratio:.3f} (goal >= 0.95)")
+    round_min = report["rounds"][0]["seconds"] / 60
+    _say(
+        f"one round on {report['labels']} labelled slices: {round_min:.1f} min (goal <= 5 min); "
+        f"full supervision took {full['seconds'] / 60:.1f} min"
+    )
+    return {"full": full, "bootstrap": boot, "ratio": ratio, "round_minutes": round_min, "config": config.to_dict()}
+
+
+def _phantom_cases(args) -> tuple[list, list, object, tuple[list, list]]:
+    """(training + validation cases, test cases, config, (training, validation) split) of the phantom part."""
+    from napari_gitseg.phantom import make_phantom_case
+    from training.config import preset
+    from training.loop import split_validation
+
     size = (args.size, args.size)
     n_all = args.cases + args.test_cases
     t0 = time.perf_counter()
@@ -74,14 +94,20 @@ def phantom_benchmark(args, out: Path) -> dict:
     if args.finetune_epochs:
         config = config.replace(finetune_epochs=args.finetune_epochs)
     train_stacks, val_stacks = split_validation(pool, config.val_fraction, config.seed)
-    n_full = sum(s.image.shape[0] for s in train_stacks)
     _say(
         f"phantom: {len(train_stacks)} training + {len(val_stacks)} validation + {len(test)} test cases "
         f"({args.slices} slices, {args.size} px, seed {args.seed}; made in {time.perf_counter() - t0:.0f} s); "
         f"preset {args.preset}: {config.model['arch']}/{config.model['encoder']}, {config.epochs} epochs, "
         f"{config.size[0]} px"
     )
+    return pool, test, config, (train_stacks, val_stacks)
 
+
+def _full_supervision_arm(config, train_stacks: list, val_stacks: list, test: list, out: Path) -> dict:
+    """Train on every slice of the training cases; slices, validation and test Dice, seconds."""
+    from training.loop import train
+
+    n_full = sum(s.image.shape[0] for s in train_stacks)
     t = time.perf_counter()
     full = train(config, train_stacks, val_stacks, out / "full" / "model", command="bench_bootstrap full")
     full_s = time.perf_counter() - t
@@ -90,6 +116,13 @@ def phantom_benchmark(args, out: Path) -> dict:
         f"full supervision: {n_full} labelled slices, validation Dice {full.best_dice:.4f}, "
         f"test Dice {full_test['dice']:.4f} (score {full_test['score']:.4f}), trained in {full_s / 60:.1f} min"
     )
+    return {"n_slices": n_full, "val_dice": full.best_dice, "test": full_test, "seconds": full_s}
+
+
+def _bootstrap_arm(args, config, pool: list, test: list, out: Path) -> dict:
+    """``--labels`` slices then ``--rounds`` rounds; test Dice of round 0 and of the final model, its report."""
+    from napari_gitseg.model.registry import ModelRegistry
+    from training.bootstrap import run_bootstrap
 
     t = time.perf_counter()
     boot_config = config.replace(epochs=args.bootstrap_epochs) if args.bootstrap_epochs else config
@@ -101,8 +134,6 @@ def phantom_benchmark(args, out: Path) -> dict:
         pool, labels=args.labels, rounds=args.rounds, keep=args.keep, out=out / "bootstrap", config=boot_config
     )
     boot_s = time.perf_counter() - t
-    from napari_gitseg.model.registry import ModelRegistry
-
     registry = ModelRegistry(Path(report["registry"]))
     round0 = _test_dice(registry.path_of("v0001"), test, config)
     final = _test_dice(registry.path_of(report["final_version"]), test, config)
@@ -112,31 +143,14 @@ def phantom_benchmark(args, out: Path) -> dict:
             f"validation Dice {r['candidate_dice']:.4f} -> {'promoted' if r['promoted'] else 'rejected'} "
             f"({r['seconds'] / 60:.1f} min)"
         )
-    ratio = final["dice"] / full_test["dice"] if full_test["dice"] else float("nan")
-    _say(f"{report['labels']} labels, round 0 only: test Dice {round0['dice']:.4f}")
-    _say(
-        f"{report['labels']} labels + {args.rounds} bootstrap rounds (active {report['final_version']}): "
-        f"test Dice {final['dice']:.4f} (score {final['score']:.4f}), {boot_s / 60:.1f} min in all"
-    )
-    _say(f"ratio bootstrap / full supervision: {ratio:.3f} (goal >= 0.95)")
-    round_min = report["rounds"][0]["seconds"] / 60
-    _say(
-        f"one round on {report['labels']} labelled slices: {round_min:.1f} min (goal <= 5 min); "
-        f"full supervision took {full_s / 60:.1f} min"
-    )
     return {
-        "full": {"n_slices": n_full, "val_dice": full.best_dice, "test": full_test, "seconds": full_s},
-        "bootstrap": {
-            "labels": report["labels"],
-            "rounds": report["rounds"],
-            "round0_test": round0,
-            "final_test": final,
-            "seconds": boot_s,
-            "final_version": report["final_version"],
-        },
-        "ratio": ratio,
-        "round_minutes": round_min,
-        "config": config.to_dict(),
+        "labels": report["labels"],
+        "rounds": report["rounds"],
+        "round0_test": round0,
+        "final_test": final,
+        "seconds": boot_s,
+        "final_version": report["final_version"],
+        "report": report,
     }
 
 
