@@ -39,7 +39,7 @@ def test_the_plugin_and_its_command_line_load_without_the_trainer():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     # build_parser loads the trainer's commands through the gitseg.commands entry point, nothing else
-    assert set(json.loads(out.strip().splitlines()[-1])) <= {"training", "training.cli"}
+    assert set(json.loads(out.strip().splitlines()[-1])) <= {"training", "training.commands"}
 
 
 def test_no_module_imports_another_modules_private_names():

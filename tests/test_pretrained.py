@@ -185,7 +185,7 @@ def test_a_bundle_keeps_its_own_weights_and_never_reads_the_wheel(tmp_path, monk
 def test_training_config_and_cli_pass_the_choice_through():
     import argparse
 
-    from training.cli import _common_options, config_from_args
+    from training.commands import _common_options, config_from_args
     from training.config import preset
 
     model = {"arch": "Unet", "encoder": LITE0_ENCODER, "k": 5, "stride": 2, "encoder_weights": IMAGENET_LITE0}

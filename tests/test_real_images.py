@@ -125,7 +125,7 @@ def _train_args(**changes) -> argparse.Namespace:
     ],
 )
 def test_the_command_line_refuses_real_images_without_their_partners(changes, message):
-    from training.cli import _training_data
+    from training.commands import _training_data
 
     with pytest.raises(GitsegInputError, match=message):
         _training_data(_train_args(**changes), TrainConfig())

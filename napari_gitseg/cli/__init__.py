@@ -2,9 +2,10 @@
 
 The trainer's commands live in the ``training`` package, which ``napari_gitseg`` never imports (the
 plugin starts the trainer as a process): every ``gitseg.commands`` entry point (pyproject.toml names
-``training.cli:add_commands``) is called with the sub-parsers. An install without metadata (a bare
+``training.commands:add_commands``) is called with the sub-parsers. An install without metadata (a bare
 source tree on ``PYTHONPATH``) has the plugin's commands only; ``pip install -e .`` registers the rest.
 
+This module builds the parser and runs info|phantom|view; ``commands`` runs predict|export|import.
 Heavy imports (torch, napari) happen inside each command, so ``gitseg info`` stays quick.
 Bad input exits with status 2 and one line naming the file and the problem.
 """
@@ -102,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quit-after", type=float, default=None, help="close after N seconds (for scripts)")
     p.set_defaults(func=cmd_view)
 
-    from napari_gitseg import cli_commands
+    from napari_gitseg.cli import commands
 
-    cli_commands.add_commands(sub)
+    commands.add_commands(sub)
     for entry in entry_points(group=COMMANDS_GROUP):
         entry.load()(sub)
     return parser
@@ -123,7 +124,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"gitseg {args.command}: cancelled", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
