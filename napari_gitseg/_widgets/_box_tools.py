@@ -130,7 +130,7 @@ class BoxTools:
         layer = self._layer
         layer.mode = "pan_zoom"
         layer.mouse_pan = False  # a drag draws the box instead of moving the picture
-        self._viewer.camera.mouse_pan = False  # (napari copies it only on a layer change)
+        self._camera().mouse_pan = False  # (napari copies it only on a layer change)
         if self._box_drag not in layer.mouse_drag_callbacks:
             layer.mouse_drag_callbacks.append(self._box_drag)
         layer.events.mode.connect(self._on_layer_mode)
@@ -142,6 +142,11 @@ class BoxTools:
         )
         self._want_embeddings()
 
+    def _camera(self):
+        """The viewer's camera (``viewer.scene.camera`` from napari 0.9; ``viewer.camera`` before)."""
+        scene = getattr(self._viewer, "scene", None)
+        return scene.camera if scene is not None else self._viewer.camera
+
     def _leave_box_mode(self) -> None:
         layer = self._layer
         if layer is not None:
@@ -149,7 +154,7 @@ class BoxTools:
             if self._box_drag in layer.mouse_drag_callbacks:
                 layer.mouse_drag_callbacks.remove(self._box_drag)
             layer.mouse_pan = True
-            self._viewer.camera.mouse_pan = True
+            self._camera().mouse_pan = True
         self._box_mode = False
         self._box.text = f"Box ({shortcut_text('box')})"
         self._box_status.value = ""
