@@ -127,19 +127,20 @@ class VersionQueries:
                 unscored.append(sid)
             else:
                 scored.append((z, r[3]))
-        organ = self._latest_has_organ(stack)
         zs = [z for z, _c in scored]
+        organ = self._latest_has_organ(stack, {ids[z] for z in zs})
         order = review_order(zs, [c for _z, c in scored], [organ[ids[z]] for z in zs], reviewed, len(ids))
         return [ids[z] for z in order] + unscored
 
-    def _latest_has_organ(self, stack: str) -> dict[str, bool]:
-        """Whether the latest version of each saved slice of ``stack`` holds any organ pixel."""
+    def _latest_has_organ(self, stack: str, wanted: set[str]) -> dict[str, bool]:
+        """Whether the latest version of each ``wanted`` slice of ``stack`` holds any organ pixel (only those
+        masks are decompressed: the queue's candidates, not the reviewed slices)."""
         rows = self._read(
             "SELECT v.slice_id, v.masks FROM versions v JOIN slices s ON s.slice_id = v.slice_id "
             "WHERE s.stack = ? AND v.version = (SELECT MAX(version) FROM versions w WHERE w.slice_id = v.slice_id)",
             (stack,),
         )
-        return {sid: any_pixel(blob) for sid, blob in rows}
+        return {sid: any_pixel(blob) for sid, blob in rows if sid in wanted}
 
     def counts(self, stack: str) -> dict[str, int]:
         """Counts for the status line: total, reviewed, clinician (edited or reviewed), and the unreviewed
