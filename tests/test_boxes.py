@@ -2,6 +2,7 @@
 LiteMedSAM's weights (verified, loaded, a box on a synthetic slice)."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -91,22 +92,74 @@ def test_set_organ_replaces_the_organ_on_the_whole_slice():
     assert set_organ(labels, 3, organ).tolist() == [[0, 3, 3], [3, 0, 0]]
 
 
-def test_worker_embeds_the_wanted_slices_one_at_a_time_boxes_first():
+def _until(cond, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "the worker did not get there in time"
+        time.sleep(0.005)
+
+
+def test_worker_embeds_the_wanted_slices_one_at_a_time_nearest_first():
     stack = disk_stack()
     seg = FakeSegmenter()
     worker = BoxWorker(seg)
     worker.want(lambda z: ("s", z), stack.image, neighbourhood(4, 9))
-    worker.submit(lambda: None).result()
-    for _ in range(50):  # each embedding is its own job; wait until the list is done
-        if len(seg.cache) == 5:
-            break
-        worker.submit(lambda: None).result()
+    _until(lambda: len(seg.cache) == 5 and not worker._fetching)
     assert seg.embedded == [("s", 4), ("s", 5), ("s", 3), ("s", 6), ("s", 2)] and worker.computed == 5
     worker.want(lambda z: ("s", z), stack.image, [4, 5])  # all cached: nothing more
-    worker.submit(lambda: None).result()
-    assert len(seg.embedded) == 5
+    assert not worker._fetching and len(seg.embedded) == 5
     worker.close()
     assert neighbourhood(0, 3) == [0, 1, 2] and neighbourhood(8, 9, 1) == [8, 7]
+
+
+class SlowSegmenter(FakeSegmenter):
+    """An encoder of 40 steps of 10 ms, with a pause point before each step (as LiteMedSAM's sub-blocks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self._pauses = 0, []
+
+    def add_pause_points(self, pause) -> None:
+        self._pauses.append(pause)
+
+    def embedding(self, image, key=None):
+        if key is None or self.cache.get(key) is None:
+            for _ in range(40):
+                for pause in self._pauses:
+                    pause()
+                time.sleep(0.01)
+                self.steps += 1
+        return super().embedding(image, key)
+
+
+def test_a_box_job_pauses_the_embedding_computed_ahead():
+    stack, seg = disk_stack(), SlowSegmenter()
+    seg.embedding(stack.image[4], ("s", 4))  # the slice on screen: cached
+    worker = BoxWorker(seg)
+    worker.want(lambda z: ("s", z), stack.image, [4, 5])  # slice 5 computed ahead, 0.4 s
+    _until(lambda: worker._in_flight is not None and seg.steps > 45)
+
+    def box_job():
+        start = seg.steps
+        emb = worker.embedding(stack.image[4], ("s", 4))
+        time.sleep(0.15)  # the decoder's time: the thread ahead must not move meanwhile
+        return start, seg.steps, emb
+
+    start, end, emb = worker.submit(box_job).result(timeout=5)
+    assert start < 80 and emb is seg.cache.get(("s", 4))  # it ran before slice 5 was done ...
+    assert end - start <= 1  # ... and the thread ahead finished at most the step it was in (15 without pausing)
+    _until(lambda: ("s", 5) in seg.cache)  # and the thread ahead went on after it
+    worker.close()
+
+
+def test_a_box_job_on_the_slice_being_embedded_ahead_waits_for_it_without_computing_it_twice():
+    stack, seg = disk_stack(), SlowSegmenter()
+    worker = BoxWorker(seg)
+    worker.want(lambda z: ("s", z), stack.image, [4])
+    _until(lambda: worker._in_flight is not None and seg.steps > 5)
+    emb = worker.submit(worker.embedding, stack.image[4], ("s", 4)).result(timeout=5)  # no deadlock
+    assert seg.embedded == [("s", 4)] and seg.steps == 40 and emb is seg.cache.get(("s", 4))
+    worker.close()
 
 
 def test_embedding_cache_drops_the_least_recently_used_beyond_its_size():

@@ -251,7 +251,7 @@ class BoxTools:
         keep = None if over_strokes or rec is None or rec.painted is None else rec.painted.copy()
         key, image = (self._session.name, z), self._session.stack.image[z]
         worker = self._box_worker()
-        job = _boxes_job(worker.segmenter, key, image, boxes, current, value, keep, erase)
+        job = _boxes_job(worker, key, image, boxes, current, value, keep, erase)
         if erase:  # no model: done at once (a millisecond), not queued behind an embedding
             fut = Future()
             fut.set_result(job())
@@ -332,7 +332,7 @@ class BoxTools:
             self._boxes.close()
 
 
-def _boxes_job(segmenter, key, image, boxes, current, value: int, keep, erase: bool):
+def _boxes_job(worker, key, image, boxes, current, value: int, keep, erase: bool):
     """The worker's part of a box: the slice's new labels (Y, X) after ``boxes`` of organ ``value``."""
     from napari_gitseg.review.boxes import apply_box
 
@@ -340,7 +340,7 @@ def _boxes_job(segmenter, key, image, boxes, current, value: int, keep, erase: b
         if erase:
             masks = np.zeros((len(boxes), *current.shape), dtype=bool)
         else:
-            masks = segmenter.segment(segmenter.embedding(image, key), boxes)
+            masks = worker.segmenter.segment(worker.embedding(image, key), boxes)
         organ = np.any(masks, axis=0)
         out = current
         for box in boxes:
@@ -355,10 +355,10 @@ def _propagate_job(dock, session, result, start: np.ndarray, direction: int, can
     from napari_gitseg.review.propagate import carry
 
     image, n = session.stack.image, session.stack.image.shape[0]
-    segmenter = dock._boxes.segmenter
+    worker = dock._boxes
 
     def segment(z, boxes):
-        return segmenter.segment_scored(segmenter.embedding(image[z], (session.name, z)), boxes)
+        return worker.segmenter.segment_scored(worker.embedding(image[z], (session.name, z)), boxes)
 
     def job() -> None:
         protected = {
