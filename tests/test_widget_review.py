@@ -110,3 +110,54 @@ def test_after_close_review_viewer_events_are_harmless_and_review_reopens(make_n
     qtbot.waitUntil(lambda: widget.labels_layer is not None, timeout=10000)
     assert widget.labels_layer.data[3, 30, 30] == LABEL_VALUES["stomach"]
     widget.close_review()
+
+
+def test_store_work_submitted_while_python_exits_still_runs(monkeypatch):
+    """At interpreter exit no thread can start: the store thread runs the job in place (the last edit saved)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from napari_gitseg._widgets._store_thread import StoreThread
+
+    io = StoreThread()
+    assert io.submit(lambda: 1).result() == 1  # the thread
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", refuse)
+    saved = []
+    assert io.submit(saved.append, "edit").result() is None and saved == ["edit"]
+    with pytest.raises(ValueError, match="disk full"):
+        io.submit(lambda: (_ for _ in ()).throw(ValueError("disk full"))).result()
+
+
+def test_accept_jumps_at_once_to_the_queue_answer_asked_ahead_and_asks_again_after_a_prediction(
+    make_napari_viewer, qtbot, case, tmp_path
+):
+    viewer, widget = open_review(make_napari_viewer, qtbot, case, tmp_path / "proj")
+    confidence = np.linspace(0.3, 0.9, len(case.slice_ids))
+    prediction = SimpleNamespace(masks=case.masks, confidence=confidence, model_version="v0001")
+    widget._hub.prediction_ready.emit(widget.session.stack, prediction)
+    qtbot.waitUntil(lambda: widget.predictions_shown > 0, timeout=10000)
+    goto(viewer, 2)
+    widget.flush()  # the store thread has answered what comes after slice 2
+    first = widget.session.next_in_queue(2)
+    assert first is not None and widget._queue_next.answer(2).result() == first and widget._queue_next.answer(3) is None
+    widget.accept_slice()
+    assert widget._z == first  # at once: no round trip through the store thread
+
+    widget.flush()
+    stale = widget._queue_next.answer(first).result()
+    later = np.full(len(confidence), 0.99)
+    surprise = next(z for z in range(len(later)) if z not in (2, first, stale))
+    later[surprise] = 0.01  # a new prediction: one slice far less confident than the rest
+    widget._hub.prediction_ready.emit(
+        widget.session.stack, SimpleNamespace(**{**vars(prediction), "confidence": later})
+    )
+    qtbot.waitUntil(lambda: widget.predictions_shown > 1, timeout=10000)
+    widget.flush()
+    fresh = widget.session.next_in_queue(first)
+    assert fresh == surprise != stale
+    widget.accept_slice()
+    assert widget._z == fresh  # the answer asked before the prediction was not used
+    widget.close_review()

@@ -1,7 +1,7 @@
 """Review dock: the uncertainty queue, Accept / Revert, autosave of every correction, Fill between,
 Refine, the box tools (``_box_tools``), keyboard shortcuts and the effort log.
 
-All store I/O runs on one background thread (``_StoreThread``), in submission order, so the
+All store I/O runs on one background thread (``StoreThread``), in submission order, so the
 GUI never waits on disk and a correction is saved before the next one is taken; the model for
 Refine runs on a second one. The workflow itself is in ``napari_gitseg.review``: ``session.ReviewSession``,
 ``interpolate``, ``refine`` and ``effort`` (tested without Qt); versions saved by other windows
@@ -10,8 +10,7 @@ or the background trainer are polled (``ReviewSession.sync``) and shown on slice
 
 from __future__ import annotations
 
-import weakref
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 import napari
 import numpy as np
@@ -39,8 +38,10 @@ from ._common import (
     when_alive,
 )
 from ._hub import hub_for
+from ._next_slice import NextSliceGuess
 from ._review_keys import bind_review_keys, shortcut_text, tooltip
 from ._review_tools import CorrectionTools
+from ._store_thread import StoreThread, close_on_destroy
 
 EXPORT_CHOICES = [("by file extension", None), ("DICOM RT-STRUCT (.dcm)", "rtstruct"), ("DICOM SEG (.dcm)", "seg")]
 
@@ -49,41 +50,6 @@ def version_label(record) -> str:
     """``v3 · model (learned) · reviewed``-style entry of the version list."""
     tool = f" ({record.model_version})" if record.model_version in (REFINED, LEARNED) else ""
     return f"v{record.version} · {record.source}{tool}{' · reviewed' if record.reviewed else ''}"
-
-
-class _StoreThread:
-    """A single worker thread that owns the SQLite connection and runs store work in order."""
-
-    def __init__(self):
-        self._pool: ThreadPoolExecutor | None = None
-
-    def submit(self, fn, *args, **kwargs) -> Future:
-        """Queue ``fn`` on the store thread (started on first use, again after ``close``)."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitseg-store")
-        return self._pool.submit(fn, *args, **kwargs)
-
-    def close(self) -> None:
-        """Finish every queued job, then stop the thread."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=False)
-            self._pool = None
-
-
-def close_on_destroy(widget) -> None:
-    """Run ``widget.close_review()`` when its Qt widget is destroyed (dock closed, napari quit).
-
-    The slot holds the dock weakly: a strong reference from its own Qt widget would make a
-    cycle that Python's collector may clear before Qt emits ``destroyed``.
-    """
-    ref = weakref.ref(widget)
-
-    def closed(*_args) -> None:
-        dock = ref()
-        if dock is not None:
-            dock.close_review()
-
-    widget.native.destroyed.connect(closed)
 
 
 class ReviewWidget(BoxTools, CorrectionTools, Container):
@@ -97,13 +63,13 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
         self._layer: Labels | None = None
         self._z: int | None = None
         self._snapshot: np.ndarray | None = None  # labels of the current slice as last saved
-        self._io = _StoreThread()
+        self._io = StoreThread()
         self._project_override: str | None = None
         self.predictions_shown = 0  #: model predictions stored and drawn on the review layer so far
         self.syncs_shown = 0  #: versions saved by others (trainer, other windows) drawn so far
         self.effort = EffortLog()  #: this session's effort (time, strokes, painted pixels per slice)
         self.interpolation = "auto"  #: Fill between method (napari_gitseg.review.interpolate.METHODS)
-        self._compute = _StoreThread()  # the model for Refine runs here, never on the store thread
+        self._compute = StoreThread()  # the model for Refine runs here, never on the store thread
         self._predictor = None
         self._model_path: str | None = None
         self._fills: list = []  # FillResults and LearnResults, newest last (Undo fill)
@@ -112,6 +78,7 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
         self._learn_prediction = None  # (session, model path, the model's Prediction of that scan) for Learn
         self._seen: np.ndarray | None = None  # current slice's labels after the last stroke we booked
         self._stale: set[int] = set()  # slices whose newer stored version waits until the clinician leaves them
+        self._queue_next = NextSliceGuess()  # the review queue's next slice, asked ahead
         self._applying = False  # True while the dock itself writes into the layer (not a stroke)
         self._strokes_pending = 0  # paint events not yet booked in the effort log
         self._timer = None
@@ -305,6 +272,7 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
         self._seen = self._snapshot.copy()
         self._unsaved.value = ""
         self._refresh_versions()
+        self._queue_next.ask(self._io, self._session, z)  # Accept / Next then jump at once
         self._want_embeddings()  # once the box tools were used: this slice and its neighbours ahead
 
     def _on_paint(self, _event=None) -> None:
@@ -377,15 +345,24 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
             self.effort.accept(self._z)
         self._save_current(accept=True)
         self._save_effort()
-        nxt = self._io.submit(self._session.next_in_queue, self._z)
-        nxt.add_done_callback(self._goto_future)
+        self._goto_next()
 
     def next_slice(self) -> None:
         """Go to the least-confident unreviewed slice."""
         if self._session is None:
             return
         self._save_current()
-        self._io.submit(self._session.next_in_queue, self._z).add_done_callback(self._goto_future)
+        self._goto_next()
+
+    def _goto_next(self) -> None:
+        """Jump to the next slice of the review queue: at once when the store thread answered ahead."""
+        answer = self._queue_next.answer(self._z)
+        if answer is not None and answer.done() and answer.exception() is None and answer.result() is not None:
+            self._goto(answer.result())
+            return
+        if answer is None:
+            answer = self._io.submit(self._session.next_in_queue, self._z)
+        answer.add_done_callback(self._goto_future)
 
     def previous_slice(self) -> None:
         """Go back to the slice shown before the last jump."""
@@ -515,6 +492,7 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
     def _refresh_status(self) -> None:
         if self._session is None:
             return
+        self._queue_next.ask(self._io, self._session, self._z)  # the store changed: the queue may have too
         fut = self._io.submit(self._session.counts)
         fut.add_done_callback(self._show_counts)
 
@@ -599,6 +577,7 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
                 self._io.submit(session.store.save_effort, self.effort.session_id, rows)
             self._session, self._layer, self._z, self._snapshot = None, None, None, None
             self._learn_prediction = None
+            self._queue_next.forget()
             self._fills.clear()  # Undo fill / learn belongs to the review it was done in
             self._compute.close()  # a cancelled Learn from corrections ends before the store closes
             if session is not None:

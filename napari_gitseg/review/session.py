@@ -335,7 +335,13 @@ class ReviewSession:
     # ---- navigation --------------------------------------------------------------------------
     def queue(self) -> list[int]:
         """Unreviewed slices, least confident first (never-predicted ones last)."""
-        return [self.index[sid] for sid in self.store.review_queue(self.name) if sid in self.index]
+
+        def has_organ(sid: str) -> bool:  # the latest masks are in memory: nothing to decompress
+            z = self.index.get(sid)
+            return z is not None and bool(self.masks[:, z].any())
+
+        queue = self.store.review_queue(self.name, has_organ=has_organ)
+        return [self.index[sid] for sid in queue if sid in self.index]
 
     def next_in_queue(self, current: int | None = None) -> int | None:
         """The first slice of the queue other than ``current``."""

@@ -4,7 +4,7 @@ the status counts and the export of a stack's masks."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -113,9 +113,11 @@ class VersionQueries:
         protected = set(self.clinician_slices(stack))
         return [sid for sid in self.stack_info(stack)["slice_ids"] if sid not in protected]
 
-    def review_queue(self, stack: str) -> list[str]:
+    def review_queue(self, stack: str, has_organ: Callable[[str], bool] | None = None) -> list[str]:
         """Unreviewed slices of ``stack`` in review order (``review_order``: least confident first, slices the
-        model left empty later, spread over the scan); those without a confidence last (z order)."""
+        model left empty later, spread over the scan); those without a confidence last (z order).
+        ``has_organ(slice_id)``: whether its latest masks hold an organ, when the caller has them in memory
+        (default: read and decompressed here)."""
         ids = self.stack_info(stack)["slice_ids"]
         meta = {r[0]: r for r in self._latest_meta(stack)}
         scored, unscored, reviewed = [], [], []
@@ -128,7 +130,10 @@ class VersionQueries:
             else:
                 scored.append((z, r[3]))
         zs = [z for z, _c in scored]
-        organ = self._latest_has_organ(stack, {ids[z] for z in zs})
+        if has_organ is None:
+            organ = self._latest_has_organ(stack, {ids[z] for z in zs})
+        else:
+            organ = {ids[z]: bool(has_organ(ids[z])) for z in zs}
         order = review_order(zs, [c for _z, c in scored], [organ[ids[z]] for z in zs], reviewed, len(ids))
         return [ids[z] for z in order] + unscored
 
