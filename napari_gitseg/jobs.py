@@ -23,7 +23,10 @@ from pathlib import Path
 
 from napari_gitseg import events as ev
 
-__all__ = ["WorkerProcess"]
+__all__ = ["WORKER_NICE", "WORKER_NICE_ENV", "WorkerProcess"]
+
+WORKER_NICE_ENV = "GITSEG_WORKER_NICE"  #: the variable the worker reads (``training.worker``)
+WORKER_NICE = 10  #: how much lower the trainer runs than napari (Unix nice levels)
 
 
 def _package_root() -> str:
@@ -61,20 +64,26 @@ class WorkerProcess:
             raise RuntimeError("this worker was already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.job_path.write_text(json.dumps(self.job, indent=2) + "\n", encoding="utf-8")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH", "")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        env.update(self.extra_env)
         self._log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(
             [self.python, "-m", "training.worker", str(self.job_path)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
-            env=env,
+            env=self.environment(),
             cwd=str(self.workdir),
         )
         return self
+
+    def environment(self) -> dict[str, str]:
+        """The worker's environment: this one, the package on its path, unbuffered output, and a lower CPU
+        priority (``GITSEG_WORKER_NICE``, default 10: on a 2-core machine a round must not starve the GUI)."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault(WORKER_NICE_ENV, str(WORKER_NICE))
+        env.update(self.extra_env)
+        return env
 
     def events(self) -> Iterator[ev.Event]:
         """Parsed events until the worker exits (then an ``Error`` if it failed without reporting one)."""

@@ -308,3 +308,23 @@ def test_a_round_killed_mid_write_leaves_labels_and_registry_usable_and_the_next
     assert kinds[-1] == "Done" and "Error" not in kinds, events[-3:]
     assert ("Promoted" in kinds) != ("Rejected" in kinds)
     check_project()
+
+
+def test_the_trainer_runs_at_a_lower_cpu_priority_than_the_gui(tmp_path, monkeypatch):
+    """A round on 2 cores must not starve napari: the worker lowers its own priority before torch starts."""
+    import os
+    import subprocess
+    import sys
+
+    if not hasattr(os, "nice"):
+        pytest.skip("no nice levels on this platform")
+    monkeypatch.delenv("GITSEG_WORKER_NICE", raising=False)
+    env = WorkerProcess({"kind": "train"}, tmp_path).environment()
+    assert env["GITSEG_WORKER_NICE"] == "10"
+    probe = "from training.worker import run_behind_the_gui; print(run_behind_the_gui())"
+    for value, expected in (("5", 5), ("0", 0), ("not a number", 0)):
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env={**env, "GITSEG_WORKER_NICE": value}, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        assert int(out.stdout.split()[-1]) == min(19, os.nice(0) + expected)

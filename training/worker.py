@@ -33,6 +33,7 @@ import uuid
 from pathlib import Path
 
 from napari_gitseg import events as ev
+from napari_gitseg.jobs import WORKER_NICE_ENV
 
 __all__ = ["JOB_KINDS", "JobError", "execute", "load_job", "main", "run_job"]
 
@@ -225,8 +226,24 @@ def _peak_rss_mb() -> float | None:
     return None
 
 
+def run_behind_the_gui() -> int:
+    """Lower this process's CPU priority by ``$GITSEG_WORKER_NICE`` (set by the GUI; before any thread starts,
+    so torch's threads inherit it); returns the nice level now. Where it cannot (no ``os.nice``), nothing."""
+    try:
+        step = int(os.environ.get(WORKER_NICE_ENV, "0") or 0)
+    except ValueError:
+        step = 0
+    if not hasattr(os, "nice"):
+        return 0
+    try:
+        return os.nice(max(0, step))
+    except OSError:
+        return os.nice(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m training.worker JOB.json``."""
+    run_behind_the_gui()
     argv = list(sys.argv[1:] if argv is None else argv)
     # events go to the real stdout; anything else printed (by us or a library) lands on stderr
     events_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
