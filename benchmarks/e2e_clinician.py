@@ -226,11 +226,13 @@ def run_e2e(
     screenshots: bool = True,
     data_root: Path | None = None,
     real: tuple[Path, Path] | None = None,
+    project: Path | None = None,
 ) -> dict:
     """Run the whole clinician flow; returns a report dict (also written to out/report.json).
 
     ``real=(image.nii.gz, labels.nii.gz)`` runs it on a real MR volume instead of a phantom
     case, with the label volume (TotalSegmentator's MR classes) playing the clinician's answer.
+    ``project``: the project folder (default ``out/project``; it must not hold a project yet).
     """
     from qtpy.QtWidgets import QApplication
 
@@ -240,7 +242,9 @@ def run_e2e(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     case_dir, real_truth = _case_folder(out, real, seed, n_slices, size, data_root)
-    project = out / "project"
+    project = Path(project).expanduser() if project is not None else out / "project"
+    if project.is_dir() and any(project.iterdir()):
+        raise SystemExit(f"{project}: not empty (the walkthrough starts from a new project)")
     model = model or default_model_path()
     if model is None:
         raise SystemExit("no model: pass --model or build resources/models/default.json")
@@ -285,6 +289,7 @@ def main() -> None:
         metavar=("IMAGE", "LABELS"),
         help="a real MR NIfTI volume and its label volume (TotalSegmentator MR classes)",
     )
+    parser.add_argument("--project", default=None, help="project folder (default: OUT/project); must be new")
     args = parser.parse_args()
     report = run_e2e(
         Path(args.out),
@@ -293,6 +298,7 @@ def main() -> None:
         size=args.size,
         preset=args.preset,
         real=tuple(Path(p) for p in args.real) if args.real else None,
+        project=args.project,
     )
     print(json.dumps(report, indent=2))
 

@@ -49,13 +49,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="out/screenshots")
     parser.add_argument("--case", default="case146_day25")
+    parser.add_argument("--project", default=None, help="project folder (default: a temporary one)")
     args = parser.parse_args(argv)
     from napari_gitseg.classes import LABEL_VALUES
     from napari_gitseg.io import read_stacks
     from napari_gitseg.review.boxes import mask_box
 
     stack = next(s for s in read_stacks(VOLUMES) if s.name == args.case)
-    app, viewer, widget = review_window(stack, "napari-gitseg: a box on a real slice")
+    app, viewer, widget = review_window(stack, "napari-gitseg: a box on a real slice", args.project)
     stomach = stack.masks[list(stack.classes).index("stomach")]
     layer = widget.labels_layer
     big = [z for z in range(len(stomach)) if stomach[z].sum() > 1000]

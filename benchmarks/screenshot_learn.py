@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="out/screenshots")
     parser.add_argument("--every", type=int, default=4)
     parser.add_argument("--phantom", action="store_true", help="a phantom case instead of the real MR volume")
+    parser.add_argument("--project", default=None, help="project folder (default: a temporary one)")
     args = parser.parse_args(argv)
     from bench_real import TOTALSEG_MR, read_totalseg_mr
 
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
     from napari_gitseg.classes import masks_to_labels
 
     volume = make_phantom_case(7, n_slices=144) if args.phantom else read_totalseg_mr(*TOTALSEG_MR)
-    app, viewer, widget = review_window(volume, "napari-gitseg: Learn from corrections")
+    app, viewer, widget = review_window(volume, "napari-gitseg: Learn from corrections", args.project)
     truth, layer = masks_to_labels(volume.masks, tuple(volume.classes)), widget.labels_layer
     for z in range(0, len(truth), args.every):
         goto_slice(app, viewer, widget, z)
