@@ -119,8 +119,8 @@ class SlowSegmenter(FakeSegmenter):
         super().__init__()
         self.steps, self._pauses = 0, []
 
-    def add_pause_points(self, pause) -> None:
-        self._pauses.append(pause)
+    def set_pause_point(self, pause) -> None:
+        self._pauses = [pause]
 
     def embedding(self, image, key=None):
         if key is None or self.cache.get(key) is None:

@@ -18,10 +18,13 @@ class NextSliceGuess:
         self._answer: Future | None = None
 
     def ask(self, io, session, z: int | None) -> None:
-        """Queue ``session.next_in_queue(z)`` on ``io`` (the dock's store thread); the answer replaces the last."""
+        """Queue ``session.next_in_queue(z)`` on ``io`` (the dock's store thread); the answer replaces the last,
+        unless the last, from ``z`` too, has not run yet (then it will see the store as this call does)."""
         if session is None or z is None:
             self.forget()
             return
+        if z == self._z and self._answer is not None and not self._answer.done():
+            return  # still queued: it runs after every store job queued before this call (one thread, in order)
         self._z, self._answer = z, io.submit(session.next_in_queue, z)
 
     def forget(self) -> None:

@@ -4,7 +4,7 @@ LiteMedSAM's image encoder takes seconds per slice on a CPU, its mask decoder a 
 the Review dock asks for the embedding of the slice on screen and its neighbours as soon as the
 clinician arrives there (``want``), and a box drawn later finds it cached. The embeddings are
 computed ahead on their own thread, one slice per job, and that thread pauses inside the encoder
-(between its sub-blocks, ``BoxSegmenter.add_pause_points``) while a box job is pending: a box on a
+(between its sub-blocks, ``BoxSegmenter.set_pause_point``) while a box job is pending: a box on a
 cached slice does not wait behind a neighbour's embedding. A box job that needs the very slice
 being embedded ahead waits for it instead of computing it twice. A new ``want`` replaces the old
 wish list (the slices the clinician left are no longer computed). No Qt here.
@@ -118,9 +118,9 @@ class BoxWorker:
             key, img = todo[0]
             self._in_flight = (key, threading.Event())
         try:
-            if not self._pausable and hasattr(self.segmenter, "add_pause_points"):
+            if not self._pausable and hasattr(self.segmenter, "set_pause_point"):
                 self._pausable = True
-                self.segmenter.add_pause_points(self._pause)
+                self.segmenter.set_pause_point(self._pause)
             self._go.wait()  # a box job queued meanwhile goes first
             self.segmenter.embedding(img, key)
             self.computed += 1

@@ -243,6 +243,8 @@ class BoxSegmenter:
         self._path = path
         self._model = model
         self._lock = threading.Lock()
+        self._pause: Callable[[], None] | None = None  # set_pause_point
+        self._hooked = False
 
     @property
     def model(self):
@@ -252,13 +254,22 @@ class BoxSegmenter:
                 self._model = load_model(self._path)
             return self._model
 
-    def add_pause_points(self, pause: Callable[[], None]) -> None:
+    def set_pause_point(self, pause: Callable[[], None] | None) -> None:
         """Call ``pause()`` before each of the image encoder's sub-blocks (forward pre-hooks, depth <= 4 of its
         module tree: at most ~0.15 s of encoder work between two calls on 2 CPU cores), so a thread computing
-        an embedding ahead can let a box job run first."""
+        an embedding ahead can let a box job run first. One pause per segmenter: a later call replaces it."""
+        with self._lock:
+            self._pause, hooked, self._hooked = pause, self._hooked, True
+        if hooked:
+            return
         for name, module in self.model.image_encoder.named_modules():
             if name and name.count(".") <= 4:
-                module.register_forward_pre_hook(lambda _module, _args: pause())
+                module.register_forward_pre_hook(self._pause_hook)
+
+    def _pause_hook(self, _module, _args) -> None:
+        pause = self._pause
+        if pause is not None:
+            pause()
 
     def embedding(self, image: np.ndarray, key: Hashable | None = None) -> Embedding:
         """The image encoder's output for slice ``image``, from the cache under ``key`` when there."""
