@@ -298,39 +298,33 @@ class ReviewSession:
         ``confidence``: the model's per-slice confidence (Z,), kept so that the review queue still
         offers the least confident slices first.
         """
-        from napari_gitseg.classes import labels_to_masks
-
-        classes = tuple(self.stack.classes)
-        items = [
-            {
-                "slice_id": self.stack.slice_ids[z],
-                "masks": labels_to_masks(labels, classes),
-                "source": "model",
-                "model_version": LEARNED,
-                "note": f"learned from {corrected} corrected slice(s) of this scan",
-                "confidence": None if confidence is None else float(confidence[z]),
-            }
-            for z, labels in sorted(labels_by_z.items())
-        ]
+        items = self._model_items(
+            dict(sorted(labels_by_z.items())), LEARNED, f"learned from {corrected} corrected slice(s) of this scan"
+        )
+        for item, z in zip(items, sorted(labels_by_z)):
+            item["confidence"] = None if confidence is None else float(confidence[z])
         written, undo = self._store_undoable(items)
         return LearnResult(corrected, check, written, undo)
 
     def store_refined(self, labels_by_z: dict[int, np.ndarray], centre: int) -> list[int]:
         """Save neighbour slices refined from the strokes on ``centre`` (as model output; protected ones skipped)."""
+        return self._store_many(self._model_items(labels_by_z, REFINED, f"refined from the strokes on z{centre}"))
+
+    def _model_items(self, labels_by_z: dict[int, np.ndarray], tool: str, note: str) -> list[dict]:
+        """``save_many`` items of label views made by a review tool (``tool``: LEARNED, REFINED), as model output."""
         from napari_gitseg.classes import labels_to_masks
 
         classes = tuple(self.stack.classes)
-        items = [
+        return [
             {
                 "slice_id": self.stack.slice_ids[z],
                 "masks": labels_to_masks(labels, classes),
                 "source": "model",
-                "model_version": REFINED,
-                "note": f"refined from the strokes on z{centre}",
+                "model_version": tool,
+                "note": note,
             }
             for z, labels in labels_by_z.items()
         ]
-        return self._store_many(items)
 
     # ---- navigation --------------------------------------------------------------------------
     def queue(self) -> list[int]:
