@@ -13,6 +13,9 @@ that never saw that patient (a leave-patient-out fold of the default recipe, ``-
 3. **bootstrap**: a second click, which trains on the labels plus those pseudo-labels (label, train,
    predict the rest, keep the best pseudo-labels and the best model, retrain).
 
+With ``--arms learn`` (or ``round,learn``) also Learn from corrections (``Shift+L``, seconds, no training) on
+the same N slices: the model's labels as the Review dock shows them, and after the per-scan corrector.
+
 Scored after each step: 3-D Dice per organ (every slice's pixels pooled) on the scan's *other* slices
 (not the N labelled), with the project's active model, i.e. what the clinician now sees. The rounds
 use the ``quick`` preset by default (the few-label recipe cut to 40 steps; ``--preset cpu`` is the
@@ -114,15 +117,54 @@ def loop_on_volume(stack, bundle: Path, ns: Sequence[int], args, work: Path) -> 
             continue
         label_slices(project, stack, chosen)
         with_organ = int(stack.masks[:, chosen].any(axis=(0, 2, 3)).sum())
-        row = {"slices": chosen, "slices_with_organ": with_organ, **two_rounds(project, stack, bundle, chosen, args)}
+        row = {"slices": chosen, "slices_with_organ": with_organ}
+        if "learn" in args.arms:
+            row.update(learn_arm(stack, bundle, chosen, config, classes))
+            _say(
+                f"  {stack.name} n={n:2d}: learn from corrections {row['learn']['mean 3-D Dice']:.3f} "
+                f"(the model as shown {row['shown']['mean 3-D Dice']:.3f}; {row['learn_outcome']})"
+            )
+        if "round" in args.arms:
+            row.update(two_rounds(project, stack, bundle, chosen, args))
+            _say(
+                f"  {stack.name} n={n:2d} ({with_organ} with an organ): round {row['round']['mean 3-D Dice']:.3f} "
+                f"({row['round_outcome']}, {row['round_seconds']:.0f} s), bootstrap "
+                f"{row['bootstrap']['mean 3-D Dice']:.3f} ({row['bootstrap_outcome']})"
+            )
         out[n] = row
-        _say(
-            f"  {stack.name} n={n:2d} ({with_organ} with an organ): round {row['round']['mean 3-D Dice']:.3f} "
-            f"({row['round_outcome']}, {row['round_seconds']:.0f} s), bootstrap "
-            f"{row['bootstrap']['mean 3-D Dice']:.3f} ({row['bootstrap_outcome']})"
-        )
         shutil.rmtree(folder, ignore_errors=True)
     return out
+
+
+def learn_arm(stack, bundle: Path, chosen: list[int], config, classes) -> dict:
+    """Learn from corrections (Shift+L) on the model's labels with ``chosen`` corrected to the truth: no
+    training round, seconds on the CPU. Rows: "shown" (the model's labels, one organ per pixel, as the
+    Review dock shows them) and "learn" (after it), both on the other slices."""
+    import numpy as np
+
+    from napari_gitseg.classes import labels_to_masks, masks_to_labels
+    from napari_gitseg.review.adapt import learn_from_corrections
+
+    pred = bench_real._predictor(str(bundle), config.device, config.val_batch_size, config.num_threads).predict(stack)
+    z_all = range(stack.image.shape[0])
+    shown = np.stack([masks_to_labels(pred.masks[:, z], classes) for z in z_all])
+    truth = {z: masks_to_labels(stack.masks[:, z], classes) for z in chosen}
+    rest = np.ones(len(shown), bool)
+    rest[chosen] = False
+    t0 = time.perf_counter()
+    new, check = learn_from_corrections(stack.image, pred.probs, shown, truth, [int(z) for z in np.flatnonzero(rest)])
+    learned = shown.copy()
+    for z, labels in new.items():
+        learned[z] = labels
+
+    def rows(labels):
+        masks = np.stack([labels_to_masks(labels[z], classes) for z in z_all], axis=1)
+        return bench_real.score_volume(masks, stack.masks, rest, classes)
+
+    kept = ",".join(classes[v - 1] for v in check.kept)
+    outcome = ("used" if check.passed else "not used: lost its held-out check") + (f"; kept {kept}" if kept else "")
+    seconds = time.perf_counter() - t0
+    return {"shown": rows(shown), "learn": rows(learned), "learn_outcome": outcome, "learn_seconds": seconds}
 
 
 def _click(project: Path, bundle: Path, keep: int, args) -> tuple[Path, str, dict]:
@@ -173,15 +215,23 @@ def curve_of(results: dict, arm: str) -> dict[str, dict[int, float]]:
 
 
 def print_table(results: dict) -> None:
-    """One line per (volume, n): mean 3-D Dice on the other slices after one round and after the bootstrap."""
-    _say(f"\n{'volume':<16} {'n':>3}  {'round':>7}  {'bootstrap':>9}  {'boot/round':>10}")
+    """One line per (volume, n): mean 3-D Dice on the other slices after one round and after the bootstrap,
+    and (``--arms learn``) the model's labels as shown and after Learn from corrections."""
+    _say(f"\n{'volume':<16} {'n':>3}  {'round':>7}  {'bootstrap':>9}  {'boot/round':>10}  {'shown':>6}  {'learn':>6}")
     for name, rows in results.items():
         for n, row in rows.items():
             if int(n) == 0:
                 _say(f"{name:<16} {0:>3}  {row['model']['mean 3-D Dice']:7.3f}  {'':>9}  {'(the model alone)':>10}")
                 continue
-            a, b = row["round"]["mean 3-D Dice"], row["bootstrap"]["mean 3-D Dice"]
-            _say(f"{name:<16} {int(n):>3}  {a:7.3f}  {b:9.3f}  {bench_real.ratio(a, b):10.2f}")
+            line = f"{name:<16} {int(n):>3}  "
+            if "round" in row:
+                a, b = row["round"]["mean 3-D Dice"], row["bootstrap"]["mean 3-D Dice"]
+                line += f"{a:7.3f}  {b:9.3f}  {bench_real.ratio(a, b):10.2f}  "
+            else:
+                line += f"{'':>7}  {'':>9}  {'':>10}  "
+            if "learn" in row:
+                line += f"{row['shown']['mean 3-D Dice']:6.3f}  {row['learn']['mean 3-D Dice']:6.3f}"
+            _say(line)
 
 
 def plot(results: dict, path: Path) -> Path:
@@ -221,11 +271,15 @@ def _parse(argv):
     p.add_argument("--preset", default="quick", help="training preset of the rounds (default quick)")
     p.add_argument("--config", help="JSON object of training settings over the preset")
     p.add_argument("--one-round", action="store_true", help="no bootstrap click (e.g. for the long cpu preset)")
+    p.add_argument("--arms", default="round", help="round (Retrain clicks) and/or learn (Learn from corrections)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "out" / "bench_real_loop"))
     args = p.parse_args(argv)
     args.n = [int(n) for n in args.n.split(",") if n.strip()]
+    args.arms = {a.strip() for a in args.arms.split(",") if a.strip()}
+    if not args.arms or args.arms - {"round", "learn"}:
+        p.error(f"--arms takes round and/or learn, got {sorted(args.arms)}")
     return args
 
 
@@ -255,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         results[stack.name] = loop_on_volume(stack, bundle, args.n, args, out / "work")
     shutil.rmtree(out / "work", ignore_errors=True)
     print_table(results)
-    png = plot(results, out / "real_loop.png") if results else None
-    report = {"args": vars(args), "models": picks, "results": results, "minutes": (time.perf_counter() - t0) / 60}
+    png = plot(results, out / "real_loop.png") if results and "round" in args.arms else None
+    report = {"args": {**vars(args), "arms": sorted(args.arms)}, "models": picks, "results": results, "minutes": (time.perf_counter() - t0) / 60}
     (out / "bench_real_loop.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     _say(f"\ntotal {report['minutes']:.1f} min; {png}; details in {out / 'bench_real_loop.json'}")
     return 0

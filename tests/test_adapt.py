@@ -61,6 +61,35 @@ def test_a_corrector_that_does_not_beat_the_model_on_held_out_slices_changes_not
     assert new == {} and not check.passed
 
 
+def test_an_organ_the_corrections_barely_show_is_left_as_the_model_drew_it():
+    """On real scans the clinician's first corrected slices often hold no stomach but a few false stomach
+    pixels; a corrector fitted on them learnt "stomach -> background" and erased the stomach on every
+    other slice while passing its held-out check. An organ on fewer than ``min_evidence`` corrected
+    slices is now neither added nor removed."""
+    from napari_gitseg.review.adapt import kept_note, organs_to_keep
+
+    image, probs, model, truth = scan_with_a_systematic_error()
+    corrected = {z: np.where(truth[z] == 3, 0, truth[z]) for z in (0, 4, 8, 11)}  # organ 3 called background
+    corrected[4] = truth[4]  # ... but on one slice
+    targets = [z for z in range(len(truth)) if z not in corrected]
+    assert organs_to_keep(corrected, 3, AdaptConfig.min_evidence) == (3,)
+    new, check = learn_from_corrections(image, probs, model, corrected, targets, FAST)
+    assert check.passed and check.kept == (3,) and sorted(new) == targets
+    for z in targets:
+        assert np.array_equal(new[z] == 3, model[z] == 3)  # organ 3 exactly as the model drew it
+
+    def without_3(labels):
+        return np.where(labels == 3, 0, labels)
+
+    organ_dice = [mean_dice(without_3(new[z]), without_3(truth[z]), 3) for z in targets]
+    model_dice = [mean_dice(without_3(model[z]), without_3(truth[z]), 3) for z in targets]
+    assert np.mean(organ_dice) > np.mean(model_dice) + 0.05  # the other organs are still corrected
+    erased, _ = learn_from_corrections(image, probs, model, corrected, targets, AdaptConfig(steps=300, min_evidence=0))
+    kept_px = sum(int((model[z] == 3).sum()) for z in targets)
+    assert sum(int(((erased[z] == 3) & (model[z] == 3)).sum()) for z in erased) < 0.5 * kept_px  # without the guard
+    assert "stomach left as the model drew it" in kept_note((3,)) and kept_note(()) == ""
+
+
 def test_a_tie_on_the_held_out_slices_keeps_the_model_whatever_the_last_digits():
     # the same scan gave 0.926 learned vs 0.927 model on one CPU and 0.927 vs 0.926 on another: both keep the model
     assert not CorrectorCheck([3], 0.927, 0.926).passed

@@ -191,7 +191,7 @@ class CorrectionTools:
     @when_alive
     def _learned(self, fut: Future) -> None:
         from napari_gitseg.predict import PredictionCancelled
-        from napari_gitseg.review.adapt import AdaptCancelled
+        from napari_gitseg.review.adapt import AdaptCancelled, kept_note
 
         error = fut.exception()
         if error is not None:
@@ -204,6 +204,7 @@ class CorrectionTools:
             return
         check = result.check
         scored = f" (held-out corrected slices: Dice {check.model_dice:.2f} model, {check.corrector_dice:.2f} learned)"
+        scored += kept_note(check.kept)
         if not result.relabelled and not check.passed:
             self._unsaved.value = (
                 f"Nothing changed: learning from your corrections did not beat the model "

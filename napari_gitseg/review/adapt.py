@@ -12,7 +12,9 @@ which label each pixel near the model's organs should get, from:
 
 a small multilayer perceptron (one per scan, trained in seconds on the CPU). ``Corrector.apply``
 relabels the pixels within ``band`` px of the model's organs (or where the model is unsure) on
-the other slices; pixels far from any organ keep the model's label.
+the other slices; pixels far from any organ keep the model's label, and so does an organ the
+corrections show on fewer than ``min_evidence`` slices (on real scans, corrections that only
+removed a few false stomach pixels otherwise taught it to erase the whole stomach elsewhere).
 
 The corrector is checked before it is offered, so it needs ``MIN_CORRECTED`` corrected slices:
 every fourth of them (the last one, with fewer than four) is held out, a corrector fitted on the
@@ -39,7 +41,9 @@ __all__ = [
     "AdaptCancelled",
     "Corrector",
     "CorrectorCheck",
+    "kept_note",
     "learn_from_corrections",
+    "organs_to_keep",
     "pixel_features",
     "mean_dice",
 ]
@@ -64,6 +68,7 @@ class AdaptConfig:
     unsure: float = 0.05  # ... and wherever some class has at least this probability
     seed: int = 0
     max_pixels: int = 400_000  # training pixels at most (an even subsample beyond: features stay ~100 MB)
+    min_evidence: int = 2  # corrected slices an organ must be on before the corrector may add or remove it
     min_gain: float = 0.005  # held-out Dice the corrector must gain over the model to be used (a tie keeps the
     # model's output, whatever the CPU's rounding: 0.926 vs 0.927 on one processor was 0.927 vs 0.926 on another)
 
@@ -76,6 +81,7 @@ class CorrectorCheck:
     model_dice: float
     corrector_dice: float
     min_gain: float = AdaptConfig.min_gain
+    kept: tuple[int, ...] = ()  # label values left as the model drew them (too few corrected slices show them)
 
     @property
     def passed(self) -> bool:
@@ -134,6 +140,7 @@ class Corrector:
     mean: np.ndarray
     scale: np.ndarray
     config: AdaptConfig
+    kept: tuple[int, ...] = ()  # label values it neither adds nor removes (see ``organs_to_keep``)
 
     def apply(self, image: np.ndarray, probs: np.ndarray, labels: np.ndarray, z: int) -> np.ndarray:
         """Corrected labels (Y, X) of slice ``z`` (``labels``: the model's labels of that slice)."""
@@ -147,7 +154,16 @@ class Corrector:
         with torch.no_grad():
             logits = self.net(torch.from_numpy((feats - self.mean) / self.scale))
         out[where] = logits.argmax(1).numpy().astype(out.dtype)
+        if self.kept:
+            out = np.where(np.isin(labels, self.kept) | np.isin(out, self.kept), labels, out)
         return out
+
+
+def organs_to_keep(corrected: dict[int, np.ndarray], n_classes: int, min_evidence: int) -> tuple[int, ...]:
+    """Label values on fewer than ``min_evidence`` of the ``corrected`` slices: the corrector leaves them as
+    the model drew them (it has seen too little of that organ to add or remove it elsewhere)."""
+    shown_on = [sum(bool((np.asarray(c) == v).any()) for c in corrected.values()) for v in range(1, n_classes + 1)]
+    return tuple(v for v, count in enumerate(shown_on, start=1) if count < min_evidence)
 
 
 def _training_pixels(
@@ -177,7 +193,7 @@ def _stacked(pixels: dict, zs) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([pixels[z][0] for z in zs]), np.concatenate([pixels[z][1] for z in zs])
 
 
-def _fit(x: np.ndarray, y: np.ndarray, n_out: int, config: AdaptConfig, progress, cancel) -> Corrector:
+def _fit(x: np.ndarray, y: np.ndarray, n_out: int, config: AdaptConfig, progress, cancel, kept=()) -> Corrector:
     """The corrector trained on pixel features ``x`` (P, F) and labels ``y`` (P,) with ``n_out`` classes.
 
     Deterministic for a given ``config.seed`` on a given CPU.
@@ -210,18 +226,32 @@ def _fit(x: np.ndarray, y: np.ndarray, n_out: int, config: AdaptConfig, progress
         if progress is not None and (step + 1) % 50 == 0:
             progress(step + 1, config.steps)
     net.eval()
-    return Corrector(net, mean, scale, config)
+    return Corrector(net, mean, scale, config, tuple(kept))
 
 
-def _check(image, probs, model_labels, corrected, pixels, config, progress, cancel) -> CorrectorCheck:
-    """Fit on three quarters of the corrected slices (2 or 3: all but the last) and score the rest."""
+def kept_note(kept: tuple[int, ...], classes: tuple[str, ...] | None = None) -> str:
+    """A clause for the dock naming the organs the corrector left as the model drew them ("" when none)."""
+    if not kept:
+        return ""
+    from napari_gitseg.classes import CLASSES
+
+    names = [(classes or CLASSES)[v - 1].replace("_", " ") for v in kept]
+    return (
+        f"; {', '.join(names)} left as the model drew {'it' if len(names) == 1 else 'them'} "
+        f"(on fewer than {AdaptConfig.min_evidence} of your corrected slices)"
+    )
+
+
+def _check(image, probs, model_labels, corrected, pixels, config, progress, cancel, kept) -> CorrectorCheck:
+    """Fit on three quarters of the corrected slices (2 or 3: all but the last) and score the rest
+    (the organs ``kept`` as the model drew them, as the final corrector will)."""
     zs = sorted(corrected)
     held = zs[3::4] if len(zs) >= 4 else zs[-1:]
     n = probs.shape[0]
-    trial = _fit(*_stacked(pixels, [z for z in zs if z not in held]), n + 1, config, progress, cancel)
+    trial = _fit(*_stacked(pixels, [z for z in zs if z not in held]), n + 1, config, progress, cancel, kept)
     model = [mean_dice(model_labels[z], corrected[z], n) for z in held]
     fitted = [mean_dice(trial.apply(image, probs, model_labels[z], z), corrected[z], n) for z in held]
-    return CorrectorCheck(held, float(np.mean(model)), float(np.mean(fitted)), config.min_gain)
+    return CorrectorCheck(held, float(np.mean(model)), float(np.mean(fitted)), config.min_gain, tuple(kept))
 
 
 def learn_from_corrections(
@@ -251,10 +281,11 @@ def learn_from_corrections(
         return None if progress is None else (lambda done, total: progress(name, done, total))
 
     pixels = _training_pixels(image, probs, model_labels, corrected, config)  # once, for the check and the fit
-    check = _check(image, probs, model_labels, corrected, pixels, config, stage("check"), cancel)
+    kept = organs_to_keep(corrected, probs.shape[0], config.min_evidence)
+    check = _check(image, probs, model_labels, corrected, pixels, config, stage("check"), cancel, kept)
     if not check.passed:
         return {}, check
-    corrector = _fit(*_stacked(pixels, sorted(corrected)), probs.shape[0] + 1, config, stage("fit"), cancel)
+    corrector = _fit(*_stacked(pixels, sorted(corrected)), probs.shape[0] + 1, config, stage("fit"), cancel, kept)
     out = {}
     for i, z in enumerate(targets):
         if is_cancelled(cancel):
