@@ -310,7 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(out / "work", ignore_errors=True)
     print_table(results)
     png = plot(results, out / "real_loop.png") if results and "round" in args.arms else None
-    report = {"args": {**vars(args), "arms": sorted(args.arms)}, "models": picks, "results": results, "minutes": (time.perf_counter() - t0) / 60}
+    report = {
+        "args": {**vars(args), "arms": sorted(args.arms)},
+        "models": picks,
+        "results": results,
+        "minutes": (time.perf_counter() - t0) / 60,
+    }
     (out / "bench_real_loop.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     _say(f"\ntotal {report['minutes']:.1f} min; {png}; details in {out / 'bench_real_loop.json'}")
     return 0
