@@ -191,8 +191,10 @@ def test_learn_from_corrections_relabels_unreviewed_slices_only_and_undoes(
     make_napari_viewer, qtbot, case, tmp_path, tiny_bundle
 ):
     from napari_gitseg.classes import masks_to_labels
+    from napari_gitseg.review.adapt import AdaptConfig
 
     viewer, widget = open_with_model(make_napari_viewer, qtbot, case, tmp_path, tiny_bundle)
+    widget.adapt_config = AdaptConfig(steps=300)  # the corrector's own tests use this length too (test_adapt.py)
     predict(widget, qtbot, case)
     layer = widget.labels_layer
     viewer.layers.selection.active = layer

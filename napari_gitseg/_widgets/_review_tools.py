@@ -25,6 +25,8 @@ SYNC_INTERVAL_MS = 2000  # how often the dock looks for versions saved by others
 class CorrectionTools:
     """Fill between, Refine, organ selection, sync with other writers and the effort line of the Review dock."""
 
+    adapt_config = None  # Learn from corrections' AdaptConfig (None: its defaults; tests set a shorter one)
+
     # ---- faster correction: fill between, refine ------------------------------------------------------
     def _key_actions(self) -> dict:
         actions = {
@@ -152,6 +154,7 @@ class CorrectionTools:
             model_labels,
             corrected,
             targets,
+            **({} if self.adapt_config is None else {"config": self.adapt_config}),
             progress=self._show_learn_progress,
             cancel=cancel,
         )
