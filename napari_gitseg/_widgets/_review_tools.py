@@ -137,7 +137,7 @@ class CorrectionTools:
 
     def _learn_job(self, session, cancel: threading.Event):
         from napari_gitseg.classes import masks_to_labels
-        from napari_gitseg.review.adapt import MIN_CORRECTED, AdaptCancelled, learn_from_corrections
+        from napari_gitseg.review.adapt import MIN_CORRECTED, AdaptCancelled, AdaptConfig, learn_from_corrections
 
         corrected = self._io.submit(session.corrected_labels).result()
         if len(corrected) < MIN_CORRECTED:
@@ -154,7 +154,7 @@ class CorrectionTools:
             model_labels,
             corrected,
             targets,
-            **({} if self.adapt_config is None else {"config": self.adapt_config}),
+            self.adapt_config or AdaptConfig(),
             progress=self._show_learn_progress,
             cancel=cancel,
         )
@@ -207,7 +207,7 @@ class CorrectionTools:
             return
         check = result.check
         scored = f" (held-out corrected slices: Dice {check.model_dice:.2f} model, {check.corrector_dice:.2f} learned)"
-        scored += kept_note(check.kept)
+        scored += kept_note(check.kept, min_evidence=check.min_evidence)
         if not result.relabelled and not check.passed:
             self._unsaved.value = (
                 f"Nothing changed: learning from your corrections did not beat the model "

@@ -82,6 +82,7 @@ class CorrectorCheck:
     corrector_dice: float
     min_gain: float = AdaptConfig.min_gain
     kept: tuple[int, ...] = ()  # label values left as the model drew them (too few corrected slices show them)
+    min_evidence: int = AdaptConfig.min_evidence  # the corrected slices an organ needed (the config's)
 
     @property
     def passed(self) -> bool:
@@ -229,7 +230,9 @@ def _fit(x: np.ndarray, y: np.ndarray, n_out: int, config: AdaptConfig, progress
     return Corrector(net, mean, scale, config, tuple(kept))
 
 
-def kept_note(kept: tuple[int, ...], classes: tuple[str, ...] | None = None) -> str:
+def kept_note(
+    kept: tuple[int, ...], classes: tuple[str, ...] | None = None, min_evidence: int = AdaptConfig.min_evidence
+) -> str:
     """A clause for the dock naming the organs the corrector left as the model drew them ("" when none)."""
     if not kept:
         return ""
@@ -238,7 +241,7 @@ def kept_note(kept: tuple[int, ...], classes: tuple[str, ...] | None = None) -> 
     names = [(classes or CLASSES)[v - 1].replace("_", " ") for v in kept]
     return (
         f"; {', '.join(names)} left as the model drew {'it' if len(names) == 1 else 'them'} "
-        f"(on fewer than {AdaptConfig.min_evidence} of your corrected slices)"
+        f"(on fewer than {min_evidence} of your corrected slices)"
     )
 
 
@@ -251,7 +254,9 @@ def _check(image, probs, model_labels, corrected, pixels, config, progress, canc
     trial = _fit(*_stacked(pixels, [z for z in zs if z not in held]), n + 1, config, progress, cancel, kept)
     model = [mean_dice(model_labels[z], corrected[z], n) for z in held]
     fitted = [mean_dice(trial.apply(image, probs, model_labels[z], z), corrected[z], n) for z in held]
-    return CorrectorCheck(held, float(np.mean(model)), float(np.mean(fitted)), config.min_gain, tuple(kept))
+    return CorrectorCheck(
+        held, float(np.mean(model)), float(np.mean(fitted)), config.min_gain, tuple(kept), config.min_evidence
+    )
 
 
 def learn_from_corrections(
