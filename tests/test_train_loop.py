@@ -161,6 +161,26 @@ def test_resume_continues_where_it_stopped(cases, tmp_path):
     assert not (tmp_path / "part.resume.pt").exists()
 
 
+def test_a_run_without_resume_state_writes_none_and_trains_the_same(cases, tmp_path):
+    """``resume_state=False`` (a round, never resumed) skips the per-epoch ``STEM.resume.pt``; the
+    weights and history are those of a run that writes it."""
+    cfg = _tiny(epochs=2, max_steps_per_epoch=2)
+    stop = threading.Event()
+
+    def on_event(e):
+        if isinstance(e, ev.Metrics) and e.epoch == 1:
+            stop.set()
+
+    with pytest.raises(TrainingCancelled):
+        train(cfg, cases[:1], cases[1:2], tmp_path / "cut", on_event=on_event, cancel=stop, resume_state=False)
+    assert not (tmp_path / "cut.resume.pt").exists()  # cancelled after an epoch: still no resume state
+    with_state = train(cfg, cases[:1], cases[1:2], tmp_path / "a")
+    without = train(cfg, cases[:1], cases[1:2], tmp_path / "b", resume_state=False)
+    assert [h["val_dice"] for h in with_state.history] == [h["val_dice"] for h in without.history]
+    a, b = _bundle_state(with_state.best_path), _bundle_state(without.best_path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_same_seed_same_weights(cases, tmp_path):
     cfg = _tiny(epochs=1, max_steps_per_epoch=3, augmentation={"base": "none", "hflip": 0.5, "rotate": 0.5})
     a = train(cfg, cases[:1], cases[1:2], tmp_path / "a")

@@ -178,6 +178,7 @@ def _train_round(sim: _Simulation, r: int, on_event, cancel) -> tuple:
         cancel=cancel,
         data_description={"bootstrap_round": r, "clinician_labels": sim.n_labels, "pseudo_labels": n_pseudo},
         provenance=provenance,
+        resume_state=False,  # a round is never resumed
     )
     return result, n_pseudo
 

@@ -50,7 +50,7 @@ def checkpoint_epoch(run: TrainRun, metrics: dict) -> None:
             run.emit(ev.Checkpoint(path=str(run.json_path), epoch=run.epoch, val_dice=dice, best=True))
     else:
         run.bad_epochs += 1
-    if main:
+    if main and run.keep_resume_state:
         save_resume_state(run)
 
 

@@ -69,6 +69,7 @@ def train(
     cancel: Cancel = None,
     *,
     resume: bool = False,
+    resume_state: bool = True,
     data_description: dict | None = None,
     command: str | None = None,
     notes: str = "",
@@ -80,9 +81,10 @@ def train(
     image, masks, ignore, weight, slice and name; one whose ``on_the_fly`` attribute is True makes new
     items on every access and is never cached) or lists of labelled ``Stack``\\ s (``val_data=None``:
     split the training stacks, see ``split_validation``). ``provenance``: {stack: {z: "clinician" |
-    "pseudo"}} for stack lists (pseudo-labels weigh ``config.pseudo_weight``). Returns a ``TrainResult``; raises
-    ``TrainingCancelled`` when ``cancel`` is set, ``CheckpointWriteError`` when a checkpoint cannot be
-    written, ``GitsegInputError`` for bad data.
+    "pseudo"}} for stack lists (pseudo-labels weigh ``config.pseudo_weight``). ``resume_state=False``
+    writes no ``STEM.resume.pt`` (a run never resumed, such as a round, saves writing it every epoch).
+    Returns a ``TrainResult``; raises ``TrainingCancelled`` when ``cancel`` is set,
+    ``CheckpointWriteError`` when a checkpoint cannot be written, ``GitsegInputError`` for bad data.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -101,6 +103,7 @@ def train(
     with torch_threads(threads):
         run = set_up(config, train_data, val_data, out_stem, emit, cancel, device, provenance, t_start)
         run.meta = bundle_meta(run, data_description, command, notes)
+        run.keep_resume_state = bool(resume_state)
         if resume:
             load_resume_state(run)
         return _run_epochs(run)

@@ -16,8 +16,14 @@ from training.train_run import TrainingCancelled
 def _predictor(bundle_path, config: TrainConfig):
     from napari_gitseg.predict import Predictor
 
+    # eager, not frozen graphs: a round makes a fresh Predictor per bundle and predicts a stack or two,
+    # and tracing a frozen graph costs more than it saves there (Predictor's ``freeze``)
     return Predictor(
-        [bundle_path], device=config.device, batch_size=config.val_batch_size, num_threads=config.num_threads
+        [bundle_path],
+        device=config.device,
+        batch_size=config.val_batch_size,
+        num_threads=config.num_threads,
+        freeze=False,
     )
 
 

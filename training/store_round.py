@@ -290,6 +290,7 @@ def _train_candidate(plan: _RoundPlan, project: Project, work: Path, on_event, c
             "pseudo": plan.n_pseudo,
         },
         provenance=plan.provenance,
+        resume_state=False,  # a round is never resumed: a killed round is run again
     )
     emit(
         on_event,

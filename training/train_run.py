@@ -100,6 +100,7 @@ class TrainRun:
     n_nonfinite: int = 0
     weight_sum: dict | None = None  # config.average_last: float64 sums of the weights of the averaged epochs
     averaged_epochs: list[int] = field(default_factory=list)
+    keep_resume_state: bool = True  # write STEM.resume.pt after every epoch (a round never resumes: False)
 
     @property
     def json_path(self) -> Path:

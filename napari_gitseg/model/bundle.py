@@ -244,14 +244,21 @@ def _software() -> dict:
     return out
 
 
+_SHAPES_BY_CONFIG: dict[str, dict[str, tuple[int, ...]]] = {}  # a training run saves one config many times
+
+
 def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes of the architecture ``config`` describes (built on the meta device)."""
-    try:
-        with torch.device("meta"):
+    """Tensor names and shapes of the architecture ``config`` describes (built on the meta device once
+    per config: building it costs more than writing a small checkpoint)."""
+    key = json.dumps(config.to_dict(), sort_keys=True)
+    if key not in _SHAPES_BY_CONFIG:
+        try:
+            with torch.device("meta"):
+                model = build_model(config, pretrained=False)
+        except Exception:  # noqa: BLE001 - some encoders refuse meta tensors; build for real
             model = build_model(config, pretrained=False)
-    except Exception:  # noqa: BLE001 - some encoders refuse meta tensors; build for real
-        model = build_model(config, pretrained=False)
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+        _SHAPES_BY_CONFIG[key] = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    return dict(_SHAPES_BY_CONFIG[key])
 
 
 def save_bundle(
