@@ -61,11 +61,15 @@ class _Flow:
     project: Path
     case_dir: Path
     screenshots: bool
-    report: dict = field(default_factory=lambda: {"steps": []})
+    report: dict = field(default_factory=lambda: {"steps": [], "step_seconds": {}})
+    started: float = field(default_factory=time.perf_counter)
 
     def step(self, name: str, viewer=None) -> None:
-        """Record a finished step (and its screenshot)."""
+        """Record a finished step, the seconds since the previous one, and its screenshot."""
         self.report["steps"].append(name)
+        now = time.perf_counter()
+        self.report["step_seconds"][name] = round(now - self.started, 2)
+        self.started = now
         if self.screenshots:
             (viewer or self.viewer).screenshot(
                 str(self.out / f"{len(self.report['steps']):02d}_{name}.png"), canvas_only=False
