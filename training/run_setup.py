@@ -21,7 +21,11 @@ from training.train_run import TrainResult, TrainRun
 
 
 def _init_model(config: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, ModelConfig, dict, str | None]:
-    """(model, its config, normalisation, the bundle it was initialised from)."""
+    """(model, its config, normalisation, the bundle it was initialised from).
+
+    Seeds torch's global generator first, also when fine-tuning: dropout and stochastic depth draw
+    from it, and an unseeded round gave a different model on every run."""
+    torch.manual_seed(int(config.seed))
     if config.init_from:
         path = Path(config.init_from)
         try:
@@ -29,7 +33,6 @@ def _init_model(config: TrainConfig, device: torch.device) -> tuple[torch.nn.Mod
         except BundleError as err:
             raise GitsegInputError(path, f"cannot fine-tune from this bundle: {err.problem}") from err
         return model.to(device), bundle.config, dict(bundle.normalization), str(bundle.json_path)
-    torch.manual_seed(int(config.seed))
     model_config = config.model_config()
     normalization = dict(DEFAULT_NORMALIZATION if config.normalization is None else config.normalization)
     return build_model(model_config).to(device), model_config, normalization, None
