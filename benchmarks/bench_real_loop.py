@@ -273,10 +273,11 @@ def _parse(argv):
     p.add_argument("--one-round", action="store_true", help="no bootstrap click (e.g. for the long cpu preset)")
     p.add_argument("--arms", default="round", help="round (Retrain clicks) and/or learn (Learn from corrections)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the rounds' training seed (repeat with others: the spread)")
     p.add_argument("--out", default=str(ROOT / "out" / "bench_real_loop"))
     args = p.parse_args(argv)
     args.n = [int(n) for n in args.n.split(",") if n.strip()]
+    args.config = json.dumps({"seed": args.seed} | (json.loads(args.config) if args.config else {}))
     args.arms = {a.strip() for a in args.arms.split(",") if a.strip()}
     if not args.arms or args.arms - {"round", "learn"}:
         p.error(f"--arms takes round and/or learn, got {sorted(args.arms)}")
