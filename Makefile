@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 
 run: install
 	$(if $(DISPLAY),,@echo "no DISPLAY: starting napari on a virtual screen (xvfb-run); a screenshot goes to out/run.png")
-	$(XRUN) $(VENV)/bin/gitseg view --sample $(if $(DISPLAY),,--screenshot out/run.png --quit-after 60)
+	$(XRUN) $(VENV)/bin/gitseg view --sample --segment $(if $(DISPLAY),,--screenshot out/run.png --quit-after 60)
 
 test: install
 	@command -v xvfb-run >/dev/null || [ -n "$(DISPLAY)" ] || { echo "xvfb-run is missing: apt-get install xvfb xauth (see .ci/run)"; exit 1; }

@@ -13,20 +13,41 @@ DOCKS = ("Segment organs", "Review and correct", "Retrain model")
 
 
 def build_viewer(
-    path: str | None = None, sample: bool = False, model: str | None = None, store: str | None = None, show: bool = True
+    path: str | None = None,
+    sample: bool = False,
+    model: str | None = None,
+    store: str | None = None,
+    show: bool = True,
+    segment: bool = False,
 ):
     """A napari viewer with the data opened and the three gitseg docks; returns (viewer, widgets)."""
     import napari
     import torch  # noqa: F401  (before Qt/OpenGL: see module docstring)
     import torchvision  # noqa: F401
-    from qtpy.QtCore import QTimer
 
     viewer = napari.Viewer(title="napari-gitseg", show=show)
+    viewer.window.resize(1500, 950)
+    return viewer, dock_gitseg(viewer, path=path, sample=sample, model=model, store=store, segment=segment)
+
+
+def dock_gitseg(
+    viewer,
+    path: str | None = None,
+    sample: bool = False,
+    model: str | None = None,
+    store: str | None = None,
+    segment: bool = False,
+) -> dict:
+    """Open ``path`` (or the sample) in ``viewer``, dock the three gitseg widgets and return them by name.
+
+    With ``segment`` the Segment dock starts on the opened scan at once (what ``make run`` shows), and a
+    ground-truth layer that came with the data is hidden so the model's masks are what one sees."""
+    from qtpy.QtCore import QTimer
+
     if path:
         viewer.open(path, plugin="napari-gitseg")
     elif sample:
         viewer.open_sample("napari-gitseg", "phantom_case")
-    viewer.window.resize(1500, 950)
     widgets, docks = {}, {}
     for name in DOCKS:
         dock, widget = viewer.window.add_plugin_dock_widget("napari-gitseg", name, tabify=name != DOCKS[0])
@@ -41,7 +62,17 @@ def build_viewer(
             viewer.dims.axis_labels = ("z", "y", "x")
         viewer.dims.set_current_step(0, viewer.layers[0].data.shape[0] // 2)
         viewer.reset_view()
-    return viewer, widgets
+    if segment and viewer.layers:
+        for layer in viewer.layers:
+            if _role(layer) == "truth":
+                layer.visible = False
+        widgets["Segment organs"].run()
+    return widgets
+
+
+def _role(layer) -> str | None:
+    """The gitseg role of a layer (``truth``, ``prediction``...), None for layers of other origins."""
+    return ((getattr(layer, "metadata", None) or {}).get("gitseg") or {}).get("role")
 
 
 def launch_viewer(
@@ -52,15 +83,22 @@ def launch_viewer(
     screenshot: str | None = None,
     quit_after: float | None = None,
     show: bool = True,
+    segment: bool = False,
 ) -> int:
-    """Open napari with gitseg docked and run it until the window closes; returns 0."""
+    """Open napari with gitseg docked and run it until the window closes; returns 0.
+
+    ``screenshot`` is taken 3 s after start, or with ``segment`` once the prediction is on screen."""
     import napari
     from qtpy.QtCore import QTimer
 
-    viewer, _widgets = build_viewer(path=path, sample=sample, model=model, store=store, show=show)
+    viewer, widgets = build_viewer(path=path, sample=sample, model=model, store=store, show=show, segment=segment)
     if screenshot:
+        segmenter = widgets["Segment organs"]
 
         def _shot():
+            if segment and segmenter.running:
+                QTimer.singleShot(250, _shot)
+                return
             Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
             viewer.screenshot(screenshot, canvas_only=False)
             print(f"screenshot saved to {screenshot}")

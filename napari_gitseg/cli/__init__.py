@@ -73,6 +73,7 @@ def cmd_view(args) -> int:
         store=args.store,
         screenshot=args.screenshot,
         quit_after=args.quit_after,
+        segment=args.segment,
     )
 
 
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", action="store_true", help="open the bundled phantom case")
     p.add_argument("--model", help="model bundle (.json); default: the bundled model")
     p.add_argument("--store", help="label store folder; default: beside the data")
-    p.add_argument("--screenshot", help="save a PNG of the window once loaded")
+    p.add_argument("--segment", action="store_true", help="segment the opened scan with the model at once")
+    p.add_argument("--screenshot", help="save a PNG of the window once loaded (with --segment: once segmented)")
     p.add_argument("--quit-after", type=float, default=None, help="close after N seconds (for scripts)")
     p.set_defaults(func=cmd_view)
 
