@@ -17,7 +17,7 @@ isolated slice repeated), each slice scaled by its own percentiles, letterboxed 
 BCE + Dice; Dice is scored on the 256-px grid. A linear-probe style comparison of what each encoder
 already knows, not of fully fine-tuned models (the default model fine-tunes the whole network).
 
-Usage: ``python benchmarks/probe_encoders.py [--steps 1500] [--out out/probe_encoders]``; the
+Usage: ``python benchmarks/probe_encoders.py [--steps 600] [--out out/probe_encoders]``; the
 encoder pass is the slow part (LiteMedSAM ~1.7 s per slice on 2 cores: ~15 min for 493 slices).
 """
 
@@ -92,6 +92,19 @@ def lite0_features(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def cached_features(path: Path, extract, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``extract(x)`` and its seconds per slice, kept in ``path`` so a rerun of the heads skips the encoder."""
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        if saved["feats"].shape[0] == len(x):
+            return saved["feats"], float(saved["seconds_per_slice"])
+    t0 = time.perf_counter()
+    feats = extract(x)
+    seconds = (time.perf_counter() - t0) / len(x)
+    torch.save({"feats": feats, "seconds_per_slice": torch.tensor(seconds)}, path)
+    return feats, seconds
+
+
 def head(channels: int) -> torch.nn.Module:
     """The decoder head trained on frozen features: 64 x 64 features -> 3 organ logits at 256 x 256."""
     nn = torch.nn
@@ -147,7 +160,7 @@ def volume_dice(net: torch.nn.Module, feats: torch.Tensor, masks: torch.Tensor) 
 def main(argv=None) -> int:
     """Extract both encoders' features once, then four leave-one-volume-out heads per encoder; print the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "out" / "probe_encoders"))
     args = p.parse_args(argv)
@@ -163,11 +176,11 @@ def main(argv=None) -> int:
     x, m = torch.cat([d[0] for d in data]), torch.cat([d[1] for d in data])
     owner = [patient_of(s) for s, d in zip([*volumes, *slices], data, strict=True) for _ in range(len(d[0]))]
     _say(f"{len(x)} labelled real slices; volumes {[s.name for s in volumes]}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     results, timings = {}, {}
     for name, extract in (("lite0", lite0_features), ("medsam", medsam_features)):
-        t0 = time.perf_counter()
-        feats = extract(x)
-        timings[name] = (time.perf_counter() - t0) / len(x)
+        feats, timings[name] = cached_features(out / f"{name}_features.pt", extract, x)
         _say(f"{name}: features {tuple(feats.shape[1:])}, {timings[name]:.3f} s per slice")
         results[name] = {}
         for k, vol in enumerate(volumes):
@@ -181,8 +194,6 @@ def main(argv=None) -> int:
         _say(f"{vol.name:<16} {a:7.3f} {b:7.3f}  {b / a if a else float('nan'):6.2f}")
     means = {n: float(np.mean([r["mean"] for r in results[n].values()])) for n in results}
     _say(f"{'mean':<16} {means['lite0']:7.3f} {means['medsam']:7.3f}  {means['medsam'] / means['lite0']:6.2f}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "probe_encoders.json").write_text(
         json.dumps({"results": results, "seconds_per_slice": timings, "means": means, "args": vars(args)}, indent=2)
         + "\n"
