@@ -10,7 +10,8 @@ mask on a new slice and with its embedding cached, Propagate over 10 slices.
 Goal: stall < 50 ms for (a) and (b).
 
 Run under a display: ``xvfb-run -a .venv/bin/python benchmarks/bench_gui_latency.py``
-(``--why`` also prints the GUI thread's Python stacks sampled during each longest stall).
+(``--why`` also prints the GUI thread's Python stacks sampled during each longest stall; it reads other
+threads' frames, which can crash CPython 3.11 (python/cpython#111363): a diagnostic, not for every run).
 
 What the stalls are on two 2-core machines, and what was fixed (progress is set through
 ``_common.set_progress`` so that it paints with the next ordinary update): ``docs/benchmarks.md``.
