@@ -151,6 +151,11 @@ class Project:
         """The bundle JSON of a registered model version (the registry says where)."""
         return self.registry(create=False).path_of(version)
 
+    def active_model_path(self) -> Path | None:
+        """The bundle JSON of the project's active model version; None while the project has none."""
+        _versions, active = self.model_versions()
+        return None if active is None else self.model_path(active)
+
     # ---- the trainer's jobs -----------------------------------------------------------------------
     @property
     def jobs_folder(self) -> Path:

@@ -137,3 +137,46 @@ def test_every_control_says_what_it_does(make_napari_viewer):
         assert getattr(dock, f"_{name}").native.toolTip() == text and text
     assert all(f"{p}:" in TOOLTIPS["preset"] for p in PRESETS)
     assert set(dock._preset.choices) == set(PRESETS)
+
+
+def test_each_scan_is_segmented_by_its_own_projects_model(make_napari_viewer, qtbot, tmp_path, tiny_bundle):
+    """A model adapted to one patient's labels (project A's active version) segments that patient's scan
+    only: opening patient B's project, which has no trained version, goes back to the model chosen for
+    every scan; opening A again picks A's version up (also in a new session, where nothing was announced)."""
+    from napari_gitseg._widgets.review import ReviewWidget
+    from napari_gitseg._widgets.segment import SegmentWidget
+    from napari_gitseg._widgets.train import TrainWidget
+    from napari_gitseg.model.bundle import load_bundle
+
+    viewer = make_napari_viewer()
+    segment, review, train = SegmentWidget(viewer), ReviewWidget(viewer), TrainWidget(viewer)
+    chosen = str(segment._model.value)
+    assert chosen  # the bundled default (or whatever the file box holds)
+    project_a, project_b = tmp_path / "caseA" / "gitseg_project", tmp_path / "caseB" / "gitseg_project"
+    model, bundle = load_bundle(tiny_bundle)
+    Project(project_a).registry().add(model, bundle.config, metrics={"val_dice": 0.5}, activate=True)
+    adapted = str(Project(project_a).active_model_path())
+    assert Project(project_b).active_model_path() is None
+
+    train._hub.project_opened.emit(str(project_a), "caseA_day0")
+    qtbot.waitUntil(lambda: str(segment._model.value) == adapted, timeout=30000)
+    assert review._model_path == adapted  # Refine follows the same model
+    assert "active version v0001" in segment._status.value
+    train._hub.project_opened.emit(str(project_b), "caseB_day0")
+    qtbot.waitUntil(lambda: str(segment._model.value) == chosen, timeout=30000)
+    assert review._model_path is None  # the bundled default
+    assert "no trained version in this project yet" in segment._status.value
+    train._hub.project_opened.emit(str(project_a), "caseA_day0")
+    qtbot.waitUntil(lambda: str(segment._model.value) == adapted, timeout=30000)
+
+    # a model picked in the file box is the one for projects without a version from then on
+    segment._model.value = str(tiny_bundle)
+    train._hub.project_opened.emit(str(project_b), "caseB_day0")
+    qtbot.waitUntil(lambda: train._project.value is not None and str(train._project.value) == str(project_b))
+    qtbot.wait(300)
+    assert str(segment._model.value) == str(tiny_bundle)
+    import threading
+
+    for thread in threading.enumerate():  # model warm-ups of the switches: done before the viewer closes
+        if thread.name == "gitseg-model-warm-up":
+            thread.join(60)

@@ -13,6 +13,7 @@ class GitsegHub:
     prediction_ready = Signal(object, object)  # (Stack, Prediction)
     model_changed = Signal(object)  # path of the model bundle now in use (or None)
     project_opened = Signal(str, str)  # (project folder, stack name) when a review starts
+    project_model_found = Signal(object)  # the opened project's active model bundle (None: none yet)
     repredict_requested = Signal(object)  # Stack name whose unreviewed slices need new predictions
 
 

@@ -165,6 +165,7 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
         self._learn.changed.connect(self.learn_from_corrections)
         self._organ.changed.connect(self._organ_chosen)
         self._hub.model_changed.connect(self._on_model_changed)
+        self._hub.project_model_found.connect(self._on_model_changed)  # Refine uses the project's model too
         close_on_destroy(self)  # Qt never calls a magicgui Container's closeEvent
         self._export.changed.connect(lambda: self.export_to(str(self._export_path.value)))
         for box in self._visible.values():

@@ -134,7 +134,11 @@ class SegmentWidget(JobDock):
         for box in self._visible.values():
             box.tooltip = TOOLTIPS["show"]
         self._model.tooltip = model_tooltip(str(self._model.value or ""))
-        self._model.changed.connect(lambda value: setattr(self._model, "tooltip", model_tooltip(str(value or ""))))
+        self._model.changed.connect(self._on_model_edited)
+        # the model chosen outside any project (the bundled default, --model, the file box), and the
+        # project model in use instead while a project with a trained version is open
+        self._chosen_model, self._project_model = str(self._model.value or ""), None
+        self._setting_model = False
 
         self._run.changed.connect(self.run)
         self._cancel_btn.changed.connect(self.cancel)
@@ -142,7 +146,8 @@ class SegmentWidget(JobDock):
             box.changed.connect(self._apply_visibility)
         viewer.layers.events.inserted.connect(lambda _e: self._image.reset_choices())
         viewer.layers.events.removed.connect(lambda _e: self._image.reset_choices())
-        self._hub.model_changed.connect(lambda path: self.set_model_path(path) if path else None)
+        self._hub.model_changed.connect(lambda path: self.set_model_path(path, project=True) if path else None)
+        self._hub.project_model_found.connect(self.follow_project_model)
         self._hub.repredict_requested.connect(self._on_repredict)
         self.result_layer = None
         self._visibility_state: tuple | None = None
@@ -156,10 +161,35 @@ class SegmentWidget(JobDock):
         """True while a prediction is in progress."""
         return self._worker is not None
 
-    def set_model_path(self, path: str | Path) -> None:
-        """Use the model bundle at ``path`` for the next run (loaded in the background now)."""
-        self._model.value = str(path)
+    def set_model_path(self, path: str | Path, project: bool = False) -> None:
+        """Use the model bundle at ``path`` for the next run (loaded in the background now); ``project``:
+        it is a version of the open project's registry, not a model chosen for every scan."""
+        self._setting_model = True
+        try:
+            self._model.value = str(path)
+        finally:
+            self._setting_model = False
+        if project:
+            self._project_model = str(path)
+        else:
+            self._chosen_model, self._project_model = str(path), None
         self._warm_up()
+
+    @when_alive
+    def follow_project_model(self, path: str | Path | None) -> None:
+        """A project was opened: segment with its active model, or, while it has none, with the model
+        chosen outside projects (never with another project's model, adapted to another patient)."""
+        if path:
+            self.set_model_path(path, project=True)
+            self._status.value = f"Model: this project's active version {Path(path).stem}"
+        elif self._project_model is not None:
+            self.set_model_path(self._chosen_model)
+            self._status.value = f"Model: {Path(self._chosen_model).name} (no trained version in this project yet)"
+
+    def _on_model_edited(self, value) -> None:
+        self._model.tooltip = model_tooltip(str(value or ""))
+        if not self._setting_model:  # picked in the file box: the model for every scan from now on
+            self._chosen_model, self._project_model = str(value or ""), None
 
     def run(self) -> None:
         """Start segmenting the chosen image layer in the background."""

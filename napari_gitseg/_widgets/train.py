@@ -239,6 +239,20 @@ class TrainWidget(JobDock):
             self._stack_names.append(stack_name)
         if str(self._project.value) in ("", ".") or str(self._project.value) != folder:
             self.set_project(folder)
+            self._find_project_model(folder)
+
+    def _find_project_model(self, folder: str) -> None:
+        """Look up the project's active model (off the GUI thread) and tell the other docks: a scan is
+        segmented by its own project's model, never by one another patient's labels adapted."""
+        worker = thread_worker(
+            Project(folder).active_model_path,
+            start_thread=False,
+            connect={
+                "returned": self._hub.project_model_found.emit,
+                "errored": lambda e: show_error(f"Model registry of {folder}: {e}"),
+            },
+        )()
+        worker.start()
 
     def _set_running(self, running: bool) -> None:
         self._retrain.enabled = not running
