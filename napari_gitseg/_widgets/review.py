@@ -82,7 +82,13 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
         self._applying = False  # True while the dock itself writes into the layer (not a stroke)
         self._strokes_pending = 0  # paint events not yet booked in the effort log
         self._timer = None
+        self._history: list[int] = []  # slices shown before each jump (Previous)
+        self._build_controls(viewer)
+        self._set_enabled(False)
+        self._connect_signals(viewer)
 
+    def _build_controls(self, viewer) -> None:
+        """The dock's widgets, in the order a clinician uses them, with their tooltips."""
         self._image = ComboBox(label="Image", choices=lambda _w: image_layer_names(viewer))
         self._folder = FileEdit(label="Project folder", mode="d", value="")
         self._open = PushButton(text="Start review")
@@ -148,9 +154,6 @@ class ReviewWidget(BoxTools, CorrectionTools, Container):
         ):
             button.tooltip = tooltip(action)
         self._organ.tooltip = "The organ you paint, fill, refine, box and propagate [1 / 2 / 3]"
-        self._set_enabled(False)
-        self._history: list[int] = []
-        self._connect_signals(viewer)
 
     def _connect_signals(self, viewer) -> None:
         """The buttons' actions, and what the dock follows in the viewer and the hub."""
