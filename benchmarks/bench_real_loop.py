@@ -22,7 +22,8 @@ use the ``quick`` preset by default (the few-label recipe cut to 40 steps; ``--p
 Train dock's default, about ten times longer). Output: a table, ``OUT/bench_real_loop.json`` and
 ``OUT/real_loop.png`` (Dice against labelled slices, one line per volume, dashed: bootstrap).
 
-Usage: ``python benchmarks/bench_real_loop.py --folds out/folds [--n 0,3,6,12,24] [--volumes case6,...]``
+Usage: ``python benchmarks/bench_real_loop.py --folds out/folds [--n 0,3,6,12,24] [--volumes case6,...] [--mr]``
+(``--mr``: also the TotalSegmentator MR volume, another site, with the shipped model, which never saw it).
 """
 
 from __future__ import annotations
@@ -267,7 +268,8 @@ def _parse(argv):
     p.add_argument("--folds", nargs="*", default=[], help="leave-patient-out bundles (JSON files or folders)")
     p.add_argument("--new", default=str(bench_real.DEFAULT_MODEL), help="also a candidate (for patients it never saw)")
     p.add_argument("--n", default="0,3,6,12,24", help="clinician-labelled slices per scan")
-    p.add_argument("--volumes", help="only these patients (comma-separated caseN)")
+    p.add_argument("--volumes", help="only these patients (comma-separated caseN; none: no UW volume)")
+    p.add_argument("--mr", action="store_true", help="also the TotalSegmentator MR volume, with --new (never saw it)")
     p.add_argument("--preset", default="quick", help="training preset of the rounds (default quick)")
     p.add_argument("--config", help="JSON object of training settings over the preset")
     p.add_argument("--one-round", action="store_true", help="no bootstrap click (e.g. for the long cpu preset)")
@@ -308,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         picks[stack.name] = str(bundle)
         _say(f"{stack.name} ({stack.image.shape[0]} slices): model {bundle}")
         results[stack.name] = loop_on_volume(stack, bundle, args.n, args, out / "work")
+    if args.mr and bench_real.TOTALSEG_MR[0].is_file():
+        mr = bench_real.read_totalseg_mr(*bench_real.TOTALSEG_MR)
+        ns = [n for n in args.n if n <= mr.image.shape[0] // 2]  # at least half the scan left to score
+        picks[mr.name] = args.new
+        _say(f"{mr.name} ({mr.image.shape[0]} slices, TotalSegmentator MR): model {args.new}; n = {ns}")
+        results[mr.name] = loop_on_volume(mr, Path(args.new), ns, args, out / "work")
     shutil.rmtree(out / "work", ignore_errors=True)
     print_table(results)
     png = plot(results, out / "real_loop.png") if results and "round" in args.arms else None
