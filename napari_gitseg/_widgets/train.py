@@ -39,7 +39,7 @@ TOOLTIPS = {
     "preset": (
         "How long a round trains.\n"
         "quick: 40 steps (about half a minute); from a model, the few-label recipe cut short.\n"
-        "cpu: the full few-label recipe (a dozen slices: about 6 minutes on 2 cores).\n"
+        "cpu: the full few-label recipe (a dozen slices: 2-6 minutes on 2 cores, by processor).\n"
         "gpu: as cpu, in larger batches with mixed precision (needs a CUDA GPU)."
     ),
     "keep": "How many of the new model's most confident predictions of unreviewed slices are saved as\n"
