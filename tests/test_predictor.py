@@ -553,3 +553,31 @@ def test_network_input_equals_resized_windows_at_the_stacks_edges():
     ref = F.pad(ref, (left, 64 - nw - left, top, 64 - nh - top))
     assert x.shape == ref.shape == (4, 3, 64, 64)
     assert torch.equal(x, ref)
+
+
+def test_graphs_built_on_several_threads_at_once_keep_torch_jits_notices_to_themselves():
+    """A warm-up thread and a prediction thread trace at the same time when napari starts segmenting:
+    ``warnings.catch_warnings`` is not thread-safe, and before tracing was serialised torch.jit's
+    deprecation notices leaked out (5 times in 10 tries here) and reached napari as warning toasts."""
+    import warnings
+
+    from napari_gitseg.predict.frozen import FrozenModel
+
+    def build():
+        model = torch.nn.Sequential(*[torch.nn.Conv2d(3, 3, 3, padding=1) for _ in range(20)]).eval()
+        frozen = FrozenModel(model)
+        frozen.forward(torch.randn(2, 3, 32, 32))
+        built.append(frozen.eager_reason is None and bool(frozen._graphs["forward"]))
+
+    built: list[bool] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(10):
+            threads = [threading.Thread(target=build) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    assert built == [True] * 30  # every thread got its frozen graph
+    leaked = [str(w.message) for w in caught if "jit" in str(w.message)]
+    assert leaked == []

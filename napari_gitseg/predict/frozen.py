@@ -24,6 +24,7 @@ gone or fails, this module falls back to eager PyTorch, never to a different ans
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections import OrderedDict
 from copy import deepcopy
@@ -38,6 +39,13 @@ _MAX_GRAPHS = 4  # input shapes kept per model (a scan's crop size; resized mode
 # torch.jit.trace / freeze announce their deprecation on every call; where torch.jit is gone, the
 # eager fallback of the module docstring takes over
 _JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
+# ... and dropped for the whole process: any thread's catch_warnings (napari's GUI thread has its own) may
+# restore the filters while a trace runs, and the notice then reached napari as a warning toast
+warnings.filterwarnings("ignore", message=_JIT_DEPRECATED, category=FutureWarning)
+# one trace at a time: warnings.catch_warnings swaps the process's filters and record list, so two threads
+# tracing at once (a warm-up beside a prediction) could take each other's TracerWarnings and restore
+# each other's filters
+_TRACING = threading.Lock()
 _TOLERANCE = 1e-3  # max |frozen - eager| on the logits: BN folding changes them by ~2e-5
 # bf16 graphs against the fp32 model, mean |difference| relative to the output's mean magnitude:
 # 8 significant bits through ~60 layers move the default model's features by 0.3-3.5 % and its
@@ -219,12 +227,12 @@ class FrozenModel:
         module = self._traced[which]
         cast = _cast(inputs, self.dtype)
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")  # recorded, not shown
-                # torch.jit's own deprecation notices are dropped outright, not only recorded: napari
-                # installs its warning hook (a toast) when its window opens, possibly while a warm-up
-                # thread is in here, and a hook set then bypasses the recording (catch_warnings is
-                # not thread-safe); a filter still applies
+            with _TRACING, warnings.catch_warnings(record=True) as caught:
+                # every TracerWarning recorded (not shown); only those: a blanket "always" here was what
+                # let torch.jit's deprecation notice through when the GUI thread's own catch_warnings
+                # swapped the filter list between this line and the next (catch_warnings is not
+                # thread-safe), and napari showed it as a toast
+                warnings.simplefilter("always", torch.jit.TracerWarning)
                 warnings.filterwarnings("ignore", message=_JIT_DEPRECATED, category=FutureWarning)
                 graph = torch.jit.freeze(torch.jit.trace(module.eval(), (cast,), check_trace=False))
                 got = _as_tuple(graph(cast))
