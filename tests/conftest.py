@@ -160,3 +160,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _QT_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.qt)
+
+
+# --- benchmark scripts ---
+@pytest.fixture
+def import_benchmark(monkeypatch):
+    """``import_benchmark(name)``: a script of ``benchmarks/`` imported afresh as a module (``benchmarks/``
+    is not a package: it goes on ``sys.path`` for the test only)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+    def load(name: str):
+        sys.modules.pop(name, None)
+        return importlib.import_module(name)
+
+    return load

@@ -3,23 +3,15 @@ runs the model over a 144-slice phantom and ../shared)."""
 
 from __future__ import annotations
 
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    sys.modules.pop("bench_correction", None)
-    import bench_correction
-
-    return bench_correction
+def bench(import_benchmark):
+    return import_benchmark("bench_correction")
 
 
 def _truth() -> np.ndarray:
@@ -51,9 +43,8 @@ def test_gap_dice_judges_a_fill_and_an_empty_gap_is_no_warning(bench):
         assert bench.gap_dice(truth[:0], truth[:0]) == 1.0
 
 
-def test_arm_e_boxes_a_missed_organ_propagates_it_and_erases_speckle(bench, tmp_path):
-    sys.modules.pop("correction_boxes", None)
-    import correction_boxes
+def test_arm_e_boxes_a_missed_organ_propagates_it_and_erases_speckle(bench, import_benchmark, tmp_path):
+    correction_boxes = import_benchmark("correction_boxes")
     from box_fakes import FakeSegmenter, disk_stack
 
     from napari_gitseg.classes import masks_to_labels

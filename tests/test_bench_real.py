@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +9,12 @@ import pytest
 
 from napari_gitseg.io.stack import Stack
 
-ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("large_bowel", "small_bowel", "stomach")
 
 
 @pytest.fixture
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    sys.modules.pop("bench_real", None)
-    import bench_real
-
-    return bench_real
+def bench(import_benchmark):
+    return import_benchmark("bench_real")
 
 
 def _slice(case: int, day: int, number: int) -> Stack:
@@ -194,11 +188,8 @@ def test_volume_dice_rows_pool_the_slices(bench):
     assert bench.mean_rows([{"a": 1.0, "b": np.nan}, {"a": 0.5, "b": 0.2}]) == {"a": 0.75, "b": pytest.approx(0.2)}
 
 
-def test_the_loop_labels_the_slices_the_review_queue_offers_first(monkeypatch, tiny_bundle, tmp_path):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    sys.modules.pop("bench_real_loop", None)
-    import bench_real_loop
-
+def test_the_loop_labels_the_slices_the_review_queue_offers_first(import_benchmark, tiny_bundle, tmp_path):
+    bench_real_loop = import_benchmark("bench_real_loop")
     from napari_gitseg.store import LabelStore
     from training.config import preset
 

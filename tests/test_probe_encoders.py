@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture
-def probe(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    sys.modules.pop("probe_encoders", None)
-    import probe_encoders
-
-    return probe_encoders
+def probe(import_benchmark):
+    return import_benchmark("probe_encoders")
 
 
 def test_volume_dice_pools_every_slice_of_the_volume_per_organ(probe):
