@@ -63,16 +63,13 @@ def dock_gitseg(
         viewer.dims.set_current_step(0, viewer.layers[0].data.shape[0] // 2)
         viewer.reset_view()
     if segment and viewer.layers:
+        from napari_gitseg.layers import layer_role
+
         for layer in viewer.layers:
-            if _role(layer) == "truth":
+            if layer_role(layer) == "truth":
                 layer.visible = False
         widgets["Segment organs"].run()
     return widgets
-
-
-def _role(layer) -> str | None:
-    """The gitseg role of a layer (``truth``, ``prediction``...), None for layers of other origins."""
-    return ((getattr(layer, "metadata", None) or {}).get("gitseg") or {}).get("role")
 
 
 def launch_viewer(

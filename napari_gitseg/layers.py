@@ -72,6 +72,16 @@ def stack_layer_data(stack: Stack, visible: bool = True) -> list[LayerDataTuple]
     return layers
 
 
+def gitseg_metadata(layer) -> dict | None:
+    """What this plugin wrote into a layer's metadata (``metadata["gitseg"]``); None for other layers."""
+    return (getattr(layer, "metadata", None) or {}).get("gitseg")
+
+
+def layer_role(layer) -> str | None:
+    """The role of one of this plugin's layers (``truth``, ``prediction``, ``review``); None otherwise."""
+    return (gitseg_metadata(layer) or {}).get("role")
+
+
 def stack_from_layer(layer) -> Stack:
     """Rebuild a Stack from an image layer (made by this plugin or any other reader)."""
     data = np.asarray(layer.data)
@@ -79,7 +89,7 @@ def stack_from_layer(layer) -> Stack:
         data = data[None]
     if data.ndim != 3:
         raise ValueError(f"layer {layer.name!r} has {data.ndim} dimensions; expected a (z, y, x) stack")
-    meta = (getattr(layer, "metadata", None) or {}).get("gitseg")
+    meta = gitseg_metadata(layer)
     if meta and len(meta.get("slice_ids", ())) == data.shape[0]:
         return Stack(
             image=data,

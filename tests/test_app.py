@@ -4,10 +4,7 @@ import pytest
 
 from napari_gitseg.app import DOCKS, dock_gitseg
 from napari_gitseg.cli import build_parser
-
-
-def _role(layer):
-    return layer.metadata.get("gitseg", {}).get("role")
+from napari_gitseg.layers import layer_role
 
 
 @pytest.mark.parametrize("segment", [False, True])
@@ -18,16 +15,16 @@ def test_the_sample_opens_with_the_docks_and_segment_shows_the_models_masks(
     widgets = dock_gitseg(viewer, sample=True, model=str(tiny_bundle), segment=segment)
     assert sorted(widgets) == sorted(DOCKS)
     segmenter = widgets["Segment organs"]
-    truth = [layer for layer in viewer.layers if _role(layer) == "truth"]
+    truth = [layer for layer in viewer.layers if layer_role(layer) == "truth"]
     assert len(truth) == 1  # the sample comes with its phantom's true masks
     assert viewer.dims.current_step[0] == viewer.layers[0].data.shape[0] // 2
     if not segment:
         assert not segmenter.running and truth[0].visible
-        assert not [layer for layer in viewer.layers if _role(layer) == "prediction"]
+        assert not [layer for layer in viewer.layers if layer_role(layer) == "prediction"]
         return
     assert segmenter.running  # started at once, in the background
     qtbot.waitUntil(lambda: not segmenter.running, timeout=120000)
-    predicted = [layer for layer in viewer.layers if _role(layer) == "prediction"]
+    predicted = [layer for layer in viewer.layers if layer_role(layer) == "prediction"]
     assert len(predicted) == 1 and predicted[0].visible
     assert predicted[0].data.shape == viewer.layers[0].data.shape
     assert not truth[0].visible  # the model's masks are what one sees; the truth stays one click away

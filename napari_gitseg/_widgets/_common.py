@@ -11,6 +11,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_gitseg.classes import CLASSES, label_color_dict
+from napari_gitseg.layers import gitseg_metadata
 
 from ._hub import hub_for
 
@@ -155,7 +156,7 @@ def show_only_stack(viewer, image_layer, own: str) -> None:
     visibility; layers that are neither images nor the plugin's (points, shapes) are left alone."""
     image_layer.visible = True
     for layer in viewer.layers:
-        meta = (getattr(layer, "metadata", None) or {}).get("gitseg")
+        meta = gitseg_metadata(layer)
         if layer is image_layer or (meta or {}).get("name") == own or layer.name.startswith(f"{own} "):
             continue
         if meta is not None or isinstance(layer, Image):
