@@ -1,29 +1,15 @@
 """Benchmark: the clinician's loop on a real scan: label N slices, retrain, Dice on the rest of the scan.
 
-For each real volume of ``../shared/data/uwmgi-real-volumes`` (patients 6, 16, 102, 146), with a model
-that never saw that patient (a leave-patient-out fold of the default recipe, ``--folds``, picked by
-``bench_real.bundle_for`` from the bundles' own records), exactly as a clinician would work in napari:
-
-1. the scan is segmented by that model and its predictions, with their confidence, are stored in a
-   fresh project (the Review dock's label store); the clinician labels the first N slices the review
-   queue offers (least confident first; N = 0, 3, 6, 12, 24), here with the challenge's true masks;
-2. **one round**: one Retrain click (``retrain.round_job`` -> ``training.worker``: fine-tuning from
-   the active model on those labels, promotion only if better on the frozen slices, and the 50 most
-   confident predictions saved as pseudo-labels, the Train dock's default);
-3. **bootstrap**: a second click, which trains on the labels plus those pseudo-labels (label, train,
-   predict the rest, keep the best pseudo-labels and the best model, retrain).
-
-With ``--arms learn`` (or ``round,learn``) also Learn from corrections (``Shift+L``, seconds, no training) on
-the same N slices: the model's labels as the Review dock shows them, and after the per-scan corrector.
-
-Scored after each step: 3-D Dice per organ (every slice's pixels pooled) on the scan's *other* slices
-(not the N labelled), with the project's active model, i.e. what the clinician now sees. The rounds
-use the ``quick`` preset by default (the few-label recipe cut to 40 steps; ``--preset cpu`` is the
-Train dock's default, about ten times longer). Output: a table, ``OUT/bench_real_loop.json`` and
-``OUT/real_loop.png`` (Dice against labelled slices, one line per volume, dashed: bootstrap).
+Per real volume, with a model that never saw the patient (``--folds``, picked from the bundles' own
+records): predictions stored in a fresh project as the Segment dock stores them; the first N slices
+the review queue offers labelled with the challenge's masks; one Retrain click (``retrain.round_job``,
+the worker, promotion only if better), then a second click on the labels plus the saved pseudo-labels
+(bootstrap). ``--arms learn``: Learn from corrections (Shift+L) on the same slices instead. ``--mr``:
+also TotalSegmentator's MR volume with the shipped model. Scored: 3-D Dice on the scan's other slices
+with the project's active model. Output: a table, ``OUT/bench_real_loop.json``, ``OUT/real_loop.png``.
+Protocol details and results: ``docs/default-model.md``.
 
 Usage: ``python benchmarks/bench_real_loop.py --folds out/folds [--n 0,3,6,12,24] [--volumes case6,...] [--mr]``
-(``--mr``: also the TotalSegmentator MR volume, another site, with the shipped model, which never saw it).
 """
 
 from __future__ import annotations
