@@ -135,9 +135,9 @@ class SegmentWidget(JobDock):
             box.tooltip = TOOLTIPS["show"]
         self._model.tooltip = model_tooltip(str(self._model.value or ""))
         self._model.changed.connect(self._on_model_edited)
-        # the model chosen outside any project (the bundled default, --model, the file box), and the
-        # project model in use instead while a project with a trained version is open
-        self._chosen_model, self._project_model = str(self._model.value or ""), None
+        # the model chosen outside any project (the bundled default, --model, the file box); the file box
+        # holds a project's version instead while a project with a trained version is open
+        self._chosen_model, self._on_project_model = str(self._model.value or ""), False
         self._setting_model = False
 
         self._run.changed.connect(self.run)
@@ -169,10 +169,9 @@ class SegmentWidget(JobDock):
             self._model.value = str(path)
         finally:
             self._setting_model = False
-        if project:
-            self._project_model = str(path)
-        else:
-            self._chosen_model, self._project_model = str(path), None
+        self._on_project_model = project
+        if not project:
+            self._chosen_model = str(path)
         self._warm_up()
 
     @when_alive
@@ -182,14 +181,14 @@ class SegmentWidget(JobDock):
         if path:
             self.set_model_path(path, project=True)
             self._status.value = f"Model: this project's active version {Path(path).stem}"
-        elif self._project_model is not None:
+        elif self._on_project_model:
             self.set_model_path(self._chosen_model)
             self._status.value = f"Model: {Path(self._chosen_model).name} (no trained version in this project yet)"
 
     def _on_model_edited(self, value) -> None:
         self._model.tooltip = model_tooltip(str(value or ""))
         if not self._setting_model:  # picked in the file box: the model for every scan from now on
-            self._chosen_model, self._project_model = str(value or ""), None
+            self._chosen_model, self._on_project_model = str(value or ""), False
 
     def run(self) -> None:
         """Start segmenting the chosen image layer in the background."""
