@@ -36,10 +36,10 @@ from skimage.morphology import disk, skeletonize
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))  # bench_real: the GUI round of arm (c)
+sys.path.insert(0, str(REPO / "benchmarks"))  # bench_real: the GUI round of arm (c); real_data: the data
 
-from bench_real import DATA, TOTALSEG_MR  # noqa: E402  (TOTALSEG_MR: a real contiguous MR volume)
-from bench_real import REAL_SLICES as REAL  # noqa: E402
+from real_data import DATA, TOTALSEG_MR  # noqa: E402  (TOTALSEG_MR: a real contiguous MR volume)
+from real_data import REAL_SLICES as REAL  # noqa: E402
 
 from napari_gitseg.classes import CLASSES, LABEL_VALUES, masks_to_labels  # noqa: E402
 from napari_gitseg.review.adapt import mean_dice  # noqa: E402
@@ -401,7 +401,7 @@ def _box_tools(folder: str | None) -> dict | None:
 
 def _never_seen(folds, fallback):
     """stack -> a Predictor of the first bundle of ``folds`` that never saw the stack's patient (else ``fallback``)."""
-    from bench_real import bundle_for, fold_bundles, patient_of
+    from real_data import bundle_for, fold_bundles, patient_of
 
     from napari_gitseg.predict import Predictor
 
@@ -465,7 +465,7 @@ def _real_rows(args, cases: set[str], predictor, boxes) -> list[dict]:
 
     rows: list[dict] = []
     if "mr" in cases and TOTALSEG_MR[0].is_file():
-        from bench_real import read_totalseg_mr
+        from real_data import read_totalseg_mr
 
         volume = read_totalseg_mr(*TOTALSEG_MR)
         name = f"TotalSeg MR ({len(volume.slice_ids)} sl)"

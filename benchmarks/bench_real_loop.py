@@ -27,7 +27,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle 
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import bench_real  # noqa: E402  (the real data, projects, rounds and scoring)
+import bench_real  # noqa: E402  (projects, rounds and scoring)
+import real_data  # noqa: E402  (the real data and the fold bundles)
 
 KEEP = 50  # pseudo-labels a round saves: the Train dock's default
 
@@ -275,29 +276,29 @@ def _parse(argv):
 def main(argv: list[str] | None = None) -> int:
     """Run the loop on every real volume; print the table, write the JSON and the PNG."""
     args = _parse(argv)
-    if not bench_real.REAL_VOLUMES.is_dir():
-        _say(f"bench_real_loop: {bench_real.REAL_VOLUMES} not found (no ../shared/data here): skipped")
+    if not real_data.REAL_VOLUMES.is_dir():
+        _say(f"bench_real_loop: {real_data.REAL_VOLUMES} not found (no ../shared/data here): skipped")
         return 0
     import torch
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    candidates = [*bench_real.fold_bundles(args.folds), Path(args.new)]
-    volumes = bench_real.read_real_volumes()
+    candidates = [*real_data.fold_bundles(args.folds), Path(args.new)]
+    volumes = real_data.read_real_volumes()
     if args.volumes:
-        volumes = [v for v in volumes if bench_real.patient_of(v) in args.volumes.split(",")]
+        volumes = [v for v in volumes if real_data.patient_of(v) in args.volumes.split(",")]
     t0, results, picks = time.perf_counter(), {}, {}
     for stack in volumes:
-        bundle = bench_real.bundle_for([bench_real.patient_of(stack)], candidates)
+        bundle = real_data.bundle_for([real_data.patient_of(stack)], candidates)
         if bundle is None:
-            _say(f"{stack.name}: no bundle that never saw {bench_real.patient_of(stack)}: skipped")
+            _say(f"{stack.name}: no bundle that never saw {real_data.patient_of(stack)}: skipped")
             continue
         picks[stack.name] = str(bundle)
         _say(f"{stack.name} ({stack.image.shape[0]} slices): model {bundle}")
         results[stack.name] = loop_on_volume(stack, bundle, args.n, args, out / "work")
-    if args.mr and bench_real.TOTALSEG_MR[0].is_file():
-        mr = bench_real.read_totalseg_mr(*bench_real.TOTALSEG_MR)
+    if args.mr and real_data.TOTALSEG_MR[0].is_file():
+        mr = real_data.read_totalseg_mr(*real_data.TOTALSEG_MR)
         ns = [n for n in args.n if n <= mr.image.shape[0] // 2]  # at least half the scan left to score
         picks[mr.name] = args.new
         _say(f"{mr.name} ({mr.image.shape[0]} slices, TotalSegmentator MR): model {args.new}; n = {ns}")

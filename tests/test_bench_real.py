@@ -1,4 +1,5 @@
-"""The pure helpers of benchmarks/bench_real.py on tiny synthetic data (the benchmark itself needs ../shared)."""
+"""The pure helpers of benchmarks/bench_real.py and benchmarks/real_data.py on tiny synthetic data
+(the benchmarks themselves need ../shared)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ def bench(import_benchmark):
     return import_benchmark("bench_real")
 
 
+@pytest.fixture
+def real_data(import_benchmark):
+    return import_benchmark("real_data")
+
+
 def _slice(case: int, day: int, number: int) -> Stack:
     masks = np.zeros((3, 1, 8, 8), bool)
     masks[case % 3, 0, 2:5, 2:5] = True
@@ -30,35 +36,35 @@ def _slice(case: int, day: int, number: int) -> Stack:
     )
 
 
-def test_each_real_slice_gets_a_stack_name_of_its_own_and_keeps_its_patient(bench):
-    a, b = bench.unique_name(_slice(101, 20, 78)), bench.unique_name(_slice(101, 20, 110))
+def test_each_real_slice_gets_a_stack_name_of_its_own_and_keeps_its_patient(real_data):
+    a, b = real_data.unique_name(_slice(101, 20, 78)), real_data.unique_name(_slice(101, 20, 110))
     assert a.name == "case101_day20_z0078" != b.name == "case101_day20_z0110"
-    assert bench.patient_of(a) == bench.patient_of(b) == "case101"
+    assert real_data.patient_of(a) == real_data.patient_of(b) == "case101"
     assert a.meta["original_slice_id"] == "case101_day20_slice_0078"
     assert np.array_equal(a.masks, _slice(101, 20, 78).masks)
     with pytest.raises(ValueError, match="single slice"):
-        bench.unique_name(
+        real_data.unique_name(
             Stack(image=np.zeros((2, 4, 4)), spacing=(1, 1, 1), slice_ids=["a", "b"], source="s", kind="tiff")
         )
 
 
-def test_folds_leave_each_patient_out_once_and_choices_spread_over_patients(bench):
+def test_folds_leave_each_patient_out_once_and_choices_spread_over_patients(real_data):
     stacks = [
-        bench.unique_name(_slice(c, d, n))
+        real_data.unique_name(_slice(c, d, n))
         for c, d, n in [(11, 1, 5), (11, 1, 9), (11, 2, 3), (7, 0, 1), (7, 0, 2), (125, 4, 60)]
     ]
-    folds = bench.patient_folds(stacks)
+    folds = real_data.patient_folds(stacks)
     assert [p for p, _train, _test in folds] == ["case7", "case11", "case125"]
     for patient, train, test in folds:
-        assert {bench.patient_of(s) for s in test} == {patient}
-        assert patient not in {bench.patient_of(s) for s in train}
+        assert {real_data.patient_of(s) for s in test} == {patient}
+        assert patient not in {real_data.patient_of(s) for s in train}
         assert len(train) + len(test) == len(stacks)
-    chosen = bench.choose_slices(stacks, 3, seed=0)
-    assert sorted(bench.patient_of(s) for s in chosen) == ["case11", "case125", "case7"]
-    assert [s.name for s in bench.choose_slices(stacks, 4, seed=3)] == [
-        s.name for s in bench.choose_slices(stacks, 4, seed=3)
+    chosen = real_data.choose_slices(stacks, 3, seed=0)
+    assert sorted(real_data.patient_of(s) for s in chosen) == ["case11", "case125", "case7"]
+    assert [s.name for s in real_data.choose_slices(stacks, 4, seed=3)] == [
+        s.name for s in real_data.choose_slices(stacks, 4, seed=3)
     ]  # deterministic per seed
-    assert len(bench.choose_slices(stacks, 50)) == len(stacks)  # at most all
+    assert len(real_data.choose_slices(stacks, 50)) == len(stacks)  # at most all
 
 
 def test_scores_count_organ_rows_and_the_challenge_rows(bench):
@@ -109,7 +115,7 @@ def test_the_curve_is_written_as_a_png(bench, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_totalsegmentator_labels_map_to_the_three_organs_in_the_uw_orientation(bench, tmp_path):
+def test_totalsegmentator_labels_map_to_the_three_organs_in_the_uw_orientation(real_data, tmp_path):
     import nibabel as nib
 
     image = np.zeros((6, 5, 3), np.int16)  # x, y, z; identity affine: RAS+ (x to the right, y anterior, z superior)
@@ -121,7 +127,7 @@ def test_totalsegmentator_labels_map_to_the_three_organs_in_the_uw_orientation(b
     affine = np.diag([2.0, 2.0, 3.0, 1.0])
     nib.save(nib.Nifti1Image(image, affine), tmp_path / "mr.nii.gz")
     nib.save(nib.Nifti1Image(labels, affine), tmp_path / "seg.nii.gz")
-    stack = bench.read_totalseg_mr(tmp_path / "mr.nii.gz", tmp_path / "seg.nii.gz")
+    stack = real_data.read_totalseg_mr(tmp_path / "mr.nii.gz", tmp_path / "seg.nii.gz")
     assert stack.shape == (3, 5, 6) and tuple(stack.classes) == CLASSES
     large, small, stomach = stack.masks
     assert large.sum() == 1 and small.sum() == 2 and stomach.sum() == 1
@@ -164,17 +170,17 @@ def _bundle_json(path: Path, data: dict) -> Path:
     return path
 
 
-def test_a_patient_is_scored_only_by_a_bundle_that_never_saw_it(bench, tmp_path):
+def test_a_patient_is_scored_only_by_a_bundle_that_never_saw_it(real_data, tmp_path):
     rendered = _bundle_json(tmp_path / "a.json", {"data": "synthetic images rendered around the real masks of x"})
     fold6 = _bundle_json(tmp_path / "b.json", {"real_image_patients": ["case16", "case102"]})
     shipped = _bundle_json(tmp_path / "c.json", {"real_image_patients": ["case6", "case16", "case102"]})
     unknown = _bundle_json(tmp_path / "d.json", {"data": "my scans"})
-    assert bench.real_patients_seen(rendered) == set()
-    assert bench.bundle_for(["case6"], [shipped, fold6]) == fold6
-    assert bench.bundle_for(["case16"], [shipped, fold6]) is None
-    assert bench.bundle_for(["case6", "case11"], [fold6]) == fold6
+    assert real_data.real_patients_seen(rendered) == set()
+    assert real_data.bundle_for(["case6"], [shipped, fold6]) == fold6
+    assert real_data.bundle_for(["case16"], [shipped, fold6]) is None
+    assert real_data.bundle_for(["case6", "case11"], [fold6]) == fold6
     with pytest.raises(SystemExit, match="does not record"):
-        bench.bundle_for(["case6"], [unknown])
+        real_data.bundle_for(["case6"], [unknown])
 
 
 def test_volume_dice_rows_pool_the_slices(bench):
