@@ -162,6 +162,26 @@ def test_a_box_job_on_the_slice_being_embedded_ahead_waits_for_it_without_comput
     worker.close()
 
 
+def test_a_box_being_dragged_pauses_the_embeddings_ahead_of_other_slices_only():
+    stack, seg = disk_stack(), SlowSegmenter()
+    worker = BoxWorker(seg)
+    worker.want(lambda z: ("s", z), stack.image, [5])
+    _until(lambda: worker._in_flight is not None and seg.steps > 5)
+    worker.hold(("s", 4))  # a drag begins on slice 4: slice 5's embedding pauses at its next step
+    time.sleep(0.05)
+    paused_at = seg.steps
+    time.sleep(0.15)
+    assert seg.steps == paused_at < 40
+    worker.release()  # the drag ended
+    _until(lambda: ("s", 5) in seg.cache)
+    worker.want(lambda z: ("s", z), stack.image, [6])
+    _until(lambda: worker._in_flight is not None)
+    worker.hold(("s", 6))  # a drag on the very slice being embedded: it goes on
+    _until(lambda: ("s", 6) in seg.cache)
+    worker.release()
+    worker.close()
+
+
 def test_embedding_cache_drops_the_least_recently_used_beyond_its_size():
     import torch
 

@@ -66,6 +66,7 @@ def test_the_drag_callback_draws_a_box(make_napari_viewer, qtbot, case, tmp_path
 
     drag = widget._box_drag(layer, event("mouse_press", 14, 14))
     next(drag)
+    assert widget._boxes._held == (widget.session.name, 4)  # embeddings ahead of other slices pause meanwhile
     ev = event("mouse_move", 30, 30)
     drag.gi_frame.f_locals["event"].__dict__.update(ev.__dict__)
     next(drag)
@@ -73,6 +74,7 @@ def test_the_drag_callback_draws_a_box(make_napari_viewer, qtbot, case, tmp_path
     drag.gi_frame.f_locals["event"].__dict__.update(event("mouse_release", 50, 52).__dict__)
     with pytest.raises(StopIteration):
         next(drag)
+    assert widget._boxes._held is None
     wait_result(qtbot, widget, 1)
     assert dice(layer.data[4] == STOMACH, case.masks[2, 4]) > 0.95
     widget.close_review()

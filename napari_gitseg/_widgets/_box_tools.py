@@ -169,13 +169,20 @@ class BoxTools:
             return
         z, first = self._z, layer.world_to_data(event.position)[-2:]
         mods = {getattr(m, "name", str(m)) for m in event.modifiers}
-        yield
-        while event.type == "mouse_move":
-            self._show_box(z, first, layer.world_to_data(event.position)[-2:])
+        worker = self._boxes
+        if worker is not None and self._session is not None:
+            worker.hold((self._session.name, z))  # the decoder gets both cores when the box is let go
+        try:
             yield
-        self.draw_box(
-            first, layer.world_to_data(event.position)[-2:], erase="Control" in mods, over_strokes="Shift" in mods
-        )
+            while event.type == "mouse_move":
+                self._show_box(z, first, layer.world_to_data(event.position)[-2:])
+                yield
+            self.draw_box(
+                first, layer.world_to_data(event.position)[-2:], erase="Control" in mods, over_strokes="Shift" in mods
+            )
+        finally:
+            if worker is not None:
+                worker.release()  # after the box job was queued: that job keeps the embeddings ahead paused
 
     def _show_box(self, z: int, first, second) -> None:
         """Draw the rectangle being dragged on the ``… boxes`` layer (made on first use, never made active)."""

@@ -5,8 +5,10 @@ the Review dock asks for the embedding of the slice on screen and its neighbours
 clinician arrives there (``want``), and a box drawn later finds it cached. The embeddings are
 computed ahead on their own thread, one slice per job, and that thread pauses inside the encoder
 (between its sub-blocks, ``BoxSegmenter.set_pause_point``) while a box job is pending: a box on a
-cached slice does not wait behind a neighbour's embedding. A box job that needs the very slice
-being embedded ahead waits for it instead of computing it twice. A new ``want`` replaces the old
+cached slice does not wait behind a neighbour's embedding. While the clinician drags a box (``hold``)
+the thread ahead already pauses, so its sub-block in progress is done by the time the box is let go
+and the mask decoder has both cores. A box job that needs the very slice being embedded ahead waits
+for it instead of computing it twice (and a hold for that slice does not pause it). A new ``want`` replaces the old
 wish list (the slices the clinician left are no longer computed). No Qt here.
 """
 
@@ -45,6 +47,7 @@ class BoxWorker:
         self._in_flight: tuple[Hashable, threading.Event] | None = None  # the slice embedded ahead right now
         self._pending = 0  # box jobs queued or running
         self._waiting = 0  # box jobs waiting for the embedding computed ahead
+        self._held: Hashable | None = None  # a box being dragged on this slice (``hold``)
         self._go = threading.Event()  # set: the thread ahead may run
         self._go.set()
         self._ahead_thread: int | None = None
@@ -67,8 +70,22 @@ class BoxWorker:
             self._pending -= 1
             self._gate()
 
+    def hold(self, key: Hashable) -> None:
+        """A box is being dragged on slice ``key``: embeddings ahead of other slices pause from now until
+        ``release`` (the box job that follows keeps them paused until it is done)."""
+        with self._lock:
+            self._held = key
+            self._gate()
+
+    def release(self) -> None:
+        """The drag is over (its box submitted, or dropped); embeddings ahead may go on. Idempotent."""
+        with self._lock:
+            self._held = None
+            self._gate()
+
     def _gate(self) -> None:  # under self._lock
-        if self._pending == 0 or self._waiting > 0:
+        held = self._held is not None and (self._in_flight is None or self._in_flight[0] != self._held)
+        if self._waiting > 0 or (self._pending == 0 and not held):
             self._go.set()
         else:
             self._go.clear()
@@ -117,6 +134,7 @@ class BoxWorker:
                 return
             key, img = todo[0]
             self._in_flight = (key, threading.Event())
+            self._gate()  # a hold pauses other slices, not the one held
         try:
             if not self._pausable and hasattr(self.segmenter, "set_pause_point"):
                 self._pausable = True
@@ -131,6 +149,7 @@ class BoxWorker:
         finally:
             with self._lock:
                 flight, self._in_flight = self._in_flight, None
+                self._gate()
             flight[1].set()
         with self._lock:  # the next one, unless the worker was closed meanwhile
             if self._ahead is None:
@@ -141,7 +160,7 @@ class BoxWorker:
     def close(self) -> None:
         """Forget the wish list, finish the running jobs, stop the threads (a later use starts them again)."""
         with self._lock:
-            self._wanted = []
+            self._wanted, self._held = [], None
             pool, self._pool = self._pool, None
             ahead, self._ahead = self._ahead, None
         if pool is not None:
