@@ -37,3 +37,25 @@ def test_gitseg_predict_on_case_days_of_different_grids_writes_every_slice(uw_ca
     for stack in read_stacks(root):
         masks, labelled = masks_for_stack(table, stack)
         assert labelled.all() and masks.shape == (len(CLASSES), *stack.shape)
+
+
+def test_bad_bundles_stores_and_csvs_are_one_line_naming_the_file_not_a_traceback(uw_case_day, tmp_path, capsys):
+    from napari_gitseg.cli import main
+
+    root = tmp_path / "data"
+    uw_case_day(case=1, day=1, numbers=(1, 2), height=24, width=32, root=root)
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    (tmp_path / "broken.json").write_text("{ not json")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "odd.csv").write_text("id,class,segmentation\ncase1_day1_slice_0001,stomach,1 2 3\n")
+    out = str(tmp_path / "p.csv")
+    cases = [
+        (["predict", str(root), "--model", str(tmp_path / "other.json"), "--out", out], "other.json"),
+        (["predict", str(root), "--model", str(tmp_path / "broken.json"), "--out", out], "broken.json"),
+        (["export", str(tmp_path / "empty"), "--format", "csv", "--out", str(tmp_path / "x.csv")], "empty"),
+        (["eval", "--pred", str(tmp_path / "odd.csv"), "--truth", str(root)], "odd.csv"),
+    ]
+    for argv, name in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"gitseg {argv[0]}: error: ") and name in err and "\n" not in err, err

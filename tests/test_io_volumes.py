@@ -114,8 +114,10 @@ def test_2d_tiff_is_one_slice(tmp_path):
         (np.zeros((4, 2, 12, 16), np.uint16), {"imagej": True, "metadata": {"axes": "ZCYX"}}, "channels"),
         (np.full((2, 12, 16), np.nan, np.float32), {}, "NaN"),
         (np.zeros((2, 12, 16), np.complex64), {}, "complex"),
+        # tifffile's default for 3 or 4 planes is planar RGB: the message says how to save slices instead
+        (np.zeros((3, 12, 16), np.uint16), {"photometric": "rgb", "planarconfig": "separate"}, "minisblack"),
     ],
-    ids=["rgb", "4d", "channels", "nan", "complex"],
+    ids=["rgb", "4d", "channels", "nan", "complex", "three-slices-as-planar-rgb"],
 )
 def test_bad_tiffs_are_refused(tmp_path, data, kwargs, word):
     path = tmp_path / "bad.tif"

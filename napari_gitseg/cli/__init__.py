@@ -113,14 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors that describe bad input and name its file or folder (data, model bundles, registries,
+    label stores, RLE text): ``gitseg`` prints them as one line, not as a traceback."""
+    from napari_gitseg.io import GitsegInputError
+    from napari_gitseg.io.rle import RLEError
+    from napari_gitseg.model.bundle import BundleError
+    from napari_gitseg.model.registry import RegistryError
+    from napari_gitseg.store import StoreError
+
+    return (GitsegInputError, BundleError, RegistryError, StoreError, RLEError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gitseg`` console script."""
-    from napari_gitseg.io import GitsegInputError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except GitsegInputError as err:
+    except user_errors() as err:
         print(f"gitseg {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -66,8 +66,14 @@ def _arrange(path: Path, axes: str, data: np.ndarray) -> np.ndarray:
     if not axes.endswith("YX"):
         raise GitsegInputError(path, f"has axes {axes!r}; expected the last two to be Y and X")
     if "S" in axes and data.shape[axes.index("S")] > 1:
+        hint = ""
+        if axes == "SYX" and data.shape[0] in (3, 4):  # tifffile.imwrite's default for a (3|4, Y, X) array
+            hint = (
+                f"; if these are {data.shape[0]} slices, save them again with "
+                "tifffile.imwrite(..., photometric='minisblack')"
+            )
         raise GitsegInputError(
-            path, f"is an RGB/multi-sample image (axes {axes}, shape {data.shape}); expected greyscale"
+            path, f"is an RGB/multi-sample image (axes {axes}, shape {data.shape}); expected greyscale{hint}"
         )
     slice_axes = [i for i, a in enumerate(axes[:-2]) if a != "C" and data.shape[i] > 1]
     if len(slice_axes) > 1:
