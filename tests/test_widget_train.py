@@ -180,3 +180,26 @@ def test_each_scan_is_segmented_by_its_own_projects_model(make_napari_viewer, qt
     for thread in threading.enumerate():  # model warm-ups of the switches: done before the viewer closes
         if thread.name == "gitseg-model-warm-up":
             thread.join(60)
+
+
+def test_the_status_line_keeps_its_height_when_the_verdict_arrives(make_napari_viewer, qtbot):
+    """A round's status changes often; the line keeps room for its longest text (the verdict and the
+    pseudo-labels) so the widgets below it, the plot among them, are not laid out again at each change."""
+    from napari_gitseg import events as ev
+    from napari_gitseg._widgets.train import TrainWidget
+
+    viewer = make_napari_viewer(show=True)
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Train")
+    widget._announce_version = lambda version: None  # no project: nothing to look up
+    widget.refresh_versions = lambda: None
+    label = widget._status.native
+    widget.show_event(ev.Started(job_id="j", pid=1, kind="round"))
+    qtbot.wait(50)
+    short, plot_y = label.height(), widget.plot.y()
+    widget.show_event(ev.Promoted(version="v0002", val_dice=0.913, previous_version="v0001", previous_dice=0.905))
+    widget.show_event(ev.Done(result={"pseudo_written": 48}))
+    qtbot.wait(50)
+    wrapped = label.heightForWidth(label.width()) > 1.5 * label.fontMetrics().lineSpacing()
+    assert "48 new pseudo-label" in widget._status.value and wrapped  # the verdict takes more than a line
+    assert label.height() == short and widget.plot.y() == plot_y

@@ -32,8 +32,13 @@ __all__ = [
 ]
 
 
-def status_label(value: str = "", label: str = ""):
-    """A read-only text line that wraps instead of widening the dock (long messages stay readable)."""
+def status_label(value: str = "", label: str = "", lines: int = 1):
+    """A read-only text line that wraps instead of widening the dock (long messages stay readable).
+
+    ``lines``: height kept for that many lines even when the text is shorter, so a status that changes
+    often (a round's progress, then its verdict) does not move the widgets below it: each move re-lays
+    out the dock (the Train dock's plot resized) on top of the repaint.
+    """
     from magicgui.widgets import Label
     from qtpy.QtWidgets import QSizePolicy
 
@@ -44,6 +49,9 @@ def status_label(value: str = "", label: str = ""):
     policy = QSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
     policy.setHeightForWidth(True)
     widget.native.setSizePolicy(policy)
+    if lines > 1:
+        metrics = widget.native.fontMetrics()
+        widget.native.setMinimumHeight(lines * metrics.lineSpacing() + 2 * widget.native.margin())
     return widget
 
 

@@ -66,7 +66,7 @@ class TrainWidget(JobDock):
         self._retrain = PushButton(text="Retrain (one round)")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="Progress", min=0, max=100, value=0)
-        self._status = status_label(label="", value="")
+        self._status = status_label(label="", value="", lines=3)  # the verdict + pseudo-labels: up to 3 lines
         self._versions = ComboBox(label="Model versions", choices=[])
         self._activate = PushButton(text="Activate")
         self._rollback = PushButton(text="Roll back")
