@@ -57,9 +57,7 @@ def dock_gitseg(
         widgets["Segment organs"].set_model_path(model)
     if store:
         widgets["Review and correct"].set_store_folder(store)
-    if viewer.layers:
-        if viewer.dims.ndim == 3:
-            viewer.dims.axis_labels = ("z", "y", "x")
+    if viewer.layers:  # (the plugin's layers name their axes z, y, x: napari labels the slider from them)
         viewer.dims.set_current_step(0, viewer.layers[0].data.shape[0] // 2)
         viewer.reset_view()
     if segment and viewer.layers:

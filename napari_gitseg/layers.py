@@ -14,6 +14,9 @@ from napari_gitseg.classes import CLASSES, label_color_dict, masks_to_labels
 from napari_gitseg.io.stack import Stack
 
 LayerDataTuple = tuple  # (data, kwargs, layer_type)
+# every stack is (slices, rows, columns) with its spacing in mm: napari labels the slider "z" and
+# reports positions and the scale bar in mm (instead of the axis numbers -3, -2, -1)
+AXES = {"axis_labels": ("z", "y", "x"), "units": ("mm", "mm", "mm")}
 
 
 def stack_metadata(stack: Stack) -> dict:
@@ -38,6 +41,7 @@ def image_layer_data(stack: Stack) -> LayerDataTuple:
     kwargs = {
         "name": stack.name,
         "scale": stack.spacing,
+        **AXES,
         "colormap": "gray",
         "contrast_limits": (float(lo), float(hi)),
         "metadata": {"gitseg": stack_metadata(stack)},
@@ -55,6 +59,7 @@ def labels_layer_data(
     kwargs = {
         "name": name or f"{stack.name} organs",
         "scale": stack.spacing,
+        **AXES,
         "colormap": label_color_dict(),
         "opacity": 0.5,
         "metadata": {"gitseg": meta},

@@ -56,6 +56,9 @@ def test_drag_and_drop_case_folder_opens_image_and_truth(make_napari_viewer, pha
     assert image.data.shape == (20, 96, 96) and image.data.dtype == np.uint16
     np.testing.assert_allclose(image.scale, (3.0, 1.5, 1.5))
     np.testing.assert_allclose(labels.scale, image.scale)
+    # the slider reads "z" and positions are in mm in plain napari too (not the axis numbers -3, -2, -1)
+    assert tuple(viewer.dims.axis_labels) == ("z", "y", "x")
+    assert [str(u) for u in image.units] == [str(u) for u in labels.units] == ["millimeter"] * 3
     truth = make_phantom_case(seed=3, case=1, day=0, n_slices=20, size=(96, 96))
     assert labels.metadata["gitseg"]["masks"].shape == truth.masks.shape
     assert np.array_equal(labels.metadata["gitseg"]["masks"], truth.masks)

@@ -197,6 +197,8 @@ class BoxTools:
                 edge_width=2,
                 scale=self._layer.scale,
                 translate=self._layer.translate,
+                axis_labels=self._layer.axis_labels,
+                units=self._layer.units,
             )
             self._box_layer.editable = False
             self._viewer.layers.selection.active = active  # the review layer keeps the keys

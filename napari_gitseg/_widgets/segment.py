@@ -24,7 +24,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, ProgressBa
 from napari.qt.threading import thread_worker
 
 from napari_gitseg.classes import CLASSES, masks_to_labels
-from napari_gitseg.layers import labels_layer_data, stack_from_layer
+from napari_gitseg.layers import AXES, labels_layer_data, stack_from_layer
 from napari_gitseg.resources import default_model_path
 
 from ._common import (
@@ -282,6 +282,7 @@ class SegmentWidget(JobDock):
                     uncertainty,
                     name=name,
                     scale=stack.spacing,
+                    **AXES,
                     colormap="magma",
                     blending="additive",
                     opacity=0.6,
