@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--phantom", action="store_true", help="a phantom case instead of the real MR volume")
     parser.add_argument("--project", default=None, help="project folder (default: a temporary one)")
     args = parser.parse_args(argv)
-    from bench_real import TOTALSEG_MR, read_totalseg_mr
+    from real_data import TOTALSEG_MR, read_totalseg_mr
 
     from napari_gitseg.phantom import make_phantom_case
 
