@@ -160,3 +160,26 @@ def test_segmenting_another_scan_shows_it_and_hides_the_others(make_napari_viewe
     assert visible[second.name] and visible[f"{second.name} prediction"]
     assert not visible[first.name] and not visible[f"{first.name} organs"]
     assert not visible[f"{second.name} organs"]  # hidden before, still hidden
+
+
+def test_closing_while_the_model_warms_up_exits_cleanly():
+    """The warm-up thread runs torch for a second or two after loading the model; a process that ends
+    meanwhile (napari closed at once) must wait for it, not abort ("terminate called without an active
+    exception": a daemon thread killed inside torch aborted about every other such exit)."""
+    import subprocess
+    import sys
+
+    for delay in (0.0, 0.05, 0.1, 0.2, 0.3):  # ends at several points of the warm-up's prediction
+        code = (
+            "import time, torch\n"
+            "from napari_gitseg._widgets.segment import start_warm_up\n"
+            "from napari_gitseg.predict.warm import is_loaded\n"
+            "from napari_gitseg.resources import default_model_path\n"
+            "model = str(default_model_path())\n"
+            "start_warm_up(model, 'cpu')\n"
+            "while not is_loaded(model, 'cpu'):\n"
+            "    time.sleep(0.005)\n"
+            f"time.sleep({delay})\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "terminate called" not in done.stderr, (delay, done.stderr[-2000:])

@@ -90,6 +90,15 @@ def warm_up_quietly(model_path: str, device: str) -> None:
         _log.info("model warm-up of %s failed: %s", model_path, err)
 
 
+def start_warm_up(model_path: str, device: str) -> threading.Thread:
+    """``warm_up_quietly`` on a new thread, started. Not a daemon: Python waits for it at exit (a second
+    or two) instead of killing it inside a torch call, which aborted the process ("terminate called
+    without an active exception") when napari was closed while the model was still loading."""
+    thread = threading.Thread(target=warm_up_quietly, args=(model_path, device), name="gitseg-model-warm-up")
+    thread.start()
+    return thread
+
+
 class SegmentWidget(JobDock):
     """Run the segmentation model on an image layer and overlay the three organs."""
 
@@ -323,10 +332,7 @@ class SegmentWidget(JobDock):
         model = str(self._model.value or "")
         if not model or not Path(model).is_file():
             return
-        self.warm_up_thread = threading.Thread(
-            target=warm_up_quietly, args=(model, self._device.value), name="gitseg-model-warm-up", daemon=True
-        )
-        self.warm_up_thread.start()
+        self.warm_up_thread = start_warm_up(model, self._device.value)
 
     # ---- UI bits --------------------------------------------------------------------------------
     def _set_running(self, running: bool) -> None:
