@@ -54,6 +54,7 @@ def test_bad_bundles_stores_and_csvs_are_one_line_naming_the_file_not_a_tracebac
         (["predict", str(root), "--model", str(tmp_path / "broken.json"), "--out", out], "broken.json"),
         (["export", str(tmp_path / "empty"), "--format", "csv", "--out", str(tmp_path / "x.csv")], "empty"),
         (["eval", "--pred", str(tmp_path / "odd.csv"), "--truth", str(root)], "odd.csv"),
+        (["predict", str(root), "--tta", "--out", out], "default.json"),  # the bundled model learnt sides
     ]
     for argv, name in cases:
         assert main(argv) == 2, argv

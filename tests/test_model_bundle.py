@@ -340,3 +340,25 @@ def test_metrics_with_numpy_values_and_nan_are_stored_as_json(tmp_path):
     assert doc["training"] == {"folder": str(tmp_path)}
     with pytest.raises(BundleError, match="metrics.bad"):
         save_bundle(_model(), CFG, tmp_path / "n", metrics={"bad": object()})
+
+
+def test_mirrored_test_time_augmentation_is_refused_for_a_model_that_learnt_sides():
+    import dataclasses
+
+    from napari_gitseg.model.bundle import read_bundle_info
+    from napari_gitseg.predict import Predictor
+    from napari_gitseg.resources import default_model_path
+
+    shipped = read_bundle_info(default_model_path())  # trained with hflip 0: the stomach's side is learnt
+    assert "left-right mirrored" in shipped.flip_refusal("h")
+
+    def trained(augmentation):
+        return dataclasses.replace(shipped, training={"config": {"augmentation": augmentation}})
+
+    assert trained({"hflip": 0.5}).flip_refusal("h") is None
+    assert trained({"hflip": {"p": 0.5}, "vflip": 0.0}).flip_refusal("h") is None
+    assert "up-down" in trained({"hflip": {"p": 0.5}, "vflip": 0.0}).flip_refusal("hv")
+    assert dataclasses.replace(shipped, training={}).flip_refusal("hv") is None  # nothing recorded: allowed
+    with pytest.raises(BundleError, match="default.json.*left-right mirrored"):
+        Predictor([default_model_path()], tta_flips=True)
+    assert Predictor([default_model_path()]).flips == [()]  # without it the model loads

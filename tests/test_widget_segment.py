@@ -83,7 +83,6 @@ def test_every_control_has_a_tooltip_and_the_model_field_describes_the_chosen_bu
     controls = [
         widget._image,
         widget._device,
-        widget._tta,
         widget._uncertainty,
         widget._run,
         widget._cancel_btn,
@@ -92,8 +91,11 @@ def test_every_control_has_a_tooltip_and_the_model_field_describes_the_chosen_bu
     assert all(c.tooltip and c.tooltip in TOOLTIPS.values() for c in controls)
     assert widget._model.tooltip.startswith(str(default_model_path()))
     assert "Unet with timm-tf_efficientnet_lite0" in widget._model.tooltip  # the bundled model's summary
+    # the bundled model learnt without mirrored images: the flip option is off, greyed, and says why
+    assert not widget._tta.enabled and not widget._tta.value and "left-right mirrored" in widget._tta.tooltip
     widget.set_model_path(tiny_bundle)  # follows the chosen file
     assert widget._model.tooltip.startswith(str(tiny_bundle)) and "tiny: Unet with resnet18" in widget._model.tooltip
+    assert widget._tta.enabled and widget._tta.tooltip == TOOLTIPS["tta"]  # it records no augmentation
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
     widget._model.value = str(broken)  # as typed or picked with Select file

@@ -58,17 +58,18 @@ TOOLTIPS = {
 }
 
 
-def model_tooltip(path: str) -> str:
-    """The Model field's tooltip: the bundle's full path and summary, or why it cannot be read."""
+def model_tooltip(path: str) -> tuple[str, str | None]:
+    """The Model field's tooltip (the bundle's full path and summary, or why it cannot be read), and why
+    the flip test-time augmentation must stay off for this model (None: it may be used)."""
     if not path:
-        return "No model chosen: Select file picks a model bundle (a .json beside its .safetensors)"
+        return "No model chosen: Select file picks a model bundle (a .json beside its .safetensors)", None
     from napari_gitseg.model.bundle import BundleError, read_bundle_info  # torch: imported on the GUI thread
 
     try:
-        summary = read_bundle_info(path).summary()
+        info = read_bundle_info(path)
     except (BundleError, OSError, ValueError) as err:
-        return f"{path}\ncannot be read as a model bundle: {err}"
-    return f"{path}\n\n{summary}"
+        return f"{path}\ncannot be read as a model bundle: {err}", None
+    return f"{path}\n\n{info.summary()}", info.flip_refusal("h")
 
 
 def run_prediction(model_path: str, stack, first_slice: int, device: str, tta: bool, cancel: threading.Event):
@@ -142,8 +143,8 @@ class SegmentWidget(JobDock):
             widget.tooltip = TOOLTIPS[key]
         for box in self._visible.values():
             box.tooltip = TOOLTIPS["show"]
-        self._model.tooltip = model_tooltip(str(self._model.value or ""))
         self._model.changed.connect(self._on_model_edited)
+        self._show_model(self._model.value)
         # the model chosen outside any project (the bundled default, --model, the file box); the file box
         # holds a project's version instead while a project with a trained version is open
         self._chosen_model, self._on_project_model = str(self._model.value or ""), False
@@ -194,8 +195,16 @@ class SegmentWidget(JobDock):
             self.set_model_path(self._chosen_model)
             self._status.value = f"Model: {Path(self._chosen_model).name} (no trained version in this project yet)"
 
+    def _show_model(self, value) -> None:
+        """The Model field's tooltip, and the flip option off (and greyed) for a model that learnt sides."""
+        self._model.tooltip, refusal = model_tooltip(str(value or ""))
+        if refusal:
+            self._tta.value = False
+        self._tta.enabled = refusal is None
+        self._tta.tooltip = TOOLTIPS["tta"] if refusal is None else f"Off for this model: {refusal}."
+
     def _on_model_edited(self, value) -> None:
-        self._model.tooltip = model_tooltip(str(value or ""))
+        self._show_model(value)
         if not self._setting_model:  # picked in the file box: the model for every scan from now on
             self._chosen_model, self._on_project_model = str(value or ""), False
 

@@ -83,7 +83,11 @@ def add_commands(sub) -> None:
     p.add_argument("--model", help="model bundle .json (default: the bundled model)")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="flip test-time augmentation (not for a model trained without mirrored images)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument(
         "--format",

@@ -32,7 +32,7 @@ import torch
 
 from napari_gitseg.cancel import Cancel, is_cancelled
 from napari_gitseg.io.errors import GitsegInputError
-from napari_gitseg.model.bundle import ModelBundle, load_bundle
+from napari_gitseg.model.bundle import BundleError, ModelBundle, load_bundle
 from napari_gitseg.model.device import pick_device, torch_threads
 from napari_gitseg.model.factory import ModelConfig, input_divisor
 from napari_gitseg.model.normalize import DEFAULT_NORMALIZATION, normalize_stack
@@ -107,7 +107,8 @@ class Predictor(BatchInference):
     ):
         """Load the models: bundle paths / ``ModelBundle``s, or ``(model, ModelConfig | ModelBundle)`` pairs.
 
-        ``tta_flips``: False, True (identity + horizontal flip) or ``"hv"`` (+ vertical flip).
+        ``tta_flips``: False, True (identity + horizontal flip) or ``"hv"`` (+ vertical flip); a bundle
+        trained without such mirrored images is refused (``ModelBundle.flip_refusal``: BundleError).
         ``amp``: mixed precision on CUDA (bf16 where supported, else fp16); False keeps fp32 everywhere.
         ``cpu_bf16``: bf16 autocast on the CPU (with ``amp``); None = ``$GITSEG_CPU_BF16`` (off
         unless set to 1, see ``cpu_bf16_enabled``), so CPU results do not depend on the processor.
@@ -163,12 +164,12 @@ class Predictor(BatchInference):
     # ---- set-up -------------------------------------------------------------------------------
     def _load_member(self, item, freeze: bool | None) -> Member:
         owned = not isinstance(item, tuple)
-        if isinstance(item, ModelBundle):
-            model, bundle = load_bundle(item.json_path, device="cpu")
+        if isinstance(item, (ModelBundle, str, os.PathLike)):
+            model, bundle = load_bundle(item.json_path if isinstance(item, ModelBundle) else item, device="cpu")
             config, norm, version = bundle.config, bundle.normalization, bundle.name
-        elif isinstance(item, (str, os.PathLike)):
-            model, bundle = load_bundle(item, device="cpu")
-            config, norm, version = bundle.config, bundle.normalization, bundle.name
+            refusal = bundle.flip_refusal("".join("h" if f == (-1,) else "v" for f in self.flips[1:]))
+            if refusal:
+                raise BundleError(bundle.json_path, refusal)
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], torch.nn.Module):
             model, meta = item
             if isinstance(meta, ModelBundle):
