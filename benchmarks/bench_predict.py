@@ -374,7 +374,6 @@ EXTRAS = [
     ("  defaults, batch 4", {"batch_size": 4}),
     ("  defaults, batch 16", {"batch_size": 16}),
     ("  defaults, 1 thread", {"num_threads": 1}),
-    ("  defaults, flip TTA", {"tta_flips": True}),
     ("  defaults without the gate", {"use_gate": False}),
     ("  defaults without frozen graphs (eager)", {"freeze": False}),
     ("  defaults in bf16, eager autocast", {"cpu_bf16": True, "freeze": False}),
