@@ -182,6 +182,7 @@ def _copy_series(files: list[Path], folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.filterwarnings('ignore:The string "dft patient name":UserWarning')  # pydicom's own example data
 def test_real_series_from_installed_wheels(tmp_path, dciodvfy):
     import nibabel as nib
     from pydicom.data import get_testdata_file
