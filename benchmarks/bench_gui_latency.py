@@ -164,7 +164,8 @@ def _napari_floor(app, viewer, case, kwargs, probe: StallProbe, results: dict) -
     """napari's own costs, measured before gitseg works: a first labels layer (shaders, textures: the
     baseline of a cold Run) and one labels refresh of the slice on screen (the floor of any result)."""
     t0 = time.perf_counter()
-    scratch = viewer.add_labels(np.zeros(case.image.shape, np.uint8), name="scratch", scale=kwargs.get("scale"))
+    axes = {k: kwargs[k] for k in ("scale", "axis_labels", "units") if k in kwargs}  # as the plugin's layers
+    scratch = viewer.add_labels(np.zeros(case.image.shape, np.uint8), name="scratch", **axes)
     app.processEvents()
     results["napari_first_labels_layer_ms"] = 1000 * (time.perf_counter() - t0)
     idle(app, 1.0)
@@ -232,6 +233,7 @@ def _box_latency(app, review, case, probe: StallProbe, results: dict) -> None:
                 t0 = _drag_box(app, review, z, corners, computed)
             wait_until(app, lambda shown=shown: review.box_results > shown, 120)
             ms = round(1000 * (time.perf_counter() - t0), 1)
+            wait_until(app, lambda c=computed: bool(c), 10)  # the timing callback may run after the display
             rows[key].append({"ms": ms, "computed_ms": round(1000 * (computed[0] - t0), 1), **probe.stop()})
             review.labels_layer.undo()
             idle(app, 0.3)
