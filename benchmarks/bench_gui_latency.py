@@ -257,11 +257,11 @@ def _box_latency(app, review, case, probe: StallProbe, results: dict) -> None:
 
 def _drag_box(app, review, z: int, corners, computed: list, seconds: float = 0.3) -> float:
     """Drag a box as a hand would (press, ``seconds`` of moves, release) through the Review dock's own drag
-    callback; returns the time of the release (the latency a user feels runs from there). ``computed``
-    gets the time the mask was computed."""
-    from types import SimpleNamespace
+    callback (``screenshot_box.drag``); returns the time of the release (the latency a user feels runs
+    from there). ``computed`` gets the time the mask was computed."""
+    from screenshot_box import drag
 
-    layer, worker = review.labels_layer, review._boxes
+    worker = review._boxes
     submit = worker.submit
 
     def spy(*args, **kwargs):  # the box job's future, to time the computation apart from its display
@@ -269,26 +269,12 @@ def _drag_box(app, review, z: int, corners, computed: list, seconds: float = 0.3
         fut.add_done_callback(lambda _f: computed.append(time.perf_counter()))
         return fut
 
-    def at(kind: str, y: float, x: float) -> dict:
-        return {"type": kind, "position": tuple(layer.data_to_world((z, y, x))), "button": 1, "modifiers": ()}
-
-    (y0, x0), (y1, x1) = corners
-    event = SimpleNamespace(**at("mouse_press", y0, x0))
-    drag = review._box_drag(layer, event)
-    next(drag)
-    steps = max(1, int(seconds / 0.05))
-    for i in range(1, steps + 1):  # a move every 50 ms, the rectangle drawn each time
-        event.__dict__.update(at("mouse_move", y0 + (y1 - y0) * i / steps, x0 + (x1 - x0) * i / steps))
-        next(drag)
-        idle(app, 0.05)
-    worker.submit = spy
+    worker.submit = spy  # a drag submits one job, at its release
     try:
-        event.__dict__.update(at("mouse_release", y1, x1))
-        t0 = time.perf_counter()
-        next(drag, None)
+        moves = max(1, int(seconds / 0.05))  # a move every 50 ms, the rectangle drawn each time
+        return drag(review.labels_layer, review, z, *corners, moves=moves, between=lambda: idle(app, 0.05))
     finally:
         del worker.submit
-    return t0
 
 
 def _goto_slice(app, review, z: int) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,22 +28,27 @@ from screenshot_fill_between import goto_slice, review_window, save_shot, wait  
 VOLUMES = REPO.parent / "shared" / "data" / "uwmgi-real-volumes"
 
 
-def drag(layer, widget, z: int, first, second) -> None:
-    """Play a left-button drag from ``first`` to ``second`` ((y, x) pixels of slice ``z``) into the box tool."""
-    scale = np.asarray(layer.scale)
+def drag(layer, widget, z: int, first, second, moves: int = 5, between=None) -> float:
+    """Play a left-button drag from ``first`` to ``second`` ((y, x) pixels of slice ``z``) into the box tool
+    through its own drag callback: a press, ``moves`` moves (``between()`` after each, e.g. to let the
+    event loop run), the release. Returns the time of the release (``time.perf_counter``)."""
 
-    def at(kind, point):
-        return SimpleNamespace(type=kind, button=1, modifiers=(), position=tuple(np.array([z, *point]) * scale))
+    def at(kind, point) -> dict:
+        return {"type": kind, "button": 1, "modifiers": (), "position": tuple(layer.data_to_world((z, *point)))}
 
-    event = at("mouse_press", first)
+    event = SimpleNamespace(**at("mouse_press", first))
     gen = widget._box_drag(layer, event)
     next(gen)
-    for t in np.linspace(0.2, 1.0, 5):
-        event.__dict__.update(at("mouse_move", np.array(first) + t * (np.array(second) - first)).__dict__)
+    for i in range(1, moves + 1):
+        event.__dict__.update(at("mouse_move", np.array(first) + i / moves * (np.array(second) - first)))
         next(gen)
-    event.__dict__.update(at("mouse_release", second).__dict__)
+        if between is not None:
+            between()
+    event.__dict__.update(at("mouse_release", second))
+    released = time.perf_counter()
     for _ in gen:
         pass
+    return released
 
 
 def main(argv=None) -> int:
@@ -72,7 +78,6 @@ def main(argv=None) -> int:
     wait(app, lambda: widget.box_results > shown, 120)
     after = float(_dice(layer.data[z] == LABEL_VALUES["stomach"], stomach[z]))
     layer.opacity = 0.4  # the image under the mask readable
-    import time
 
     from napari._qt.dialogs.qt_notification import NapariQtNotification
 
