@@ -57,8 +57,8 @@ def slice_dice(labels: np.ndarray, truth: np.ndarray) -> float:
     return mean_dice(labels, truth, len(LABEL_VALUES))
 
 
-def next_stroke(labels: np.ndarray, truth: np.ndarray, radius: int) -> tuple[np.ndarray, int]:
-    """(pixels one brush stroke over the largest error region sets, the label it paints)."""
+def largest_error(labels: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, int]:
+    """(the largest 8-connected region whose labels differ from the truth, the truth's label there)."""
     best, best_size, best_value = None, 0, 0
     for value in (0, *LABEL_VALUES.values()):
         lab, n = ndimage.label((labels != truth) & (truth == value), structure=_EIGHT)
@@ -69,11 +69,22 @@ def next_stroke(labels: np.ndarray, truth: np.ndarray, radius: int) -> tuple[np.
         k = int(sizes.argmax())
         if sizes[k] > best_size:
             best, best_size, best_value = lab == k, int(sizes[k]), value
-    path = skeletonize(best)
+    return best, best_value
+
+
+def brush_over(region: np.ndarray, value: int, labels: np.ndarray, truth: np.ndarray, radius: int) -> np.ndarray:
+    """The pixels one brush stroke of ``value`` along ``region``'s medial axis sets (within the truth's ``value``)."""
+    path = skeletonize(region)
     if not path.any():
-        path = best
-    brush = ndimage.binary_dilation(path, structure=disk(radius)) & (truth == best_value)
-    return brush & (labels != best_value), best_value
+        path = region
+    brush = ndimage.binary_dilation(path, structure=disk(radius)) & (truth == value)
+    return brush & (labels != value)
+
+
+def next_stroke(labels: np.ndarray, truth: np.ndarray, radius: int) -> tuple[np.ndarray, int]:
+    """(pixels one brush stroke over the largest error region sets, the label it paints)."""
+    region, value = largest_error(labels, truth)
+    return brush_over(region, value, labels, truth, radius), value
 
 
 @dataclass

@@ -5,17 +5,18 @@ The clinician goes through a scan slice by slice (z ascending). On each slice:
 1. **Propagation in**: organs carried from the slices before (LiteMedSAM, ``propagate.carry_step``)
    land on this slice; an organ whose propagation lowers the slice's Dice is undone (one stroke)
    and no longer carried.
-2. **Wrong pieces** of an organ are erased: one erase box over 3 or more, else a fill-bucket click each.
-3. **Boxes**: each true piece that disagrees with the truth (Dice in its box below ``PIECE_DICE``) gets
-   a box grown by ``BOX_MARGIN`` px, worst first; one stroke each, kept only when the slice's Dice rises.
-4. **Brush** the rest with the protocol of arms (a)-(d) (``bench_correction.correct``, no Refine).
-5. **Propagate** (one stroke per organ) every organ that took a kept box, or needed correcting after
-   it was carried in; an organ carried in that needed nothing keeps being carried.
+2. **The largest error first**, as in the brush protocol of arms (a)-(d), each with the tool that fits it
+   (one stroke each): an organ drawn where there is none, as a wrong piece, goes with the fill bucket (one
+   erase box over ``ERASE_BOX_FROM`` or more of one organ's wrong pieces); a thick miss (half-width at least
+   ``BOX_MIN_HALF_WIDTH`` px) of a badly drawn piece gets a box (kept only when the slice's Dice rises, else
+   undone); everything else, and a piece whose box was undone, the brush. Until Dice 0.95 or 40 strokes.
+3. **Propagate** (one stroke per organ) every organ that took a kept box on this slice.
 
-The policy's thresholds were chosen on one real volume and then run unchanged on the other cases;
-every step in detail: ``docs/correction-effort.md``. Embeddings are cached on disk (``--embeddings
-DIR``, fp16, per stack and slice) so reruns cost only the mask decoder; only slices a box or a
-propagation reaches are embedded.
+Why these rules (measured, ``docs/correction-effort.md``): a box or a fill click on an error the brush
+would fix in one stroke saves nothing, LiteMedSAM's mask of a thin or small piece needs brushing after
+it, and errors taken out of the brush's largest-first order cost strokes the clinician would not spend.
+Embeddings are cached on disk (``--embeddings DIR``, fp16, per stack and slice) so reruns cost only the
+mask decoder; only slices a box or a propagation reaches are embedded.
 """
 
 from __future__ import annotations
@@ -25,20 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from bench_correction import ArmResult, SliceResult, correct, slice_dice
+from bench_correction import MAX_STROKES, TARGET_DICE, ArmResult, SliceResult, brush_over, largest_error, slice_dice
 
-from napari_gitseg.classes import LABEL_VALUES
-from napari_gitseg.review.boxes import apply_box, piece_boxes
+from napari_gitseg.review.boxes import apply_box, mask_box, piece_boxes
 from napari_gitseg.review.medsam import BoxSegmenter, Embedding, resized_shape
 from napari_gitseg.review.propagate import PropagationConfig, carry_step, set_organ
 
-BOX_MARGIN = 2
-MIN_PIECE = 12
-PIECE_DICE = 0.6
-WRONG_OVERLAP = 0.5
-ERASE_WRONG = True
-ERASE_BOX_FROM = 3
-REPROPAGATE_BELOW = 1.0
+BOX_MARGIN = 2  # px a hand-drawn box exceeds the piece
+MIN_PIECE = 12  # px: smaller true pieces get no box
+PIECE_DICE = 0.6  # a piece drawn better than this (Dice in its box) is left to the brush
+BOX_MIN_HALF_WIDTH = 7.0  # px: a thinner error (two brush widths of radius 3) is brushed, not boxed
+WRONG_OVERLAP = 0.5  # a drawn piece less than this much on its organ is wrong: fill bucket / erase box
+ERASE_BOX_FROM = 3  # wrong pieces of one organ from which one erase box clears them all
 
 
 class DiskEmbeddings:
@@ -94,15 +93,11 @@ def _organ_dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
-def box_candidates(labels: np.ndarray, truth: np.ndarray) -> list[tuple[int, object]]:
-    """(label value, box) around each true piece the labels get wrong, the largest error first."""
-    found = []
-    for value in LABEL_VALUES.values():
-        for box in piece_boxes(truth == value, margin=BOX_MARGIN, min_area=MIN_PIECE):
-            have, want = labels[box.slices] == value, truth[box.slices] == value
-            if _organ_dice(have, want) < PIECE_DICE:
-                found.append((int((have != want).sum()), value, box))
-    return [(value, box) for _n, value, box in sorted(found, key=lambda t: -t[0])]
+def _half_width(error: np.ndarray) -> float:
+    """The largest distance from an error pixel to the nearest right one: half the error's widest width."""
+    from scipy import ndimage
+
+    return float(ndimage.distance_transform_edt(error).max()) if error.any() else 0.0
 
 
 def wrong_pieces(labels: np.ndarray, truth: np.ndarray, value: int) -> list[np.ndarray]:
@@ -117,45 +112,77 @@ def wrong_pieces(labels: np.ndarray, truth: np.ndarray, value: int) -> list[np.n
     return [lab == k for k in range(1, n + 1) if right[k] < WRONG_OVERLAP * sizes[k]]
 
 
-def erase_wrong(labels, truth, res: BoxSliceResult):
-    """Step 2a, per organ: its wrong pieces erased; with ``ERASE_BOX_FROM`` of them or more by one erase box
-    (Ctrl-drag: the organ cleared inside the box) over all of them, else by napari's fill bucket in
-    background on each (one click each)."""
-    from napari_gitseg.review.boxes import mask_box
+def _piece_of(mask: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The 8-connected piece of ``mask`` that overlaps ``region`` the most (empty when none does)."""
+    from scipy import ndimage
 
-    for value in LABEL_VALUES.values():
-        pieces = wrong_pieces(labels, truth, value)
-        if not pieces:
-            continue
-        labels = labels.copy()
-        if len(pieces) >= ERASE_BOX_FROM:
-            box = mask_box(np.any(pieces, axis=0))
-            labels[box.slices][labels[box.slices] == value] = 0
-            res.erase_boxes += 1
-            res.strokes += 1
-            continue
-        for piece in pieces:
-            labels[piece] = 0
-        res.fills += len(pieces)
-        res.strokes += len(pieces)
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    hits = np.bincount(lab[region].ravel(), minlength=n + 1)
+    hits[0] = 0
+    return lab == int(hits.argmax()) if hits.any() else np.zeros(mask.shape, dtype=bool)
+
+
+def erase_tool(labels, truth, region, res: BoxSliceResult):
+    """The fill bucket (or, over ``ERASE_BOX_FROM`` wrong pieces or more, one erase box) when the error
+    ``region`` (organ drawn on background) is a wrong piece; the new labels, or None when it is not one."""
+    value = int(np.bincount(labels[region].ravel()).argmax())
+    pieces = wrong_pieces(labels, truth, value)
+    if not any((piece & region).any() for piece in pieces):
+        return None
+    labels = labels.copy()
+    if len(pieces) >= ERASE_BOX_FROM:
+        box = mask_box(np.any(pieces, axis=0))
+        labels[box.slices][labels[box.slices] == value] = 0
+        res.erase_boxes += 1
+    else:
+        labels[next(piece for piece in pieces if (piece & region).any())] = 0
+        res.fills += 1
     return labels
 
 
-def draw_boxes(labels, truth, z: int, embeddings: DiskEmbeddings, res: BoxSliceResult) -> tuple:
-    """Step 2: boxes around wrong pieces, each kept when it raises the slice's Dice; (labels, organs boxed)."""
-    boxed = set()
+def box_tool(labels, truth, region, value: int, z: int, embeddings, res: BoxSliceResult, tried: set):
+    """A box around the true piece under the error ``region`` when the error is thick (half-width at least
+    ``BOX_MIN_HALF_WIDTH``) and the piece badly drawn (Dice in its box below ``PIECE_DICE``), once per piece:
+    the new labels when the box raised the slice's Dice, ``labels`` itself when it was undone, None when
+    the error is not one for a box."""
+    if _half_width(region) < BOX_MIN_HALF_WIDTH:
+        return None
+    boxes = piece_boxes(_piece_of(truth == value, region), margin=BOX_MARGIN, min_area=MIN_PIECE)
+    if not boxes or (value, boxes[0]) in tried:
+        return None
+    box = boxes[0]
+    tried.add((value, box))
+    if _organ_dice(labels[box.slices] == value, truth[box.slices] == value) >= PIECE_DICE:
+        return None
+    trial = apply_box(labels, value, box, embeddings.segment(z, [box])[0][0])
+    res.boxes += 1
+    if slice_dice(trial, truth) > slice_dice(labels, truth):
+        return trial
+    res.boxes_undone += 1
+    return labels
+
+
+def correct_with_tools(labels, truth, z: int, embeddings, radius: int, res: BoxSliceResult) -> tuple:
+    """Steps 2-4 as one loop in the brush protocol's order (the largest error first), each error with the
+    tool that fits it: fill bucket / erase box, box, else brush. Returns (labels, organs that took a kept box)."""
+    boxed, tried = set(), set()
     dice = slice_dice(labels, truth)
-    for value, box in box_candidates(labels, truth):
-        mask = embeddings.segment(z, [box])[0][0]
-        trial = apply_box(labels, value, box, mask)
-        res.boxes += 1
+    while dice < TARGET_DICE and res.strokes < MAX_STROKES:
+        region, value = largest_error(labels, truth)
         res.strokes += 1
-        trial_dice = slice_dice(trial, truth)
-        if trial_dice > dice:
-            labels, dice = trial, trial_dice
-            boxed.add(value)
+        if value == 0:
+            new = erase_tool(labels, truth, region, res)
         else:
-            res.boxes_undone += 1
+            new = box_tool(labels, truth, region, value, z, embeddings, res, tried)
+            boxed |= {value} if new is not None and new is not labels else set()
+        if new is None:  # the brush
+            stroke = brush_over(region, value, labels, truth, radius)
+            new = labels.copy()
+            new[stroke] = value
+            res.painted_px += int(stroke.sum())
+        labels = new
+        dice = slice_dice(labels, truth)
+    res.end_dice = dice
     return labels, boxed
 
 
@@ -199,23 +226,13 @@ def box_arm_stack(
     out = []
     for z in range(len(pred)):
         res = BoxSliceResult()
-        carried = set(chains)
         labels = carry_in(pred[z], truth[z], z, chains, embeddings, config, res)
         res.start_dice = slice_dice(labels, truth[z])
-        start = labels
-        if ERASE_WRONG:
-            labels = erase_wrong(labels, truth[z], res)
-        labels, boxed = draw_boxes(labels, truth[z], z, embeddings, res)
-        brushed, labels = correct(labels, truth[z], radius, None)
-        res.strokes += brushed.strokes
-        res.painted_px += brushed.painted_px
-        res.end_dice = brushed.end_dice
-        touched = {v for v in carried & set(chains) if _organ_dice(start == v, labels == v) < REPROPAGATE_BELOW}
-        for value in boxed | touched:
-            if (labels == value).any():
-                chains[value] = labels == value
-                res.propagations += 1
-                res.strokes += 1
+        labels, boxed = correct_with_tools(labels, truth[z], z, embeddings, radius, res)
+        for value in boxed:  # Shift+B: a box was the key, carry it on (one stroke per organ)
+            chains[value] = labels == value
+            res.propagations += 1
+            res.strokes += 1
         out.append(res)
     return out
 
