@@ -95,3 +95,16 @@ def test_arm_e_undoes_a_box_that_makes_the_slice_worse_and_brushes_instead(bench
     box_and_brush = e.slices[4].strokes
     brush_alone = bench.correct(pred[4], truth[4], 3, None)[0].strokes
     assert box_and_brush <= brush_alone + 2  # the undone box and one erase box: a stroke each, nothing else
+
+
+def test_effort_on_queue_slices_boxes_the_thick_misses_and_never_propagates(bench, import_benchmark, tmp_path):
+    effort = import_benchmark("bench_effort_round")
+    from box_fakes import FakeSegmenter
+
+    stack, pred, truth = _missed_disks_with_specks()
+    embeddings = effort.boxes_arm.DiskEmbeddings(FakeSegmenter(), stack.image, stack.name, tmp_path)
+    queue = [2, 4, 6]  # isolated slices the review queue offers: no propagation between them
+    with_boxes = effort.effort_e(queue, pred, truth, embeddings, 3)
+    brush = sum(bench.correct(pred[z], truth[z], 3, None)[0].strokes for z in queue)
+    assert len(queue) <= with_boxes <= 2 * len(queue) < brush  # a box (and an erase box) a slice; brushing: many
+    assert effort.mean_slice_dice(truth, truth, queue) == 1.0 > effort.mean_slice_dice(pred, truth, queue)
