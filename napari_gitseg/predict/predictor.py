@@ -132,11 +132,9 @@ class Predictor(BatchInference):
         self.device = pick_device(device)
         self.batch_size = int(batch_size)
         self.first_batch_size = int(first_batch_size)
-        self.flips: list[tuple[int, ...]] = [()]
-        if tta_flips:
-            self.flips.append((-1,))
-        if tta_flips == "hv":
-            self.flips.append((-2,))
+        self.flip_axes = {False: "", True: "h", "h": "h", "hv": "hv"}[tta_flips]  # what flip_refusal checks
+        dims = {"h": (-1,), "v": (-2,)}  # the tensor dimension each flip reverses
+        self.flips: list[tuple[int, ...]] = [(), *(dims[axis] for axis in self.flip_axes)]
         self.use_gate = bool(use_gate)
         self.gate_threshold = float(gate_threshold)
         self.crop_to_body = bool(crop_to_body)
@@ -167,7 +165,7 @@ class Predictor(BatchInference):
         if isinstance(item, (ModelBundle, str, os.PathLike)):
             model, bundle = load_bundle(item.json_path if isinstance(item, ModelBundle) else item, device="cpu")
             config, norm, version = bundle.config, bundle.normalization, bundle.name
-            refusal = bundle.flip_refusal("".join("h" if f == (-1,) else "v" for f in self.flips[1:]))
+            refusal = bundle.flip_refusal(self.flip_axes)
             if refusal:
                 raise BundleError(bundle.json_path, refusal)
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], torch.nn.Module):
