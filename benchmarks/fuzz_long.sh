@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-100000}"
-GITSEG_FUZZ_EXAMPLES="$N" .venv/bin/python -m pytest -q -p no:warnings tests/test_io_fuzz.py \
-  --hypothesis-show-statistics 2>&1 | grep -E "passing examples|passed|failed|Stopped because" || true
+GITSEG_FUZZ_EXAMPLES="$N" .venv/bin/python -m pytest -q --disable-warnings tests/test_io_fuzz.py \
+  --hypothesis-show-statistics 2>&1 | grep -E "passing examples|passed|failed|error|Stopped because" || true
