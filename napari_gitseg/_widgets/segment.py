@@ -58,9 +58,9 @@ TOOLTIPS = {
 }
 
 
-def model_tooltip(path: str) -> tuple[str, str | None]:
-    """The Model field's tooltip (the bundle's full path and summary, or why it cannot be read), and why
-    the flip test-time augmentation must stay off for this model (None: it may be used)."""
+def describe_model(path: str) -> tuple[str, str | None]:
+    """(the Model field's tooltip: the bundle's full path and summary, or why it cannot be read; why
+    the flip test-time augmentation must stay off for this model, None where it may be used)."""
     if not path:
         return "No model chosen: Select file picks a model bundle (a .json beside its .safetensors)", None
     from napari_gitseg.model.bundle import BundleError, read_bundle_info  # torch: imported on the GUI thread
@@ -197,7 +197,7 @@ class SegmentWidget(JobDock):
 
     def _show_model(self, value) -> None:
         """The Model field's tooltip, and the flip option off (and greyed) for a model that learnt sides."""
-        self._model.tooltip, refusal = model_tooltip(str(value or ""))
+        self._model.tooltip, refusal = describe_model(str(value or ""))
         if refusal:
             self._tta.value = False
         self._tta.enabled = refusal is None
