@@ -164,7 +164,7 @@ def test_the_recipe_adapts_a_model_to_a_tiny_labelled_set(tmp_path):
     small = {"batch_size": 4, "num_threads": 2, "size": [64, 64], "loss": {"bce": 0.3, "dice": 0.7}}
     base_cfg = preset("quick", epochs=6, lr=3e-3, augmentation="none", max_steps_per_epoch=12, **small)
     seen = [_blob_stack(s, blob_value=1000) for s in (0, 1)]
-    base = train(base_cfg, seen, seen[:1], tmp_path / "base")
+    base = train(base_cfg, seen, seen[:1], tmp_path / "base", resume_state=False)
     new = _blob_stack(5, blob_value=60)
     labelled = np.zeros(16, bool)
     labelled[[3, 5, 7, 9, 11, 12]] = True
@@ -173,7 +173,7 @@ def test_the_recipe_adapts_a_model_to_a_tiny_labelled_set(tmp_path):
     recipe = dataclasses.replace(RECIPE, steps_per_label=36.0)  # the length the gain below was measured at
     start = preset("quick", init_from=str(base.best_path), finetune_max_steps=None, **small)
     config = finetune_config(start, 6, recipe=recipe)
-    tuned = train(config, [tune], [tune], tmp_path / "tuned")
+    tuned = train(config, [tune], [tune], tmp_path / "tuned", resume_state=False)  # as a round: never resumed
 
     assert tuned.steps == recipe.steps(6) or (tuned.stopped_early and 0 < tuned.steps < recipe.steps(6))
     before_model, _ = load_bundle(base.best_path)

@@ -252,6 +252,35 @@ def test_a_dataset_made_on_the_fly_is_never_cached(cases, tmp_path):
     assert toy.accesses == 2 * 2 * 4 + 1
 
 
+def test_the_resume_state_is_written_when_due_or_cancelled(cases, tmp_path, monkeypatch):
+    """``STEM.resume.pt`` after an epoch only once ``resume_every_s`` have passed since the last one (a
+    few-label fine-tune runs one-step epochs: writing it after each took a quarter of the run), and
+    always after the epoch during which a cancel arrived, so ``--resume`` continues from there."""
+    import training.checkpoints as checkpoints
+
+    written: list[int] = []
+    real_save = checkpoints.save_resume_state
+    monkeypatch.setattr(checkpoints, "save_resume_state", lambda run: (written.append(run.epoch), real_save(run)))
+    cfg = _tiny(epochs=3, max_steps_per_epoch=1)
+    train(cfg, cases[:1], cases[1:2], tmp_path / "every", resume_every_s=0)
+    assert written == [1, 2, 3]
+    written.clear()
+    train(cfg, cases[:1], cases[1:2], tmp_path / "never", resume_every_s=3600)
+    assert written == []
+    stop = threading.Event()
+    with pytest.raises(TrainingCancelled):
+        train(
+            cfg,
+            cases[:1],
+            cases[1:2],
+            tmp_path / "cut",
+            on_event=lambda e: isinstance(e, ev.Metrics) and e.epoch == 2 and stop.set(),
+            cancel=stop,
+            resume_every_s=3600,
+        )
+    assert written == [2] and torch.load(tmp_path / "cut.resume.pt", weights_only=True)["epoch"] == 2
+
+
 def test_resume_state_loads_weights_only(cases, tmp_path):
     stop = threading.Event()
     cfg = _tiny(epochs=3)
@@ -430,7 +459,7 @@ def test_average_last_writes_the_mean_weights_of_the_last_epochs(cases, tmp_path
 
     monkeypatch.setattr(checkpoints, "save_resume_state", save_and_record)
     cfg = _tiny(epochs=3, max_steps_per_epoch=2, average_last=2)
-    result = train(cfg, cases[:1], cases[1:2], tmp_path / "avg")
+    result = train(cfg, cases[:1], cases[1:2], tmp_path / "avg", resume_every_s=0)  # the hook: every epoch
     assert sorted(seen) == [1, 2, 3]
     saved = _bundle_state(result.best_path)
     for key, value in saved.items():

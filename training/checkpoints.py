@@ -1,8 +1,10 @@
 """Checkpoints of a training run: the best epoch's bundle and the resume state.
 
 After each epoch ``checkpoint_epoch`` keeps the epoch as the best bundle when its validation Dice
-improved and saves ``STEM.resume.pt``; the bundle is only ever replaced atomically
-(``CheckpointWriteError`` leaves the previous one intact), and ``load_resume_state`` continues a run.
+improved, and saves ``STEM.resume.pt`` once ``RESUME_EVERY_S`` have passed since the last one or when
+a cancel arrived (a few-label fine-tune runs one-step epochs; writing model + optimiser after each took
+a quarter of its time). The bundle is only ever replaced atomically (``CheckpointWriteError`` leaves
+the previous one intact), and ``load_resume_state`` continues a run.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import contextlib
 import errno
 import json
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from napari_gitseg import events as ev
+from napari_gitseg.cancel import is_cancelled
 from napari_gitseg.io.errors import GitsegInputError
 from napari_gitseg.model.bundle import atomic_write_bytes, bundle_paths, save_bundle
 from training import ddp
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
     from training.train_run import TrainRun
 
 STATE_SUFFIX = ".resume.pt"
+RESUME_EVERY_S = 30.0  # seconds of training an interrupted run may lose
 _STATE_FORMAT = "napari-gitseg-train-state"
 
 
@@ -35,7 +40,7 @@ class CheckpointWriteError(OSError):
 
 # ---- the best epoch ------------------------------------------------------------------------------
 def checkpoint_epoch(run: TrainRun, metrics: dict) -> None:
-    """Keep the epoch as the best bundle when its Dice improved by ``min_delta``; save the resume state."""
+    """Keep the epoch as the best bundle when its Dice improved by ``min_delta``; save the resume state when due."""
     dice = float(metrics["mean_dice"])
     improved = run.best_dice is None or dice > run.best_dice + float(run.config.min_delta)
     if ddp.is_active():
@@ -50,8 +55,16 @@ def checkpoint_epoch(run: TrainRun, metrics: dict) -> None:
             run.emit(ev.Checkpoint(path=str(run.json_path), epoch=run.epoch, val_dice=dice, best=True))
     else:
         run.bad_epochs += 1
-    if main and run.keep_resume_state:
+    if main and run.keep_resume_state and _resume_due(run):
         save_resume_state(run)
+        run.last_resume_save = time.perf_counter()
+
+
+def _resume_due(run: TrainRun) -> bool:
+    """True when ``run.resume_every_s`` have passed since the resume state was last written (or the run
+    began), or when a cancel arrived during this epoch (the run stops at its next step: resume here)."""
+    last = run.t_start if run.last_resume_save is None else run.last_resume_save
+    return time.perf_counter() - last >= run.resume_every_s or is_cancelled(run.cancel)
 
 
 def checkpoint_meta(run: TrainRun, metrics: dict) -> dict:

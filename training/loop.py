@@ -12,7 +12,7 @@ of the data, the validation metrics and the command line). In short:
 * validation after each epoch with ``training.metrics.evaluate_cases`` (as ``gitseg eval``), early
   stopping after ``patience`` epochs, ``cancel`` checked before every step (``TrainingCancelled``);
 * checkpoints: the best bundle is only ever replaced atomically (``CheckpointWriteError`` leaves the
-  previous one intact); ``STEM.resume.pt`` after every epoch lets ``resume=True`` continue;
+  previous one intact); ``STEM.resume.pt`` (every 30 s, after an epoch) lets ``resume=True`` continue;
 * DistributedDataParallel when ``torch.distributed`` is initialised (``training.ddp``).
 
 ``config.seed`` makes a CPU run bit-reproducible (same torch build and thread count), resumed or not.
@@ -37,7 +37,7 @@ from napari_gitseg.cancel import Cancel
 from napari_gitseg.model.device import pick_device, torch_threads
 from napari_gitseg.model.factory import forward_logits
 from training import ddp
-from training.checkpoints import CheckpointWriteError, checkpoint_epoch, load_resume_state
+from training.checkpoints import RESUME_EVERY_S, CheckpointWriteError, checkpoint_epoch, load_resume_state
 from training.config import TrainConfig
 from training.ddp import unwrap
 from training.run_setup import bundle_meta, set_up
@@ -70,6 +70,7 @@ def train(
     *,
     resume: bool = False,
     resume_state: bool = True,
+    resume_every_s: float = RESUME_EVERY_S,
     data_description: dict | None = None,
     command: str | None = None,
     notes: str = "",
@@ -81,8 +82,9 @@ def train(
     image, masks, ignore, weight, slice and name; one whose ``on_the_fly`` attribute is True makes new
     items on every access and is never cached) or lists of labelled ``Stack``\\ s (``val_data=None``:
     split the training stacks, see ``split_validation``). ``provenance``: {stack: {z: "clinician" |
-    "pseudo"}} for stack lists (pseudo-labels weigh ``config.pseudo_weight``). ``resume_state=False``
-    writes no ``STEM.resume.pt`` (a run never resumed, such as a round, saves writing it every epoch).
+    "pseudo"}} for stack lists (pseudo-labels weigh ``config.pseudo_weight``). ``STEM.resume.pt`` is
+    written after an epoch when ``resume_every_s`` have passed since the last (0: every epoch; an
+    interrupted run loses at most that much work); ``resume_state=False`` writes none (a round: never resumed).
     Returns a ``TrainResult``; raises ``TrainingCancelled`` when ``cancel`` is set,
     ``CheckpointWriteError`` when a checkpoint cannot be written, ``GitsegInputError`` for bad data.
     """
@@ -104,6 +106,7 @@ def train(
         run = set_up(config, train_data, val_data, out_stem, emit, cancel, device, provenance, t_start)
         run.meta = bundle_meta(run, data_description, command, notes)
         run.keep_resume_state = bool(resume_state)
+        run.resume_every_s = float(resume_every_s)
         if resume:
             load_resume_state(run)
         return _run_epochs(run)

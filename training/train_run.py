@@ -100,7 +100,9 @@ class TrainRun:
     n_nonfinite: int = 0
     weight_sum: dict | None = None  # config.average_last: float64 sums of the weights of the averaged epochs
     averaged_epochs: list[int] = field(default_factory=list)
-    keep_resume_state: bool = True  # write STEM.resume.pt after every epoch (a round never resumes: False)
+    keep_resume_state: bool = True  # write STEM.resume.pt (a round never resumes: False)
+    resume_every_s: float = 0.0  # ... after an epoch once this long has passed since the last (0: every epoch)
+    last_resume_save: float | None = None  # time.perf_counter() of the last write (None: since t_start)
 
     @property
     def json_path(self) -> Path:
