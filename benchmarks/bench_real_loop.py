@@ -92,7 +92,7 @@ def loop_on_volume(stack, bundle: Path, ns: Sequence[int], args, work: Path) -> 
     from napari_gitseg.model.bundle import read_bundle_info
 
     classes = read_bundle_info(bundle).config.classes
-    config = bench_real._eval_config(args)
+    config = bench_real.eval_config(args)
     out: dict = {}
     for n in ns:  # each n from a fresh project: the model's predictions, then n labels
         folder = work / f"{stack.name}-{n}"
@@ -133,7 +133,8 @@ def learn_arm(stack, bundle: Path, chosen: list[int], config, classes) -> dict:
     from napari_gitseg.classes import labels_to_masks, masks_to_labels
     from napari_gitseg.review.adapt import learn_from_corrections
 
-    pred = bench_real._predictor(str(bundle), config.device, config.val_batch_size, config.num_threads).predict(stack)
+    predictor = bench_real.bundle_predictor(str(bundle), config.device, config.val_batch_size, config.num_threads)
+    pred = predictor.predict(stack)
     z_all = range(stack.image.shape[0])
     shown = np.stack([masks_to_labels(pred.masks[:, z], classes) for z in z_all])
     truth = {z: masks_to_labels(stack.masks[:, z], classes) for z in chosen}
@@ -155,13 +156,13 @@ def learn_arm(stack, bundle: Path, chosen: list[int], config, classes) -> dict:
     return {"shown": rows(shown), "learn": rows(learned), "learn_outcome": outcome, "learn_seconds": seconds}
 
 
-def _click(project: Path, bundle: Path, keep: int, args) -> tuple[Path, str, dict]:
+def click_retrain(project: Path, bundle: Path, keep: int, args) -> tuple[Path, str, dict]:
     """One Retrain click: (active bundle afterwards, outcome, summary). A round the worker refuses (e.g. every
     labelled slice empty: nothing to learn) leaves the model as it was, as in the Train dock."""
     from napari_gitseg.io.errors import GitsegInputError
 
     try:
-        active, summary = bench_real.gui_round(project, args.preset, bench_real._round_overrides(args), keep=keep)
+        active, summary = bench_real.gui_round(project, args.preset, bench_real.round_overrides(args), keep=keep)
     except GitsegInputError as err:
         return bundle, f"refused: {err.problem}", {}
     return active, "promoted" if summary["promoted"] else "kept", summary
@@ -171,9 +172,9 @@ def two_rounds(project: Path, stack, bundle: Path, chosen: list[int], args) -> d
     """The first click (saving pseudo-labels) and the second (training on them too), each scored on the rest."""
     from napari_gitseg.model.bundle import read_bundle_info
 
-    classes, config = read_bundle_info(bundle).config.classes, bench_real._eval_config(args)
+    classes, config = read_bundle_info(bundle).config.classes, bench_real.eval_config(args)
     t0 = time.perf_counter()
-    active, outcome, first = _click(project, bundle, KEEP, args)
+    active, outcome, first = click_retrain(project, bundle, KEEP, args)
     t1 = time.perf_counter()
     row = {
         "round": score_rest(active, stack, chosen, config, classes),
@@ -183,7 +184,7 @@ def two_rounds(project: Path, stack, bundle: Path, chosen: list[int], args) -> d
     }
     if args.one_round:
         return row | {"bootstrap": row["round"], "bootstrap_outcome": "not run", "bootstrap_seconds": 0.0}
-    active, outcome, _second = _click(project, active, 0, args)
+    active, outcome, _second = click_retrain(project, active, 0, args)
     row.update(
         {
             "bootstrap": score_rest(active, stack, chosen, config, classes),
